@@ -1,0 +1,525 @@
+"""Every architecture of the suite, plus the registry that tells scripts how to feed and train each one.
+
+The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
+EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``).
+
+    from models import build_model, ARCHS
+    model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
+
+Nothing here picks a device or touches the network at import time.
+"""
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------
+# The tutorial's SRResNet / SRGAN (seed 000)
+# ----------------------------------------------------------------------------------------------
+
+
+class ConvolutionalBlock(nn.Module):
+    """Conv (same padding) -> optional BatchNorm -> optional PReLU / LeakyReLU(0.2) / Tanh."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, batch_norm=False, activation=None):
+        super().__init__()
+        if activation is not None:
+            activation = activation.lower()
+            if activation not in {'prelu', 'leakyrelu', 'tanh'}:
+                raise ValueError(f"activation must be PReLu, LeakyReLu, Tanh or None, not {activation!r}")
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if activation == 'prelu':
+            layers.append(nn.PReLU())
+        elif activation == 'leakyrelu':
+            layers.append(nn.LeakyReLU(0.2))
+        elif activation == 'tanh':
+            layers.append(nn.Tanh())
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.conv_block(x)  # (N, out_channels, h / stride, w / stride)
+
+
+class SubPixelConvolutionalBlock(nn.Module):
+    """Conv to n_channels * s^2 channels -> PixelShuffle(s) -> PReLU: upscales h and w by s."""
+
+    def __init__(self, kernel_size=3, n_channels=64, scaling_factor=2):
+        super().__init__()
+        self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
+        self.pixel_shuffle = nn.PixelShuffle(upscale_factor=scaling_factor)
+        self.prelu = nn.PReLU()
+
+    def forward(self, x):
+        x = self.conv(x)  # (N, n_channels * s^2, h, w)
+        x = self.pixel_shuffle(x)  # (N, n_channels, h * s, w * s)
+        return self.prelu(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two conv-BN blocks (the first with PReLU) and an identity skip."""
+
+    def __init__(self, kernel_size=3, n_channels=64):
+        super().__init__()
+        self.conv_block1 = ConvolutionalBlock(n_channels, n_channels, kernel_size, batch_norm=True, activation='PReLu')
+        self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, kernel_size, batch_norm=True, activation=None)
+
+    def forward(self, x):
+        return self.conv_block2(self.conv_block1(x)) + x  # (N, n_channels, h, w)
+
+
+class SRResNet(nn.Module):
+    """SRResNet (Ledig et al. 2017) exactly as the tutorial builds it.
+
+    Input: imagenet-normalised RGB (N, 3, h, w). Output: RGB in [-1, 1] (N, 3, s*h, s*w), s in {2, 4, 8}.
+    """
+
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4):
+        super().__init__()
+        scaling_factor = int(scaling_factor)
+        if scaling_factor not in {2, 4, 8}:
+            raise ValueError(f"SRResNet's scaling factor must be 2, 4 or 8, not {scaling_factor}")
+        self.conv_block1 = ConvolutionalBlock(3, n_channels, large_kernel_size, batch_norm=False, activation='PReLu')
+        self.residual_blocks = nn.Sequential(
+            *[ResidualBlock(kernel_size=small_kernel_size, n_channels=n_channels) for _ in range(n_blocks)])
+        self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, small_kernel_size, batch_norm=True,
+                                              activation=None)
+        n_subpixel = int(math.log2(scaling_factor))
+        self.subpixel_convolutional_blocks = nn.Sequential(
+            *[SubPixelConvolutionalBlock(small_kernel_size, n_channels, scaling_factor=2) for _ in range(n_subpixel)])
+        self.conv_block3 = ConvolutionalBlock(n_channels, 3, large_kernel_size, batch_norm=False, activation='Tanh')
+
+    def forward(self, lr_imgs):
+        output = self.conv_block1(lr_imgs)  # (N, n_channels, h, w)
+        residual = output
+        output = self.residual_blocks(output)  # (N, n_channels, h, w)
+        output = self.conv_block2(output) + residual  # (N, n_channels, h, w)
+        output = self.subpixel_convolutional_blocks(output)  # (N, n_channels, s*h, s*w)
+        return self.conv_block3(output)  # (N, 3, s*h, s*w), in [-1, 1]
+
+
+class Generator(nn.Module):
+    """SRGAN generator: an SRResNet held as ``.net`` (so keys are ``net.`` + SRResNet keys)."""
+
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4):
+        super().__init__()
+        self.net = SRResNet(large_kernel_size=large_kernel_size, small_kernel_size=small_kernel_size,
+                            n_channels=n_channels, n_blocks=n_blocks, scaling_factor=scaling_factor)
+
+    def forward(self, lr_imgs):
+        return self.net(lr_imgs)  # (N, 3, s*h, s*w), in [-1, 1]
+
+
+class Discriminator(nn.Module):
+    """SRGAN discriminator: 8 conv blocks, adaptive pool to 6x6, fc(fc_size) -> LeakyReLU -> fc(1).
+
+    Returns logits (N, 1); pair it with BCEWithLogitsLoss.
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024):
+        super().__init__()
+        in_channels = 3
+        out_channels = n_channels
+        conv_blocks = []
+        for i in range(n_blocks):
+            # Even blocks widen (x2 after the first) at stride 1; odd blocks keep width and halve the size.
+            if i % 2 == 0:
+                out_channels = n_channels if i == 0 else in_channels * 2
+            else:
+                out_channels = in_channels
+            conv_blocks.append(ConvolutionalBlock(in_channels, out_channels, kernel_size,
+                                                  stride=1 if i % 2 == 0 else 2, batch_norm=i != 0,
+                                                  activation='LeakyReLu'))
+            in_channels = out_channels
+        self.conv_blocks = nn.Sequential(*conv_blocks)
+        self.adaptive_pool = nn.AdaptiveAvgPool2d((6, 6))
+        self.fc1 = nn.Linear(out_channels * 6 * 6, fc_size)
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.fc2 = nn.Linear(fc_size, 1)  # the tutorial hard-codes 1024 here, breaking any other fc_size
+
+    def forward(self, imgs):
+        output = self.conv_blocks(imgs)  # (N, C, h / 16, w / 16)
+        output = self.adaptive_pool(output)  # (N, C, 6, 6)
+        output = self.leaky_relu(self.fc1(output.flatten(1)))  # (N, fc_size)
+        return self.fc2(output)  # (N, 1) logits
+
+
+class VGGWeightsError(RuntimeError):
+    """The ImageNet VGG19 weights are not available."""
+
+
+VGG_WEIGHTS_HELP = ("VGG19 ImageNet weights are not available: connect once to the internet so torchvision "
+                    "downloads them into the torch hub cache (TORCH_HOME, default ~/.cache/torch), or pass "
+                    "--vgg-weights PATH to a vgg19 state_dict file (e.g. vgg19-dcbb9e9d.pth)")
+
+
+def load_vgg19_features(weights='imagenet'):
+    """torchvision's vgg19 ``features`` with ``weights`` = 'imagenet' (torchvision weights API, hub cache),
+    a path to a vgg19 state_dict (full model or ``features.*`` keys), or 'random' (tests and smoke runs only)."""
+    import torchvision
+    if weights == 'random':
+        print("WARNING: --vgg-weights random: the VGG content loss uses RANDOM weights. This is for tests and "
+              "smoke runs only; an SRGAN trained like this is meaningless.", file=sys.stderr)
+        return torchvision.models.vgg19(weights=None).features
+    if weights == 'imagenet':
+        try:
+            return torchvision.models.vgg19(weights=torchvision.models.VGG19_Weights.IMAGENET1K_V1).features
+        except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
+            raise VGGWeightsError(f"{VGG_WEIGHTS_HELP} ({type(e).__name__})") from None
+    try:
+        state = torch.load(weights, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise VGGWeightsError(f"--vgg-weights {weights}: no such file. {VGG_WEIGHTS_HELP}") from None
+    except Exception as e:
+        raise VGGWeightsError(f"--vgg-weights {weights}: not a loadable state_dict ({type(e).__name__})") from None
+    if isinstance(state, dict) and 'state_dict' in state:
+        state = state['state_dict']
+    features = torchvision.models.vgg19(weights=None).features
+    state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
+    try:
+        features.load_state_dict(state)
+    except RuntimeError as e:
+        raise VGGWeightsError(f"--vgg-weights {weights}: not a vgg19 state_dict ({str(e).splitlines()[0]})") from None
+    return features
+
+
+class TruncatedVGG19(nn.Module):
+    """VGG19 ``features`` up to and including the ReLU of the j-th conv before the i-th max-pool.
+
+    i=5, j=4 keeps the first 36 layers (conv5_4 and its ReLU). Frozen: no parameter needs a gradient.
+    Input: imagenet-normalised RGB (N, 3, H, W). Output: (N, 512, H / 16, W / 16) for i=5.
+    """
+
+    def __init__(self, i=5, j=4, weights='imagenet'):
+        super().__init__()
+        features = load_vgg19_features(weights)
+        maxpool_counter = conv_counter = truncate_at = 0
+        for layer in features.children():
+            truncate_at += 1
+            if isinstance(layer, nn.Conv2d):
+                conv_counter += 1
+            if isinstance(layer, nn.MaxPool2d):
+                maxpool_counter += 1
+                conv_counter = 0
+            if maxpool_counter == i - 1 and conv_counter == j:
+                break
+        if not (maxpool_counter == i - 1 and conv_counter == j):
+            raise ValueError(f"i={i}, j={j} do not name a convolution of VGG19")
+        # +1 keeps the ReLU that follows the j-th convolution.
+        self.truncated_vgg19 = nn.Sequential(*list(features.children())[:truncate_at + 1])
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        return super().train(False)  # always in eval mode: it is a fixed feature extractor
+
+    def forward(self, x):
+        return self.truncated_vgg19(x)  # (N, 512, H / 16, W / 16) for i=5
+
+
+# ----------------------------------------------------------------------------------------------
+# SRCNN (seed 002), ESPCN (seed 004)
+# ----------------------------------------------------------------------------------------------
+
+
+class SRCNN(nn.Module):
+    """SRCNN 9-1-5 (Dong et al. 2014/2016) on the Y channel of a bicubic-upscaled image.
+
+    Input: (N, 1, H, W) Y in [0, 1], already upscaled to the output size. Output: same size (zero padding,
+    as seed 002 does at test time). ``scaling_factor`` is recorded only: the network itself does not resize.
+    """
+
+    def __init__(self, scaling_factor=3, channels=(64, 32), kernel_sizes=(9, 1, 5), in_channels=1):
+        super().__init__()
+        self.scaling_factor = int(scaling_factor)
+        c1, c2 = channels
+        k1, k2, k3 = kernel_sizes
+        self.conv1 = nn.Conv2d(in_channels, c1, k1, padding=k1 // 2)
+        self.conv2 = nn.Conv2d(c1, c2, k2, padding=k2 // 2)
+        self.conv3 = nn.Conv2d(c2, in_channels, k3, padding=k3 // 2)
+        self.relu = nn.ReLU(inplace=True)
+        # The paper's initialisation: N(0, 0.001) weights, zero biases.
+        for conv in (self.conv1, self.conv2, self.conv3):
+            nn.init.normal_(conv.weight, std=1e-3)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))  # (N, 64, H, W)
+        x = self.relu(self.conv2(x))  # (N, 32, H, W)
+        return self.conv3(x)  # (N, 1, H, W), Y in ~[0, 1]
+
+
+class ESPCN(nn.Module):
+    """ESPCN (Shi et al. 2016) on the Y channel of the LR image: convs on LR, then one pixel shuffle.
+
+    Default: 5-3-3 kernels, 64 and 32 filters, tanh, a final 3x3 conv to s^2 channels.
+    Seed 004's variant: channels=(512, 256, 64), kernel_sizes=(5, 3, 3, 3), activation='relu',
+    final_activation='relu', init='orthogonal'.
+    Input: (N, 1, h, w) Y in [0, 1]. Output: (N, 1, s*h, s*w).
+    """
+
+    def __init__(self, scaling_factor=3, channels=(64, 32), kernel_sizes=(5, 3, 3), activation='tanh',
+                 final_activation=None, init='default', in_channels=1):
+        super().__init__()
+        channels, kernel_sizes = tuple(channels), tuple(kernel_sizes)
+        if len(kernel_sizes) != len(channels) + 1:
+            raise ValueError("ESPCN needs one kernel size per hidden layer plus one for the output layer")
+        acts = {'tanh': nn.Tanh, 'relu': nn.ReLU}
+        if activation not in acts or final_activation not in (None, 'relu', 'tanh'):
+            raise ValueError("ESPCN activations are 'tanh' or 'relu' (final: also None)")
+        self.scaling_factor = s = int(scaling_factor)
+        layers, c_in = [], in_channels
+        for c, k in zip(channels, kernel_sizes):
+            layers += [nn.Conv2d(c_in, c, k, padding=k // 2), acts[activation]()]
+            c_in = c
+        layers.append(nn.Conv2d(c_in, in_channels * s * s, kernel_sizes[-1], padding=kernel_sizes[-1] // 2))
+        if final_activation is not None:
+            layers.append(acts[final_activation]())
+        self.body = nn.Sequential(*layers)
+        self.pixel_shuffle = nn.PixelShuffle(s)
+        if init == 'orthogonal':
+            for m in self.body:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.orthogonal_(m.weight)
+                    nn.init.zeros_(m.bias)
+        elif init != 'default':
+            raise ValueError("ESPCN init is 'default' or 'orthogonal'")
+
+    def forward(self, x):
+        x = self.body(x)  # (N, s^2, h, w)
+        return self.pixel_shuffle(x)  # (N, 1, s*h, s*w)
+
+
+# ----------------------------------------------------------------------------------------------
+# EDSR (Lim et al. 2017) and RCAN (Zhang et al. 2018), module names as in EDSR-PyTorch (seed 003)
+# ----------------------------------------------------------------------------------------------
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class MeanShift(nn.Conv2d):
+    """Frozen 1x1 conv that subtracts (sign=-1) or adds (sign=+1) the DIV2K RGB mean times rgb_range."""
+
+    def __init__(self, rgb_range, rgb_mean=DIV2K_RGB_MEAN, sign=-1):
+        super().__init__(3, 3, kernel_size=1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(rgb_mean))
+        self.requires_grad_(False)
+
+
+def default_conv(in_channels, out_channels, kernel_size, bias=True):
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+
+class Upsampler(nn.Sequential):
+    """Pixel-shuffle upsampler: log2(s) x (conv to 4C, shuffle 2) for s = 2, 4, 8; conv to 9C, shuffle 3 for 3."""
+
+    def __init__(self, scale, n_feats):
+        layers = []
+        if scale in (2, 4, 8):
+            for _ in range(int(math.log2(scale))):
+                layers += [default_conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
+        elif scale == 3:
+            layers += [default_conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
+        else:
+            raise ValueError(f"the pixel-shuffle upsampler supports scales 2, 3, 4 and 8, not {scale}")
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block: conv-ReLU-conv, no batch norm, output scaled by res_scale before the skip."""
+
+    def __init__(self, n_feats, kernel_size=3, res_scale=1.0):
+        super().__init__()
+        self.body = nn.Sequential(default_conv(n_feats, n_feats, kernel_size), nn.ReLU(True),
+                                  default_conv(n_feats, n_feats, kernel_size))
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        return self.body(x) * self.res_scale + x  # (N, n_feats, h, w)
+
+
+class EDSR(nn.Module):
+    """EDSR. Baseline: n_resblocks=16, n_feats=64, res_scale=1. Full: 32, 256, 0.1.
+
+    Input/output: RGB in [0, rgb_range] (N, 3, h, w) -> (N, 3, s*h, s*w), s in {2, 3, 4, 8}.
+    """
+
+    def __init__(self, scaling_factor=4, n_resblocks=16, n_feats=64, res_scale=1.0, rgb_range=255):
+        super().__init__()
+        self.scaling_factor = int(scaling_factor)
+        self.sub_mean = MeanShift(rgb_range, sign=-1)
+        self.head = nn.Sequential(default_conv(3, n_feats, 3))
+        self.body = nn.Sequential(*[ResBlock(n_feats, 3, res_scale) for _ in range(n_resblocks)],
+                                  default_conv(n_feats, n_feats, 3))
+        self.tail = nn.Sequential(Upsampler(self.scaling_factor, n_feats), default_conv(n_feats, 3, 3))
+        self.add_mean = MeanShift(rgb_range, sign=1)
+
+    def forward(self, x):
+        x = self.head(self.sub_mean(x))  # (N, n_feats, h, w)
+        x = self.body(x) + x  # (N, n_feats, h, w)
+        return self.add_mean(self.tail(x))  # (N, 3, s*h, s*w)
+
+
+class CALayer(nn.Module):
+    """Channel attention: global average pool -> 1x1 conv (C/r) -> ReLU -> 1x1 conv (C) -> sigmoid gate."""
+
+    def __init__(self, channel, reduction=16):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_du = nn.Sequential(nn.Conv2d(channel, channel // reduction, 1), nn.ReLU(inplace=True),
+                                     nn.Conv2d(channel // reduction, channel, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.conv_du(self.avg_pool(x))  # (N, C, h, w) gated by (N, C, 1, 1)
+
+
+class RCAB(nn.Module):
+    """Residual channel attention block: conv-ReLU-conv-CA plus identity skip."""
+
+    def __init__(self, n_feat, kernel_size=3, reduction=16):
+        super().__init__()
+        self.body = nn.Sequential(default_conv(n_feat, n_feat, kernel_size), nn.ReLU(True),
+                                  default_conv(n_feat, n_feat, kernel_size), CALayer(n_feat, reduction))
+
+    def forward(self, x):
+        return self.body(x) + x
+
+
+class ResidualGroup(nn.Module):
+    """n_resblocks RCABs and a closing conv, with a short skip connection."""
+
+    def __init__(self, n_feat, kernel_size, reduction, n_resblocks):
+        super().__init__()
+        self.body = nn.Sequential(*[RCAB(n_feat, kernel_size, reduction) for _ in range(n_resblocks)],
+                                  default_conv(n_feat, n_feat, kernel_size))
+
+    def forward(self, x):
+        return self.body(x) + x
+
+
+class RCAN(nn.Module):
+    """RCAN: 10 residual groups x 20 RCABs, long skip, pixel-shuffle tail; ~15.6 M parameters at x4.
+
+    Input/output: RGB in [0, rgb_range] (N, 3, h, w) -> (N, 3, s*h, s*w), s in {2, 3, 4, 8}.
+    """
+
+    def __init__(self, scaling_factor=4, n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, rgb_range=255):
+        super().__init__()
+        self.scaling_factor = int(scaling_factor)
+        self.sub_mean = MeanShift(rgb_range, sign=-1)
+        self.head = nn.Sequential(default_conv(3, n_feats, 3))
+        self.body = nn.Sequential(*[ResidualGroup(n_feats, 3, reduction, n_resblocks) for _ in range(n_resgroups)],
+                                  default_conv(n_feats, n_feats, 3))
+        self.tail = nn.Sequential(Upsampler(self.scaling_factor, n_feats), default_conv(n_feats, 3, 3))
+        self.add_mean = MeanShift(rgb_range, sign=1)
+
+    def forward(self, x):
+        x = self.head(self.sub_mean(x))  # (N, n_feats, h, w)
+        x = self.body(x) + x  # long skip, (N, n_feats, h, w)
+        return self.add_mean(self.tail(x))  # (N, 3, s*h, s*w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry: how each architecture is built, fed and trained
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the scripts need to know about an architecture, declared once.
+
+    color: 'rgb' (the model sees RGB) or 'y' (the model sees BT.601 luma; Cb/Cr are upscaled bicubically).
+    in_type / out_type: value ranges the model takes and gives (see utils.convert_image).
+    pre_upsample: the input is bicubic-upscaled to the output size first (SRCNN).
+    train: default training recipe; scripts' flags override every entry.
+    """
+    name: str
+    cls: type
+    paper: str
+    scales: tuple
+    color: str
+    in_type: str
+    out_type: str
+    pre_upsample: bool = False
+    train: dict = field(default_factory=dict)
+
+
+ARCHS = {
+    'srresnet': ArchSpec(
+        'srresnet', SRResNet, 'Ledig et al., Photo-Realistic Single Image SR Using a GAN, CVPR 2017',
+        scales=(2, 4, 8), color='rgb', in_type='imagenet-norm', out_type='[-1, 1]',
+        train=dict(loss='mse', lr=1e-4, lr_milestones=(), lr_gamma=0.1, crop_size=96, batch_size=400,
+                   epochs=130, downsample='pil')),
+    'srcnn': ArchSpec(
+        'srcnn', SRCNN, 'Dong et al., Image Super-Resolution Using Deep Convolutional Networks, TPAMI 2016',
+        scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]', pre_upsample=True,
+        train=dict(loss='mse', lr=1e-3, lr_milestones=(), lr_gamma=0.1, lr_crop_size=11, batch_size=128,
+                   epochs=100, downsample='matlab')),
+    'espcn': ArchSpec(
+        'espcn', ESPCN, 'Shi et al., Real-Time Single Image and Video SR Using an Efficient Sub-Pixel CNN, '
+        'CVPR 2016', scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]',
+        train=dict(loss='mse', lr=1e-3, lr_milestones=(), lr_gamma=0.1, lr_crop_size=17, batch_size=64,
+                   epochs=100, downsample='matlab')),
+    'edsr': ArchSpec(
+        'edsr', EDSR, 'Lim et al., Enhanced Deep Residual Networks for Single Image SR, CVPRW 2017',
+        scales=(2, 3, 4, 8), color='rgb', in_type='[0, 255]', out_type='[0, 255]',
+        train=dict(loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
+                   epochs=300, downsample='matlab')),
+    'rcan': ArchSpec(
+        'rcan', RCAN, 'Zhang et al., Image SR Using Very Deep Residual Channel Attention Networks, ECCV 2018',
+        scales=(2, 3, 4, 8), color='rgb', in_type='[0, 255]', out_type='[0, 255]',
+        train=dict(loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
+                   epochs=1000, downsample='matlab')),
+}
+
+
+def check_scale(arch, scale):
+    """Raise ValueError naming the allowed scales when ``arch`` cannot upscale by ``scale``."""
+    spec = ARCHS[arch]
+    if scale not in spec.scales:
+        allowed = ', '.join(map(str, spec.scales))
+        raise ValueError(f"{arch} supports scales {allowed}, not {scale}")
+
+
+def model_config(arch, scale, **overrides):
+    """The full constructor configuration of ``arch`` at ``scale``: its defaults updated with ``overrides``.
+
+    Tuples become lists so the configuration is plain data for checkpoints.
+    """
+    import inspect
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    params = inspect.signature(ARCHS[arch].cls).parameters
+    config = {k: p.default for k, p in params.items()}
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"{arch} has no option {', '.join(unknown)}; its options are {', '.join(config)}")
+    config.update(overrides)
+    config['scaling_factor'] = int(scale)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def train_defaults(arch, scale):
+    """The architecture's training recipe at ``scale`` (crop_size resolved from an LR patch size if needed)."""
+    recipe = dict(ARCHS[arch].train)
+    if 'lr_crop_size' in recipe:
+        recipe['crop_size'] = recipe.pop('lr_crop_size') * int(scale)
+    return recipe
+
+
+def build_model(arch, config):
+    """Instantiate ``arch`` from its recorded keyword configuration (must include ``scaling_factor``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    check_scale(arch, int(config['scaling_factor']))
+    return ARCHS[arch].cls(**config)
+
+
+def count_parameters(model):
+    """Number of parameters (trainable or not), as the papers count them."""
+    return sum(p.numel() for p in model.parameters())

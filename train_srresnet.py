@@ -1,0 +1,287 @@
+"""Train SRResNet with the tutorial's recipe, or any pixel-loss model of the suite (--arch).
+
+    python create_data_lists.py --train-folders data/COCO2014/train2014 data/COCO2014/val2014 \
+        --test-folders data/Set5 data/Set14 data/BSD100
+    python train_srresnet.py                          # tutorial: SRResNet x4, Adam 1e-4, MSE, batch 400, 130 epochs
+    python train_srresnet.py --batch-size 64 --epochs 10 --device cuda
+    python train_srresnet.py --resume                 # continue results/checkpoint_srresnet.pth
+    python train_srresnet.py --arch espcn --scale 3 --val-folder data/Set5 --keep-best
+    python train_srresnet.py --ngpu 2                 # the tutorial's DataParallel, one process
+    torchrun --nproc-per-node 4 train_srresnet.py --batch-size 400      # DDP: --batch-size is the global batch
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        train_srresnet.py --batch-size 400
+
+Writes results/checkpoint_<arch>.pth every epoch (atomically), TensorBoard logs under runs/.
+Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that resumes.
+"""
+import ast
+import os
+
+import torch
+from torch import nn
+
+import models
+from datasets import SRDataset
+from utils import (AverageMeter, StopRequest, UserError, Upscaler, autocast, check_finite, close_distributed,
+                   get_rng_state, init_distributed, load_checkpoint, load_image, list_image_files,
+                   log_image_grids, make_parser, make_train_loader, make_writer, model_io, pil_to_tensor,
+                   plain_args, positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything,
+                   set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model, FORMAT_VERSION)
+
+
+def add_training_args(parser, arch_choices):
+    """Flags shared by both trainers (defaults None = the architecture's own recipe)."""
+    g = parser.add_argument_group('training')
+    g.add_argument('--arch', default='srresnet', choices=arch_choices, help='architecture to train')
+    g.add_argument('--scale', type=int, default=4, help='upscaling factor (scaling_factor)')
+    g.add_argument('--crop-size', type=positive_int, help='HR patch size; default: the arch recipe (srresnet 96)')
+    g.add_argument('--batch-size', type=positive_int, help='GLOBAL batch size (split across torchrun processes); '
+                   'default: the arch recipe (srresnet 400, srgan 128)')
+    g.add_argument('--epochs', type=positive_int, help='last epoch; default: the arch recipe (srresnet 130)')
+    g.add_argument('--lr', type=float, help='learning rate; default: the arch recipe (srresnet 1e-4)')
+    g.add_argument('--downsample', choices=('pil', 'matlab'),
+                   help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
+                        "default: the arch recipe")
+    g.add_argument('--patches-per-image', type=positive_int, default=1,
+                   help='random crops taken from each image per epoch (the tutorial: 1)')
+    g.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                   help='continue from CHECKPOINT (default when given without a value: the output checkpoint)')
+    g.add_argument('--results-dir', default='results', help='where checkpoints go')
+    g.add_argument('--runs-dir', default='runs', help='TensorBoard log folder')
+    g.add_argument('--ngpu', type=positive_int, default=1, help='GPUs for the tutorial\'s DataParallel (CUDA only)')
+    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under torchrun on CUDA')
+    g.add_argument('--amp', choices=('off', 'bf16', 'fp16'), default='off', help='mixed precision')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    g.add_argument('--max-bad-fraction', type=float, default=0.05,
+                   help='stop when more than this share of training image loads fail')
+    g.add_argument('--val-folder', help='image folder (e.g. Set5) for validation PSNR, standard protocol')
+    g.add_argument('--val-every', type=positive_int, default=1, help='validate every N epochs (with --val-folder)')
+    g.add_argument('--keep-best', action='store_true',
+                   help='also keep results/checkpoint_<arch>_best.pth, best by validation PSNR (needs --val-folder)')
+    g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
+    return g
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    add_training_args(parser, sorted(models.ARCHS))
+    g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
+    g.add_argument('--large-kernel-size', type=positive_int, default=9, help='srresnet: first/last conv kernel')
+    g.add_argument('--small-kernel-size', type=positive_int, default=3, help='srresnet: inner conv kernel')
+    g.add_argument('--n-channels', type=positive_int, default=64, help='srresnet: inner channels')
+    g.add_argument('--n-blocks', type=positive_int, default=16, help='srresnet: residual blocks')
+    g.add_argument('--model-opt', action='append', default=[], metavar='KEY=VALUE',
+                   help='constructor option of the chosen arch, e.g. n_feats=32, channels=[512,256,64]')
+    g.add_argument('--loss', choices=('mse', 'l1'), help='pixel loss; default: the arch recipe (srresnet mse)')
+    g.add_argument('--lr-milestones', type=int, nargs='*', help='epochs at which lr *= --lr-gamma')
+    g.add_argument('--lr-gamma', type=float, help='learning-rate decay factor at each milestone')
+    return parser
+
+
+def parse_model_opts(opts, parser):
+    """['k=v', ...] -> {k: literal v} (strings when v is not a Python literal)."""
+    out = {}
+    for opt in opts:
+        key, sep, value = opt.partition('=')
+        if not sep:
+            parser.error(f"--model-opt {opt!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def resolve_args(parser, argv=None):
+    """Parse flags, fill the architecture's defaults, and reject impossible combinations before any work."""
+    args = parser.parse_args(argv)
+    try:
+        models.check_scale(args.arch, args.scale)
+    except ValueError as e:
+        parser.error(f"--scale: {e}")
+    for key, value in models.train_defaults(args.arch, args.scale).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.crop_size % args.scale:
+        parser.error(f"--crop-size {args.crop_size} is not divisible by --scale {args.scale}")
+    if args.keep_best and not args.val_folder:
+        parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
+    if not 0 <= args.max_bad_fraction < 1:
+        parser.error("--max-bad-fraction must be in [0, 1)")
+    overrides = parse_model_opts(args.model_opt, parser)
+    if args.arch == 'srresnet':
+        overrides = dict(large_kernel_size=args.large_kernel_size, small_kernel_size=args.small_kernel_size,
+                         n_channels=args.n_channels, n_blocks=args.n_blocks, **overrides)
+    try:
+        args.model_config = models.model_config(args.arch, args.scale, **overrides)
+        models.build_model(args.arch, args.model_config)  # fail now on impossible options, not after loading data
+    except (ValueError, TypeError) as e:
+        parser.error(f"--model-opt: {e}")
+    args.checkpoint_path = os.path.join(args.results_dir, f"checkpoint_{args.arch}.pth")
+    if args.resume == 'auto':
+        args.resume = args.checkpoint_path
+    return args
+
+
+def check_resume_compatible(ckpt, arch, config, path):
+    """Refuse a checkpoint of another architecture, scale or configuration, naming what differs."""
+    got_arch = ckpt.get('arch', 'srresnet')
+    if got_arch != arch:
+        raise UserError(f"{path} is a {got_arch} checkpoint, not {arch}: pass --arch {got_arch} or another file")
+    got = ckpt.get('model_config') or {}
+    diffs = [f"{k}: checkpoint {got.get(k)!r} vs now {v!r}" for k, v in config.items() if k in got and got[k] != v]
+    if diffs:
+        raise UserError(f"{path} was made with another model configuration ({'; '.join(diffs)}): "
+                        f"pass the same flags as when it was created")
+
+
+def load_val_images(folder):
+    """(3, H, W) uint8 tensors of every image in ``folder`` (for validation PSNR)."""
+    paths = list_image_files(folder)
+    if not paths:
+        raise UserError(f"--val-folder {folder}: no images found")
+    return [pil_to_tensor(load_image(p)) for p in paths]
+
+
+def train_one_epoch(model, loader, criterion, optimizer, ctx, epoch, start_step=0):
+    """One pass over ``loader`` (from ``start_step``). Returns (mean loss, next step, stopped early?)."""
+    model.train()
+    meter, spec, device = AverageMeter(), ctx.spec, ctx.dist.device
+    t0, n_patches = timer(), 0
+    bar = progress(loader, total=len(loader), dist=ctx.dist, desc=f"epoch {epoch}")
+    step = start_step
+    for step, (lr, hr) in enumerate(bar, start=start_step):
+        lr = lr.to(device, non_blocking=True)  # (N, 3, h, w), in [0, 1]
+        hr = hr.to(device, non_blocking=True)  # (N, 3, s*h, s*w), in [0, 1]
+        x, target = model_io(spec, lr, hr, ctx.scale)  # in the model's input / output spaces
+        if ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, ctx.amp):
+            sr = model(x)  # (N, C, s*h, s*w)
+        loss = criterion(sr.float(), target)
+        loss_value = loss.item()
+        check_finite(loss_value, epoch, step, ctx.checkpoint_path)
+        optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+        meter.update(loss_value, lr.size(0))
+        ctx.global_step += 1
+        n_patches += lr.size(0) * ctx.dist.world_size
+        if step == start_step:
+            log_image_grids(ctx.writer, f"{spec.name}/epoch_{epoch}", epoch, x, sr, target, spec.in_type,
+                            spec.out_type)
+        if ctx.writer is not None:
+            ctx.writer.add_scalar(f"{spec.name}/loss_step", loss_value, ctx.global_step)
+        if hasattr(bar, 'set_postfix'):
+            bar.set_postfix(loss=f"{meter.avg:.4g}", patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
+        ctx.dataset.check_failures()
+        if ctx.stop.requested:
+            return ctx.dist.all_mean(meter.avg), step + 1, True
+    return ctx.dist.all_mean(meter.avg), step + 1, False
+
+
+def checkpoint_state(model, optimizer, scheduler, ctx, args, epoch, resume_step, best_psnr):
+    """Everything needed to resume exactly, as state_dicts and plain data."""
+    return {
+        'format_version': FORMAT_VERSION, 'arch': args.arch, 'model_config': args.model_config,
+        'epoch': epoch, 'resume_step': resume_step, 'step': ctx.global_step,
+        'model': strip_prefixes(unwrap_model(model).state_dict()), 'optimizer': optimizer.state_dict(),
+        'scheduler': scheduler.state_dict(), 'scaler': ctx.scaler.state_dict(), 'rng': get_rng_state(),
+        'args': plain_args(args), 'best_psnr': best_psnr,
+    }
+
+
+class Context:
+    """What the training loop needs besides the model: device/process group, arch spec, AMP, logging, stop flag."""
+
+    def __init__(self, args, dist, dataset):
+        self.dist, self.dataset, self.spec, self.scale = dist, dataset, models.ARCHS[args.arch], args.scale
+        self.amp, self.channels_last = args.amp, args.channels_last
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=args.amp == 'fp16')
+        self.writer = make_writer(os.path.join(args.runs_dir, args.arch), dist)
+        self.stop = StopRequest()
+        self.checkpoint_path = args.checkpoint_path
+        self.global_step = 0
+
+
+def main(argv=None):
+    args = resolve_args(build_parser(), argv)
+    dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
+    try:
+        seed_everything(args.seed + dist.rank)
+        torch.backends.cudnn.benchmark = True
+        model = models.build_model(args.arch, args.model_config).to(dist.device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
+                                                         gamma=args.lr_gamma)
+        criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
+        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
+                            downsample=args.downsample, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
+                            repeat=args.patches_per_image)
+        ctx = Context(args, dist, dataset)
+        start_epoch, start_step, best_psnr = 1, 0, None
+        if args.resume:
+            ckpt = load_checkpoint(args.resume, map_location=dist.device)
+            check_resume_compatible(ckpt, args.arch, args.model_config, args.resume)
+            model.load_state_dict(strip_prefixes(ckpt['model']))
+            optimizer.load_state_dict(ckpt['optimizer'])
+            if ckpt.get('scheduler'):
+                scheduler.load_state_dict(ckpt['scheduler'])
+            if ckpt.get('scaler'):
+                ctx.scaler.load_state_dict(ckpt['scaler'])
+            if ckpt.get('rng') and dist.world_size == 1:
+                set_rng_state(ckpt['rng'])
+            start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
+            ctx.global_step, best_psnr = ckpt.get('step', 0), ckpt.get('best_psnr')
+            if dist.is_main:
+                print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
+        net = wrap_model(model, dist, args.ngpu, args.sync_bn)
+        loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
+                                            pin_memory=dist.device.type == 'cuda')
+        val_images = load_val_images(args.val_folder) if args.val_folder else None
+        for epoch in range(start_epoch, args.epochs + 1):
+            sampler.set_epoch(epoch, start_step)
+            loss, next_step, stopped = train_one_epoch(net, loader, criterion, optimizer, ctx, epoch, start_step)
+            start_step = 0
+            if stopped:
+                if dist.is_main:
+                    save_checkpoint(checkpoint_state(net, optimizer, scheduler, ctx, args, epoch - 1, next_step,
+                                                     best_psnr), args.checkpoint_path)
+                    print(f"stopped at epoch {epoch}, step {next_step}; saved {args.checkpoint_path}. "
+                          f"Resume with:\n  {resume_command()}")
+                return 0
+            scheduler.step()
+            line = f"epoch {epoch}/{args.epochs}: loss {loss:.5g}, lr {optimizer.param_groups[0]['lr']:.3g}"
+            improved = False
+            if val_images is not None and (epoch % args.val_every == 0 or epoch == args.epochs) and dist.is_main:
+                val_psnr = validate_psnr(Upscaler(unwrap_model(net).eval(), args.arch, args.scale, dist.device),
+                                         val_images, args.scale)
+                improved = best_psnr is None or val_psnr > best_psnr
+                best_psnr = max(val_psnr, best_psnr or val_psnr)
+                line += f", val PSNR {val_psnr:.3f} dB (best {best_psnr:.3f})"
+                ctx.writer.add_scalar(f"{args.arch}/val_psnr", val_psnr, epoch)
+            if dist.is_main:
+                ctx.writer.add_scalar(f"{args.arch}/loss", loss, epoch)
+                ctx.writer.add_scalar(f"{args.arch}/lr", optimizer.param_groups[0]['lr'], epoch)
+                state = checkpoint_state(net, optimizer, scheduler, ctx, args, epoch, 0, best_psnr)
+                save_checkpoint(state, args.checkpoint_path)
+                if args.keep_best and improved:
+                    save_checkpoint(state, args.checkpoint_path.replace('.pth', '_best.pth'))
+                print(line, flush=True)
+            dist.barrier()
+        if dist.is_main:
+            print(f"done: {args.checkpoint_path}")
+        return 0
+    finally:
+        if 'ctx' in locals():
+            ctx.stop.restore()
+            if ctx.writer is not None:
+                ctx.writer.close()
+        close_distributed()
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,1031 @@
+"""Shared helpers: image conversion and loading, transforms, MATLAB-compatible bicubic, metrics,
+safe checkpoints, command-line flags, devices and the inference wrapper used by eval.py and test.py.
+
+Nothing here picks a device or creates files at import time.
+"""
+import argparse
+import functools
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+import models
+
+# ----------------------------------------------------------------------------------------------
+# Errors a user can cause: one line, exit code 2
+# ----------------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad image, wrong checkpoint...). Printed as one line."""
+
+
+def run_cli(main):
+    """Run ``main()``; turn UserError / missing VGG weights into 'error: ...' on stderr and exit code 2."""
+    try:
+        return main()
+    except (UserError, models.VGGWeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Value ranges and colour (the tutorial's convert_image, device-agnostic)
+# ----------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RGB_TO_Y = (65.481, 128.553, 24.966)  # BT.601 luma weights for RGB in [0, 1], giving Y in [16, 235]
+SOURCES = ('pil', '[0, 1]', '[-1, 1]', '[0, 255]', 'imagenet-norm')
+TARGETS = ('pil', '[0, 255]', '[0, 1]', '[-1, 1]', 'imagenet-norm', 'y-channel')
+
+
+def _channel_vector(values, like):
+    """(3,) constants shaped to broadcast over the channel axis of ``like`` (3-D or 4-D), same device/dtype."""
+    shape = (3, 1, 1) if like.dim() == 3 else (1, 3, 1, 1)
+    return torch.tensor(values, device=like.device, dtype=like.dtype).view(shape)
+
+
+def convert_image(img, source, target):
+    """Convert an image between value ranges, as the tutorial does, for 3-D (3, H, W) or 4-D (N, 3, H, W) tensors.
+
+    source: 'pil', '[0, 1]', '[-1, 1]' (the tutorial's), plus '[0, 255]' and 'imagenet-norm'.
+    target: 'pil', '[0, 255]', '[0, 1]', '[-1, 1]', 'imagenet-norm' (ImageNet mean/std) or 'y-channel'.
+    'y-channel' is the tutorial's: Y = 16 + (65.481 R + 128.553 G + 24.966 B) for RGB in [0, 1], unrounded, in
+    [16, 235], with 4 pixels cropped from every border; returns (N, H - 8, W - 8) or (H - 8, W - 8).
+    Works on any device; constants follow the input's device and dtype.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"cannot convert from {source!r}; sources are {SOURCES}")
+    if target not in TARGETS:
+        raise ValueError(f"cannot convert to {target!r}; targets are {TARGETS}")
+    if source == 'pil':
+        img = torch.from_numpy(np.asarray(img.convert('RGB'), dtype=np.float32) / 255.).permute(2, 0, 1)
+    elif source == '[-1, 1]':
+        img = (img + 1.) / 2.
+    elif source == '[0, 255]':
+        img = img / 255.
+    elif source == 'imagenet-norm':
+        img = img * _channel_vector(IMAGENET_STD, img) + _channel_vector(IMAGENET_MEAN, img)
+    # img is now in [0, 1]
+    if target == 'pil':
+        arr = (img.detach().float().clamp(0, 1) * 255.).round().byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr, mode='RGB')
+    if target == '[0, 255]':
+        return 255. * img
+    if target == '[-1, 1]':
+        return 2. * img - 1.
+    if target == 'imagenet-norm':
+        return (img - _channel_vector(IMAGENET_MEAN, img)) / _channel_vector(IMAGENET_STD, img)
+    if target == 'y-channel':
+        weights = torch.tensor(RGB_TO_Y, device=img.device, dtype=img.dtype)
+        channels_last = img.movedim(-3, -1)[..., 4:-4, 4:-4, :]  # (..., H - 8, W - 8, 3)
+        return torch.matmul(255. * channels_last, weights) / 255. + 16.
+    return img
+
+
+def rgb_to_ycbcr(img):
+    """BT.601 studio-swing YCbCr of RGB in [0, 1], (..., 3, H, W) -> (..., 3, H, W) with values in [0, 1]
+    (Y in [16, 235] / 255, Cb/Cr in [16, 240] / 255), unrounded. MATLAB's rgb2ycbcr for doubles."""
+    r, g, b = img.unbind(-3)
+    y = (16. + 65.481 * r + 128.553 * g + 24.966 * b) / 255.
+    cb = (128. - 37.797 * r - 74.203 * g + 112.0 * b) / 255.
+    cr = (128. + 112.0 * r - 93.786 * g - 18.214 * b) / 255.
+    return torch.stack([y, cb, cr], dim=-3)
+
+
+def ycbcr_to_rgb(img):
+    """Inverse of rgb_to_ycbcr: (..., 3, H, W) YCbCr in [0, 1] -> RGB in [0, 1] (unclamped)."""
+    y, cb, cr = (img * 255.).unbind(-3)
+    r = 0.00456621 * (y - 16.) + 0.00625893 * (cr - 128.)
+    g = 0.00456621 * (y - 16.) - 0.00153632 * (cb - 128.) - 0.00318811 * (cr - 128.)
+    b = 0.00456621 * (y - 16.) + 0.00791071 * (cb - 128.)
+    return torch.stack([r, g, b], dim=-3)
+
+
+def rgb_to_y_uint8(img):
+    """Rounded BT.601 luma of a uint8-valued RGB image, as MATLAB's rgb2ycbcr on uint8 (the papers' Y).
+
+    img: (..., 3, H, W) with values in [0, 255] (uint8 or float). Returns float64 (..., H, W) with
+    integer values in [16, 235]: round(16 + (65.481 R + 128.553 G + 24.966 B) / 255).
+    """
+    img = img.to(torch.float64)
+    r, g, b = img.unbind(-3)
+    y = 16. + (65.481 * r + 128.553 * g + 24.966 * b) / 255.
+    return torch.floor(y + 0.5)  # MATLAB rounds halves away from zero; y > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading images: every mode, EXIF orientation, decompression bombs
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def _to_8bit(img):
+    """16/32-bit integer and float images -> 8-bit 'L'. 16-bit values map by round(v / 257) (65535 -> 255);
+    float images are taken as [0, 1]. PIL's own convert would clip everything above 255 instead."""
+    arr = np.asarray(img)
+    if img.mode == 'F':
+        arr = np.clip(arr, 0., 1.) * 255.
+    else:
+        arr = arr.astype(np.float64) / 257.
+    return Image.fromarray(np.clip(np.floor(arr + 0.5), 0, 255).astype(np.uint8), mode='L')
+
+
+def load_image(path, keep_alpha=False):
+    """Open an image file as an 8-bit RGB PIL image (or RGBA with keep_alpha), fully decoded.
+
+    Rules: EXIF orientation is applied; L/1/P/CMYK/YCbCr/... are converted to RGB; 16-bit images are
+    reduced to 8 bits by round(v / 257); transparent images are composited onto white, unless keep_alpha,
+    which returns RGBA. Decompression bombs (more pixels than PIL's MAX_IMAGE_PIXELS) are refused.
+    Raises UserError with the path and the reason for anything that is not a readable image.
+    """
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, not an image file")
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: refused, more than {Image.MAX_IMAGE_PIXELS} pixels (decompression bomb?)") from None
+    except Exception as e:  # PIL raises many types for bad files: UnidentifiedImageError, OSError, SyntaxError...
+        reason = 'not an image' if isinstance(e, Image.UnidentifiedImageError) else f"unreadable ({e})"
+        if os.path.getsize(path) == 0:
+            reason = 'empty file'
+        raise UserError(f"{path}: {reason}") from None
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+        img = _to_8bit(img)
+    has_alpha = img.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or (img.mode == 'P' and 'transparency' in img.info)
+    if has_alpha:
+        img = img.convert('RGBA')
+        if keep_alpha:
+            return img
+        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert('RGB')
+    return img.convert('RGB')
+
+
+def _image_problem(path, min_size):
+    """None if ``path`` is a readable image with both sides >= min_size, else a short reason."""
+    try:
+        img = load_image(path)
+    except UserError as e:
+        return str(e).split(': ', 1)[-1]
+    if img.width < min_size or img.height < min_size:
+        return f"smaller than --min-size {min_size} ({img.width}x{img.height})"
+    return None
+
+
+def list_image_files(folder):
+    """Sorted paths of files in ``folder`` whose extension is an image one, in any letter case."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: not a folder")
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
+
+
+def dataset_name(folder):
+    """A test set's name: the folder's base name, on any OS and with or without a trailing separator."""
+    return os.path.basename(os.path.normpath(folder.replace('\\', '/')))
+
+
+def create_data_lists(train_folders, test_folders, min_size, output_folder, workers=None, log=print):
+    """Write ``train_images.json`` (all train folders merged) and ``<name>_test_images.json`` per test folder.
+
+    Every candidate is fully decoded; unreadable, empty, truncated, non-image, too small and decompression-bomb
+    files are skipped, counted by reason, and listed with their paths in ``create_data_lists.log``.
+    Lists hold absolute paths. Returns {list name: (kept, skipped)}.
+    """
+    os.makedirs(output_folder, exist_ok=True)
+    jobs = [('train', train_folders)] + [(dataset_name(d), [d]) for d in test_folders]
+    log_lines, summary = [], {}
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for name, folders in jobs:
+            found = [p for d in folders for p in list_image_files(d)]
+            problems = list(pool.map(functools.partial(_image_problem, min_size=min_size), found, chunksize=16))
+            kept = [os.path.abspath(p) for p, why in zip(found, problems) if why is None]
+            reasons = {}
+            for p, why in zip(found, problems):
+                if why is not None:
+                    key = why.split(' (')[0]
+                    reasons[key] = reasons.get(key, 0) + 1
+                    log_lines.append(f"{name}\t{p}\t{why}")
+            file_name = 'train_images.json' if name == 'train' else f"{name}_test_images.json"
+            atomic_write_text(os.path.join(output_folder, file_name), json.dumps(kept, indent=0))
+            skipped = ', '.join(f"{n} {why}" for why, n in sorted(reasons.items())) or 'none'
+            log(f"{name}: found {len(found)}, kept {len(kept)}, skipped {len(found) - len(kept)} ({skipped})")
+            summary[name] = (len(kept), len(found) - len(kept))
+    atomic_write_text(os.path.join(output_folder, 'create_data_lists.log'), ''.join(l + '\n' for l in log_lines))
+    if log_lines:
+        log(f"skipped files and reasons: {os.path.join(output_folder, 'create_data_lists.log')}")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# MATLAB-compatible bicubic resize
+# ----------------------------------------------------------------------------------------------
+
+
+def _cubic(x):
+    """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic')."""
+    ax = x.abs()
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return ((1.5 * ax3 - 2.5 * ax2 + 1.) * (ax <= 1.)
+            + (-0.5 * ax3 + 2.5 * ax2 - 4. * ax + 2.) * ((ax > 1.) & (ax <= 2.)))
+
+
+def _resize_taps(in_len, out_len, scale, antialias, device):
+    """Indices (out_len, P) into the input and weights (out_len, P) for resizing one axis, as MATLAB does:
+    kernel widened by 1/scale when downscaling, symmetric (mirror) border, weights normalised per output."""
+    kernel_width = 4.
+    if scale < 1 and antialias:
+        kernel_width /= scale
+    x = torch.arange(1, out_len + 1, dtype=torch.float64, device=device)
+    u = x / scale + 0.5 * (1. - 1. / scale)  # output pixel centre in input coordinates (1-based)
+    left = torch.floor(u - kernel_width / 2.)
+    taps = int(math.ceil(kernel_width)) + 2
+    idx = left.unsqueeze(1) + torch.arange(taps, dtype=torch.float64, device=device)  # (out_len, P), 1-based
+    dist = u.unsqueeze(1) - idx
+    weights = scale * _cubic(dist * scale) if (scale < 1 and antialias) else _cubic(dist)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    keep = (weights != 0).any(dim=0)  # drop tap columns that are zero for every output pixel
+    weights, idx = weights[:, keep], idx[:, keep]
+    # Symmetric padding: index i maps into [1, 2, ..., n, n, ..., 1] repeated.
+    mirror = torch.cat([torch.arange(in_len, device=device), torch.arange(in_len - 1, -1, -1, device=device)])
+    idx = mirror[torch.remainder(idx.long() - 1, 2 * in_len)]
+    return idx, weights
+
+
+def imresize(x, scale=None, size=None, antialias=True):
+    """Resize like MATLAB's ``imresize(x, scale, 'bicubic')``, batched and channels-first, on any device.
+
+    x: (..., H, W) tensor, uint8 or float (any value range). scale: positive number (same for both axes),
+    or size=(out_h, out_w). Output size per axis is ceil(scale * in). The computation is in float64
+    (float32 on devices without float64); a uint8 input gives a uint8 output (clamped, rounded half up at
+    the end only), a float input a float output of the same dtype, unrounded. Scale 1 returns a copy.
+    """
+    if (scale is None) == (size is None):
+        raise ValueError("give exactly one of scale or size")
+    in_h, in_w = x.shape[-2:]
+    if size is None:
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, not {scale}")
+        scales = (float(scale), float(scale))
+        size = (int(math.ceil(in_h * scales[0] - 1e-9)), int(math.ceil(in_w * scales[1] - 1e-9)))
+    else:
+        size = (int(size[0]), int(size[1]))
+        scales = (size[0] / in_h, size[1] / in_w)
+    if min(size) < 1:
+        raise ValueError(f"resizing {in_h}x{in_w} by {scale} leaves no pixels")
+    is_uint8 = x.dtype == torch.uint8
+    work_dtype = torch.float32 if x.device.type == 'mps' else torch.float64
+    out = x.to(work_dtype)
+    # MATLAB resizes the axis with the smaller scale first (rows first on ties).
+    order = (-2, -1) if scales[0] <= scales[1] else (-1, -2)
+    for dim in order:
+        axis = 0 if dim == -2 else 1
+        in_len, out_len, s = out.shape[dim], size[axis], scales[axis]
+        if in_len == out_len and s == 1:
+            continue
+        idx, w = _resize_taps(in_len, out_len, s, antialias, x.device)
+        w = w.to(work_dtype)
+        if dim == -2:
+            out = (out[..., idx, :] * w[:, :, None]).sum(dim=-2)  # (..., out_len, P, W) -> (..., out_len, W)
+        else:
+            out = (out[..., idx] * w).sum(dim=-1)  # (..., H, out_len, P) -> (..., H, out_len)
+    if is_uint8:
+        return torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
+    return out.to(x.dtype) if x.dtype.is_floating_point else out
+
+
+def modcrop(img, scale):
+    """Top-left crop of (..., H, W) to multiples of ``scale``, as MATLAB's modcrop."""
+    h, w = img.shape[-2:]
+    return img[..., :h - h % scale, :w - w % scale]
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_pair(a, b):
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.dim() not in (2, 3):
+        raise ValueError(f"expected (H, W) or (N, H, W) luma, got shape {tuple(a.shape)}")
+
+
+def shave(img, border):
+    """Remove ``border`` pixels from every side of (..., H, W)."""
+    return img[..., border:img.shape[-2] - border, border:img.shape[-1] - border] if border else img
+
+
+def psnr(a, b, border=0, data_range=255.):
+    """PSNR in dB of luma images with values in [0, data_range], after removing ``border`` pixels per side.
+
+    a, b: (H, W) or (N, H, W); computed in float64 per image. Returns a float, or a (N,) tensor.
+    Identical images give inf.
+    """
+    _check_pair(a, b)
+    a, b = shave(a.to(torch.float64), border), shave(b.to(torch.float64), border)
+    mse = ((a - b) ** 2).mean(dim=(-2, -1))
+    out = 10. * torch.log10(data_range ** 2 / mse)
+    return out.item() if out.dim() == 0 else out
+
+
+def _gaussian_window(size=11, sigma=1.5, dtype=torch.float64, device='cpu'):
+    g = torch.exp(-((torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2.) ** 2) / (2. * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(a, b, border=0, data_range=255.):
+    """SSIM (Wang et al. 2004) of luma images in [0, data_range]: 11x11 Gaussian window, sigma 1.5,
+    K1 = 0.01, K2 = 0.03, valid region only (no padding), after removing ``border`` pixels per side.
+
+    a, b: (H, W) or (N, H, W); float64. Returns the mean SSIM map per image: a float, or a (N,) tensor.
+    Equals scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=255).
+    """
+    _check_pair(a, b)
+    a, b = shave(a.to(torch.float64), border), shave(b.to(torch.float64), border)
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after the border crop, got {tuple(a.shape[-2:])}")
+    squeeze = a.dim() == 2
+    a, b = a.reshape(-1, 1, *a.shape[-2:]), b.reshape(-1, 1, *b.shape[-2:])
+    g = _gaussian_window(device=a.device)
+
+    def blur(t):  # separable Gaussian, valid region: (N, 1, H, W) -> (N, 1, H - 10, W - 10)
+        return F.conv2d(F.conv2d(t, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    out = ssim_map.mean(dim=(-3, -2, -1))
+    return out.item() if squeeze else out
+
+
+def tutorial_metrics(sr, hr):
+    """The tutorial's eval.py computation: Y via convert_image (unrounded, 4-pixel border crop) of SR and HR in
+    [-1, 1], then scikit-image's default PSNR and SSIM (7x7 uniform window) with data_range 255.
+
+    sr, hr: (3, H, W) tensors in [-1, 1]. Returns (psnr, ssim) as floats.
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    sr_y = convert_image(sr.unsqueeze(0).float(), source='[-1, 1]', target='y-channel')[0].cpu().numpy()
+    hr_y = convert_image(hr.unsqueeze(0).float(), source='[-1, 1]', target='y-channel')[0].cpu().numpy()
+    return (float(peak_signal_noise_ratio(hr_y, sr_y, data_range=255.)),
+            float(structural_similarity(hr_y, sr_y, data_range=255.)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training-time transforms and small helpers from the tutorial
+# ----------------------------------------------------------------------------------------------
+
+
+def downscale(hr_img, scaling_factor, method='pil'):
+    """LR version of a PIL image whose sides are multiples of the scale: 'pil' (the tutorial's PIL bicubic)
+    or 'matlab' (imresize, the papers' degradation)."""
+    w, h = hr_img.width // scaling_factor, hr_img.height // scaling_factor
+    if method == 'pil':
+        return hr_img.resize((w, h), Image.Resampling.BICUBIC)
+    if method == 'matlab':
+        arr = torch.from_numpy(np.asarray(hr_img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return Image.fromarray(imresize(arr, 1. / scaling_factor).permute(1, 2, 0).numpy(), mode='RGB')
+    raise ValueError(f"downsampling method is 'pil' or 'matlab', not {method!r}")
+
+
+class ImageTransforms:
+    """The tutorial's pipeline: crop the HR image, bicubic-downscale it to LR, convert both.
+
+    train: a random crop_size x crop_size crop (any offset from 0 to size - crop, inclusive);
+    test: the largest centre crop whose sides are multiples of the scale. ``rng`` (a random.Random)
+    makes crops reproducible; default is the global ``random`` module, as in the tutorial.
+    """
+
+    def __init__(self, split, crop_size, scaling_factor, lr_img_type, hr_img_type, downsample='pil'):
+        self.split = split.lower()
+        if self.split not in {'train', 'test'}:
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        self.crop_size = int(crop_size)
+        self.scaling_factor = int(scaling_factor)
+        self.lr_img_type = lr_img_type
+        self.hr_img_type = hr_img_type
+        self.downsample = downsample
+
+    def __call__(self, img, rng=random):
+        if self.split == 'train':
+            if img.width < self.crop_size or img.height < self.crop_size:
+                raise ValueError(f"image {img.width}x{img.height} is smaller than the crop size {self.crop_size}")
+            # The tutorial draws from 1, so offset 0 never occurs and an image equal to the crop crashes.
+            left = rng.randint(0, img.width - self.crop_size)
+            top = rng.randint(0, img.height - self.crop_size)
+            hr_img = img.crop((left, top, left + self.crop_size, top + self.crop_size))
+        else:
+            x_rem, y_rem = img.width % self.scaling_factor, img.height % self.scaling_factor
+            left, top = x_rem // 2, y_rem // 2
+            hr_img = img.crop((left, top, left + img.width - x_rem, top + img.height - y_rem))
+        lr_img = downscale(hr_img, self.scaling_factor, self.downsample)
+        assert hr_img.width == lr_img.width * self.scaling_factor
+        assert hr_img.height == lr_img.height * self.scaling_factor
+        lr = convert_image(lr_img, source='pil', target=self.lr_img_type)  # (3, h, w)
+        hr = convert_image(hr_img, source='pil', target=self.hr_img_type)  # (3, h * s, w * s)
+        return lr, hr
+
+
+class AverageMeter:
+    """Keeps the latest value, sum, count and average of a metric."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.val = self.avg = self.sum = 0.
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+def adjust_learning_rate(optimizer, shrink_factor):
+    """Multiply every parameter group's learning rate by ``shrink_factor``."""
+    for group in optimizer.param_groups:
+        group['lr'] = group['lr'] * shrink_factor
+    print(f"learning rate decayed to {optimizer.param_groups[0]['lr']:g}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices, seeds, RNG state
+# ----------------------------------------------------------------------------------------------
+
+
+def pick_device(name='auto'):
+    """'auto' -> cuda if available, else mps, else cpu; otherwise the named device (checked)."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+            return torch.device('mps')
+        return torch.device('cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def seed_everything(seed):
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state():
+    """RNG states of python, numpy, torch and CUDA as plain data (lists, ints, tensors)."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    return {
+        'python': [version, list(internal), gauss],
+        'numpy': {'key': np_state['state']['key'].tolist(), 'pos': int(np_state['state']['pos']),
+                  'has_gauss': int(np_state['has_gauss']), 'gauss': float(np_state['gauss'])},
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    """Restore what get_rng_state saved."""
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    n = state['numpy']
+    np.random.set_state({'bit_generator': 'MT19937', 'state': {'key': np.array(n['key'], dtype=np.uint32),
+                                                                'pos': n['pos']},
+                         'has_gauss': n['has_gauss'], 'gauss': n['gauss']})
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: plain data only, atomic writes, safe loads
+# ----------------------------------------------------------------------------------------------
+
+FORMAT_VERSION = 1
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+def unwrap_model(model):
+    """The bare module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, '_orig_mod'):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_prefixes(state_dict):
+    """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes from state_dict keys."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def plain_args(args):
+    """argparse Namespace -> dict of plain values (str/int/float/bool/None/lists), safe for weights_only loads."""
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def atomic_write(path, write_fn):
+    """Write a file atomically: ``write_fn(file)`` into a temp file in the same folder, flush, fsync, os.replace.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one. Failures (disk full,
+    permission denied) raise UserError naming the path; the old file is kept and the temp file removed.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, (OSError, RuntimeError)):
+            raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; "
+                            f"the previous file, if any, is unchanged") from None
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def save_checkpoint(state, path):
+    """torch.save ``state`` (state_dicts and plain data only) atomically."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+LEGACY_HELP = ("if it is the tutorial's old format (whole pickled models) and you trust its source, convert it "
+               "once with: python eval.py --convert-legacy {path} NEW.pth")
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, nothing is executed.
+
+    A file that needs arbitrary unpickling (pickled modules, or a payload that would run code) is refused
+    with UserError; so are missing files and files that are not checkpoints.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path}: no such file" + (" (it is a directory)" if os.path.isdir(path) else ""))
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if 'weights_only' in str(e) or 'Unsupported global' in str(e) or 'Unsupported operand' in str(e):
+            raise UserError(f"refusing to load {path}: it needs arbitrary unpickling, which can run code; "
+                            + LEGACY_HELP.format(path=path)) from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+            from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def convert_legacy_checkpoint(src, dst):
+    """Convert a tutorial checkpoint holding whole pickled models into this suite's format.
+
+    This UNPICKLES ``src`` without restrictions, which can execute code: run it only on files you trust.
+    """
+    ckpt = torch.load(src, map_location='cpu', weights_only=False)
+    out = {'format_version': FORMAT_VERSION, 'epoch': int(ckpt.get('epoch', 0))}
+    for key in ('model', 'generator', 'discriminator'):
+        obj = ckpt.get(key)
+        if obj is not None:
+            out[key] = strip_prefixes(obj.state_dict() if hasattr(obj, 'state_dict') and not isinstance(obj, dict)
+                                      else obj)
+    for key in ('optimizer', 'optimizer_g', 'optimizer_d'):
+        obj = ckpt.get(key)
+        if obj is not None:
+            out[key] = obj.state_dict() if hasattr(obj, 'state_dict') else obj
+    if 'model' not in out and 'generator' not in out:
+        raise UserError(f"{src} holds neither 'model' nor 'generator': not a tutorial checkpoint")
+    if 'generator' in out:
+        out['arch'] = 'srgan'
+        out['generator_config'] = infer_srresnet_config(out['generator'], prefix='net.')
+    else:
+        out['arch'] = 'srresnet'
+        out['model_config'] = infer_srresnet_config(out['model'])
+    save_checkpoint(out, dst)
+    return out
+
+
+def infer_srresnet_config(state_dict, prefix=''):
+    """SRResNet constructor arguments recovered from a state_dict's shapes (for the seed's own checkpoints)."""
+    sd = strip_prefixes(state_dict)
+    try:
+        w1 = sd[prefix + 'conv_block1.conv_block.0.weight']  # (n_channels, 3, k, k)
+        w2 = sd[prefix + 'conv_block2.conv_block.0.weight']  # (n_channels, n_channels, k, k)
+    except KeyError:
+        raise UserError("the checkpoint's weights are not an SRResNet's (no conv_block1/conv_block2)") from None
+    n_blocks = len({k.split('.')[1] for k in sd if k.startswith(prefix + 'residual_blocks.')})
+    n_sub = len({k.split('.')[1] for k in sd if k.startswith(prefix + 'subpixel_convolutional_blocks.')})
+    return {'large_kernel_size': int(w1.shape[-1]), 'small_kernel_size': int(w2.shape[-1]),
+            'n_channels': int(w1.shape[0]), 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_sub}
+
+
+def describe_checkpoint(ckpt, path):
+    """(arch, model_config, state_dict) of the SR network in a checkpoint of any supported kind.
+
+    Accepts this suite's checkpoints (any architecture; SRGAN gives its generator), and the seed's own
+    SRResNet/SRGAN checkpoints, whose configuration is inferred from the weights. Refuses newer formats.
+    """
+    version = ckpt.get('format_version', 0)
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format version {version}; this suite reads up to "
+                        f"{FORMAT_VERSION}: update the suite")
+    if 'generator' in ckpt:
+        state = strip_prefixes(ckpt['generator'])
+        config = ckpt.get('generator_config') or infer_srresnet_config(state, prefix='net.')
+        return 'srgan', dict(config), {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
+    if 'model' in ckpt:
+        state = strip_prefixes(ckpt['model'])
+        arch = ckpt.get('arch', 'srresnet')
+        config = ckpt.get('model_config') or infer_srresnet_config(state)
+        if arch not in models.ARCHS:
+            raise UserError(f"{path}: unknown architecture {arch!r}")
+        return arch, dict(config), state
+    raise UserError(f"{path} holds no 'model' or 'generator' weights: not an SR checkpoint")
+
+
+def load_sr_model(path, device='cpu', expect_scale=None):
+    """Rebuild the SR network recorded in a checkpoint. Returns (model in eval mode, arch, config).
+
+    arch is the model's architecture ('srresnet' also for an SRGAN generator, whose weights are an SRResNet's);
+    ``expect_scale`` turns a scale mismatch into a UserError naming both scales.
+    """
+    ckpt = load_checkpoint(path)
+    arch, config, state = describe_checkpoint(ckpt, path)
+    net_arch = 'srresnet' if arch == 'srgan' else arch
+    scale = int(config['scaling_factor'])
+    if expect_scale is not None and int(expect_scale) != scale:
+        raise UserError(f"{path} was trained for x{scale}, not x{expect_scale}: pass --scale {scale} "
+                        f"or a x{expect_scale} checkpoint")
+    try:
+        model = models.build_model(net_arch, config)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: weights do not match a {net_arch} with {config} "
+                        f"({str(e).splitlines()[0][:160]})") from None
+    return model.to(device).eval(), net_arch, config
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line flags shared by the scripts
+# ----------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def make_parser(doc, *, data=True, device=True, workers=4):
+    """An ArgumentParser whose description is the script's docstring, with the flags the scripts share:
+    --data-folder, --device, --workers, --seed (each when asked for)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    if data:
+        parser.add_argument('--data-folder', default='./data/', help='folder holding the JSON data lists')
+    if device:
+        parser.add_argument('--device', default='auto', help="'auto' (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+        parser.add_argument('--workers', type=int, default=workers, help='data-loading worker processes')
+        parser.add_argument('--seed', type=int, default=0, help='random seed (data order, crops, initialisation)')
+    return parser
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference: one wrapper for every architecture
+# ----------------------------------------------------------------------------------------------
+
+
+def pil_to_tensor(img):
+    """PIL RGB -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.asarray(img.convert('RGB'), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def tensor_to_pil(img):
+    """(3, H, W) uint8 tensor -> PIL RGB."""
+    return Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), mode='RGB')
+
+
+def to_uint8(img01):
+    """Float image in [0, 1] -> uint8 values (clamped, rounded half up)."""
+    return torch.floor(img01.clamp(0, 1) * 255. + 0.5).to(torch.uint8)
+
+
+class Upscaler:
+    """Runs any architecture of the suite on RGB images, hiding its input/output conventions.
+
+    ``upscale(lr)`` takes (N, 3, h, w) RGB in [0, 1] on any device and returns (sr_rgb, sr_y):
+    sr_rgb (N, 3, s*h, s*w) in [0, 1] (float32, unclamped), and for Y-channel models the model's own luma
+    (N, s*h, s*w) in [0, 1] (None for RGB models). Y-channel models upscale Cb/Cr with MATLAB bicubic.
+    """
+
+    def __init__(self, model, arch, scale, device):
+        self.model, self.spec, self.scale, self.device = model, models.ARCHS[arch], int(scale), torch.device(device)
+
+    def min_input_size(self):
+        """Smallest LR side the model accepts (the Discriminator-free models accept 1 px; keep 2 for bicubic)."""
+        return 2
+
+    @torch.no_grad()
+    def upscale(self, lr):
+        lr = lr.to(self.device, torch.float32)  # (N, 3, h, w), in [0, 1]
+        spec = self.spec
+        if spec.color == 'rgb':
+            x = convert_image(lr, source='[0, 1]', target=spec.in_type)
+            out = self.model(x)  # (N, 3, s*h, s*w), in out_type
+            return convert_image(out.float(), source=spec.out_type, target='[0, 1]'), None
+        ycbcr = rgb_to_ycbcr(lr)  # (N, 3, h, w), in [0, 1]
+        y = ycbcr[:, :1]
+        if spec.pre_upsample:
+            y = imresize(y, self.scale)  # (N, 1, s*h, s*w)
+        sr_y = self.model(y).float()  # (N, 1, s*h, s*w), in [0, 1]
+        cbcr = imresize(ycbcr[:, 1:], self.scale).float()  # (N, 2, s*h, s*w)
+        sr = ycbcr_to_rgb(torch.cat([sr_y, cbcr], dim=1))
+        return sr, sr_y[:, 0]
+
+
+def timer():
+    """perf_counter that first waits for queued GPU work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training machinery shared by train_srresnet.py and train_srgan.py
+# ----------------------------------------------------------------------------------------------
+
+
+def model_io(spec, lr, hr, scale):
+    """Training pairs in the model's own spaces. lr (N, 3, h, w), hr (N, 3, s*h, s*w): RGB in [0, 1].
+
+    RGB models: (lr in spec.in_type, hr in spec.out_type). Y-channel models: (Y of lr, bicubic-upscaled when
+    spec.pre_upsample, Y of hr), each (N, 1, ., .) in [0, 1]. The loss is computed in the target's space.
+    """
+    if spec.color == 'rgb':
+        return convert_image(lr, '[0, 1]', spec.in_type), convert_image(hr, '[0, 1]', spec.out_type)
+    lr_y = rgb_to_ycbcr(lr)[:, :1]  # (N, 1, h, w)
+    if spec.pre_upsample:
+        lr_y = imresize(lr_y, scale)  # (N, 1, s*h, s*w)
+    return lr_y, rgb_to_ycbcr(hr)[:, :1]
+
+
+def to_display(img, kind):
+    """(N, C, H, W) in ``kind`` -> [0, 1] for image grids (Y images stay single-channel)."""
+    if img.shape[1] == 1:
+        return img.float().clamp(0, 1)
+    return convert_image(img.float(), kind, '[0, 1]').clamp(0, 1)
+
+
+class Dist:
+    """Process-group facts for this process: rank, world size, local rank, device; is_main for rank 0."""
+
+    def __init__(self, rank=0, world_size=1, local_rank=0, device=torch.device('cpu')):
+        self.rank, self.world_size, self.local_rank, self.device = rank, world_size, local_rank, device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1 or torch.distributed.is_initialized()
+
+    def all_mean(self, value):
+        """Mean of a float across ranks (the value itself when not distributed)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world_size
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def init_distributed(device_name, ngpu=1, timeout_s=600):
+    """Join the torchrun process group when launched by torchrun (RANK/WORLD_SIZE set), else a single process.
+
+    nccl on CUDA (one GPU per process, cuda:LOCAL_RANK), gloo on CPU. --ngpu > 1 with torchrun is refused.
+    """
+    import datetime
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        return Dist(device=pick_device(device_name))
+    if ngpu > 1:
+        raise UserError("--ngpu (DataParallel) and torchrun (DDP) cannot be combined: drop --ngpu under torchrun")
+    rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    device = pick_device(device_name)
+    if device.type == 'cuda':
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Dist(rank, world, local_rank, device)
+
+
+def close_distributed():
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def wrap_model(model, dist, ngpu=1, sync_bn=False):
+    """DDP under torchrun (SyncBatchNorm with sync_bn on CUDA), DataParallel for --ngpu N on CUDA, else as is."""
+    if dist.enabled:
+        if sync_bn and dist.device.type == 'cuda':
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [dist.device.index] if dist.device.type == 'cuda' else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if ngpu > 1 and dist.device.type == 'cuda' and torch.cuda.device_count() > 1:
+        return torch.nn.DataParallel(model, device_ids=list(range(min(ngpu, torch.cuda.device_count()))))
+    return model
+
+
+def per_rank_batch_size(batch_size, dist):
+    """--batch-size is global: split evenly across processes (UserError if it does not divide)."""
+    if batch_size % dist.world_size:
+        raise UserError(f"--batch-size {batch_size} (global) does not divide across {dist.world_size} processes")
+    return batch_size // dist.world_size
+
+
+def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False):
+    """DataLoader over an EpochSampler: the global batch is split across ranks; returns (loader, sampler)."""
+    from datasets import EpochSampler
+    sampler = EpochSampler(len(dataset), seed=seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank_batch_size(batch_size, dist), sampler=sampler,
+                                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    return loader, sampler
+
+
+def autocast(device, amp):
+    """Autocast context for --amp off|bf16|fp16 on this device."""
+    if amp == 'off':
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+
+
+class StopRequest:
+    """Turns Ctrl-C / SIGTERM into a flag the training loop checks after each step (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        import signal
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+
+    def _handle(self, signum, frame):
+        import signal
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name} received: finishing this step, then saving", file=sys.stderr)
+
+    def restore(self):
+        import signal
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def check_finite(loss_value, epoch, step, checkpoint_path):
+    """Stop (UserError) when a loss is NaN or inf, naming the step; the last good checkpoint stays as it is."""
+    if not math.isfinite(loss_value):
+        raise UserError(f"loss became {loss_value} at epoch {epoch}, step {step}; stopped without saving, "
+                        f"so {checkpoint_path} still holds the last good state (try a lower --lr or --amp off)")
+
+
+def make_writer(log_dir, dist):
+    """A TensorBoard SummaryWriter on rank 0, None elsewhere."""
+    if not dist.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=log_dir)
+
+
+def log_image_grids(writer, tag, epoch, lr, sr, hr, lr_kind, out_kind):
+    """TensorBoard grids of the first 4 LR / SR / HR images of a batch, each mapped to [0, 1]."""
+    from torchvision.utils import make_grid
+    if writer is None:
+        return
+    for name, img, kind in (('1_lr', lr, lr_kind), ('2_sr', sr, out_kind), ('3_hr', hr, out_kind)):
+        writer.add_image(f"{tag}/{name}", make_grid(to_display(img[:4].detach().cpu(), kind), nrow=4), epoch)
+
+
+def progress(iterable, total, dist, desc):
+    """A tqdm bar on rank 0 when stderr is a terminal; the bare iterable otherwise."""
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, disable=None if dist.is_main else True, dynamic_ncols=True,
+                leave=False)
+
+
+def resume_command():
+    """The command line that resumes this run (argv with --resume added when missing)."""
+    argv = [a for a in sys.argv]
+    if '--resume' not in argv and not any(a.startswith('--resume=') for a in argv):
+        argv.append('--resume')
+    launcher = 'torchrun ...' if 'RANK' in os.environ else 'python'
+    return f"{launcher} {' '.join(argv)}"
+
+
+def standard_protocol(upscaler, hr, scale):
+    """The papers' protocol on one image. hr: (3, H, W) uint8 RGB (grayscale as R = G = B).
+
+    HR is mod-cropped (top-left); LR = MATLAB bicubic 1/scale, rounded to uint8; SR = model(LR) rounded to
+    uint8; both are reduced to rounded BT.601 luma (Y-channel models: their own Y output, rounded).
+    Returns (sr_y, hr_y, sr_rgb_uint8): float64 (H', W') luma with integer values, and the SR image.
+    """
+    hr = modcrop(hr, scale)  # (3, H', W'), uint8
+    lr = imresize(hr, 1. / scale)  # (3, H' / s, W' / s), uint8
+    sr, sr_y = upscaler.upscale(lr.unsqueeze(0).float() / 255.)  # (1, 3, H', W') in [0, 1]
+    sr_u8 = to_uint8(sr[0]).cpu()  # (3, H', W')
+    y = torch.floor(sr_y[0].double().clamp(0, 1).cpu() * 255. + 0.5) if sr_y is not None else rgb_to_y_uint8(sr_u8)
+    return y, rgb_to_y_uint8(hr), sr_u8
+
+
+def validate_psnr(upscaler, hr_images, scale):
+    """Mean standard-protocol PSNR (Y, border = scale) over (3, H, W) uint8 images; model in eval mode."""
+    values = []
+    for hr in hr_images:
+        sr_y, hr_y, _ = standard_protocol(upscaler, hr, scale)
+        values.append(psnr(sr_y, hr_y, border=scale))
+    return sum(values) / len(values)
