@@ -22,49 +22,16 @@ from torch import nn
 
 import models
 from datasets import SRDataset
-from utils import (AverageMeter, StopRequest, UserError, Upscaler, autocast, check_finite, close_distributed,
-                   get_rng_state, init_distributed, load_checkpoint, load_image, list_image_files,
-                   log_image_grids, make_parser, make_train_loader, make_writer, model_io, pil_to_tensor,
-                   plain_args, positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything,
-                   set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model, FORMAT_VERSION)
-
-
-def add_training_args(parser, arch_choices):
-    """Flags shared by both trainers (defaults None = the architecture's own recipe)."""
-    g = parser.add_argument_group('training')
-    g.add_argument('--arch', default='srresnet', choices=arch_choices, help='architecture to train')
-    g.add_argument('--scale', type=int, default=4, help='upscaling factor (scaling_factor)')
-    g.add_argument('--crop-size', type=positive_int, help='HR patch size; default: the arch recipe (srresnet 96)')
-    g.add_argument('--batch-size', type=positive_int, help='GLOBAL batch size (split across torchrun processes); '
-                   'default: the arch recipe (srresnet 400, srgan 128)')
-    g.add_argument('--epochs', type=positive_int, help='last epoch; default: the arch recipe (srresnet 130)')
-    g.add_argument('--lr', type=float, help='learning rate; default: the arch recipe (srresnet 1e-4)')
-    g.add_argument('--downsample', choices=('pil', 'matlab'),
-                   help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
-                        "default: the arch recipe")
-    g.add_argument('--patches-per-image', type=positive_int, default=1,
-                   help='random crops taken from each image per epoch (the tutorial: 1)')
-    g.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
-                   help='continue from CHECKPOINT (default when given without a value: the output checkpoint)')
-    g.add_argument('--results-dir', default='results', help='where checkpoints go')
-    g.add_argument('--runs-dir', default='runs', help='TensorBoard log folder')
-    g.add_argument('--ngpu', type=positive_int, default=1, help='GPUs for the tutorial\'s DataParallel (CUDA only)')
-    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under torchrun on CUDA')
-    g.add_argument('--amp', choices=('off', 'bf16', 'fp16'), default='off', help='mixed precision')
-    g.add_argument('--channels-last', action='store_true', help='channels_last memory format')
-    g.add_argument('--max-bad-fraction', type=float, default=0.05,
-                   help='stop when more than this share of training image loads fail')
-    g.add_argument('--val-folder', help='image folder (e.g. Set5) for validation PSNR, standard protocol')
-    g.add_argument('--val-every', type=positive_int, default=1, help='validate every N epochs (with --val-folder)')
-    g.add_argument('--keep-best', action='store_true',
-                   help='also keep results/checkpoint_<arch>_best.pth, best by validation PSNR (needs --val-folder)')
-    g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
-    return g
+from utils import (AverageMeter, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args, autocast,
+                   check_finite, close_distributed, get_rng_state, init_distributed, list_image_files, load_checkpoint,
+                   load_image, log_image_grids, make_parser, make_train_loader, model_io, pil_to_tensor, plain_args,
+                   positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything, set_rng_state,
+                   strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
 
 
 def build_parser():
     parser = make_parser(__doc__)
-    add_training_args(parser, sorted(models.ARCHS))
+    add_training_args(parser, archs=sorted(models.ARCHS))
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
     g.add_argument('--large-kernel-size', type=positive_int, default=9, help='srresnet: first/last conv kernel')
     g.add_argument('--small-kernel-size', type=positive_int, default=3, help='srresnet: inner conv kernel')
@@ -95,6 +62,7 @@ def parse_model_opts(opts, parser):
 def resolve_args(parser, argv=None):
     """Parse flags, fill the architecture's defaults, and reject impossible combinations before any work."""
     args = parser.parse_args(argv)
+    args.scale = 4 if args.scale is None else args.scale
     try:
         models.check_scale(args.arch, args.scale)
     except ValueError as e:
@@ -192,19 +160,6 @@ def checkpoint_state(model, optimizer, scheduler, ctx, args, epoch, resume_step,
     }
 
 
-class Context:
-    """What the training loop needs besides the model: device/process group, arch spec, AMP, logging, stop flag."""
-
-    def __init__(self, args, dist, dataset):
-        self.dist, self.dataset, self.spec, self.scale = dist, dataset, models.ARCHS[args.arch], args.scale
-        self.amp, self.channels_last = args.amp, args.channels_last
-        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=args.amp == 'fp16')
-        self.writer = make_writer(os.path.join(args.runs_dir, args.arch), dist)
-        self.stop = StopRequest()
-        self.checkpoint_path = args.checkpoint_path
-        self.global_step = 0
-
-
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
     dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
@@ -221,7 +176,7 @@ def main(argv=None):
         dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
                             downsample=args.downsample, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
                             repeat=args.patches_per_image)
-        ctx = Context(args, dist, dataset)
+        ctx = TrainContext(args, dist, dataset, args.arch)
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.resume:
             ckpt = load_checkpoint(args.resume, map_location=dist.device)

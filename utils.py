@@ -1007,6 +1007,56 @@ def resume_command():
     return f"{launcher} {' '.join(argv)}"
 
 
+def add_training_args(parser, archs=None):
+    """Flags shared by both trainers; defaults None mean 'the architecture's own recipe'.
+
+    archs: choices for --arch (train_srresnet.py); None for a fixed architecture (train_srgan.py).
+    """
+    g = parser.add_argument_group('training')
+    if archs:
+        g.add_argument('--arch', default='srresnet', choices=archs, help='architecture to train')
+    g.add_argument('--scale', type=int, help='upscaling factor (scaling_factor); default 4')
+    g.add_argument('--crop-size', type=positive_int, help='HR patch size; default: the arch recipe (srresnet 96)')
+    g.add_argument('--batch-size', type=positive_int, help='GLOBAL batch size (split across torchrun processes); '
+                   'default: the arch recipe (srresnet 400, srgan 128)')
+    g.add_argument('--epochs', type=positive_int, help='last epoch; default: the arch recipe (srresnet 130)')
+    g.add_argument('--lr', type=float, help='learning rate; default: the arch recipe (srresnet 1e-4)')
+    g.add_argument('--downsample', choices=('pil', 'matlab'),
+                   help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
+                        "default: the arch recipe")
+    g.add_argument('--patches-per-image', type=positive_int, default=1,
+                   help='random crops taken from each image per epoch (the tutorial: 1)')
+    g.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                   help='continue from CHECKPOINT (default when given without a value: the output checkpoint)')
+    g.add_argument('--results-dir', default='results', help='where checkpoints go')
+    g.add_argument('--runs-dir', default='runs', help='TensorBoard log folder')
+    g.add_argument('--ngpu', type=positive_int, default=1, help='GPUs for the tutorial\'s DataParallel (CUDA only)')
+    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under torchrun on CUDA')
+    g.add_argument('--amp', choices=('off', 'bf16', 'fp16'), default='off', help='mixed precision')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    g.add_argument('--max-bad-fraction', type=float, default=0.05,
+                   help='stop when more than this share of training image loads fail')
+    g.add_argument('--val-folder', help='image folder (e.g. Set5) for validation PSNR, standard protocol')
+    g.add_argument('--val-every', type=positive_int, default=1, help='validate every N epochs (with --val-folder)')
+    g.add_argument('--keep-best', action='store_true',
+                   help='also keep results/checkpoint_<arch>_best.pth, best by validation PSNR (needs --val-folder)')
+    g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
+    return g
+
+
+class TrainContext:
+    """What the training loop needs besides the model: device/process group, arch spec, AMP, logging, stop flag."""
+
+    def __init__(self, args, dist, dataset, arch):
+        self.dist, self.dataset, self.spec, self.scale = dist, dataset, models.ARCHS[arch], args.scale
+        self.amp, self.channels_last = args.amp, args.channels_last
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=args.amp == 'fp16')
+        self.writer = make_writer(os.path.join(args.runs_dir, arch), dist)
+        self.stop = StopRequest()
+        self.checkpoint_path = args.checkpoint_path
+        self.global_step = 0
+
+
 def standard_protocol(upscaler, hr, scale):
     """The papers' protocol on one image. hr: (3, H, W) uint8 RGB (grayscale as R = G = B).
 

@@ -1,0 +1,283 @@
+"""Train SRGAN as the tutorial does: a generator warm-started from a trained SRResNet, a discriminator,
+a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learning rate x0.1 at half the epochs.
+
+    python train_srgan.py                              # tutorial: x4, batch 128, 50 epochs, from results/checkpoint_srresnet.pth
+    python train_srgan.py --srresnet-checkpoint results/checkpoint_srresnet.pth --batch-size 32 --device cuda
+    python train_srgan.py --resume                     # continue results/checkpoint_srgan.pth
+    python train_srgan.py --vgg-weights vgg19-dcbb9e9d.pth     # VGG19 weights from a file instead of the hub cache
+    python train_srgan.py --update-order d-first       # discriminator step before generator step (seed 001, Keras)
+    torchrun --nproc-per-node 4 train_srgan.py --batch-size 128  # DDP: --batch-size is the global batch
+
+VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub cache) or --vgg-weights PATH;
+--vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch.
+"""
+import os
+
+import torch
+from torch import nn
+
+import models
+from datasets import SRDataset
+from utils import (AverageMeter, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args,
+                   adjust_learning_rate, autocast, check_finite, close_distributed, convert_image, describe_checkpoint,
+                   get_rng_state, init_distributed, load_checkpoint, log_image_grids, make_parser, make_train_loader,
+                   plain_args, positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything,
+                   set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+from train_srresnet import check_resume_compatible, load_val_images
+
+SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil')
+GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
+
+
+def build_parser():
+    parser = make_parser(__doc__)
+    add_training_args(parser)
+    g = parser.add_argument_group('SRGAN')
+    g.add_argument('--srresnet-checkpoint',
+                   help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
+                        "'none': a random generator)")
+    g.add_argument('--large-kernel-size', type=positive_int, help='generator first/last kernel (default: the '
+                   "SRResNet checkpoint's, else 9)")
+    g.add_argument('--small-kernel-size', type=positive_int, help='generator inner kernel (default: checkpoint, else 3)')
+    g.add_argument('--n-channels', type=positive_int, help='generator channels (default: checkpoint, else 64)')
+    g.add_argument('--n-blocks', type=positive_int, help='generator residual blocks (default: checkpoint, else 16)')
+    g.add_argument('--kernel-size-d', type=positive_int, default=3, help='discriminator kernel size')
+    g.add_argument('--n-channels-d', type=positive_int, default=64, help='discriminator first-block channels')
+    g.add_argument('--n-blocks-d', type=positive_int, default=8, help='discriminator conv blocks')
+    g.add_argument('--fc-size-d', type=positive_int, default=1024, help='discriminator hidden fc size')
+    g.add_argument('--vgg19-i', type=positive_int, default=5, help='VGG19 feature map: before the i-th max-pool')
+    g.add_argument('--vgg19-j', type=positive_int, default=4, help='VGG19 feature map: after the j-th conv')
+    g.add_argument('--vgg-weights', default='imagenet',
+                   help="'imagenet' (torchvision, hub cache), a PATH to vgg19 weights, or 'random' (tests only)")
+    g.add_argument('--beta', type=float, default=1e-3, help='adversarial loss weight')
+    g.add_argument('--update-order', choices=('g-first', 'd-first'), default='g-first',
+                   help='per step: generator then discriminator (tutorial) or the reverse (seed 001)')
+    return parser
+
+
+def resolve_args(parser, argv=None):
+    """Parse flags; the generator's configuration defaults to the warm-start SRResNet's."""
+    args = parser.parse_args(argv)
+    for key, value in SRGAN_RECIPE.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.keep_best and not args.val_folder:
+        parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
+    args.checkpoint_path = os.path.join(args.results_dir, 'checkpoint_srgan.pth')
+    if args.resume == 'auto':
+        args.resume = args.checkpoint_path
+    args.srresnet_state = None
+    if args.srresnet_checkpoint is None:
+        args.srresnet_checkpoint = os.path.join(args.results_dir, 'checkpoint_srresnet.pth')
+    given = {k: getattr(args, k) for k in GENERATOR_FLAGS + ('scale',) if getattr(args, k) is not None}
+    given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
+    config = models.model_config('srresnet', 4, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16)
+    if args.srresnet_checkpoint.lower() != 'none' and not args.resume:
+        path = args.srresnet_checkpoint
+        if not os.path.isfile(path):
+            raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
+                            f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
+        arch, ckpt_config, state = describe_checkpoint(load_checkpoint(path), path)
+        if arch not in ('srresnet', 'srgan'):
+            raise UserError(f"--srresnet-checkpoint {path} holds a {arch}, not an SRResNet")
+        diffs = [f"{k} {v} (checkpoint: {ckpt_config[k]})" for k, v in given.items() if ckpt_config.get(k) != v]
+        if diffs:
+            raise UserError(f"generator flags disagree with {path}: {', '.join(diffs)}; drop them to use the "
+                            f"checkpoint's configuration")
+        config, args.srresnet_state = dict(ckpt_config), state
+    config.update(given)
+    args.scale = int(config['scaling_factor'])
+    try:
+        models.check_scale('srresnet', args.scale)
+    except ValueError as e:
+        parser.error(f"--scale: {e}")
+    if args.crop_size % args.scale:
+        parser.error(f"--crop-size {args.crop_size} is not divisible by --scale {args.scale}")
+    args.generator_config = config
+    args.discriminator_config = dict(kernel_size=args.kernel_size_d, n_channels=args.n_channels_d,
+                                     n_blocks=args.n_blocks_d, fc_size=args.fc_size_d)
+    return args
+
+
+def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, ctx):
+    """One D update on detached SR (label 0) and HR (label 1). Returns the loss (a tensor).
+
+    SR and HR go through D in separate forward passes (separate BatchNorm statistics, as the tutorial) and
+    separate backward passes: the gradients add up to those of the summed loss, and under DDP each
+    parameter is used once per backward, as DDP requires.
+    """
+    optimizer_d.zero_grad(set_to_none=True)
+    total = 0.
+    for images, label in ((sr.detach(), 0.), (hr, 1.)):
+        with autocast(ctx.dist.device, ctx.amp):
+            logits = discriminator(images)  # (N, 1)
+        loss = criterion(logits.float(), torch.full_like(logits, label, dtype=torch.float32))
+        ctx.scaler.scale(loss).backward()
+        total = total + loss.detach()
+    ctx.scaler.step(optimizer_d)
+    return total
+
+
+def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, ctx, epoch, start_step, beta,
+                    d_first=False):
+    """One SRGAN epoch. Returns ({content, adversarial, discriminator: mean loss}, next step, stopped early?)."""
+    generator.train()
+    discriminator.train()
+    device = ctx.dist.device
+    meters = {k: AverageMeter() for k in ('content', 'adversarial', 'discriminator')}
+    mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
+    t0, n_patches, step = timer(), 0, start_step
+    bar = progress(ctx.loader, total=len(ctx.loader), dist=ctx.dist, desc=f"epoch {epoch}")
+    for step, (lr, hr) in enumerate(bar, start=start_step):
+        lr = convert_image(lr.to(device, non_blocking=True), '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
+        hr = convert_image(hr.to(device, non_blocking=True), '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
+        if ctx.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        with autocast(device, ctx.amp):
+            sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
+        sr = convert_image(sr.float(), '[-1, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w), imagenet-normed
+        if d_first:
+            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, ctx)
+        with autocast(device, ctx.amp):
+            sr_features = vgg(sr)  # (N, 512, s*h / 16, s*w / 16)
+            hr_features = vgg(hr).detach()
+            sr_logits = discriminator(sr)  # (N, 1)
+        content_loss = mse(sr_features.float(), hr_features.float())
+        adversarial_loss = bce(sr_logits.float(), torch.ones_like(sr_logits, dtype=torch.float32))
+        perceptual_loss = content_loss + beta * adversarial_loss
+        check_finite(perceptual_loss.item(), epoch, step, ctx.checkpoint_path)
+        optimizer_g.zero_grad(set_to_none=True)
+        ctx.scaler.scale(perceptual_loss).backward()
+        ctx.scaler.step(optimizer_g)
+        if not d_first:
+            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, ctx)
+        ctx.scaler.update()
+        d_value = d_loss.item()
+        check_finite(d_value, epoch, step, ctx.checkpoint_path)
+        n = lr.size(0)
+        meters['content'].update(content_loss.item(), n)
+        meters['adversarial'].update(adversarial_loss.item(), n)
+        meters['discriminator'].update(d_value, n)
+        ctx.global_step += 1
+        n_patches += n * ctx.dist.world_size
+        if step == start_step:
+            log_image_grids(ctx.writer, f"srgan/epoch_{epoch}", epoch, lr, sr, hr, 'imagenet-norm', 'imagenet-norm')
+        if ctx.writer is not None:
+            for k, m in meters.items():
+                ctx.writer.add_scalar(f"srgan/{k}_loss_step", m.val, ctx.global_step)
+        if hasattr(bar, 'set_postfix'):
+            bar.set_postfix(c=f"{meters['content'].avg:.4g}", d=f"{meters['discriminator'].avg:.3g}",
+                            patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
+        ctx.dataset.check_failures()
+        if ctx.stop.requested:
+            return {k: ctx.dist.all_mean(m.avg) for k, m in meters.items()}, step + 1, True
+    return {k: ctx.dist.all_mean(m.avg) for k, m in meters.items()}, step + 1, False
+
+
+def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, ctx, args, epoch, resume_step, best_psnr):
+    """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs."""
+    return {
+        'format_version': FORMAT_VERSION, 'arch': 'srgan', 'generator_config': args.generator_config,
+        'discriminator_config': args.discriminator_config, 'epoch': epoch, 'resume_step': resume_step,
+        'step': ctx.global_step,
+        'generator': strip_prefixes(unwrap_model(generator).state_dict()),
+        'discriminator': strip_prefixes(unwrap_model(discriminator).state_dict()),
+        'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
+        'scaler': ctx.scaler.state_dict(), 'rng': get_rng_state(), 'args': plain_args(args), 'best_psnr': best_psnr,
+    }
+
+
+def main(argv=None):
+    args = resolve_args(build_parser(), argv)
+    dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
+    try:
+        seed_everything(args.seed + dist.rank)
+        torch.backends.cudnn.benchmark = True
+        vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(dist.device)
+        generator = models.Generator(**args.generator_config).to(dist.device)
+        discriminator = models.Discriminator(**args.discriminator_config).to(dist.device)
+        if args.srresnet_state is not None:
+            generator.net.load_state_dict(args.srresnet_state)
+        if args.channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+            discriminator = discriminator.to(memory_format=torch.channels_last)
+        optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr)
+        optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr)
+        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
+                            downsample=args.downsample, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
+                            repeat=args.patches_per_image)
+        ctx = TrainContext(args, dist, dataset, 'srresnet')
+        start_epoch, start_step, best_psnr = 1, 0, None
+        if args.resume:
+            ckpt = load_checkpoint(args.resume, map_location=dist.device)
+            if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
+                raise UserError(f"{args.resume} is not an SRGAN checkpoint")
+            check_resume_compatible({'arch': 'srgan', 'model_config': ckpt.get('generator_config')}, 'srgan',
+                                    args.generator_config, args.resume)
+            generator.load_state_dict(strip_prefixes(ckpt['generator']))
+            discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
+            optimizer_g.load_state_dict(ckpt['optimizer_g'])
+            if 'optimizer_d' not in ckpt:
+                raise UserError(f"{args.resume} has no optimizer_d (the tutorial saved optimizer_g twice): "
+                                f"it cannot be resumed exactly; start a new run from its generator instead")
+            optimizer_d.load_state_dict(ckpt['optimizer_d'])
+            if ckpt.get('scaler'):
+                ctx.scaler.load_state_dict(ckpt['scaler'])
+            if ckpt.get('rng') and dist.world_size == 1:
+                set_rng_state(ckpt['rng'])
+            start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
+            ctx.global_step, best_psnr = ckpt.get('step', 0), ckpt.get('best_psnr')
+            if dist.is_main:
+                print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
+        g_net = wrap_model(generator, dist, args.ngpu, args.sync_bn)
+        d_net = wrap_model(discriminator, dist, args.ngpu, args.sync_bn)
+        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
+                                                pin_memory=dist.device.type == 'cuda')
+        val_images = load_val_images(args.val_folder) if args.val_folder else None
+        for epoch in range(start_epoch, args.epochs + 1):
+            if epoch == int(args.epochs / 2) and start_step == 0:  # the tutorial's single decay, at half the epochs
+                adjust_learning_rate(optimizer_g, 0.1)
+                adjust_learning_rate(optimizer_d, 0.1)
+            sampler.set_epoch(epoch, start_step)
+            losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, ctx, epoch,
+                                                         start_step, args.beta, args.update_order == 'd-first')
+            start_step = 0
+            if stopped:
+                if dist.is_main:
+                    save_checkpoint(checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, ctx, args, epoch - 1,
+                                                     next_step, best_psnr), args.checkpoint_path)
+                    print(f"stopped at epoch {epoch}, step {next_step}; saved {args.checkpoint_path}. "
+                          f"Resume with:\n  {resume_command()}")
+                return 0
+            line = (f"epoch {epoch}/{args.epochs}: content {losses['content']:.5g}, adversarial "
+                    f"{losses['adversarial']:.4g}, discriminator {losses['discriminator']:.4g}")
+            improved = False
+            if val_images is not None and (epoch % args.val_every == 0 or epoch == args.epochs) and dist.is_main:
+                val_psnr = validate_psnr(Upscaler(unwrap_model(g_net).net.eval(), 'srresnet', args.scale, dist.device),
+                                         val_images, args.scale)
+                improved = best_psnr is None or val_psnr > best_psnr
+                best_psnr = max(val_psnr, best_psnr or val_psnr)
+                line += f", val PSNR {val_psnr:.3f} dB"
+                ctx.writer.add_scalar('srgan/val_psnr', val_psnr, epoch)
+            if dist.is_main:
+                for k, v in losses.items():
+                    ctx.writer.add_scalar(f"srgan/{k}_loss", v, epoch)
+                state = checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, ctx, args, epoch, 0, best_psnr)
+                save_checkpoint(state, args.checkpoint_path)
+                if args.keep_best and improved:
+                    save_checkpoint(state, args.checkpoint_path.replace('.pth', '_best.pth'))
+                print(line, flush=True)
+            dist.barrier()
+        if dist.is_main:
+            print(f"done: {args.checkpoint_path}")
+        return 0
+    finally:
+        if 'ctx' in locals():
+            ctx.stop.restore()
+            if ctx.writer is not None:
+                ctx.writer.close()
+        close_distributed()
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))
