@@ -2,6 +2,7 @@
 
     python create_data_lists.py --train-folders data/COCO2014/train2014 data/COCO2014/val2014 \
         --test-folders data/BSD100 data/Set5 data/Set14 --min-size 100 --output-folder data
+    python create_data_lists.py --from-skimage data/photos --output-folder data/demo   # no download needed
 
 Writes train_images.json (all train folders merged) and <folder name>_test_images.json per test folder.
 Every file with an image extension (png, jpg, jpeg, bmp, tif, tiff, webp; any letter case) is fully
@@ -10,7 +11,24 @@ skipped and counted by reason; their paths and reasons go to create_data_lists.l
 """
 import os
 
-from utils import UserError, create_data_lists, make_parser, positive_int, run_cli
+from utils import UserError, atomic_write, create_data_lists, make_parser, positive_int, run_cli
+
+# Real photos shipped inside scikit-image (no download): a training set and a disjoint test set.
+SKIMAGE_TRAIN = ('astronaut', 'coffee', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina')
+SKIMAGE_TEST = ('chelsea', 'camera')
+
+
+def export_skimage_photos(folder):
+    """Write scikit-image's bundled photos as PNGs into folder/train and folder/test; returns the two folders."""
+    from PIL import Image
+    from skimage import data
+    folders = {}
+    for split, names in (('train', SKIMAGE_TRAIN), ('test', SKIMAGE_TEST)):
+        folders[split] = os.path.join(folder, split)
+        for name in names:
+            img = Image.fromarray(getattr(data, name)())
+            atomic_write(os.path.join(folders[split], name + '.png'), lambda f, img=img: img.save(f, format='PNG'))
+    return folders['train'], folders['test']
 
 
 def main(argv=None):
@@ -21,7 +39,13 @@ def main(argv=None):
     parser.add_argument('--output-folder', default='./data/', help='where the JSON lists go')
     parser.add_argument('--workers', type=positive_int, default=min(8, os.cpu_count() or 1),
                         help='processes decoding images')
+    parser.add_argument('--from-skimage', metavar='DIR',
+                        help="export scikit-image's bundled photos to DIR/train and DIR/test and list them too")
     args = parser.parse_args(argv)
+    if args.from_skimage:
+        train, test = export_skimage_photos(args.from_skimage)
+        args.train_folders.append(train)
+        args.test_folders.append(test)
     if not args.train_folders and not args.test_folders:
         parser.error('give --train-folders and/or --test-folders')
     for folder in args.train_folders + args.test_folders:

@@ -156,28 +156,39 @@ VGG_WEIGHTS_HELP = ("VGG19 ImageNet weights are not available: connect once to t
                     "--vgg-weights PATH to a vgg19 state_dict file (e.g. vgg19-dcbb9e9d.pth)")
 
 
+def _vgg19_features():
+    """torchvision's VGG19 ``features`` layout (randomly initialised), without building the 100 M-parameter
+    classifier that the loss never uses."""
+    from torchvision.models import vgg
+    return vgg.make_layers(vgg.cfgs['E'], batch_norm=False)
+
+
 def load_vgg19_features(weights='imagenet'):
     """torchvision's vgg19 ``features`` with ``weights`` = 'imagenet' (torchvision weights API, hub cache),
     a path to a vgg19 state_dict (full model or ``features.*`` keys), or 'random' (tests and smoke runs only)."""
     import torchvision
+    features = _vgg19_features()
     if weights == 'random':
         print("WARNING: --vgg-weights random: the VGG content loss uses RANDOM weights. This is for tests and "
               "smoke runs only; an SRGAN trained like this is meaningless.", file=sys.stderr)
-        return torchvision.models.vgg19(weights=None).features
+        return features
     if weights == 'imagenet':
-        try:
-            return torchvision.models.vgg19(weights=torchvision.models.VGG19_Weights.IMAGENET1K_V1).features
+        try:  # downloads into the torch hub cache once, then reads it from there
+            state = torchvision.models.VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
         except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
             raise VGGWeightsError(f"{VGG_WEIGHTS_HELP} ({type(e).__name__})") from None
-    try:
-        state = torch.load(weights, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise VGGWeightsError(f"--vgg-weights {weights}: no such file. {VGG_WEIGHTS_HELP}") from None
-    except Exception as e:
-        raise VGGWeightsError(f"--vgg-weights {weights}: not a loadable state_dict ({type(e).__name__})") from None
-    if isinstance(state, dict) and 'state_dict' in state:
-        state = state['state_dict']
-    features = torchvision.models.vgg19(weights=None).features
+    else:
+        try:
+            state = torch.load(weights, map_location='cpu', weights_only=True)
+        except FileNotFoundError:
+            raise VGGWeightsError(f"--vgg-weights {weights}: no such file. {VGG_WEIGHTS_HELP}") from None
+        except Exception as e:
+            raise VGGWeightsError(f"--vgg-weights {weights}: not a loadable state_dict ({type(e).__name__})") \
+                from None
+        if isinstance(state, dict) and 'state_dict' in state:
+            state = state['state_dict']
+    if not isinstance(state, dict):
+        raise VGGWeightsError(f"--vgg-weights {weights}: not a state_dict")
     state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
     try:
         features.load_state_dict(state)

@@ -1,0 +1,51 @@
+# make demo  : create .venv, install, train a small SRResNet on scikit-image's photos, evaluate, upscale a photo
+# make test  : create .venv, install, run the test suite
+# make bench : run the benchmark scripts (see README, "Benchmarks")
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+
+# Demo knobs: `make demo TRAIN=my/train/folder TEST=my/test/folder DEMO_MINUTES=5`
+DEMO := results/demo
+TRAIN ?=
+TEST ?=
+DEMO_EPOCHS ?= 40
+DEMO_PHOTO ?= $(DEMO)/photos/test/chelsea.png
+
+.PHONY: install test demo bench clean-demo
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	@echo "== 1/4 data lists (scikit-image photos$(if $(TRAIN), + $(TRAIN))$(if $(TEST), + $(TEST)))"
+	$(PY) create_data_lists.py --from-skimage $(DEMO)/photos $(if $(TRAIN),--train-folders $(TRAIN)) \
+		$(if $(TEST),--test-folders $(TEST)) --min-size 96 --output-folder $(DEMO)/data
+	@echo "== 2/4 train a small SRResNet x4 on the CPU (a few minutes)"
+	$(PY) train_srresnet.py --data-folder $(DEMO)/data --results-dir $(DEMO) --runs-dir $(DEMO)/runs \
+		--n-blocks 4 --n-channels 32 --batch-size 16 --crop-size 64 --patches-per-image 16 --lr 1e-3 \
+		--epochs $(DEMO_EPOCHS) --downsample matlab --workers 2
+	@echo "== 3/4 evaluate next to bicubic (standard protocol)"
+	$(PY) eval.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --test-folders $(DEMO)/photos/test $(TEST) \
+		--protocol standard --results-dir $(DEMO)
+	$(PY) eval.py --arch bicubic --scale 4 --test-folders $(DEMO)/photos/test $(TEST) \
+		--protocol standard --results-dir $(DEMO)
+	@echo "== 4/4 upscale a photo"
+	$(PY) test.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)
+	@echo "Everything is under $(DEMO)/: checkpoint, eval tables (eval_*.md/json/csv), upscaled images,"
+	@echo "TensorBoard logs (tensorboard --logdir $(DEMO)/runs)."
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean-demo:
+	rm -rf $(DEMO)

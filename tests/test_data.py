@@ -1,0 +1,92 @@
+"""create_data_lists.py, SRDataset and EpochSampler."""
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import run_script
+from datasets import EpochSampler, SRDataset
+
+
+def make_folder(path, names, size=(40, 30)):
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        fmt = {'JPG': 'JPEG', 'JPEG': 'JPEG', 'TIF': 'TIFF', 'TIFF': 'TIFF'}.get(name.rsplit('.', 1)[1].upper(),
+                                                                               name.rsplit('.', 1)[1].upper())
+        img.save(path / name, format=fmt)
+
+
+def test_create_data_lists_cli_extensions_names_and_counts(tmp_path):
+    train = tmp_path / 'coco'
+    make_folder(train, ['a.png', 'b.JPG', 'c.jpeg', 'd.BMP', 'e.tif', 'f.WebP', 'tiny.png'])
+    make_folder(train, ['tiny.png'], size=(20, 50))  # overwrite: too small
+    (train / 'notes.txt').write_text('not an image')
+    (train / 'fake.png').write_bytes(b'not a png at all')
+    test = tmp_path / 'My Set'
+    make_folder(test, ['x.png', 'y.png'])
+    out = tmp_path / 'lists'
+    result = run_script('create_data_lists.py', '--train-folders', train, '--test-folders', str(test) + '/',
+                        '--min-size', 25, '--output-folder', out, '--workers', 1)
+    assert result.returncode == 0, result.stderr
+    train_list = json.loads((out / 'train_images.json').read_text())
+    assert sorted(p.rsplit('/', 1)[1] for p in train_list) == ['a.png', 'b.JPG', 'c.jpeg', 'd.BMP', 'e.tif',
+                                                                  'f.WebP']
+    assert len(json.loads((out / 'My Set_test_images.json').read_text())) == 2
+    assert 'train: found 8, kept 6, skipped 2' in result.stdout
+    assert 'not an image' in result.stdout and 'smaller than --min-size' in result.stdout
+    log = (out / 'create_data_lists.log').read_text()
+    assert 'fake.png' in log and 'tiny.png' in log
+
+
+def test_create_data_lists_cli_errors(tmp_path):
+    result = run_script('create_data_lists.py', '--output-folder', tmp_path)
+    assert result.returncode == 2 and 'train-folders' in result.stderr
+    result = run_script('create_data_lists.py', '--train-folders', tmp_path / 'absent', '--output-folder', tmp_path)
+    assert result.returncode == 2 and result.stderr.count('\n') == 1 and 'not a folder' in result.stderr
+
+
+def test_epoch_sampler_partitions_global_order_across_ranks():
+    single_order = [i for _, i in EpochSampler(10, seed=3)]
+    assert sorted(single_order) == list(range(10))
+    ranks = [[i for _, i in EpochSampler(10, seed=3, rank=r, world_size=2)] for r in range(2)]
+    interleaved = [ranks[r][k] for k in range(5) for r in range(2)]
+    assert interleaved == single_order  # local batch b of all ranks == global batch b
+    s = EpochSampler(10, seed=3)
+    s.set_epoch(2)
+    epoch2 = [i for _, i in s]
+    assert epoch2 != single_order and sorted(epoch2) == list(range(10))
+    s.set_epoch(2, start=4)
+    assert [i for _, i in s] == epoch2[4:] and len(s) == 6
+    assert all(e == 2 for e, _ in s)
+    uneven = [len(list(EpochSampler(5, rank=r, world_size=2))) for r in range(2)]
+    assert uneven == [3, 3]
+
+
+def test_srdataset_crops_depend_only_on_seed_epoch_index(tiny_dataset):
+    ds = SRDataset(tiny_dataset['data'], 'train', 24, 4, '[0, 1]', '[-1, 1]', seed=5)
+    assert len(ds) == 6
+    lr, hr = ds[(1, 3)]
+    assert lr.shape == (3, 6, 6) and hr.shape == (3, 24, 24) and hr.min() >= -1 and lr.max() <= 1
+    assert torch.equal(ds[(1, 3)][1], hr)
+    assert not torch.equal(ds[(2, 3)][1], hr)
+    other_seed = SRDataset(tiny_dataset['data'], 'train', 24, 4, '[0, 1]', '[-1, 1]', seed=6)
+    assert not torch.equal(other_seed[(1, 3)][1], hr)
+    repeated = SRDataset(tiny_dataset['data'], 'train', 24, 4, '[0, 1]', '[0, 1]', repeat=3)
+    assert len(repeated) == 18
+
+
+def test_srdataset_test_split_and_argument_errors(tiny_dataset):
+    import pytest
+    from utils import UserError
+    ds = SRDataset(tiny_dataset['data'], 'test', 0, 4, 'imagenet-norm', '[-1, 1]', test_data_name='Tiny')
+    lr, hr = ds[0]
+    assert len(ds) == 2 and lr.shape == (3, 16, 16) and hr.shape == (3, 64, 64)
+    with pytest.raises(ValueError, match='divisible'):
+        SRDataset(tiny_dataset['data'], 'train', 30, 4, '[0, 1]', '[0, 1]')
+    with pytest.raises(ValueError, match='test_data_name'):
+        SRDataset(tiny_dataset['data'], 'test', 0, 4, '[0, 1]', '[0, 1]')
+    with pytest.raises(UserError, match='create_data_lists.py'):
+        SRDataset(tiny_dataset['data'], 'test', 0, 4, '[0, 1]', '[0, 1]', test_data_name='Set99')

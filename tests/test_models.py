@@ -1,0 +1,241 @@
+"""Architectures: the tutorial's parameter counts and state_dict keys, shapes, VGG truncation and weights."""
+import math
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+import models
+
+
+def test_srresnet_x4_matches_tutorial_parameter_count_and_keys():
+    model = models.SRResNet()
+    assert models.count_parameters(model) == 1_549_462
+    keys = model.state_dict().keys()
+    for key in ('conv_block1.conv_block.0.weight', 'residual_blocks.0.conv_block1.conv_block.1.running_mean',
+                'subpixel_convolutional_blocks.0.conv.weight', 'subpixel_convolutional_blocks.1.prelu.weight',
+                'conv_block3.conv_block.0.bias', 'residual_blocks.15.conv_block2.conv_block.1.num_batches_tracked'):
+        assert key in keys
+    assert 'residual_blocks.16.conv_block1.conv_block.0.weight' not in keys
+
+
+@pytest.mark.parametrize('scale', [2, 4, 8])
+def test_srresnet_scales_output_shape_and_range(scale):
+    model = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=scale).eval()
+    out = model(torch.randn(2, 3, 12, 10))
+    assert out.shape == (2, 3, 12 * scale, 10 * scale)
+    assert out.abs().max() <= 1  # tanh output
+    assert len(model.subpixel_convolutional_blocks) == int(math.log2(scale))
+
+
+@pytest.mark.parametrize('scale', [3, 5, 1])
+def test_srresnet_rejects_other_scales(scale):
+    with pytest.raises(ValueError, match='2, 4 or 8'):
+        models.SRResNet(scaling_factor=scale)
+
+
+def test_generator_keys_are_net_plus_srresnet_keys_and_warm_start_works():
+    srresnet = models.SRResNet(n_channels=8, n_blocks=2)
+    generator = models.Generator(n_channels=8, n_blocks=2)
+    assert list(generator.state_dict()) == ['net.' + k for k in srresnet.state_dict()]
+    generator.net.load_state_dict(srresnet.state_dict())
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(generator.eval()(x), srresnet.eval()(x))
+
+
+def test_discriminator_parameter_count_logits_and_fc_size():
+    d = models.Discriminator()
+    assert models.count_parameters(d) == 23_565_505
+    assert d(torch.randn(3, 3, 96, 96)).shape == (3, 1)
+    # The tutorial's fc2 ignored fc_size (hard-coded 1024); any size must work now.
+    small = models.Discriminator(n_channels=8, n_blocks=4, fc_size=16)
+    assert small.fc2.in_features == 16
+    assert small(torch.randn(2, 3, 48, 48)).shape == (2, 1)
+
+
+def test_truncated_vgg19_keeps_conv5_4_and_its_relu_and_is_frozen(capsys):
+    vgg = models.TruncatedVGG19(5, 4, weights='random')
+    layers = list(vgg.truncated_vgg19)
+    assert len(layers) == 36
+    assert isinstance(layers[-1], nn.ReLU) and isinstance(layers[-2], nn.Conv2d)
+    assert sum(isinstance(m, nn.Conv2d) for m in layers) == 16
+    assert not any(p.requires_grad for p in vgg.parameters())
+    vgg.train()
+    assert not vgg.training
+    assert vgg(torch.randn(1, 3, 64, 48)).shape == (1, 512, 4, 3)
+    assert 'RANDOM' in capsys.readouterr().err
+
+
+def test_truncated_vgg19_i2_j2_and_invalid_choice():
+    vgg = models.TruncatedVGG19(2, 2, weights='random')
+    assert len(vgg.truncated_vgg19) == 9  # conv1_1 relu conv1_2 relu pool conv2_1 relu conv2_2 relu
+    with pytest.raises(ValueError):
+        models.TruncatedVGG19(6, 1, weights='random')
+
+
+def test_vgg_weights_from_a_file(tmp_path):
+    import torchvision
+    reference = torchvision.models.vgg19(weights=None)
+    path = tmp_path / 'vgg19.pth'
+    torch.save(reference.state_dict(), path)
+    vgg = models.TruncatedVGG19(5, 4, weights=str(path))
+    assert torch.equal(vgg.truncated_vgg19[34].weight, reference.features[34].weight)
+
+
+def test_vgg_weights_missing_file_or_offline_give_one_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(models.VGGWeightsError, match='--vgg-weights'):
+        models.TruncatedVGG19(weights=str(tmp_path / 'absent.pth'))
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(torchvision.models.VGG19_Weights.IMAGENET1K_V1.__class__, 'get_state_dict', offline)
+    with pytest.raises(models.VGGWeightsError) as err:
+        models.TruncatedVGG19()
+    message = str(err.value)
+    assert '\n' not in message and 'torch hub cache' in message and '--vgg-weights PATH' in message
+
+
+# ---- a state_dict written by the tutorial's own classes loads unchanged --------------------------------
+# An independent transcription of the tutorial's SRResNet (seed 000), used only to produce a state_dict.
+
+class _TutConvBlock(nn.Module):
+    def __init__(self, cin, cout, k, stride=1, batch_norm=False, activation=None):
+        super().__init__()
+        layers = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(cout))
+        if activation == 'prelu':
+            layers.append(nn.PReLU())
+        elif activation == 'tanh':
+            layers.append(nn.Tanh())
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.conv_block(x)
+
+
+class _TutResBlock(nn.Module):
+    def __init__(self, k, c):
+        super().__init__()
+        self.conv_block1 = _TutConvBlock(c, c, k, batch_norm=True, activation='prelu')
+        self.conv_block2 = _TutConvBlock(c, c, k, batch_norm=True)
+
+    def forward(self, x):
+        return self.conv_block2(self.conv_block1(x)) + x
+
+
+class _TutSubPixel(nn.Module):
+    def __init__(self, k, c, s):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c * s * s, k, padding=k // 2)
+        self.pixel_shuffle = nn.PixelShuffle(s)
+        self.prelu = nn.PReLU()
+
+    def forward(self, x):
+        return self.prelu(self.pixel_shuffle(self.conv(x)))
+
+
+class _TutSRResNet(nn.Module):
+    def __init__(self, lk=9, sk=3, c=64, n=16, s=4):
+        super().__init__()
+        self.conv_block1 = _TutConvBlock(3, c, lk, activation='prelu')
+        self.residual_blocks = nn.Sequential(*[_TutResBlock(sk, c) for _ in range(n)])
+        self.conv_block2 = _TutConvBlock(c, c, sk, batch_norm=True)
+        self.subpixel_convolutional_blocks = nn.Sequential(*[_TutSubPixel(sk, c, 2) for _ in range(int(math.log2(s)))])
+        self.conv_block3 = _TutConvBlock(c, 3, lk, activation='tanh')
+
+    def forward(self, x):
+        out = self.conv_block1(x)
+        out = self.conv_block2(self.residual_blocks(out)) + out
+        return self.conv_block3(self.subpixel_convolutional_blocks(out))
+
+
+def test_tutorial_state_dict_loads_unchanged_and_gives_identical_outputs():
+    torch.manual_seed(0)
+    tut = _TutSRResNet()
+    for m in tut.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ours = models.SRResNet()
+    ours.load_state_dict(tut.state_dict())  # strict: same keys, same shapes
+    x = torch.randn(1, 3, 16, 16)
+    assert torch.equal(ours.eval()(x), tut.eval()(x))
+
+
+# ---- the registry and the other architectures ---------------------------------------------------------
+
+def test_build_model_records_full_config_and_rejects_bad_input():
+    config = models.model_config('espcn', 3, channels=(16, 8))
+    assert config['channels'] == [16, 8] and config['scaling_factor'] == 3 and config['activation'] == 'tanh'
+    assert models.build_model('espcn', config)(torch.rand(1, 1, 5, 7)).shape == (1, 1, 15, 21)
+    with pytest.raises(ValueError, match='no option'):
+        models.model_config('edsr', 4, n_blocks=3)
+    with pytest.raises(ValueError, match='supports scales'):
+        models.build_model('srresnet', models.model_config('srresnet', 3))
+    with pytest.raises(ValueError, match='unknown architecture'):
+        models.build_model('vdsr', {'scaling_factor': 2})
+
+
+def conv_params(cin, cout, k):
+    return cin * cout * k * k + cout
+
+
+def test_srcnn_and_espcn_parameter_counts_by_formula():
+    assert models.count_parameters(models.SRCNN()) == conv_params(1, 64, 9) + conv_params(64, 32, 1) + conv_params(
+        32, 1, 5)
+    for s in (2, 3, 4, 8):
+        expected = conv_params(1, 64, 5) + conv_params(64, 32, 3) + conv_params(32, s * s, 3)
+        assert models.count_parameters(models.ESPCN(s)) == expected
+
+
+def test_srcnn_keeps_size_and_espcn_seed004_variant():
+    assert models.SRCNN()(torch.rand(2, 1, 21, 17)).shape == (2, 1, 21, 17)
+    wide = models.ESPCN(3, channels=(512, 256, 64), kernel_sizes=(5, 3, 3, 3), activation='relu',
+                        final_activation='relu', init='orthogonal')
+    assert wide(torch.rand(1, 1, 8, 8)).shape == (1, 1, 24, 24)
+    w = wide.body[0].weight.flatten(1)  # (512, 25): orthogonal columns
+    assert torch.allclose(w.T @ w, torch.eye(25), atol=1e-4)
+
+
+def edsr_params(n_blocks, f, s):
+    ups = {2: [4], 3: [9], 4: [4, 4], 8: [4, 4, 4]}[s]
+    return (conv_params(3, f, 3) + n_blocks * 2 * conv_params(f, f, 3) + conv_params(f, f, 3)
+            + sum(conv_params(f, m * f, 3) for m in ups) + conv_params(f, 3, 3) + 2 * conv_params(3, 3, 1))
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4, 8])
+def test_edsr_parameter_counts_and_shapes(scale):
+    assert models.count_parameters(models.EDSR(scale)) == edsr_params(16, 64, scale)
+    tiny = models.EDSR(scale, n_resblocks=2, n_feats=8)
+    assert tiny(torch.rand(1, 3, 6, 5) * 255).shape == (1, 3, 6 * scale, 5 * scale)
+
+
+def test_edsr_full_size_and_rcan_published_size():
+    assert models.count_parameters(models.EDSR(4, 32, 256, 0.1)) == edsr_params(32, 256, 4)
+    f, r = 64, 16
+    rcab = 2 * conv_params(f, f, 3) + conv_params(f, f // r, 1) + conv_params(f // r, f, 1)
+    expected = (conv_params(3, f, 3) + 10 * (20 * rcab + conv_params(f, f, 3)) + conv_params(f, f, 3)
+                + 2 * conv_params(f, 4 * f, 3) + conv_params(f, 3, 3) + 2 * conv_params(3, 3, 1))
+    rcan = models.RCAN(4)
+    assert models.count_parameters(rcan) == expected
+    assert 15.5e6 < expected < 15.7e6  # "about 15.6 M" in the RCAN paper
+    assert 'body.0.body.0.body.3.conv_du.0.weight' in rcan.state_dict()  # EDSR-PyTorch's key layout
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4, 8])
+def test_rcan_tiny_shapes_and_mean_shift_is_frozen(scale):
+    model = models.RCAN(scale, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4)
+    assert model(torch.rand(1, 3, 7, 6) * 255).shape == (1, 3, 7 * scale, 6 * scale)
+    assert not model.sub_mean.weight.requires_grad and not model.add_mean.bias.requires_grad
+    x = torch.full((1, 3, 2, 2), 100.)
+    assert torch.allclose(model.sub_mean(x)[0, :, 0, 0], 100. - 255. * torch.tensor(models.DIV2K_RGB_MEAN))
+
+
+def test_channel_attention_gates_each_channel_by_its_mean():
+    ca = models.CALayer(8, reduction=4)
+    x = torch.randn(2, 8, 5, 5)
+    gate = torch.sigmoid(ca.conv_du[2](torch.relu(ca.conv_du[0](x.mean(dim=(2, 3), keepdim=True)))))
+    assert torch.allclose(ca(x), x * gate, atol=1e-6)

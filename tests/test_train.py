@@ -1,0 +1,93 @@
+"""train_srresnet.py and train_srgan.py end to end through their command lines, at tiny sizes."""
+import pytest
+import torch
+
+import models
+from conftest import run_script
+from utils import load_checkpoint
+
+TINY_SRRESNET = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0]
+TINY_D = ['--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16]
+
+
+def train(tmp_path, data, *extra, script='train_srresnet.py'):
+    return run_script(script, '--data-folder', data, '--results-dir', tmp_path / 'results',
+                      '--runs-dir', tmp_path / 'runs', *extra)
+
+
+def test_srresnet_trains_saves_tutorial_keys_and_resume_continues_epochs(tmp_path, tiny_dataset):
+    result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 1)
+    assert result.returncode == 0, result.stderr
+    assert 'epoch 1/1' in result.stdout
+    path = tmp_path / 'results' / 'checkpoint_srresnet.pth'
+    ckpt = load_checkpoint(path)
+    assert {'epoch', 'model', 'optimizer', 'arch', 'model_config', 'format_version'} <= set(ckpt)
+    assert ckpt['epoch'] == 1 and ckpt['arch'] == 'srresnet'
+    assert ckpt['model_config'] == models.model_config('srresnet', 4, n_blocks=2, n_channels=8)
+    assert not any(k.startswith('module.') for k in ckpt['model'])
+    model = models.build_model('srresnet', ckpt['model_config'])
+    model.load_state_dict(ckpt['model'])
+    assert list((tmp_path / 'runs' / 'srresnet').iterdir())  # TensorBoard events
+
+    result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 3, '--resume')
+    assert result.returncode == 0, result.stderr
+    assert 'resumed' in result.stdout and 'epoch 2/3' in result.stdout and 'epoch 3/3' in result.stdout
+    assert 'epoch 1/3' not in result.stdout
+    resumed = load_checkpoint(path)
+    assert resumed['epoch'] == 3 and resumed['step'] == 3 * 2  # 6 images / batch 3 = 2 steps per epoch
+    assert not torch.equal(resumed['model']['conv_block1.conv_block.0.weight'],
+                           ckpt['model']['conv_block1.conv_block.0.weight'])
+
+
+def test_srresnet_resume_refuses_another_configuration(tmp_path, tiny_dataset):
+    assert train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 1).returncode == 0
+    result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET[:2], '--n-channels', 16, *TINY_SRRESNET[4:],
+                   '--epochs', 2, '--resume')
+    assert result.returncode == 2
+    assert 'n_channels: checkpoint 8 vs now 16' in result.stderr
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--crop-size', 30], 'not divisible by --scale 4'),
+    (['--scale', 3], 'supports scales 2, 4, 8'),
+    (['--batch-size', 0], 'must be >= 1'),
+    (['--keep-best'], '--keep-best needs --val-folder'),
+    (['--arch', 'edsr', '--model-opt', 'n_blocks=3'], 'has no option n_blocks'),
+])
+def test_train_flag_errors_before_any_work(tmp_path, argv, message):
+    result = train(tmp_path, tmp_path / 'no-data', *argv)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_missing_data_list_is_one_line_error(tmp_path):
+    result = train(tmp_path, tmp_path / 'no-data', *TINY_SRRESNET, '--epochs', 1)
+    assert result.returncode == 2 and 'create_data_lists.py' in result.stderr
+    assert result.stderr.strip().count('\n') == 0
+
+
+def test_srgan_step_with_random_vgg_warm_start_and_full_checkpoint(tmp_path, tiny_dataset):
+    assert train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 1).returncode == 0
+    srresnet = load_checkpoint(tmp_path / 'results' / 'checkpoint_srresnet.pth')
+    result = train(tmp_path, tiny_dataset['data'], '--vgg-weights', 'random', '--epochs', 1, '--batch-size', 3,
+                   '--crop-size', 32, '--workers', 0, *TINY_D, script='train_srgan.py')
+    assert result.returncode == 0, result.stderr
+    assert 'RANDOM weights' in result.stderr and 'content' in result.stdout
+    ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_srgan.pth')
+    assert {'generator', 'discriminator', 'optimizer_g', 'optimizer_d', 'epoch'} <= set(ckpt)
+    assert ckpt['generator_config'] == srresnet['model_config']  # taken from the warm-start checkpoint
+    assert len(ckpt['optimizer_d']['state']) == len(list(models.Discriminator(3, 8, 2, 16).parameters()))
+    generator = models.Generator(**ckpt['generator_config'])
+    generator.load_state_dict(ckpt['generator'])
+    # Adam moved the generator away from its warm start.
+    assert not torch.equal(ckpt['generator']['net.conv_block1.conv_block.0.weight'],
+                           srresnet['model']['conv_block1.conv_block.0.weight'])
+
+
+def test_srgan_d_first_order_and_missing_warm_start(tmp_path, tiny_dataset):
+    result = train(tmp_path, tiny_dataset['data'], '--vgg-weights', 'random', '--epochs', 1, '--batch-size', 3,
+                   '--crop-size', 32, '--workers', 0, '--n-blocks', 2, '--n-channels', 8, *TINY_D,
+                   '--srresnet-checkpoint', 'none', '--update-order', 'd-first', script='train_srgan.py')
+    assert result.returncode == 0, result.stderr
+    result = train(tmp_path, tiny_dataset['data'], '--vgg-weights', 'random', '--srresnet-checkpoint',
+                   tmp_path / 'absent.pth', script='train_srgan.py')
+    assert result.returncode == 2 and 'train SRResNet first' in result.stderr

@@ -1,0 +1,157 @@
+"""convert_image and colour math against hand-computed values, the tutorial's transforms, small helpers."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import utils
+
+
+def pil(rgb, size=(10, 10)):
+    return Image.new('RGB', size, rgb)
+
+
+def test_convert_image_from_pil_and_ranges_by_hand():
+    img = pil((255, 0, 51))
+    unit = utils.convert_image(img, 'pil', '[0, 1]')
+    assert unit.shape == (3, 10, 10) and unit.dtype == torch.float32
+    assert torch.allclose(unit[:, 0, 0], torch.tensor([1., 0., 0.2]))
+    assert torch.allclose(utils.convert_image(img, 'pil', '[-1, 1]')[:, 3, 3], torch.tensor([1., -1., -0.6]))
+    assert torch.allclose(utils.convert_image(img, 'pil', '[0, 255]')[:, 0, 0], torch.tensor([255., 0., 51.]))
+    back = utils.convert_image(utils.convert_image(img, 'pil', '[-1, 1]'), '[-1, 1]', 'pil')
+    assert back.getpixel((4, 4)) == (255, 0, 51)
+
+
+def test_imagenet_norm_by_hand_for_3d_and_4d():
+    x = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1).expand(3, 2, 2).clone()
+    assert torch.allclose(utils.convert_image(x, '[0, 1]', 'imagenet-norm'), torch.zeros(3, 2, 2), atol=1e-7)
+    ones = torch.ones(2, 3, 4, 4)
+    normed = utils.convert_image(ones, '[0, 1]', 'imagenet-norm')
+    expected = torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    assert normed.shape == (2, 3, 4, 4) and torch.allclose(normed[1, :, 2, 2], expected)
+    assert torch.allclose(utils.convert_image(normed, 'imagenet-norm', '[0, 1]'), ones, atol=1e-6)
+
+
+def test_y_channel_by_hand_with_tutorial_border_crop():
+    # Y = 16 + 65.481 R + 128.553 G + 24.966 B for RGB in [0, 1]
+    colours = {(1., 1., 1.): 235., (0., 0., 0.): 16., (1., 0., 0.): 81.481, (0., 1., 0.): 144.553,
+               (0., 0., 1.): 40.966, (0.5, 0.5, 0.5): 125.5}
+    for rgb, y in colours.items():
+        img = torch.tensor(rgb).view(1, 3, 1, 1).expand(2, 3, 12, 14)
+        out = utils.convert_image(img, '[0, 1]', 'y-channel')
+        assert out.shape == (2, 4, 6)  # 4 pixels removed on every side
+        assert torch.allclose(out, torch.full_like(out, y), atol=1e-4)
+    three_d = utils.convert_image(torch.ones(3, 10, 10), '[-1, 1]', 'y-channel')
+    assert three_d.shape == (2, 2) and torch.allclose(three_d, torch.full((2, 2), 235.))
+
+
+def test_convert_image_keeps_device_and_dtype_and_rejects_unknown_formats():
+    x = torch.rand(1, 3, 9, 9, dtype=torch.float64, device='meta')
+    assert utils.convert_image(x, '[0, 1]', 'imagenet-norm').device.type == 'meta'
+    assert utils.convert_image(torch.rand(1, 3, 9, 9, dtype=torch.float64), '[0, 1]', 'y-channel').dtype == \
+        torch.float64
+    with pytest.raises(ValueError, match='cannot convert'):
+        utils.convert_image(torch.rand(3, 4, 4), '[0, 2]', 'pil')
+    with pytest.raises(ValueError, match='cannot convert'):
+        utils.convert_image(torch.rand(3, 4, 4), '[0, 1]', 'hsv')
+
+
+def test_ycbcr_round_trip_and_gray_has_neutral_chroma():
+    x = torch.rand(2, 3, 5, 6, dtype=torch.float64)
+    assert torch.allclose(utils.ycbcr_to_rgb(utils.rgb_to_ycbcr(x)), x, atol=1e-6)
+    gray = torch.full((3, 2, 2), 0.3, dtype=torch.float64)
+    ycc = utils.rgb_to_ycbcr(gray)
+    assert torch.allclose(ycc[1:], torch.full((2, 2, 2), 128. / 255., dtype=torch.float64), atol=1e-9)
+
+
+def test_rgb_to_y_uint8_rounds_like_matlab():
+    img = torch.tensor([[[255]], [[255]], [[255]]], dtype=torch.uint8)
+    assert utils.rgb_to_y_uint8(img).item() == 235.
+    # R=100, G=50, B=200: 16 + (6548.1 + 6427.65 + 4993.2) / 255 = 86.466... -> 86
+    img = torch.tensor([100, 50, 200], dtype=torch.uint8).view(3, 1, 1)
+    assert utils.rgb_to_y_uint8(img).item() == 86.
+
+
+# ---- the tutorial's ImageTransforms ----------------------------------------------------------------------
+
+def gradient_image(w, h):
+    x = np.arange(w * h * 3, dtype=np.uint32).reshape(h, w, 3) % 251
+    return Image.fromarray(x.astype(np.uint8))
+
+
+def test_train_crop_reaches_both_borders_and_accepts_crop_equal_to_image():
+    t = utils.ImageTransforms('train', 8, 4, '[0, 1]', '[0, 1]')
+    img = gradient_image(11, 9)
+    rng = random.Random(0)
+    seen_left = set()
+    full = utils.convert_image(img, 'pil', '[0, 1]')
+    for _ in range(300):
+        state = rng.getstate()
+        _, hr = t(img, rng)
+        probe = random.Random()
+        probe.setstate(state)
+        left, top = probe.randint(0, 3), probe.randint(0, 1)
+        assert torch.equal(hr, full[:, top:top + 8, left:left + 8])
+        seen_left.add(left)
+    assert seen_left == {0, 1, 2, 3}  # offset 0 (never drawn by the tutorial) and the last offset both occur
+    lr, hr = t(gradient_image(8, 8), rng)  # the tutorial crashes here (randint(1, 0))
+    assert hr.shape == (3, 8, 8) and lr.shape == (3, 2, 2)
+
+
+def test_train_crop_larger_than_image_is_a_clear_error():
+    with pytest.raises(ValueError, match='smaller than the crop size'):
+        utils.ImageTransforms('train', 96, 4, '[0, 1]', '[0, 1]')(gradient_image(95, 200))
+
+
+def test_test_split_centre_crops_to_multiple_of_scale_and_lr_is_pil_bicubic():
+    img = gradient_image(27, 22)
+    lr, hr = utils.ImageTransforms('test', 0, 4, '[0, 1]', '[-1, 1]')(img)
+    assert hr.shape == (3, 20, 24) and lr.shape == (3, 5, 6)
+    crop = img.crop((1, 1, 25, 21))  # remainders 3 and 2 -> offsets 1 and 1
+    assert torch.allclose(hr, utils.convert_image(crop, 'pil', '[-1, 1]'))
+    expected_lr = crop.resize((6, 5), Image.Resampling.BICUBIC)
+    assert torch.allclose(lr, utils.convert_image(expected_lr, 'pil', '[0, 1]'))
+
+
+def test_matlab_downsampling_option_uses_imresize():
+    img = gradient_image(24, 16)
+    lr, _ = utils.ImageTransforms('test', 0, 4, '[0, 255]', '[0, 255]', downsample='matlab')(img)
+    expected = utils.imresize(utils.pil_to_tensor(img), 0.25).float()
+    assert torch.equal(lr.round(), expected)
+
+
+def test_average_meter_and_adjust_learning_rate():
+    meter = utils.AverageMeter()
+    meter.update(2.0, n=3)
+    meter.update(6.0, n=1)
+    assert (meter.val, meter.sum, meter.count, meter.avg) == (6.0, 12.0, 4, 3.0)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    utils.adjust_learning_rate(opt, 0.1)
+    assert opt.param_groups[0]['lr'] == pytest.approx(1e-5)
+
+
+def test_positive_int_and_dataset_name():
+    import argparse
+    assert utils.positive_int('3') == 3
+    for bad in ('0', '-2', 'x'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            utils.positive_int(bad)
+    assert utils.dataset_name('data/Set5/') == 'Set5'
+    assert utils.dataset_name('C:\\data\\BSD100') == 'BSD100'
+    assert utils.dataset_name('Set14') == 'Set14'
+
+
+def test_model_io_for_rgb_and_y_models():
+    import models
+    lr, hr = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 12, 15)
+    x, target = utils.model_io(models.ARCHS['srresnet'], lr, hr, 3)
+    assert torch.allclose(x, utils.convert_image(lr, '[0, 1]', 'imagenet-norm'))
+    assert torch.allclose(target, hr * 2 - 1)
+    x, target = utils.model_io(models.ARCHS['srcnn'], lr, hr, 3)
+    assert x.shape == (2, 1, 12, 15) and target.shape == (2, 1, 12, 15)
+    y = (16 + 65.481 * hr[:, 0] + 128.553 * hr[:, 1] + 24.966 * hr[:, 2]) / 255
+    assert torch.allclose(target[:, 0], y, atol=1e-6)
+    x, _ = utils.model_io(models.ARCHS['espcn'], lr, hr, 3)
+    assert x.shape == (2, 1, 4, 5)
