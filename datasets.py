@@ -11,6 +11,7 @@ import os
 import random
 import sys
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -135,3 +136,175 @@ class EpochSampler(Sampler):
         order += order[:per_rank * self.world_size - self.n]
         mine = order[self.rank::self.world_size]
         return iter([(self.epoch, i) for i in mine[self.start:]])
+
+
+def total_memory_bytes():
+    """Physical memory of this machine (0 when unknown)."""
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+class PatchDataset(Dataset):
+    """The fast training pipeline: HR patches as uint8, LR made later on the device for the whole batch.
+
+    Every training image is decoded once into one shared uint8 buffer in RAM when the decoded total fits in
+    ``cache_bytes``; otherwise images are decoded on each visit (streaming). One item is one visit of one image:
+    ``crops_per_visit`` random crops (default: 1 when cached, 4 when streaming), each optionally flipped / rotated by 90 degrees, as a
+    (crops_per_visit, 3, crop_size, crop_size) uint8 tensor. Items are indexed by (epoch, j) from EpochSampler;
+    crops and the image visited are pure functions of (seed, epoch, j). An epoch holds
+    ceil(n_images * patches_per_image / crops_per_visit) visits, so it sees n_images * patches_per_image
+    patches whatever crops_per_visit is; with fewer visits than images, each epoch visits a random subset.
+    Images that cannot be read are skipped with a warning and counted (see SRDataset.check_failures).
+    """
+
+    def __init__(self, data_folder, crop_size, scaling_factor, seed=0, patches_per_image=1, crops_per_visit=None,
+                 hflip=False, vflip=False, rot90=False, cache_bytes=None, max_bad_fraction=0.05, workers=4,
+                 log=print):
+        self.crop_size, self.scaling_factor = int(crop_size), int(scaling_factor)
+        if self.crop_size % self.scaling_factor:
+            raise ValueError(f"crop size {self.crop_size} is not divisible by the scale {self.scaling_factor}")
+        self.images = read_data_list(data_folder, 'train')
+        self.seed, self.max_bad_fraction = seed, max_bad_fraction
+        self.flips = (hflip, vflip, rot90)
+        self.attempts = multiprocessing.Value('l', 0)
+        self.failures = multiprocessing.Value('l', 0)
+        self._perm_epoch, self._perm = None, None
+        self.buffer = None
+        if cache_bytes is None:
+            cache_bytes = total_memory_bytes() // 4
+        needed = self._decoded_bytes()
+        cached = needed <= cache_bytes
+        self.crops_per_visit = int(crops_per_visit or (1 if cached else 4))
+        self.length = -(-len(self.images) * int(patches_per_image) // self.crops_per_visit)
+        if cached:
+            self._build_cache(workers)
+            log(f"cached {len(self.offsets)} training images in RAM ({needed / 2 ** 20:.0f} MiB, decoded once)")
+        else:
+            log(f"training images need {needed / 2 ** 30:.1f} GiB decoded, more than the cache limit "
+                f"{cache_bytes / 2 ** 30:.1f} GiB: decoding on each visit ({self.crops_per_visit} crops per visit)")
+
+    def _decoded_bytes(self):
+        """Decoded RGB size of all images, from their headers (unreadable ones count as 0)."""
+        from PIL import Image
+        total = 0
+        for path in self.images:
+            try:
+                with Image.open(path) as img:
+                    total += img.width * img.height * 3
+            except Exception:
+                pass
+        return total
+
+    def _build_cache(self, workers):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def decode(path):
+            try:
+                img = load_image(path)
+            except UserError as e:
+                return path, str(e)
+            if min(img.size) < self.crop_size:
+                return path, f"{path}: {img.width}x{img.height} is smaller than the crop size {self.crop_size}"
+            return path, torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            decoded = list(pool.map(decode, self.images))
+        good = []
+        for path, img in decoded:
+            if isinstance(img, str):
+                print(f"warning: skipping training image: {img}", file=sys.stderr)
+                with self.failures.get_lock():
+                    self.failures.value += 1
+            else:
+                good.append(img)
+        if not good:
+            raise TooManyBadImages("no training image could be loaded")
+        sizes = [img.numel() for img in good]
+        self.buffer = torch.empty(sum(sizes), dtype=torch.uint8)  # one block, shared with worker processes
+        self.offsets, self.shapes, start = [], [], 0
+        for img, size in zip(good, sizes):
+            self.buffer[start:start + size] = img.reshape(-1)
+            self.offsets.append(start)
+            self.shapes.append(tuple(img.shape))
+            start += size
+        self.buffer.share_memory_()
+        self.attempts.value = len(self.images)
+
+    def __len__(self):
+        return self.length
+
+    def n_images(self):
+        return len(self.offsets) if self.buffer is not None else len(self.images)
+
+    def _image_for(self, epoch, j):
+        """The image visited by item j of an epoch: a per-epoch permutation, cached per worker."""
+        if self._perm_epoch != epoch:
+            g = torch.Generator().manual_seed(self.seed * 7_919 + epoch + 1)
+            self._perm, self._perm_epoch = torch.randperm(self.n_images(), generator=g).tolist(), epoch
+        return self._perm[j % self.n_images()]
+
+    def _load(self, k):
+        if self.buffer is not None:
+            c, h, w = self.shapes[k]
+            return self.buffer[self.offsets[k]:self.offsets[k] + c * h * w].view(c, h, w)
+        with self.attempts.get_lock():
+            self.attempts.value += 1
+        img = load_image(self.images[k])
+        if min(img.size) < self.crop_size:
+            raise UserError(f"{self.images[k]}: {img.width}x{img.height} is smaller than the crop size")
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __getitem__(self, index):
+        epoch, j = index if isinstance(index, tuple) else (0, index)
+        rng = random.Random(f"{self.seed}-{epoch}-{j}")
+        k = self._image_for(epoch, j)
+        for attempt in range(self.n_images()):
+            try:
+                img = self._load((k + attempt) % self.n_images())  # (3, H, W) uint8
+                break
+            except UserError as e:
+                with self.failures.get_lock():
+                    self.failures.value += 1
+                print(f"warning: skipping training image: {e}", file=sys.stderr)
+        else:
+            raise TooManyBadImages("no training image could be loaded")
+        _, h, w = img.shape
+        c = self.crop_size
+        hflip, vflip, rot90 = self.flips
+        patches = []
+        for _ in range(self.crops_per_visit):
+            top, left = rng.randint(0, h - c), rng.randint(0, w - c)
+            patch = img[:, top:top + c, left:left + c]  # (3, c, c) uint8, a view
+            if hflip and rng.random() < 0.5:
+                patch = patch.flip(-1)
+            if vflip and rng.random() < 0.5:
+                patch = patch.flip(-2)
+            if rot90 and rng.random() < 0.5:
+                patch = patch.transpose(-2, -1)
+            patches.append(patch)
+        return torch.stack(patches)  # (crops_per_visit, 3, c, c), uint8
+
+    check_failures = SRDataset.check_failures
+
+
+def collate_patches(items):
+    """Concatenate visits into one (N, 3, c, c) uint8 HR batch."""
+    return torch.cat(items)
+
+
+def make_lr(hr, scaling_factor, method):
+    """LR batch from a uint8 HR batch on any device: (N, 3, H, W) uint8 -> (N, 3, H/s, W/s) uint8.
+
+    'matlab': utils.imresize (MATLAB bicubic with antialiasing). 'pil': torch's antialiased bicubic, which
+    follows PIL's (a = -0.5, kernel widened by the scale); it lands within 2 grey levels of PIL.
+    """
+    from utils import imresize
+    if method == 'matlab':
+        return imresize(hr, 1. / scaling_factor)
+    if method != 'pil':
+        raise ValueError(f"downsampling method is 'pil' or 'matlab', not {method!r}")
+    lr = torch.nn.functional.interpolate(hr.float(), scale_factor=1. / scaling_factor, mode='bicubic',
+                                         antialias=True, align_corners=False)
+    return lr.clamp_(0, 255).round_().to(torch.uint8)

@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 import models
-from datasets import SRDataset
-from utils import (AverageMeter, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args,
+from utils import (AverageMeter, batch_to_device, build_train_dataset, resolve_speed_args, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args,
                    adjust_learning_rate, autocast, check_finite, close_distributed, convert_image, describe_checkpoint,
                    get_rng_state, init_distributed, load_checkpoint, log_image_grids, make_parser, make_train_loader,
                    plain_args, positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything,
                    set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
 from train_srresnet import check_resume_compatible, load_val_images
 
-SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil')
+SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
+                    rot90=False)
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
 
 
@@ -128,9 +128,10 @@ def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, ctx
     mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
     t0, n_patches, step = timer(), 0, start_step
     bar = progress(ctx.loader, total=len(ctx.loader), dist=ctx.dist, desc=f"epoch {epoch}")
-    for step, (lr, hr) in enumerate(bar, start=start_step):
-        lr = convert_image(lr.to(device, non_blocking=True), '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
-        hr = convert_image(hr.to(device, non_blocking=True), '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
+    for step, batch in enumerate(bar, start=start_step):
+        lr, hr = batch_to_device(batch, device, ctx.scale, ctx.downsample)  # RGB in [0, 1]
+        lr = convert_image(lr, '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
+        hr = convert_image(hr, '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
         if ctx.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         with autocast(device, ctx.amp):
@@ -191,6 +192,7 @@ def main(argv=None):
     args = resolve_args(build_parser(), argv)
     dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
     try:
+        resolve_speed_args(args, dist.device)
         seed_everything(args.seed + dist.rank)
         torch.backends.cudnn.benchmark = True
         vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(dist.device)
@@ -203,9 +205,7 @@ def main(argv=None):
             discriminator = discriminator.to(memory_format=torch.channels_last)
         optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr)
         optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr)
-        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
-                            downsample=args.downsample, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
-                            repeat=args.patches_per_image)
+        dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
         ctx = TrainContext(args, dist, dataset, 'srresnet')
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.resume:
@@ -231,8 +231,10 @@ def main(argv=None):
                 print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
         g_net = wrap_model(generator, dist, args.ngpu, args.sync_bn)
         d_net = wrap_model(discriminator, dist, args.ngpu, args.sync_bn)
+        if args.compile:
+            g_net, d_net, vgg = torch.compile(g_net), torch.compile(d_net), torch.compile(vgg)
         ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
-                                                pin_memory=dist.device.type == 'cuda')
+                                                pin_memory=dist.device.type == 'cuda', collate_fn=collate)
         val_images = load_val_images(args.val_folder) if args.val_folder else None
         for epoch in range(start_epoch, args.epochs + 1):
             if epoch == int(args.epochs / 2) and start_step == 0:  # the tutorial's single decay, at half the epochs

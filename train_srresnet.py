@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 import models
-from datasets import SRDataset
-from utils import (AverageMeter, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args, autocast,
+from utils import (AverageMeter, batch_to_device, build_train_dataset, resolve_speed_args, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args, autocast,
                    check_finite, close_distributed, get_rng_state, init_distributed, list_image_files, load_checkpoint,
                    load_image, log_image_grids, make_parser, make_train_loader, model_io, pil_to_tensor, plain_args,
                    positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything, set_rng_state,
@@ -118,9 +117,8 @@ def train_one_epoch(model, loader, criterion, optimizer, ctx, epoch, start_step=
     t0, n_patches = timer(), 0
     bar = progress(loader, total=len(loader), dist=ctx.dist, desc=f"epoch {epoch}")
     step = start_step
-    for step, (lr, hr) in enumerate(bar, start=start_step):
-        lr = lr.to(device, non_blocking=True)  # (N, 3, h, w), in [0, 1]
-        hr = hr.to(device, non_blocking=True)  # (N, 3, s*h, s*w), in [0, 1]
+    for step, batch in enumerate(bar, start=start_step):
+        lr, hr = batch_to_device(batch, device, ctx.scale, ctx.downsample)  # (N, 3, h, w), (N, 3, s*h, s*w) in [0, 1]
         x, target = model_io(spec, lr, hr, ctx.scale)  # in the model's input / output spaces
         if ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -164,6 +162,7 @@ def main(argv=None):
     args = resolve_args(build_parser(), argv)
     dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
     try:
+        resolve_speed_args(args, dist.device)
         seed_everything(args.seed + dist.rank)
         torch.backends.cudnn.benchmark = True
         model = models.build_model(args.arch, args.model_config).to(dist.device)
@@ -173,9 +172,7 @@ def main(argv=None):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
                                                          gamma=args.lr_gamma)
         criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
-        dataset = SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
-                            downsample=args.downsample, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
-                            repeat=args.patches_per_image)
+        dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
         ctx = TrainContext(args, dist, dataset, args.arch)
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.resume:
@@ -194,8 +191,10 @@ def main(argv=None):
             if dist.is_main:
                 print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
         net = wrap_model(model, dist, args.ngpu, args.sync_bn)
+        if args.compile:
+            net = torch.compile(net)
         loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
-                                            pin_memory=dist.device.type == 'cuda')
+                                            pin_memory=dist.device.type == 'cuda', collate_fn=collate)
         val_images = load_val_images(args.val_folder) if args.val_folder else None
         for epoch in range(start_epoch, args.epochs + 1):
             sampler.set_epoch(epoch, start_step)

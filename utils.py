@@ -925,12 +925,19 @@ def per_rank_batch_size(batch_size, dist):
     return batch_size // dist.world_size
 
 
-def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False):
-    """DataLoader over an EpochSampler: the global batch is split across ranks; returns (loader, sampler)."""
+def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False, collate_fn=None):
+    """DataLoader over an EpochSampler: the global batch (in patches) is split across ranks; datasets whose items
+    hold several crops (PatchDataset) are batched by visits. Returns (loader, sampler)."""
     from datasets import EpochSampler
+    per_rank = per_rank_batch_size(batch_size, dist)
+    crops = getattr(dataset, 'crops_per_visit', 1)
+    if per_rank % crops:
+        raise UserError(f"--batch-size {batch_size} ({per_rank} per process) is not a multiple of "
+                        f"--crops-per-visit {crops}")
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=True, rank=dist.rank, world_size=dist.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank_batch_size(batch_size, dist), sampler=sampler,
-                                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank // crops, sampler=sampler,
+                                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                                         collate_fn=collate_fn)
     return loader, sampler
 
 
@@ -1032,8 +1039,26 @@ def add_training_args(parser, archs=None):
     g.add_argument('--runs-dir', default='runs', help='TensorBoard log folder')
     g.add_argument('--ngpu', type=positive_int, default=1, help='GPUs for the tutorial\'s DataParallel (CUDA only)')
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under torchrun on CUDA')
-    g.add_argument('--amp', choices=('off', 'bf16', 'fp16'), default='off', help='mixed precision')
-    g.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    g = parser.add_argument_group('speed (defaults: the fastest settings that keep accuracy)')
+    g.add_argument('--faithful', action='store_true',
+                   help="the tutorial's exact loop: fp32, NCHW, eager, one PIL decode + PIL bicubic per patch")
+    g.add_argument('--amp', choices=('auto', 'off', 'bf16', 'fp16'), default='auto',
+                   help='mixed precision; auto: bf16 on CUDA GPUs and CPUs with native bf16 (AMX/AVX512-BF16), '
+                        'else off')
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
+                   help='channels_last memory format (default: on, off with --faithful)')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model(s)')
+    g.add_argument('--cache-gb', type=float,
+                   help='decode the training images once into RAM when they fit in this many GiB '
+                        '(default: a quarter of RAM); otherwise decode on each visit')
+    g.add_argument('--crops-per-visit', type=positive_int,
+                   help='random crops per image decode (default: 1 with the RAM cache, 4 when streaming)')
+    g.add_argument('--hflip', action=argparse.BooleanOptionalAction, default=None,
+                   help='random horizontal flips (default: the arch recipe)')
+    g.add_argument('--vflip', action=argparse.BooleanOptionalAction, default=None,
+                   help='random vertical flips (default: the arch recipe)')
+    g.add_argument('--rot90', action=argparse.BooleanOptionalAction, default=None,
+                   help='random 90-degree rotations (default: the arch recipe)')
     g.add_argument('--max-bad-fraction', type=float, default=0.05,
                    help='stop when more than this share of training image loads fail')
     g.add_argument('--val-folder', help='image folder (e.g. Set5) for validation PSNR, standard protocol')
@@ -1044,12 +1069,67 @@ def add_training_args(parser, archs=None):
     return g
 
 
+def native_bf16(device):
+    """True when ``device`` runs bf16 matrix math natively (CUDA with bf16, or a CPU with AMX / AVX512-BF16)."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    if device.type == 'cpu':
+        cpu = torch.cpu
+        return any(getattr(cpu, f, lambda: False)() for f in ('_is_amx_tile_supported', '_is_avx512_bf16_supported'))
+    return False
+
+
+def resolve_speed_args(args, device):
+    """Fill 'auto' speed flags for this device; --faithful forces the tutorial's fp32 NCHW eager loop."""
+    if args.faithful:
+        if args.amp not in ('auto', 'off') or args.channels_last or args.compile:
+            raise UserError("--faithful runs the tutorial's fp32 NCHW eager loop: drop --amp/--channels-last/--compile")
+        args.amp, args.channels_last = 'off', False
+        return args
+    if args.amp == 'auto':
+        args.amp = 'bf16' if native_bf16(device) else 'off'
+    if args.amp == 'fp16' and device.type != 'cuda':
+        raise UserError("--amp fp16 needs a CUDA GPU; use --amp bf16 or off")
+    if args.amp == 'bf16' and device.type == 'mps':
+        raise UserError("--amp bf16 is not supported on MPS; use --amp off")
+    if args.channels_last is None:
+        args.channels_last = device.type in ('cuda', 'cpu')
+    return args
+
+
+def build_train_dataset(args, log=print):
+    """--faithful: the tutorial's SRDataset (PIL per patch); else the cached PatchDataset. Returns (dataset, collate)."""
+    from datasets import PatchDataset, SRDataset, collate_patches
+    if args.faithful:
+        return SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
+                         downsample=args.downsample, seed=args.seed, max_bad_fraction=args.max_bad_fraction,
+                         repeat=args.patches_per_image), None
+    cache = None if args.cache_gb is None else int(args.cache_gb * 2 ** 30)
+    dataset = PatchDataset(args.data_folder, args.crop_size, args.scale, seed=args.seed,
+                           patches_per_image=args.patches_per_image, crops_per_visit=args.crops_per_visit,
+                           hflip=bool(args.hflip), vflip=bool(args.vflip), rot90=bool(args.rot90),
+                           cache_bytes=cache, max_bad_fraction=args.max_bad_fraction, workers=args.workers, log=log)
+    return dataset, collate_patches
+
+
+def batch_to_device(batch, device, scale, downsample):
+    """A loader batch -> (lr, hr) float RGB in [0, 1] on ``device``: SRDataset pairs are moved as they are;
+    PatchDataset uint8 HR batches are moved (4x fewer bytes than float) and downscaled there, batched."""
+    from datasets import make_lr
+    if isinstance(batch, (list, tuple)):
+        lr, hr = batch
+        return lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+    hr = batch.to(device, non_blocking=True)  # (N, 3, H, W) uint8
+    lr = make_lr(hr, scale, downsample)  # (N, 3, H / s, W / s) uint8
+    return lr.float().div_(255.), hr.float().div_(255.)
+
+
 class TrainContext:
     """What the training loop needs besides the model: device/process group, arch spec, AMP, logging, stop flag."""
 
     def __init__(self, args, dist, dataset, arch):
         self.dist, self.dataset, self.spec, self.scale = dist, dataset, models.ARCHS[arch], args.scale
-        self.amp, self.channels_last = args.amp, args.channels_last
+        self.amp, self.channels_last, self.downsample = args.amp, args.channels_last, args.downsample
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=args.amp == 'fp16')
         self.writer = make_writer(os.path.join(args.runs_dir, arch), dist)
         self.stop = StopRequest()

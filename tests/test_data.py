@@ -90,3 +90,49 @@ def test_srdataset_test_split_and_argument_errors(tiny_dataset):
         SRDataset(tiny_dataset['data'], 'test', 0, 4, '[0, 1]', '[0, 1]')
     with pytest.raises(UserError, match='create_data_lists.py'):
         SRDataset(tiny_dataset['data'], 'test', 0, 4, '[0, 1]', '[0, 1]', test_data_name='Set99')
+
+
+def test_patch_dataset_cached_and_streaming_give_identical_patches(tiny_dataset):
+    from datasets import PatchDataset
+    cached = PatchDataset(tiny_dataset['data'], 24, 4, seed=1, crops_per_visit=2, hflip=True, vflip=True,
+                          rot90=True, log=lambda *_: None)
+    streamed = PatchDataset(tiny_dataset['data'], 24, 4, seed=1, crops_per_visit=2, hflip=True, vflip=True,
+                            rot90=True, cache_bytes=0, log=lambda *_: None)
+    assert cached.buffer is not None and streamed.buffer is None
+    assert len(cached) == len(streamed) == 3  # 6 images x 1 patch each / 2 crops per visit
+    for index in [(0, 0), (0, 2), (5, 1)]:
+        a, b = cached[index], streamed[index]
+        assert a.shape == (2, 3, 24, 24) and a.dtype == torch.uint8
+        assert torch.equal(a, b)
+    assert not torch.equal(cached[(0, 0)], cached[(1, 0)])
+
+
+def test_patch_dataset_crops_come_from_the_visited_image_with_flips(tiny_dataset):
+    from datasets import PatchDataset
+    from utils import load_image, pil_to_tensor
+    ds = PatchDataset(tiny_dataset['data'], 16, 4, seed=0, crops_per_visit=4, hflip=True, rot90=True,
+                      log=lambda *_: None)
+    images = [pil_to_tensor(load_image(p)) for p in ds.images]
+    for j in range(len(ds)):
+        k = ds._image_for(3, j)
+        for patch in ds[(3, j)]:
+            variants = [patch, patch.flip(-1), patch.transpose(-2, -1), patch.transpose(-2, -1).flip(-1)]
+            img = images[k]
+            found = any(torch.equal(v, img[:, t:t + 16, l:l + 16]) for v in variants
+                        for t in range(64 - 15) for l in range(64 - 15))
+            assert found
+
+
+def test_make_lr_pil_close_to_pil_and_matlab_equals_imresize():
+    from PIL import Image as PILImage
+    from datasets import make_lr
+    from conftest import photo_crops
+    from utils import imresize
+    hr = torch.from_numpy(photo_crops(96, 1)[0]).permute(2, 0, 1)[None]  # (1, 3, 96, 96)
+    for s in (2, 3, 4):
+        lr = make_lr(hr, s, 'pil')[0].permute(1, 2, 0).numpy().astype(int)
+        ref = PILImage.fromarray(hr[0].permute(1, 2, 0).numpy()).resize((96 // s, 96 // s),
+                                                                         PILImage.Resampling.BICUBIC)
+        diff = np.abs(lr - np.asarray(ref).astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.3
+        assert torch.equal(make_lr(hr, s, 'matlab'), imresize(hr, 1 / s))

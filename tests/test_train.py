@@ -18,7 +18,7 @@ def train(tmp_path, data, *extra, script='train_srresnet.py'):
 def test_srresnet_trains_saves_tutorial_keys_and_resume_continues_epochs(tmp_path, tiny_dataset):
     result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 1)
     assert result.returncode == 0, result.stderr
-    assert 'epoch 1/1' in result.stdout
+    assert 'epoch 1/1' in result.stdout and 'cached 6 training images' in result.stdout
     path = tmp_path / 'results' / 'checkpoint_srresnet.pth'
     ckpt = load_checkpoint(path)
     assert {'epoch', 'model', 'optimizer', 'arch', 'model_config', 'format_version'} <= set(ckpt)
@@ -57,6 +57,21 @@ def test_srresnet_resume_refuses_another_configuration(tmp_path, tiny_dataset):
 def test_train_flag_errors_before_any_work(tmp_path, argv, message):
     result = train(tmp_path, tmp_path / 'no-data', *argv)
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--faithful', '--amp', 'bf16'], "tutorial's fp32 NCHW eager loop"),
+    (['--amp', 'fp16', '--device', 'cpu'], 'needs a CUDA GPU'),
+])
+def test_speed_flag_errors(tmp_path, argv, message):
+    result = train(tmp_path, tmp_path / 'no-data', *argv)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_faithful_tutorial_pipeline_trains(tmp_path, tiny_dataset):
+    result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 1, '--faithful', '--workers', 1)
+    assert result.returncode == 0, result.stderr
+    assert 'cached' not in result.stdout and 'epoch 1/1' in result.stdout
 
 
 def test_missing_data_list_is_one_line_error(tmp_path):
