@@ -151,9 +151,9 @@ class PatchDataset(Dataset):
 
     Every training image is decoded once into one shared uint8 buffer in RAM when the decoded total fits in
     ``cache_bytes``; otherwise images are decoded on each visit (streaming). One item is one visit of one image:
-    ``crops_per_visit`` random crops (default: 1 when cached, 4 when streaming), each optionally flipped / rotated by 90 degrees, as a
-    (crops_per_visit, 3, crop_size, crop_size) uint8 tensor. Items are indexed by (epoch, j) from EpochSampler;
-    crops and the image visited are pure functions of (seed, epoch, j). An epoch holds
+    ``crops_per_visit`` random crops (default: 1 when cached, 4 when streaming), each optionally flipped /
+    rotated by 90 degrees, as a (crops_per_visit, 3, crop_size, crop_size) uint8 tensor. Items are indexed by
+    (epoch, j) from EpochSampler; crops and the image visited are pure functions of (seed, epoch, j). An epoch holds
     ceil(n_images * patches_per_image / crops_per_visit) visits, so it sees n_images * patches_per_image
     patches whatever crops_per_visit is; with fewer visits than images, each epoch visits a random subset.
     Images that cannot be read are skipped with a warning and counted (see SRDataset.check_failures).

@@ -1,7 +1,8 @@
 """Train SRGAN as the tutorial does: a generator warm-started from a trained SRResNet, a discriminator,
 a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learning rate x0.1 at half the epochs.
 
-    python train_srgan.py                              # tutorial: x4, batch 128, 50 epochs, from results/checkpoint_srresnet.pth
+    python train_srgan.py                              # tutorial: x4, batch 128, 50 epochs, warm start from
+                                                       # results/checkpoint_srresnet.pth
     python train_srgan.py --srresnet-checkpoint results/checkpoint_srresnet.pth --batch-size 32 --device cuda
     python train_srgan.py --resume                     # continue results/checkpoint_srgan.pth
     python train_srgan.py --vgg-weights vgg19-dcbb9e9d.pth     # VGG19 weights from a file instead of the hub cache
@@ -17,11 +18,12 @@ import torch
 from torch import nn
 
 import models
-from utils import (AverageMeter, batch_to_device, build_train_dataset, resolve_speed_args, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args,
-                   adjust_learning_rate, autocast, check_finite, close_distributed, convert_image, describe_checkpoint,
-                   get_rng_state, init_distributed, load_checkpoint, log_image_grids, make_parser, make_train_loader,
-                   plain_args, positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything,
-                   set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args,
+                   adjust_learning_rate, autocast, batch_to_device, build_train_dataset, check_finite,
+                   close_distributed, convert_image, describe_checkpoint, get_rng_state, init_distributed,
+                   load_checkpoint, log_image_grids, make_parser, make_train_loader, plain_args, positive_int,
+                   progress, resolve_speed_args, resume_command, run_cli, save_checkpoint, seed_everything,
+                   set_determinism, set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
 from train_srresnet import check_resume_compatible, load_val_images
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
@@ -38,7 +40,8 @@ def build_parser():
                         "'none': a random generator)")
     g.add_argument('--large-kernel-size', type=positive_int, help='generator first/last kernel (default: the '
                    "SRResNet checkpoint's, else 9)")
-    g.add_argument('--small-kernel-size', type=positive_int, help='generator inner kernel (default: checkpoint, else 3)')
+    g.add_argument('--small-kernel-size', type=positive_int,
+                   help='generator inner kernel (default: checkpoint, else 3)')
     g.add_argument('--n-channels', type=positive_int, help='generator channels (default: checkpoint, else 64)')
     g.add_argument('--n-blocks', type=positive_int, help='generator residual blocks (default: checkpoint, else 16)')
     g.add_argument('--kernel-size-d', type=positive_int, default=3, help='discriminator kernel size')
@@ -170,7 +173,7 @@ def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, ctx
             bar.set_postfix(c=f"{meters['content'].avg:.4g}", d=f"{meters['discriminator'].avg:.3g}",
                             patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
         ctx.dataset.check_failures()
-        if ctx.stop.requested:
+        if ctx.should_stop():
             return {k: ctx.dist.all_mean(m.avg) for k, m in meters.items()}, step + 1, True
     return {k: ctx.dist.all_mean(m.avg) for k, m in meters.items()}, step + 1, False
 
@@ -194,7 +197,7 @@ def main(argv=None):
     try:
         resolve_speed_args(args, dist.device)
         seed_everything(args.seed + dist.rank)
-        torch.backends.cudnn.benchmark = True
+        set_determinism(args.deterministic)
         vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(dist.device)
         generator = models.Generator(**args.generator_config).to(dist.device)
         discriminator = models.Discriminator(**args.discriminator_config).to(dist.device)
@@ -240,7 +243,7 @@ def main(argv=None):
             if epoch == int(args.epochs / 2) and start_step == 0:  # the tutorial's single decay, at half the epochs
                 adjust_learning_rate(optimizer_g, 0.1)
                 adjust_learning_rate(optimizer_d, 0.1)
-            sampler.set_epoch(epoch, start_step)
+            sampler.set_epoch(epoch, start_step * ctx.loader.batch_size)
             losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, ctx, epoch,
                                                          start_step, args.beta, args.update_order == 'd-first')
             start_step = 0

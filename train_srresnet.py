@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 import models
-from utils import (AverageMeter, batch_to_device, build_train_dataset, resolve_speed_args, FORMAT_VERSION, TrainContext, UserError, Upscaler, add_training_args, autocast,
-                   check_finite, close_distributed, get_rng_state, init_distributed, list_image_files, load_checkpoint,
-                   load_image, log_image_grids, make_parser, make_train_loader, model_io, pil_to_tensor, plain_args,
-                   positive_int, progress, resume_command, run_cli, save_checkpoint, seed_everything, set_rng_state,
+from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args, autocast,
+                   batch_to_device, build_train_dataset, check_finite, close_distributed, get_rng_state,
+                   init_distributed, list_image_files, load_checkpoint, load_image, log_image_grids, make_parser,
+                   make_train_loader, model_io, pil_to_tensor, plain_args, positive_int, progress, resolve_speed_args,
+                   resume_command, run_cli, save_checkpoint, seed_everything, set_determinism, set_rng_state,
                    strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
 
 
@@ -142,7 +143,7 @@ def train_one_epoch(model, loader, criterion, optimizer, ctx, epoch, start_step=
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(loss=f"{meter.avg:.4g}", patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
         ctx.dataset.check_failures()
-        if ctx.stop.requested:
+        if ctx.should_stop():
             return ctx.dist.all_mean(meter.avg), step + 1, True
     return ctx.dist.all_mean(meter.avg), step + 1, False
 
@@ -164,7 +165,7 @@ def main(argv=None):
     try:
         resolve_speed_args(args, dist.device)
         seed_everything(args.seed + dist.rank)
-        torch.backends.cudnn.benchmark = True
+        set_determinism(args.deterministic)
         model = models.build_model(args.arch, args.model_config).to(dist.device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -197,7 +198,7 @@ def main(argv=None):
                                             pin_memory=dist.device.type == 'cuda', collate_fn=collate)
         val_images = load_val_images(args.val_folder) if args.val_folder else None
         for epoch in range(start_epoch, args.epochs + 1):
-            sampler.set_epoch(epoch, start_step)
+            sampler.set_epoch(epoch, start_step * loader.batch_size)
             loss, next_step, stopped = train_one_epoch(net, loader, criterion, optimizer, ctx, epoch, start_step)
             start_step = 0
             if stopped:

@@ -750,7 +750,8 @@ def make_parser(doc, *, data=True, device=True, workers=4):
     if data:
         parser.add_argument('--data-folder', default='./data/', help='folder holding the JSON data lists')
     if device:
-        parser.add_argument('--device', default='auto', help="'auto' (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+        parser.add_argument('--device', default='auto',
+                            help="'auto' (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
         parser.add_argument('--workers', type=int, default=workers, help='data-loading worker processes')
         parser.add_argument('--seed', type=int, default=0, help='random seed (data order, crops, initialisation)')
     return parser
@@ -1066,6 +1067,10 @@ def add_training_args(parser, archs=None):
     g.add_argument('--keep-best', action='store_true',
                    help='also keep results/checkpoint_<arch>_best.pth, best by validation PSNR (needs --val-folder)')
     g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
+    g.add_argument('--max-steps', type=positive_int,
+                   help='stop after this many optimizer steps in total, save and exit 0 (as Ctrl-C does)')
+    g.add_argument('--deterministic', action='store_true',
+                   help='deterministic algorithms (bit-exact resume on CPU; slower on GPU)')
     return g
 
 
@@ -1098,7 +1103,9 @@ def resolve_speed_args(args, device):
 
 
 def build_train_dataset(args, log=print):
-    """--faithful: the tutorial's SRDataset (PIL per patch); else the cached PatchDataset. Returns (dataset, collate)."""
+    """--faithful: the tutorial's SRDataset (PIL per patch); else the cached PatchDataset.
+
+    Returns (dataset, collate_fn)."""
     from datasets import PatchDataset, SRDataset, collate_patches
     if args.faithful:
         return SRDataset(args.data_folder, 'train', args.crop_size, args.scale, '[0, 1]', '[0, 1]',
@@ -1124,6 +1131,15 @@ def batch_to_device(batch, device, scale, downsample):
     return lr.float().div_(255.), hr.float().div_(255.)
 
 
+def set_determinism(enabled):
+    """Deterministic kernels (and no cuDNN autotuning) when ``enabled``; cuDNN benchmark mode otherwise."""
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+    if enabled:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+
+
 class TrainContext:
     """What the training loop needs besides the model: device/process group, arch spec, AMP, logging, stop flag."""
 
@@ -1134,7 +1150,17 @@ class TrainContext:
         self.writer = make_writer(os.path.join(args.runs_dir, arch), dist)
         self.stop = StopRequest()
         self.checkpoint_path = args.checkpoint_path
+        self.max_steps = args.max_steps
         self.global_step = 0
+
+    def should_stop(self):
+        """Ctrl-C / SIGTERM received (on any rank) or --max-steps reached."""
+        stop = self.stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps)
+        if self.dist.enabled:  # every rank must stop at the same step
+            flag = torch.tensor([float(stop)], device=self.dist.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
 
 def standard_protocol(upscaler, hr, scale):
