@@ -11,6 +11,8 @@ skipped and counted by reason; their paths and reasons go to create_data_lists.l
 """
 import os
 
+from PIL import Image
+
 from utils import UserError, atomic_write, create_data_lists, make_parser, positive_int, run_cli
 
 # Real photos shipped inside scikit-image (no download): a training set and a disjoint test set.
@@ -20,7 +22,6 @@ SKIMAGE_TEST = ('chelsea', 'camera')
 
 def export_skimage_photos(folder):
     """Write scikit-image's bundled photos as PNGs into folder/train and folder/test; returns the two folders."""
-    from PIL import Image
     from skimage import data
     folders = {}
     for split, names in (('train', SKIMAGE_TRAIN), ('test', SKIMAGE_TEST)):
@@ -39,6 +40,8 @@ def main(argv=None):
     parser.add_argument('--output-folder', default='./data/', help='where the JSON lists go')
     parser.add_argument('--workers', type=positive_int, default=min(8, os.cpu_count() or 1),
                         help='processes decoding images')
+    parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
+                        help='images with more pixels are refused as possible decompression bombs')
     parser.add_argument('--from-skimage', metavar='DIR',
                         help="export scikit-image's bundled photos to DIR/train and DIR/test and list them too")
     args = parser.parse_args(argv)
@@ -52,7 +55,8 @@ def main(argv=None):
         if not os.path.isdir(folder):
             raise UserError(f"{folder}: not a folder")
     print("creating data lists (every image is decoded once to check it)...")
-    create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, workers=args.workers)
+    create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder, workers=args.workers,
+                      max_pixels=args.max_image_pixels)
     print(f"lists written to {args.output_folder}")
     return 0
 

@@ -22,8 +22,8 @@ from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserErr
                    adjust_learning_rate, autocast, batch_to_device, build_train_dataset, check_finite,
                    close_distributed, convert_image, describe_checkpoint, get_rng_state, init_distributed,
                    load_checkpoint, log_image_grids, make_parser, make_train_loader, plain_args, positive_int,
-                   progress, resolve_speed_args, resume_command, run_cli, save_checkpoint, seed_everything,
-                   set_determinism, set_rng_state, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+                   progress, resolve_speed_args, restore_training_state, run_cli, run_epochs, seed_everything,
+                   set_determinism, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
 from train_srresnet import check_resume_compatible, load_val_images
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
@@ -165,10 +165,11 @@ def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, ctx
         ctx.global_step += 1
         n_patches += n * ctx.dist.world_size
         if step == start_step:
-            log_image_grids(ctx.writer, f"srgan/epoch_{epoch}", epoch, lr, sr, hr, 'imagenet-norm', 'imagenet-norm')
+            log_image_grids(ctx.writer, f"{ctx.tag}/epoch_{epoch}", epoch, lr, sr, hr, 'imagenet-norm',
+                            'imagenet-norm')
         if ctx.writer is not None:
             for k, m in meters.items():
-                ctx.writer.add_scalar(f"srgan/{k}_loss_step", m.val, ctx.global_step)
+                ctx.writer.add_scalar(f"{ctx.tag}/{k}_loss_step", m.val, ctx.global_step)
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(c=f"{meters['content'].avg:.4g}", d=f"{meters['discriminator'].avg:.3g}",
                             patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
@@ -191,6 +192,38 @@ def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, ctx, ar
     }
 
 
+def build_networks(args, dist):
+    """VGG (fails fast when its weights are missing), generator (warm-started), discriminator and optimizers."""
+    vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(dist.device)
+    generator = models.Generator(**args.generator_config).to(dist.device)
+    discriminator = models.Discriminator(**args.discriminator_config).to(dist.device)
+    if args.srresnet_state is not None:
+        generator.net.load_state_dict(args.srresnet_state)
+    if args.channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+        discriminator = discriminator.to(memory_format=torch.channels_last)
+    optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr)
+    optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr)
+    return vgg, generator, discriminator, optimizer_g, optimizer_d
+
+
+def load_resume(args, dist, generator, discriminator, optimizer_g, optimizer_d):
+    """Load an SRGAN checkpoint into the networks and optimizers; refuse anything else. Returns the checkpoint."""
+    ckpt = load_checkpoint(args.resume, map_location=dist.device)
+    if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
+        raise UserError(f"{args.resume} is not an SRGAN checkpoint")
+    check_resume_compatible({'arch': 'srgan', 'model_config': ckpt.get('generator_config')}, 'srgan',
+                            args.generator_config, args.resume)
+    if 'optimizer_d' not in ckpt:
+        raise UserError(f"{args.resume} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
+                        f"resumed exactly; start a new run from its generator instead")
+    generator.load_state_dict(strip_prefixes(ckpt['generator']))
+    discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
+    optimizer_g.load_state_dict(ckpt['optimizer_g'])
+    optimizer_d.load_state_dict(ckpt['optimizer_d'])
+    return ckpt
+
+
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
     dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
@@ -198,89 +231,39 @@ def main(argv=None):
         resolve_speed_args(args, dist.device)
         seed_everything(args.seed + dist.rank)
         set_determinism(args.deterministic)
-        vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(dist.device)
-        generator = models.Generator(**args.generator_config).to(dist.device)
-        discriminator = models.Discriminator(**args.discriminator_config).to(dist.device)
-        if args.srresnet_state is not None:
-            generator.net.load_state_dict(args.srresnet_state)
-        if args.channels_last:
-            generator = generator.to(memory_format=torch.channels_last)
-            discriminator = discriminator.to(memory_format=torch.channels_last)
-        optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr)
-        optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr)
+        vgg, generator, discriminator, optimizer_g, optimizer_d = build_networks(args, dist)
+        ckpt = load_resume(args, dist, generator, discriminator, optimizer_g, optimizer_d) if args.resume else None
+        val_images = load_val_images(args.val_folder) if args.val_folder else None
         dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
-        ctx = TrainContext(args, dist, dataset, 'srresnet')
-        start_epoch, start_step, best_psnr = 1, 0, None
-        if args.resume:
-            ckpt = load_checkpoint(args.resume, map_location=dist.device)
-            if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
-                raise UserError(f"{args.resume} is not an SRGAN checkpoint")
-            check_resume_compatible({'arch': 'srgan', 'model_config': ckpt.get('generator_config')}, 'srgan',
-                                    args.generator_config, args.resume)
-            generator.load_state_dict(strip_prefixes(ckpt['generator']))
-            discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
-            optimizer_g.load_state_dict(ckpt['optimizer_g'])
-            if 'optimizer_d' not in ckpt:
-                raise UserError(f"{args.resume} has no optimizer_d (the tutorial saved optimizer_g twice): "
-                                f"it cannot be resumed exactly; start a new run from its generator instead")
-            optimizer_d.load_state_dict(ckpt['optimizer_d'])
-            if ckpt.get('scaler'):
-                ctx.scaler.load_state_dict(ckpt['scaler'])
-            if ckpt.get('rng') and dist.world_size == 1:
-                set_rng_state(ckpt['rng'])
-            start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
-            ctx.global_step, best_psnr = ckpt.get('step', 0), ckpt.get('best_psnr')
-            if dist.is_main:
-                print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
+        ctx = TrainContext(args, dist, dataset, 'srresnet', tag='srgan')
+        start_epoch, start_step, best_psnr = restore_training_state(ckpt, ctx) if ckpt else (1, 0, None)
+        if ckpt and dist.is_main:
+            print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
         g_net = wrap_model(generator, dist, args.ngpu, args.sync_bn)
         d_net = wrap_model(discriminator, dist, args.ngpu, args.sync_bn)
         if args.compile:
             g_net, d_net, vgg = torch.compile(g_net), torch.compile(d_net), torch.compile(vgg)
         ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
                                                 pin_memory=dist.device.type == 'cuda', collate_fn=collate)
-        val_images = load_val_images(args.val_folder) if args.val_folder else None
-        for epoch in range(start_epoch, args.epochs + 1):
-            if epoch == int(args.epochs / 2) and start_step == 0:  # the tutorial's single decay, at half the epochs
+
+        def decay_at_half(epoch, start_step):  # the tutorial's single decay; not again when resuming mid-epoch
+            if epoch == int(args.epochs / 2) and start_step == 0:
                 adjust_learning_rate(optimizer_g, 0.1)
                 adjust_learning_rate(optimizer_d, 0.1)
-            sampler.set_epoch(epoch, start_step * ctx.loader.batch_size)
-            losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, ctx, epoch,
-                                                         start_step, args.beta, args.update_order == 'd-first')
-            start_step = 0
-            if stopped:
-                if dist.is_main:
-                    save_checkpoint(checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, ctx, args, epoch - 1,
-                                                     next_step, best_psnr), args.checkpoint_path)
-                    print(f"stopped at epoch {epoch}, step {next_step}; saved {args.checkpoint_path}. "
-                          f"Resume with:\n  {resume_command()}")
-                return 0
-            line = (f"epoch {epoch}/{args.epochs}: content {losses['content']:.5g}, adversarial "
-                    f"{losses['adversarial']:.4g}, discriminator {losses['discriminator']:.4g}")
-            improved = False
-            if val_images is not None and (epoch % args.val_every == 0 or epoch == args.epochs) and dist.is_main:
-                val_psnr = validate_psnr(Upscaler(unwrap_model(g_net).net.eval(), 'srresnet', args.scale, dist.device),
-                                         val_images, args.scale)
-                improved = best_psnr is None or val_psnr > best_psnr
-                best_psnr = max(val_psnr, best_psnr or val_psnr)
-                line += f", val PSNR {val_psnr:.3f} dB"
-                ctx.writer.add_scalar('srgan/val_psnr', val_psnr, epoch)
-            if dist.is_main:
-                for k, v in losses.items():
-                    ctx.writer.add_scalar(f"srgan/{k}_loss", v, epoch)
-                state = checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, ctx, args, epoch, 0, best_psnr)
-                save_checkpoint(state, args.checkpoint_path)
-                if args.keep_best and improved:
-                    save_checkpoint(state, args.checkpoint_path.replace('.pth', '_best.pth'))
-                print(line, flush=True)
-            dist.barrier()
-        if dist.is_main:
-            print(f"done: {args.checkpoint_path}")
+
+        validate = None if val_images is None else lambda: validate_psnr(
+            Upscaler(unwrap_model(g_net).net.eval(), 'srresnet', args.scale, dist.device), val_images, args.scale)
+        run_epochs(
+            ctx, args, sampler, start_epoch=start_epoch, start_step=start_step, best_psnr=best_psnr,
+            train_epoch=lambda epoch, step: train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, ctx, epoch,
+                                                            step, args.beta, args.update_order == 'd-first'),
+            make_state=lambda epoch, step, best: checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, ctx, args,
+                                                                  epoch, step, best),
+            validate=validate, before_epoch=decay_at_half)
         return 0
     finally:
         if 'ctx' in locals():
-            ctx.stop.restore()
-            if ctx.writer is not None:
-                ctx.writer.close()
+            ctx.close()
         close_distributed()
 
 

@@ -25,8 +25,8 @@ from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserErr
                    batch_to_device, build_train_dataset, check_finite, close_distributed, get_rng_state,
                    init_distributed, list_image_files, load_checkpoint, load_image, log_image_grids, make_parser,
                    make_train_loader, model_io, pil_to_tensor, plain_args, positive_int, progress, resolve_speed_args,
-                   resume_command, run_cli, save_checkpoint, seed_everything, set_determinism, set_rng_state,
-                   strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+                   restore_training_state, run_cli, run_epochs, seed_everything, set_determinism, strip_prefixes,
+                   timer, unwrap_model, validate_psnr, wrap_model)
 
 
 def build_parser():
@@ -111,12 +111,12 @@ def load_val_images(folder):
     return [pil_to_tensor(load_image(p)) for p in paths]
 
 
-def train_one_epoch(model, loader, criterion, optimizer, ctx, epoch, start_step=0):
-    """One pass over ``loader`` (from ``start_step``). Returns (mean loss, next step, stopped early?)."""
+def train_one_epoch(model, criterion, optimizer, ctx, epoch, start_step=0):
+    """One pass over ctx.loader (from ``start_step``). Returns ({'loss': mean loss}, next step, stopped early?)."""
     model.train()
     meter, spec, device = AverageMeter(), ctx.spec, ctx.dist.device
     t0, n_patches = timer(), 0
-    bar = progress(loader, total=len(loader), dist=ctx.dist, desc=f"epoch {epoch}")
+    bar = progress(ctx.loader, total=len(ctx.loader), dist=ctx.dist, desc=f"epoch {epoch}")
     step = start_step
     for step, batch in enumerate(bar, start=start_step):
         lr, hr = batch_to_device(batch, device, ctx.scale, ctx.downsample)  # (N, 3, h, w), (N, 3, s*h, s*w) in [0, 1]
@@ -136,16 +136,16 @@ def train_one_epoch(model, loader, criterion, optimizer, ctx, epoch, start_step=
         ctx.global_step += 1
         n_patches += lr.size(0) * ctx.dist.world_size
         if step == start_step:
-            log_image_grids(ctx.writer, f"{spec.name}/epoch_{epoch}", epoch, x, sr, target, spec.in_type,
+            log_image_grids(ctx.writer, f"{ctx.tag}/epoch_{epoch}", epoch, x, sr, target, spec.in_type,
                             spec.out_type)
         if ctx.writer is not None:
-            ctx.writer.add_scalar(f"{spec.name}/loss_step", loss_value, ctx.global_step)
+            ctx.writer.add_scalar(f"{ctx.tag}/loss_step", loss_value, ctx.global_step)
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(loss=f"{meter.avg:.4g}", patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
         ctx.dataset.check_failures()
         if ctx.should_stop():
-            return ctx.dist.all_mean(meter.avg), step + 1, True
-    return ctx.dist.all_mean(meter.avg), step + 1, False
+            return {'loss': ctx.dist.all_mean(meter.avg)}, step + 1, True
+    return {'loss': ctx.dist.all_mean(meter.avg)}, step + 1, False
 
 
 def checkpoint_state(model, optimizer, scheduler, ctx, args, epoch, resume_step, best_psnr):
@@ -159,6 +159,18 @@ def checkpoint_state(model, optimizer, scheduler, ctx, args, epoch, resume_step,
     }
 
 
+def build_training(args, dist):
+    """Model, optimizer, scheduler and loss for ``args`` (on dist.device)."""
+    model = models.build_model(args.arch, args.model_config).to(dist.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
+                                                     gamma=args.lr_gamma)
+    criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
+    return model, optimizer, scheduler, criterion
+
+
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
     dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
@@ -166,75 +178,38 @@ def main(argv=None):
         resolve_speed_args(args, dist.device)
         seed_everything(args.seed + dist.rank)
         set_determinism(args.deterministic)
-        model = models.build_model(args.arch, args.model_config).to(dist.device)
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
-                                                         gamma=args.lr_gamma)
-        criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
-        dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
-        ctx = TrainContext(args, dist, dataset, args.arch)
-        start_epoch, start_step, best_psnr = 1, 0, None
-        if args.resume:
+        model, optimizer, scheduler, criterion = build_training(args, dist)
+        ckpt = None
+        if args.resume:  # checked before any data is read
             ckpt = load_checkpoint(args.resume, map_location=dist.device)
             check_resume_compatible(ckpt, args.arch, args.model_config, args.resume)
             model.load_state_dict(strip_prefixes(ckpt['model']))
             optimizer.load_state_dict(ckpt['optimizer'])
             if ckpt.get('scheduler'):
                 scheduler.load_state_dict(ckpt['scheduler'])
-            if ckpt.get('scaler'):
-                ctx.scaler.load_state_dict(ckpt['scaler'])
-            if ckpt.get('rng') and dist.world_size == 1:
-                set_rng_state(ckpt['rng'])
-            start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
-            ctx.global_step, best_psnr = ckpt.get('step', 0), ckpt.get('best_psnr')
-            if dist.is_main:
-                print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
+        val_images = load_val_images(args.val_folder) if args.val_folder else None
+        dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
+        ctx = TrainContext(args, dist, dataset, args.arch, tag=args.arch)
+        start_epoch, start_step, best_psnr = restore_training_state(ckpt, ctx) if ckpt else (1, 0, None)
+        if ckpt and dist.is_main:
+            print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
         net = wrap_model(model, dist, args.ngpu, args.sync_bn)
         if args.compile:
             net = torch.compile(net)
-        loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
-                                            pin_memory=dist.device.type == 'cuda', collate_fn=collate)
-        val_images = load_val_images(args.val_folder) if args.val_folder else None
-        for epoch in range(start_epoch, args.epochs + 1):
-            sampler.set_epoch(epoch, start_step * loader.batch_size)
-            loss, next_step, stopped = train_one_epoch(net, loader, criterion, optimizer, ctx, epoch, start_step)
-            start_step = 0
-            if stopped:
-                if dist.is_main:
-                    save_checkpoint(checkpoint_state(net, optimizer, scheduler, ctx, args, epoch - 1, next_step,
-                                                     best_psnr), args.checkpoint_path)
-                    print(f"stopped at epoch {epoch}, step {next_step}; saved {args.checkpoint_path}. "
-                          f"Resume with:\n  {resume_command()}")
-                return 0
-            scheduler.step()
-            line = f"epoch {epoch}/{args.epochs}: loss {loss:.5g}, lr {optimizer.param_groups[0]['lr']:.3g}"
-            improved = False
-            if val_images is not None and (epoch % args.val_every == 0 or epoch == args.epochs) and dist.is_main:
-                val_psnr = validate_psnr(Upscaler(unwrap_model(net).eval(), args.arch, args.scale, dist.device),
-                                         val_images, args.scale)
-                improved = best_psnr is None or val_psnr > best_psnr
-                best_psnr = max(val_psnr, best_psnr or val_psnr)
-                line += f", val PSNR {val_psnr:.3f} dB (best {best_psnr:.3f})"
-                ctx.writer.add_scalar(f"{args.arch}/val_psnr", val_psnr, epoch)
-            if dist.is_main:
-                ctx.writer.add_scalar(f"{args.arch}/loss", loss, epoch)
-                ctx.writer.add_scalar(f"{args.arch}/lr", optimizer.param_groups[0]['lr'], epoch)
-                state = checkpoint_state(net, optimizer, scheduler, ctx, args, epoch, 0, best_psnr)
-                save_checkpoint(state, args.checkpoint_path)
-                if args.keep_best and improved:
-                    save_checkpoint(state, args.checkpoint_path.replace('.pth', '_best.pth'))
-                print(line, flush=True)
-            dist.barrier()
-        if dist.is_main:
-            print(f"done: {args.checkpoint_path}")
+        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
+                                                pin_memory=dist.device.type == 'cuda', collate_fn=collate)
+        validate = None if val_images is None else lambda: validate_psnr(
+            Upscaler(unwrap_model(net).eval(), args.arch, args.scale, dist.device), val_images, args.scale)
+        run_epochs(
+            ctx, args, sampler, start_epoch=start_epoch, start_step=start_step, best_psnr=best_psnr,
+            train_epoch=lambda epoch, step: train_one_epoch(net, criterion, optimizer, ctx, epoch, step),
+            make_state=lambda epoch, step, best: checkpoint_state(net, optimizer, scheduler, ctx, args, epoch,
+                                                                  step, best),
+            validate=validate, after_epoch=lambda epoch: scheduler.step())
         return 0
     finally:
         if 'ctx' in locals():
-            ctx.stop.restore()
-            if ctx.writer is not None:
-                ctx.writer.close()
+            ctx.close()
         close_distributed()
 
 

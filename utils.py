@@ -134,22 +134,22 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def _to_8bit(img):
-    """16/32-bit integer and float images -> 8-bit 'L'. 16-bit values map by round(v / 257) (65535 -> 255);
-    float images are taken as [0, 1]. PIL's own convert would clip everything above 255 instead."""
+    """16/32-bit integer and float images -> 8-bit 'L'. Integer images are taken as 16-bit and keep their high
+    byte (v // 256, clipped to 65535 first), which is what Pillow itself does for 16-bit colour PNGs, so all
+    16-bit inputs are treated alike; float images are taken as [0, 1]. (PIL's own convert('L') would clip
+    every value above 255 to white instead.)"""
     arr = np.asarray(img)
     if img.mode == 'F':
-        arr = np.clip(arr, 0., 1.) * 255.
-    else:
-        arr = arr.astype(np.float64) / 257.
-    return Image.fromarray(np.clip(np.floor(arr + 0.5), 0, 255).astype(np.uint8), mode='L')
+        return Image.fromarray(np.floor(np.clip(arr, 0., 1.) * 255. + 0.5).astype(np.uint8), mode='L')
+    return Image.fromarray((np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8), mode='L')
 
 
 def load_image(path, keep_alpha=False):
     """Open an image file as an 8-bit RGB PIL image (or RGBA with keep_alpha), fully decoded.
 
-    Rules: EXIF orientation is applied; L/1/P/CMYK/YCbCr/... are converted to RGB; 16-bit images are
-    reduced to 8 bits by round(v / 257); transparent images are composited onto white, unless keep_alpha,
-    which returns RGBA. Decompression bombs (more pixels than PIL's MAX_IMAGE_PIXELS) are refused.
+    Rules: EXIF orientation is applied; L/1/P/CMYK/YCbCr/... are converted to RGB; 16-bit images keep their
+    high byte (v // 256); transparent images (RGBA, LA, PA, P with transparency) are composited onto white,
+    unless keep_alpha, which returns RGBA. Decompression bombs (more pixels than PIL's MAX_IMAGE_PIXELS) are refused.
     Raises UserError with the path and the reason for anything that is not a readable image.
     """
     if os.path.isdir(path):
@@ -205,18 +205,25 @@ def dataset_name(folder):
     return os.path.basename(os.path.normpath(folder.replace('\\', '/')))
 
 
-def create_data_lists(train_folders, test_folders, min_size, output_folder, workers=None, log=print):
+def _set_max_pixels(max_pixels):
+    if max_pixels:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def create_data_lists(train_folders, test_folders, min_size, output_folder, workers=None, log=print,
+                      max_pixels=None):
     """Write ``train_images.json`` (all train folders merged) and ``<name>_test_images.json`` per test folder.
 
     Every candidate is fully decoded; unreadable, empty, truncated, non-image, too small and decompression-bomb
     files are skipped, counted by reason, and listed with their paths in ``create_data_lists.log``.
-    Lists hold absolute paths. Returns {list name: (kept, skipped)}.
+    Lists hold absolute paths. max_pixels: decompression-bomb limit (default: PIL's MAX_IMAGE_PIXELS).
+    Returns {list name: (kept, skipped)}.
     """
     os.makedirs(output_folder, exist_ok=True)
     jobs = [('train', train_folders)] + [(dataset_name(d), [d]) for d in test_folders]
     log_lines, summary = [], {}
     workers = workers or min(8, os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_set_max_pixels, initargs=(max_pixels,)) as pool:
         for name, folders in jobs:
             found = [p for d in folders for p in list_image_files(d)]
             problems = list(pool.map(functools.partial(_image_problem, min_size=min_size), found, chunksize=16))
@@ -578,13 +585,18 @@ def plain_args(args):
 def atomic_write(path, write_fn):
     """Write a file atomically: ``write_fn(file)`` into a temp file in the same folder, flush, fsync, os.replace.
 
-    A crash at any moment leaves either the old file or the new one, never a torn one. Failures (disk full,
-    permission denied) raise UserError naming the path; the old file is kept and the temp file removed.
+    A crash at any moment leaves either the old file or the new one, never a torn one (a killed writer's temp
+    file is removed by the next write). Failures (disk full, permission denied) raise UserError naming the
+    path; the old file is kept and the temp file removed.
     """
     folder = os.path.dirname(os.path.abspath(path))
+    prefix = '.' + os.path.basename(path) + '.'
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+        for stale in os.listdir(folder):  # left by a writer killed mid-write (kill -9, power loss)
+            if stale.startswith(prefix) and stale.endswith('.tmp'):
+                os.unlink(os.path.join(folder, stale))
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=folder)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
@@ -1143,15 +1155,21 @@ def set_determinism(enabled):
 class TrainContext:
     """What the training loop needs besides the model: device/process group, arch spec, AMP, logging, stop flag."""
 
-    def __init__(self, args, dist, dataset, arch):
-        self.dist, self.dataset, self.spec, self.scale = dist, dataset, models.ARCHS[arch], args.scale
+    def __init__(self, args, dist, dataset, arch, tag):
+        self.dist, self.dataset, self.spec, self.scale, self.tag = dist, dataset, models.ARCHS[arch], args.scale, tag
+        self.loader = None
         self.amp, self.channels_last, self.downsample = args.amp, args.channels_last, args.downsample
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=args.amp == 'fp16')
-        self.writer = make_writer(os.path.join(args.runs_dir, arch), dist)
+        self.writer = make_writer(os.path.join(args.runs_dir, tag), dist)
         self.stop = StopRequest()
         self.checkpoint_path = args.checkpoint_path
         self.max_steps = args.max_steps
         self.global_step = 0
+
+    def close(self):
+        self.stop.restore()
+        if self.writer is not None:
+            self.writer.close()
 
     def should_stop(self):
         """Ctrl-C / SIGTERM received (on any rank) or --max-steps reached."""
@@ -1161,6 +1179,63 @@ class TrainContext:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
+
+
+def restore_training_state(ckpt, ctx):
+    """Restore the GradScaler, RNG states (single process) and counters from a checkpoint.
+
+    Returns (start_epoch, start_step, best_psnr); the caller restores models and optimizers."""
+    if ckpt.get('scaler'):
+        ctx.scaler.load_state_dict(ckpt['scaler'])
+    if ckpt.get('rng') and ctx.dist.world_size == 1:
+        set_rng_state(ckpt['rng'])
+    ctx.global_step = ckpt.get('step', 0)
+    return ckpt['epoch'] + 1, ckpt.get('resume_step', 0), ckpt.get('best_psnr')
+
+
+def run_epochs(ctx, args, sampler, train_epoch, make_state, *, start_epoch, start_step, best_psnr,
+               validate=None, before_epoch=None, after_epoch=None):
+    """The epoch loop both trainers share.
+
+    train_epoch(epoch, start_step) -> ({name: mean loss}, next_step, stopped); make_state(epoch, resume_step,
+    best_psnr) -> checkpoint dict; validate() -> PSNR (rank 0, every --val-every epochs, with --val-folder);
+    before_epoch(epoch, start_step) and after_epoch(epoch) are hooks (learning-rate schedules).
+    Saves atomically every epoch (and the best one with --keep-best); on Ctrl-C / SIGTERM / --max-steps
+    saves the position inside the epoch and prints the command that resumes.
+    """
+    dist, path = ctx.dist, args.checkpoint_path
+    for epoch in range(start_epoch, args.epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch, start_step)
+        sampler.set_epoch(epoch, start_step * ctx.loader.batch_size)
+        losses, next_step, stopped = train_epoch(epoch, start_step)
+        start_step = 0
+        if stopped:
+            if dist.is_main:
+                save_checkpoint(make_state(epoch - 1, next_step, best_psnr), path)
+                print(f"stopped at epoch {epoch}, step {next_step}; saved {path}. Resume with:\n  {resume_command()}")
+            return
+        if after_epoch is not None:
+            after_epoch(epoch)
+        line = f"epoch {epoch}/{args.epochs}: " + ', '.join(f"{k} {v:.5g}" for k, v in losses.items())
+        if dist.is_main:
+            improved = False
+            if validate is not None and (epoch % args.val_every == 0 or epoch == args.epochs):
+                val_psnr = validate()
+                improved = best_psnr is None or val_psnr > best_psnr
+                best_psnr = max(val_psnr, best_psnr or val_psnr)
+                line += f", val PSNR {val_psnr:.3f} dB (best {best_psnr:.3f})"
+                ctx.writer.add_scalar(f"{ctx.tag}/val_psnr", val_psnr, epoch)
+            for k, v in losses.items():
+                ctx.writer.add_scalar(f"{ctx.tag}/{k}", v, epoch)
+            state = make_state(epoch, 0, best_psnr)
+            save_checkpoint(state, path)
+            if args.keep_best and improved:
+                save_checkpoint(state, path.replace('.pth', '_best.pth'))
+            print(line, flush=True)
+        dist.barrier()
+    if dist.is_main:
+        print(f"done: {path}")
 
 
 def standard_protocol(upscaler, hr, scale):
