@@ -167,7 +167,7 @@ class PatchDataset(Dataset):
             raise ValueError(f"crop size {self.crop_size} is not divisible by the scale {self.scaling_factor}")
         self.images = read_data_list(data_folder, 'train')
         self.seed, self.max_bad_fraction = seed, max_bad_fraction
-        self.flips = (hflip, vflip, rot90)
+        self.flips, self.patches_per_image = (hflip, vflip, rot90), int(patches_per_image)
         self.attempts = multiprocessing.Value('l', 0)
         self.failures = multiprocessing.Value('l', 0)
         self._perm_epoch, self._perm = None, None
@@ -176,8 +176,8 @@ class PatchDataset(Dataset):
             cache_bytes = total_memory_bytes() // 4
         needed = self._decoded_bytes()
         cached = needed <= cache_bytes
-        self.crops_per_visit = int(crops_per_visit or (1 if cached else 4))
-        self.length = -(-len(self.images) * int(patches_per_image) // self.crops_per_visit)
+        self.auto_crops = crops_per_visit is None
+        self.set_crops_per_visit(crops_per_visit or (1 if cached else 4))
         if cached:
             self._build_cache(workers)
             log(f"cached {len(self.offsets)} training images in RAM ({needed / 2 ** 20:.0f} MiB, decoded once)")
@@ -231,6 +231,11 @@ class PatchDataset(Dataset):
             start += size
         self.buffer.share_memory_()
         self.attempts.value = len(self.images)
+
+    def set_crops_per_visit(self, crops):
+        """Crops per visit; the epoch keeps n_images * patches_per_image patches."""
+        self.crops_per_visit = int(crops)
+        self.length = -(-len(self.images) * self.patches_per_image // self.crops_per_visit)
 
     def __len__(self):
         return self.length

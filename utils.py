@@ -163,7 +163,7 @@ def load_image(path, keep_alpha=False):
                 img.load()
                 img = ImageOps.exif_transpose(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{path}: refused, more than {Image.MAX_IMAGE_PIXELS} pixels (decompression bomb?)") from None
+        raise UserError(f"{path}: decompression bomb (more than {Image.MAX_IMAGE_PIXELS} pixels), refused") from None
     except Exception as e:  # PIL raises many types for bad files: UnidentifiedImageError, OSError, SyntaxError...
         reason = 'not an image' if isinstance(e, Image.UnidentifiedImageError) else f"unreadable ({e})"
         if os.path.getsize(path) == 0:
@@ -944,6 +944,9 @@ def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False
     from datasets import EpochSampler
     per_rank = per_rank_batch_size(batch_size, dist)
     crops = getattr(dataset, 'crops_per_visit', 1)
+    if per_rank % crops and getattr(dataset, 'auto_crops', False):
+        crops = math.gcd(per_rank, crops)
+        dataset.set_crops_per_visit(crops)
     if per_rank % crops:
         raise UserError(f"--batch-size {batch_size} ({per_rank} per process) is not a multiple of "
                         f"--crops-per-visit {crops}")
