@@ -23,7 +23,7 @@ Protocols (--protocol standard | tutorial | both; default both, printed side by 
 Baselines (no checkpoint): --arch bicubic is the papers' bicubic row, computed on luma in floating point
 (Y of the HR, imresize by 1/scale then by scale, rounded once at the end); --arch bicubic-rgb upscales the
 same uint8 RGB LR the models get, like for like with RGB models. In the tutorial protocol both are the PIL
-bicubic upscale of the PIL LR.
+bicubic upscale of the PIL LR. Baselines always run on the CPU in float64, whatever --device says.
 
 Metrics are averaged per image, then per dataset. ms/image is the mean time of one forward pass (model
 or bicubic upscale of one image in one protocol, with the LR's move to the device), without data loading,
@@ -204,10 +204,13 @@ class Method:
 
 
 class BicubicMethod(Method):
-    """--arch bicubic (luma, floating point) or bicubic-rgb (from the uint8 RGB LR, like the models)."""
+    """--arch bicubic (luma, floating point) or bicubic-rgb (from the uint8 RGB LR, like the models).
 
-    def __init__(self, arch, scale, device):
-        super().__init__(scale, device)
+    Always computed on the CPU in float64 (MPS has no float64), so the baseline never depends on --device.
+    """
+
+    def __init__(self, arch, scale, device='cpu'):
+        super().__init__(scale, 'cpu')
         self.label = self.arch = arch
 
     def standard(self, hr):
@@ -481,7 +484,7 @@ def main(argv=None):
     test_sets = resolve_test_sets(args)
     method = load_method(args, device)
     meta = {'name': method.label, 'model': method.arch, 'checkpoint': getattr(method, 'checkpoint', None),
-            'scale': method.scale, 'protocols': list(args.protocols), 'device': str(device),
+            'scale': method.scale, 'protocols': list(args.protocols), 'device': str(method.device),
             'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
     print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(args.protocols)}", flush=True)
     method.warm_up()
