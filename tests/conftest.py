@@ -1,20 +1,27 @@
-"""Shared fixtures: repo paths, the optional ../shared/data benchmark images, tiny image folders, a CLI runner."""
+"""Shared test settings and fixtures: the repository root on sys.path, where the benchmark images live, tiny
+image folders made from scikit-image's photos, and a runner for the scripts' command lines.
+
+The benchmark images are never copied into the repository; tests that need them use ``requires_shared_data``
+and are skipped, with the reason, when ``../shared/data`` (next to the repository) is absent.
+"""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO = str(REPO_ROOT)
+SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 if REPO not in sys.path:  # the suite's modules live at the top level
     sys.path.insert(0, REPO)
-SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 
 requires_shared_data = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(SHARED_DATA, 'Set5')),
-    reason=f"benchmark images not found at {SHARED_DATA} (a clone without ../shared/data)")
+    not (SHARED_DATA / 'Set5').is_dir(),
+    reason="benchmark images not found: expected Set5 under ../shared/data next to the repository")
 
 
 def run_script(script, *args, cwd=REPO, timeout=300, env_extra=None):
