@@ -47,7 +47,7 @@ class SRDataset(Dataset):
     Index with an int (crops drawn from the global ``random``, as the tutorial) or with (epoch, i) from
     EpochSampler (crops drawn from an RNG seeded by (seed, epoch, i): reproducible and resumable).
     downsample: 'pil' (the tutorial's PIL bicubic) or 'matlab' (utils.imresize).
-    max_bad_fraction: share of failed loads (among at least 20 attempts) above which the run stops.
+    max_bad_fraction: share of failed loads above which the run stops (see check_failures).
     repeat: training crops per image per epoch (the dataset's length is repeat x the number of images).
     """
 
@@ -98,9 +98,10 @@ class SRDataset(Dataset):
         raise TooManyBadImages("no training image could be loaded")
 
     def check_failures(self):
-        """Raise TooManyBadImages when failed loads exceed max_bad_fraction (after at least 20 attempts)."""
+        """Raise TooManyBadImages when failed loads exceed max_bad_fraction of the attempts so far (judged once
+        there were at least 20 attempts, or as many as there are images)."""
         attempts, failures = self.attempts.value, self.failures.value
-        if attempts >= 20 and failures > self.max_bad_fraction * attempts:
+        if attempts >= min(20, len(self.images)) and failures > self.max_bad_fraction * attempts:
             raise TooManyBadImages(f"{failures} of {attempts} training image loads failed (more than "
                                    f"{self.max_bad_fraction:.0%}): fix the files listed above or rerun "
                                    f"create_data_lists.py")

@@ -48,10 +48,10 @@ from PIL import Image
 import models
 import utils
 from datasets import read_data_list
-from utils import (ImageTransforms, UserError, Upscaler, atomic_write_text, convert_image, convert_legacy_checkpoint,
-                   dataset_name, imresize, list_image_files, load_image, load_sr_model, make_parser, modcrop,
-                   pick_device, pil_to_tensor, psnr, rgb_to_y_uint8, run_cli, ssim, standard_protocol, timer,
-                   tutorial_metrics)
+from utils import (ImageTransforms, Upscaler, UserError, atomic_write_text, convert_image, convert_legacy_checkpoint,
+                   dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, load_sr_model,
+                   make_parser, modcrop, pick_device, pil_to_tensor, psnr, rgb_to_y_uint8, run_cli, ssim,
+                   standard_protocol, timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 BASELINES = ('bicubic', 'bicubic-rgb')
@@ -168,14 +168,14 @@ class TimedUpscaler:
             return self.upscaler.upscale(lr)
 
 
-def bicubic_y(hr, scale, stopwatch=None):
-    """The papers' bicubic baseline on luma. hr: (3, H, W) uint8 RGB.
+def bicubic_y(hr, scale, stopwatch=None, gray=False):
+    """The papers' bicubic baseline on luma. hr: (3, H, W) uint8 RGB (a grey file as R = G = B).
 
-    Y of the mod-cropped HR (rounded, as MATLAB's rgb2ycbcr on uint8), imresize by 1/scale and back by scale in
-    float64 without rounding in between, rounded (and clamped to [0, 255]) at the end.
+    Y of the mod-cropped HR (rounded, as MATLAB's rgb2ycbcr on uint8; a grey file is its own Y), imresize by
+    1/scale and back by scale in float64 without rounding in between, rounded (and clamped to [0, 255]) at the end.
     Returns (sr_y, hr_y): float64 (H', W') with integer values.
     """
-    hr_y = rgb_to_y_uint8(modcrop(hr, scale))  # (H', W'), float64
+    hr_y = (gray_uint8 if gray else rgb_to_y_uint8)(modcrop(hr, scale))  # (H', W'), float64
     with stopwatch or Stopwatch():
         sr_y = imresize(imresize(hr_y, 1. / scale), scale)  # (H', W'), float64, unrounded
     return torch.floor(sr_y.clamp(0, 255) + 0.5), hr_y
@@ -213,11 +213,11 @@ class BicubicMethod(Method):
         super().__init__(scale, 'cpu')
         self.label = self.arch = arch
 
-    def standard(self, hr):
+    def standard(self, hr, gray=False):
         if self.arch == 'bicubic':
-            return bicubic_y(hr.to(self.device), self.scale, self.stopwatch)
+            return bicubic_y(hr.to(self.device), self.scale, self.stopwatch, gray)
         upscaler = TimedUpscaler(BicubicUpscaler(self.scale, self.device), self.stopwatch)
-        sr_y, hr_y, _ = standard_protocol(upscaler, hr, self.scale)
+        sr_y, hr_y, _ = standard_protocol(upscaler, hr, self.scale, gray)
         return sr_y, hr_y
 
     def tutorial(self, lr01):
@@ -242,8 +242,8 @@ class ModelMethod(Method):
         if self.device.type != 'cpu':
             self.upscaler.upscale(torch.rand(1, 3, 16, 16, device=self.device))
 
-    def standard(self, hr):
-        sr_y, hr_y, _ = standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale)
+    def standard(self, hr, gray=False):
+        sr_y, hr_y, _ = standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale, gray)
         return sr_y, hr_y
 
     @torch.no_grad()
@@ -320,11 +320,14 @@ def check_size(path, img, scale, protocols, min_lr_size=1):
                         f"(needs at least {need} px per side after cropping to a multiple of {scale})")
 
 
-def evaluate_image(method, img, protocols):
-    """Metrics of one PIL RGB image: {'standard_psnr': ..., 'standard_ssim': ..., 'tutorial_psnr': ..., ...}."""
+def evaluate_image(method, img, protocols, gray=False):
+    """Metrics of one PIL RGB image: {'standard_psnr': ..., 'standard_ssim': ..., 'tutorial_psnr': ..., ...}.
+
+    gray: the file stored one grey channel, which is then its own Y in the standard protocol (as the papers'
+    MATLAB scripts); the tutorial protocol always uses the RGB formula, as the tutorial does."""
     row, scale = {}, method.scale
     if 'standard' in protocols:
-        sr_y, hr_y = method.standard(pil_to_tensor(img))  # (H', W') float64 luma, integer values
+        sr_y, hr_y = method.standard(pil_to_tensor(img), gray)  # (H', W') float64 luma, integer values
         row['standard_psnr'] = psnr(sr_y, hr_y, border=scale)
         row['standard_ssim'] = ssim(sr_y, hr_y, border=scale)
     if 'tutorial' in protocols:
@@ -347,7 +350,7 @@ def evaluate_dataset(method, name, paths, protocols, source=None):
         img = load_image(path)
         check_size(path, img, method.scale, protocols, method.min_lr_size)
         before = method.stopwatch.seconds
-        row = evaluate_image(method, img, protocols)
+        row = evaluate_image(method, img, protocols, gray=is_grayscale_file(path))
         ms = 1000. * (method.stopwatch.seconds - before) / len(protocols)
         per_image.append({'image': os.path.basename(path), 'width': img.width, 'height': img.height, **row,
                           'ms': ms})

@@ -114,6 +114,14 @@ def ycbcr_to_rgb(img):
     return torch.stack([r, g, b], dim=-3)
 
 
+def gray_uint8(img):
+    """Rounded grey value of a uint8-valued RGB image, (..., 3, H, W) -> float64 (..., H, W): round(0.299 R +
+    0.587 G + 0.114 B), PIL's 'L' conversion. For a grey image stored as R = G = B it is that grey exactly."""
+    img = img.to(torch.float64)
+    r, g, b = img.unbind(-3)
+    return torch.floor((299. * r + 587. * g + 114. * b) / 1000. + 0.5)
+
+
 def rgb_to_y_uint8(img):
     """Rounded BT.601 luma of a uint8-valued RGB image, as MATLAB's rgb2ycbcr on uint8 (the papers' Y).
 
@@ -179,6 +187,15 @@ def load_image(path, keep_alpha=False):
         background = Image.new('RGBA', img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img).convert('RGB')
     return img.convert('RGB')
+
+
+GRAY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+
+
+def is_grayscale_file(path):
+    """True when the file stores a single (grey) channel, with or without alpha; such images are their own Y."""
+    with Image.open(path) as img:
+        return img.mode in GRAY_MODES
 
 
 def _image_problem(path, min_size):
@@ -284,9 +301,10 @@ def imresize(x, scale=None, size=None, antialias=True):
     """Resize like MATLAB's ``imresize(x, scale, 'bicubic')``, batched and channels-first, on any device.
 
     x: (..., H, W) tensor, uint8 or float (any value range). scale: positive number (same for both axes),
-    or size=(out_h, out_w). Output size per axis is ceil(scale * in). The computation is in float64
-    (float32 on devices without float64); a uint8 input gives a uint8 output (clamped, rounded half up at
-    the end only), a float input a float output of the same dtype, unrounded. Scale 1 returns a copy.
+    or size=(out_h, out_w). Output size per axis is ceil(scale * in). Each axis is resized in float64
+    (float32 on devices without float64), the axis with the smaller scale first. A uint8 input gives a uint8
+    output, clamped and rounded (half away from zero) after each axis, as MATLAB does for uint8 images; a float
+    input gives an unrounded output of the same dtype. Scale 1 returns a copy.
     """
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale or size")
@@ -303,7 +321,7 @@ def imresize(x, scale=None, size=None, antialias=True):
         raise ValueError(f"resizing {in_h}x{in_w} by {scale} leaves no pixels")
     is_uint8 = x.dtype == torch.uint8
     work_dtype = torch.float32 if x.device.type == 'mps' else torch.float64
-    out = x.to(work_dtype)
+    out = x.clone()
     # MATLAB resizes the axis with the smaller scale first (rows first on ties).
     order = (-2, -1) if scales[0] <= scales[1] else (-1, -2)
     for dim in order:
@@ -312,13 +330,13 @@ def imresize(x, scale=None, size=None, antialias=True):
         if in_len == out_len and s == 1:
             continue
         idx, w = _resize_taps(in_len, out_len, s, antialias, x.device)
-        w = w.to(work_dtype)
+        w, out = w.to(work_dtype), out.to(work_dtype)
         if dim == -2:
             out = (out[..., idx, :] * w[:, :, None]).sum(dim=-2)  # (..., out_len, P, W) -> (..., out_len, W)
         else:
             out = (out[..., idx] * w).sum(dim=-1)  # (..., H, out_len, P) -> (..., H, out_len)
-    if is_uint8:
-        return torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
+        if is_uint8:
+            out = torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
     return out.to(x.dtype) if x.dtype.is_floating_point else out
 
 
@@ -694,8 +712,9 @@ def infer_srresnet_config(state_dict, prefix=''):
         w2 = sd[prefix + 'conv_block2.conv_block.0.weight']  # (n_channels, n_channels, k, k)
     except KeyError:
         raise UserError("the checkpoint's weights are not an SRResNet's (no conv_block1/conv_block2)") from None
-    n_blocks = len({k.split('.')[1] for k in sd if k.startswith(prefix + 'residual_blocks.')})
-    n_sub = len({k.split('.')[1] for k in sd if k.startswith(prefix + 'subpixel_convolutional_blocks.')})
+    def count(block):  # distinct indices i in '<prefix><block>.<i>.*'
+        return len({k[len(prefix):].split('.')[1] for k in sd if k.startswith(prefix + block + '.')})
+    n_blocks, n_sub = count('residual_blocks'), count('subpixel_convolutional_blocks')
     return {'large_kernel_size': int(w1.shape[-1]), 'small_kernel_size': int(w2.shape[-1]),
             'n_channels': int(w1.shape[0]), 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_sub}
 
@@ -1241,17 +1260,20 @@ def run_epochs(ctx, args, sampler, train_epoch, make_state, *, start_epoch, star
         print(f"done: {path}")
 
 
-def standard_protocol(upscaler, hr, scale):
-    """The papers' protocol on one image. hr: (3, H, W) uint8 RGB (grayscale as R = G = B).
+def standard_protocol(upscaler, hr, scale, gray=False):
+    """The papers' protocol on one image. hr: (3, H, W) uint8 RGB (a grey file as R = G = B).
 
-    HR is mod-cropped (top-left); LR = MATLAB bicubic 1/scale, rounded to uint8; SR = model(LR) rounded to
-    uint8; both are reduced to rounded BT.601 luma (Y-channel models: their own Y output, rounded).
+    HR is mod-cropped (top-left); LR = MATLAB bicubic 1/scale, in uint8; SR = model(LR) rounded to uint8; both
+    are reduced to rounded BT.601 luma (Y-channel models: their own Y output, rounded). Grey files (gray=True)
+    are their own Y: HR's grey value, and SR's grey value (round(0.299 R + 0.587 G + 0.114 B)).
     Returns (sr_y, hr_y, sr_rgb_uint8): float64 (H', W') luma with integer values, and the SR image.
     """
     hr = modcrop(hr, scale)  # (3, H', W'), uint8
     lr = imresize(hr, 1. / scale)  # (3, H' / s, W' / s), uint8
     sr, sr_y = upscaler.upscale(lr.unsqueeze(0).float() / 255.)  # (1, 3, H', W') in [0, 1]
     sr_u8 = to_uint8(sr[0]).cpu()  # (3, H', W')
+    if gray:
+        return gray_uint8(sr_u8), gray_uint8(hr), sr_u8
     y = torch.floor(sr_y[0].double().clamp(0, 1).cpu() * 255. + 0.5) if sr_y is not None else rgb_to_y_uint8(sr_u8)
     return y, rgb_to_y_uint8(hr), sr_u8
 

@@ -353,13 +353,8 @@ def test_cli_bicubic_on_a_folder(cli, world):
     assert per_image[('img_0.png', 'standard')] == pytest.approx(standard[0][0], abs=1e-5)
 
 
-SEED_SRGAN_BUG = pytest.mark.xfail(strict=True, reason="known bug in utils.infer_srresnet_config: with prefix "
-                                   "'net.' it counts 1 residual block and scale 2 (k.split('.')[1] is "
-                                   "'residual_blocks'), so the tutorial's own SRGAN checkpoints do not load")
-
-
 @pytest.mark.parametrize('fmt, report', [('suite', 'srresnet'), ('seed', 'seed_srresnet'), ('srgan', 'srgan'),
-                                         pytest.param('srgan_seed', 'seed_srgan', marks=SEED_SRGAN_BUG)])
+                                         ('srgan_seed', 'seed_srgan')])
 def test_cli_srresnet_checkpoints_both_protocols(cli, world, fmt, report):
     returncode, stdout, stderr, results = cli[f"srresnet_{fmt}"]
     assert returncode == 0, stderr
