@@ -1,0 +1,139 @@
+"""torchrun / DDP on CPU (gloo): same weights as one process over the same global batch, rank 0 alone writes,
+multi-node rendezvous on localhost, a failing rank ends the job, and DDP checkpoints resume anywhere."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_script
+from utils import create_data_lists, load_checkpoint
+
+# ESPCN has no BatchNorm, so DDP's averaged gradients must equal one process's gradient of the global batch.
+TINY_ESPCN = ['--arch', 'espcn', '--scale', 2, '--model-opt', 'channels=[8,8]', '--crop-size', 32,
+              '--batch-size', 4, '--workers', 0, '--deterministic', '--device', 'cpu']
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, launcher=('--standalone', '--nproc-per-node', 2), timeout=300, script='train_srresnet.py',
+             **popen):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', *map(str, launcher),
+           os.path.join(REPO, script), *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def dirs(root):
+    return ['--results-dir', root / 'results', '--runs-dir', root / 'runs']
+
+
+def assert_close_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_two_processes_equal_one_process_and_only_rank0_writes(tmp_path, tiny_dataset):
+    data = ['--data-folder', tiny_dataset['data'], '--epochs', 2]  # 6 images: 2 steps of 4 + 2 per epoch
+    single = run_script('train_srresnet.py', *data, *TINY_ESPCN, *dirs(tmp_path / 'single'))
+    assert single.returncode == 0, single.stderr
+    ddp = torchrun(*data, *TINY_ESPCN, *dirs(tmp_path / 'ddp'))
+    assert ddp.returncode == 0, ddp.stderr
+    assert ddp.stdout.count('epoch 2/2') == 1  # rank 1 prints nothing
+    a = load_checkpoint(tmp_path / 'single' / 'results' / 'checkpoint_espcn.pth')
+    b = load_checkpoint(tmp_path / 'ddp' / 'results' / 'checkpoint_espcn.pth')
+    assert a['step'] == b['step'] == 4
+    assert_close_weights(a['model'], b['model'])
+    assert sorted(os.listdir(tmp_path / 'ddp' / 'results')) == ['checkpoint_espcn.pth']
+    events = [f for _, _, files in os.walk(tmp_path / 'ddp' / 'runs') for f in files]
+    assert len(events) == 1  # one TensorBoard writer: rank 0's
+
+
+def test_global_batch_must_split_evenly(tmp_path, tiny_dataset):
+    odd_batch = [a if a != 4 else 3 for a in TINY_ESPCN]
+    result = torchrun('--data-folder', tiny_dataset['data'], '--epochs', 1, *odd_batch, *dirs(tmp_path))
+    assert result.returncode != 0 and 'does not divide across 2 processes' in result.stderr
+
+
+def test_two_nodes_on_localhost_then_resume_in_one_process(tmp_path, tiny_dataset):
+    port = free_port()
+    args = ['--data-folder', tiny_dataset['data'], '--epochs', 1, *TINY_ESPCN, *dirs(tmp_path)]
+    nodes = [torchrun(*args, launcher=('--nnodes', 2, '--node-rank', rank, '--nproc-per-node', 1,
+                                       '--rdzv-backend', 'c10d', '--rdzv-endpoint', f"127.0.0.1:{port}",
+                                       '--rdzv-id', 'sr-test'), popen=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err
+    assert sum('epoch 1/1' in out for out, _ in outputs) == 1
+    ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_espcn.pth')
+    assert ckpt['epoch'] == 1 and ckpt['args']['batch_size'] == 4
+    resumed = run_script('train_srresnet.py', *args[:2], '--epochs', 2, *TINY_ESPCN, *dirs(tmp_path), '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'resumed' in resumed.stdout and 'epoch 2/2' in resumed.stdout
+
+
+def test_ddp_resume_in_ddp_and_in_one_process_matches_straight_run(tmp_path, tiny_dataset):
+    data = ['--data-folder', tiny_dataset['data']]
+    straight = torchrun(*data, '--epochs', 2, *TINY_ESPCN, *dirs(tmp_path / 'straight'))
+    assert straight.returncode == 0, straight.stderr
+    first = torchrun(*data, '--epochs', 2, '--max-steps', 3, *TINY_ESPCN, *dirs(tmp_path / 'split'))
+    assert first.returncode == 0 and 'stopped at epoch 2, step 1' in first.stdout, first.stderr
+    ckpt = tmp_path / 'split' / 'results' / 'checkpoint_espcn.pth'
+    single_dir = tmp_path / 'single'
+    (single_dir / 'results').mkdir(parents=True)
+    (single_dir / 'results' / 'checkpoint_espcn.pth').write_bytes(ckpt.read_bytes())
+    ddp_resume = torchrun(*data, '--epochs', 2, '--resume', *TINY_ESPCN, *dirs(tmp_path / 'split'))
+    assert ddp_resume.returncode == 0, ddp_resume.stderr
+    single_resume = run_script('train_srresnet.py', *data, '--epochs', 2, '--resume', *TINY_ESPCN, *dirs(single_dir))
+    assert single_resume.returncode == 0, single_resume.stderr
+    reference = load_checkpoint(tmp_path / 'straight' / 'results' / 'checkpoint_espcn.pth')['model']
+    assert_close_weights(load_checkpoint(ckpt)['model'], reference)
+    assert_close_weights(load_checkpoint(single_dir / 'results' / 'checkpoint_espcn.pth')['model'], reference)
+
+
+def test_a_rank_that_raises_ends_the_whole_job(tmp_path):
+    from PIL import Image
+    from conftest import photo_crops
+    folder = tmp_path / 'train'
+    folder.mkdir()
+    for i, img in enumerate(photo_crops(64, 6)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    create_data_lists([str(folder)], [], 32, str(tmp_path / 'lists'), workers=1, log=lambda *_: None)
+    (folder / '3.png').write_bytes(b'')  # breaks after listing: the rank that visits it raises
+    proc = torchrun('--data-folder', tmp_path / 'lists', '--epochs', 1000, '--cache-gb', 0, '--crops-per-visit', 1,
+                    '--max-bad-fraction', 0, *TINY_ESPCN, *dirs(tmp_path), '--dist-timeout', 60, popen=True)
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail('the job hung after a rank failed')
+    assert proc.returncode != 0
+    assert 'training image loads failed' in err
+
+
+def test_ngpu_and_torchrun_together_is_an_error(tmp_path, tiny_dataset):
+    result = torchrun('--data-folder', tiny_dataset['data'], '--ngpu', 2, *TINY_ESPCN, *dirs(tmp_path),
+                      launcher=('--standalone', '--nproc-per-node', 1))
+    assert result.returncode != 0 and '--ngpu (DataParallel) and torchrun (DDP) cannot be combined' in result.stderr
+
+
+def test_srgan_under_ddp_wraps_generator_and_discriminator_and_resumes(tmp_path, tiny_dataset):
+    args = ['--data-folder', tiny_dataset['data'], '--vgg-weights', 'random', '--srresnet-checkpoint', 'none',
+            '--n-blocks', 2, '--n-channels', 8, '--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16,
+            '--crop-size', 32, '--batch-size', 4, '--workers', 0, '--device', 'cpu', *dirs(tmp_path)]
+    first = torchrun(*args, '--epochs', 1, script='train_srgan.py')
+    assert first.returncode == 0, first.stderr
+    second = torchrun(*args, '--epochs', 2, '--resume', script='train_srgan.py')
+    assert second.returncode == 0, second.stderr
+    assert 'resumed' in second.stdout and second.stdout.count('epoch 2/2') == 1
+    ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_srgan.pth')
+    assert ckpt['epoch'] == 2 and not any(k.startswith('module.') for k in ckpt['discriminator'])
