@@ -464,27 +464,32 @@ ARCHS = {
     'srresnet': ArchSpec(
         'srresnet', SRResNet, 'Ledig et al., Photo-Realistic Single Image SR Using a GAN, CVPR 2017',
         scales=(2, 4, 8), color='rgb', in_type='imagenet-norm', out_type='[-1, 1]',
-        train=dict(loss='mse', lr=1e-4, lr_milestones=(), lr_gamma=0.1, crop_size=96, batch_size=400,
+        train=dict(
+            lr_schedule='step', loss='mse', lr=1e-4, lr_milestones=(), lr_gamma=0.1, crop_size=96, batch_size=400,
                    epochs=130, downsample='pil', hflip=False, vflip=False, rot90=False)),
     'srcnn': ArchSpec(
         'srcnn', SRCNN, 'Dong et al., Image Super-Resolution Using Deep Convolutional Networks, TPAMI 2016',
         scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]', pre_upsample=True,
-        train=dict(loss='mse', lr=1e-3, lr_milestones=(), lr_gamma=0.1, lr_crop_size=11, batch_size=128,
+        train=dict(
+            lr_schedule='step', loss='mse', lr=1e-3, lr_milestones=(), lr_gamma=0.1, lr_crop_size=11, batch_size=128,
                    epochs=100, downsample='matlab', hflip=True, vflip=True, rot90=True)),
     'espcn': ArchSpec(
         'espcn', ESPCN, 'Shi et al., Real-Time Single Image and Video SR Using an Efficient Sub-Pixel CNN, '
         'CVPR 2016', scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]',
-        train=dict(loss='mse', lr=1e-3, lr_milestones=(), lr_gamma=0.1, lr_crop_size=17, batch_size=64,
+        train=dict(
+            lr_schedule='step', loss='mse', lr=1e-3, lr_milestones=(), lr_gamma=0.1, lr_crop_size=17, batch_size=64,
                    epochs=100, downsample='matlab', hflip=True, vflip=True, rot90=True)),
     'edsr': ArchSpec(
         'edsr', EDSR, 'Lim et al., Enhanced Deep Residual Networks for Single Image SR, CVPRW 2017',
         scales=(2, 3, 4, 8), color='rgb', in_type='[0, 255]', out_type='[0, 255]',
-        train=dict(loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
+        train=dict(
+            lr_schedule='step', loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
                    epochs=300, downsample='matlab', hflip=True, vflip=True, rot90=True)),
     'rcan': ArchSpec(
         'rcan', RCAN, 'Zhang et al., Image SR Using Very Deep Residual Channel Attention Networks, ECCV 2018',
         scales=(2, 3, 4, 8), color='rgb', in_type='[0, 255]', out_type='[0, 255]',
-        train=dict(loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
+        train=dict(
+            lr_schedule='step', loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
                    epochs=1000, downsample='matlab', hflip=True, vflip=True, rot90=True)),
 }
 

@@ -40,6 +40,9 @@ def build_parser():
     g.add_argument('--model-opt', action='append', default=[], metavar='KEY=VALUE',
                    help='constructor option of the chosen arch, e.g. n_feats=32, channels=[512,256,64]')
     g.add_argument('--loss', choices=('mse', 'l1'), help='pixel loss; default: the arch recipe (srresnet mse)')
+    g.add_argument('--lr-schedule', choices=('step', 'cosine'),
+                   help="'step': lr *= --lr-gamma at each --lr-milestones epoch; 'cosine': cosine decay to lr/100 "
+                        "over --epochs; default: the arch recipe (srresnet: step without milestones = constant)")
     g.add_argument('--lr-milestones', type=int, nargs='*', help='epochs at which lr *= --lr-gamma')
     g.add_argument('--lr-gamma', type=float, help='learning-rate decay factor at each milestone')
     return parser
@@ -165,8 +168,11 @@ def build_training(args, dist):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
-                                                     gamma=args.lr_gamma)
+    if args.lr_schedule == 'cosine':
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
+                                                         gamma=args.lr_gamma)
     criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
     return model, optimizer, scheduler, criterion
 

@@ -330,11 +330,15 @@ def imresize(x, scale=None, size=None, antialias=True):
         if in_len == out_len and s == 1:
             continue
         idx, w = _resize_taps(in_len, out_len, s, antialias, x.device)
-        w, out = w.to(work_dtype), out.to(work_dtype)
+        # One dense (out_len, in_len) matrix per axis makes each pass a single matmul; mirrored taps that land
+        # on the same input pixel add up, exactly as the per-tap sum does.
+        matrix = torch.zeros(out_len, in_len, dtype=work_dtype, device=x.device)
+        matrix.scatter_add_(1, idx, w.to(work_dtype))
+        out = out.to(work_dtype)
         if dim == -2:
-            out = (out[..., idx, :] * w[:, :, None]).sum(dim=-2)  # (..., out_len, P, W) -> (..., out_len, W)
+            out = torch.matmul(matrix, out)  # (out_len, H) @ (..., H, W) -> (..., out_len, W)
         else:
-            out = (out[..., idx] * w).sum(dim=-1)  # (..., H, out_len, P) -> (..., H, out_len)
+            out = torch.matmul(out, matrix.T)  # (..., H, W) @ (W, out_len) -> (..., H, out_len)
         if is_uint8:
             out = torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
     return out.to(x.dtype) if x.dtype.is_floating_point else out
