@@ -303,14 +303,12 @@ def collate_patches(items):
 def make_lr(hr, scaling_factor, method):
     """LR batch from a uint8 HR batch on any device: (N, 3, H, W) uint8 -> (N, 3, H/s, W/s) uint8.
 
-    'matlab': utils.imresize (MATLAB bicubic with antialiasing). 'pil': torch's antialiased bicubic, which
-    follows PIL's (a = -0.5, kernel widened by the scale); it lands within 2 grey levels of PIL.
+    'matlab': utils.imresize (MATLAB bicubic with antialiasing). 'pil': utils.pil_resize, Pillow's bicubic
+    (the tutorial's), within 1 grey level of Pillow itself.
     """
-    from utils import imresize
+    from utils import imresize, pil_resize
     if method == 'matlab':
         return imresize(hr, 1. / scaling_factor)
     if method != 'pil':
         raise ValueError(f"downsampling method is 'pil' or 'matlab', not {method!r}")
-    lr = torch.nn.functional.interpolate(hr.float(), scale_factor=1. / scaling_factor, mode='bicubic',
-                                         antialias=True, align_corners=False)
-    return lr.clamp_(0, 255).round_().to(torch.uint8)
+    return pil_resize(hr, (hr.shape[-2] // scaling_factor, hr.shape[-1] // scaling_factor))

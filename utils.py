@@ -297,6 +297,26 @@ def _resize_taps(in_len, out_len, scale, antialias, device):
     return idx, weights
 
 
+def _small_cached(build):
+    """Memoise ``build`` for small matrices only (training reuses a few patch sizes; big inference images
+    must not pin hundreds of MB in a cache)."""
+    cached = functools.lru_cache(maxsize=64)(build)
+
+    @functools.wraps(build)
+    def get(in_len, out_len, *args):
+        return (cached if in_len * out_len <= 1 << 20 else build)(in_len, out_len, *args)
+    return get
+
+
+@_small_cached
+def _imresize_matrix(in_len, out_len, scale, antialias, device, dtype):
+    """One dense (out_len, in_len) matrix per axis makes each pass a single matmul; mirrored taps that land on
+    the same input pixel add up, exactly as the per-tap sum does."""
+    idx, w = _resize_taps(in_len, out_len, scale, antialias, device)
+    matrix = torch.zeros(out_len, in_len, dtype=dtype, device=device)
+    return matrix.scatter_add_(1, idx, w.to(dtype))
+
+
 def imresize(x, scale=None, size=None, antialias=True):
     """Resize like MATLAB's ``imresize(x, scale, 'bicubic')``, batched and channels-first, on any device.
 
@@ -329,11 +349,7 @@ def imresize(x, scale=None, size=None, antialias=True):
         in_len, out_len, s = out.shape[dim], size[axis], scales[axis]
         if in_len == out_len and s == 1:
             continue
-        idx, w = _resize_taps(in_len, out_len, s, antialias, x.device)
-        # One dense (out_len, in_len) matrix per axis makes each pass a single matmul; mirrored taps that land
-        # on the same input pixel add up, exactly as the per-tap sum does.
-        matrix = torch.zeros(out_len, in_len, dtype=work_dtype, device=x.device)
-        matrix.scatter_add_(1, idx, w.to(work_dtype))
+        matrix = _imresize_matrix(in_len, out_len, s, antialias, x.device, work_dtype)
         out = out.to(work_dtype)
         if dim == -2:
             out = torch.matmul(matrix, out)  # (out_len, H) @ (..., H, W) -> (..., out_len, W)
@@ -342,6 +358,41 @@ def imresize(x, scale=None, size=None, antialias=True):
         if is_uint8:
             out = torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
     return out.to(x.dtype) if x.dtype.is_floating_point else out
+
+
+@_small_cached
+def _pil_bicubic_matrix(in_len, out_len, device, dtype):
+    """(out_len, in_len) weights of Pillow's bicubic resampling along one axis (a = -0.5, support widened by
+    the scale when shrinking, clipped at the borders and renormalised), as Pillow's precompute_coeffs."""
+    scale = in_len / out_len
+    filterscale = max(scale, 1.)
+    support = 2. * filterscale
+    centers = (torch.arange(out_len, dtype=torch.float64) + 0.5) * scale  # (out_len,)
+    xmin = torch.clamp((centers - support + 0.5).floor(), min=0)
+    xmax = torch.clamp((centers + support + 0.5).floor(), max=in_len)
+    x = torch.arange(in_len, dtype=torch.float64)  # (in_len,)
+    weights = _cubic((x[None, :] - centers[:, None] + 0.5) / filterscale)  # (out_len, in_len)
+    weights = weights * ((x[None, :] >= xmin[:, None]) & (x[None, :] < xmax[:, None]))
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return weights.to(device=device, dtype=dtype)
+
+
+def pil_resize(x, size):
+    """Pillow's bicubic resize (``Image.resize(size, BICUBIC)``) of uint8 images, batched, on any device.
+
+    x: (..., H, W) uint8; size: (out_h, out_w). Horizontal pass first, each pass rounded to 8 bits, as Pillow
+    does for 8-bit images; within 1 grey level of Pillow (which uses fixed-point weights).
+    """
+    out = x
+    for dim, out_len in ((-1, size[1]), (-2, size[0])):
+        in_len = out.shape[dim]
+        if in_len == out_len:
+            continue
+        matrix = _pil_bicubic_matrix(in_len, out_len, x.device, torch.float32)
+        out = out.to(torch.float32)
+        out = torch.matmul(out, matrix.T) if dim == -1 else torch.matmul(matrix, out)
+        out = torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
+    return out
 
 
 def modcrop(img, scale):

@@ -123,7 +123,7 @@ def test_patch_dataset_crops_come_from_the_visited_image_with_flips(tiny_dataset
             assert found
 
 
-def test_make_lr_pil_close_to_pil_and_matlab_equals_imresize():
+def test_make_lr_pil_equals_pillow_and_matlab_equals_imresize():
     from PIL import Image as PILImage
     from datasets import make_lr
     from conftest import photo_crops
@@ -134,5 +134,5 @@ def test_make_lr_pil_close_to_pil_and_matlab_equals_imresize():
         ref = PILImage.fromarray(hr[0].permute(1, 2, 0).numpy()).resize((96 // s, 96 // s),
                                                                          PILImage.Resampling.BICUBIC)
         diff = np.abs(lr - np.asarray(ref).astype(int))
-        assert diff.max() <= 2 and diff.mean() < 0.3
+        assert diff.max() <= 1 and diff.mean() < 1e-3  # Pillow's fixed-point weights may differ by one level
         assert torch.equal(make_lr(hr, s, 'matlab'), imresize(hr, 1 / s))

@@ -1,0 +1,92 @@
+"""Data pipeline throughput (patches/s per CPU core): the tutorial's per-patch PIL pipeline against the suite's.
+
+    python benchmarks/bench_data.py                                  # BSD200 from ../shared/data, crop 96, x4
+    python benchmarks/bench_data.py --folder data/DIV2K/DIV2K_train_HR --crop-size 192
+
+One process, one thread, no DataLoader workers: what one core delivers. The reference is written here as the
+tutorial's SRDataset + ImageTransforms do it: open and decode the image file for every patch, random crop,
+PIL bicubic downscale, convert both to tensors (imagenet-norm LR, [-1, 1] HR). The suite: PatchDataset
+(images decoded once into a uint8 RAM cache; also its streaming mode, decoding once per visit for 4 crops),
+collated into uint8 batches, LR made for the whole batch by batch_to_device. Prints one JSON line per mode
+and a readable summary.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import datasets  # noqa: E402
+import utils  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared',
+                      'data')
+
+
+def tutorial_patch(path, crop, scale, rng):
+    """One patch exactly the tutorial's way (decode per patch)."""
+    img = Image.open(path, mode='r').convert('RGB')
+    left, top = rng.randint(0, img.width - crop), rng.randint(0, img.height - crop)
+    hr = img.crop((left, top, left + crop, top + crop))
+    lr = hr.resize((crop // scale, crop // scale), Image.Resampling.BICUBIC)
+    return (utils.convert_image(lr, 'pil', 'imagenet-norm'), utils.convert_image(hr, 'pil', '[-1, 1]'))
+
+
+def bench_tutorial(paths, crop, scale, n):
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    for i in range(n):
+        tutorial_patch(paths[i % len(paths)], crop, scale, rng)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_suite(lists, crop, scale, n, batch, cache_bytes, crops_per_visit):
+    ds = datasets.PatchDataset(lists, crop, scale, seed=0, patches_per_image=max(1, n // 100),
+                               crops_per_visit=crops_per_visit, cache_bytes=cache_bytes, log=lambda *a: None)
+    visits = batch // ds.crops_per_visit
+    t0 = time.perf_counter()
+    done, j = 0, 0
+    while done < n:
+        hr = datasets.collate_patches([ds[(0, (j + k) % len(ds))] for k in range(visits)])
+        lr, hr = utils.batch_to_device(hr, torch.device('cpu'), scale, 'pil')
+        utils.convert_image(lr, '[0, 1]', 'imagenet-norm'), utils.convert_image(hr, '[0, 1]', '[-1, 1]')
+        done += hr.shape[0]
+        j += visits
+    return done / (time.perf_counter() - t0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--folder', default=os.path.join(SHARED, 'BSD200'))
+    parser.add_argument('--crop-size', type=int, default=96)
+    parser.add_argument('--scale', type=int, default=4)
+    parser.add_argument('--patches', type=int, default=1000, help='patches per measurement')
+    parser.add_argument('--batch-size', type=int, default=16)
+    args = parser.parse_args()
+    if not os.path.isdir(args.folder):
+        sys.exit(f"{args.folder} not found: pass --folder DIR with training images")
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as lists:
+        utils.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
+        paths = datasets.read_data_list(lists, 'train')
+        ref = bench_tutorial(paths, args.crop_size, args.scale, max(100, args.patches // 5))
+        cached = bench_suite(lists, args.crop_size, args.scale, args.patches, args.batch_size, None, None)
+        streaming = bench_suite(lists, args.crop_size, args.scale, args.patches // 2, args.batch_size, 0, 4)
+    common = {'folder': os.path.basename(os.path.normpath(args.folder)), 'crop_size': args.crop_size,
+              'scale': args.scale, 'threads': 1, 'date': time.strftime('%Y-%m-%d')}
+    for mode, rate in (('tutorial', ref), ('suite_cached', cached), ('suite_streaming_4_crops', streaming)):
+        print(json.dumps({'benchmark': 'data_pipeline', 'mode': mode, 'patches_per_s_per_core': round(rate, 1),
+                          'vs_tutorial': round(rate / ref, 1), **common}))
+    print(f"data pipeline, {common['folder']}, crop {args.crop_size}, x{args.scale}, one core: tutorial "
+          f"{ref:.0f} patches/s; suite cached {cached:.0f} ({cached / ref:.1f}x); suite streaming, 4 crops per "
+          f"decode {streaming:.0f} ({streaming / ref:.1f}x)")
+
+
+if __name__ == '__main__':
+    main()
