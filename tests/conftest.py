@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +25,16 @@ requires_shared_data = pytest.mark.skipif(
     reason="benchmark images not found: expected Set5 under ../shared/data next to the repository")
 
 
+@pytest.fixture(autouse=True, scope='session')
+def one_thread():
+    """Tests run tiny models: one thread is as fast, and two OpenMP threads spin badly when other jobs (another
+    pytest worker, another process) share a 2-core machine (70 s -> 6 s measured on one test module)."""
+    torch.set_num_threads(1)
+
+
 def run_script(script, *args, cwd=REPO, timeout=300, env_extra=None):
-    """Run one of the suite's scripts through its command line; returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', **(env_extra or {}))
+    """Run one of the suite's scripts through its command line (one OpenMP thread, see one_thread)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env_extra or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

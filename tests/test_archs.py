@@ -1,0 +1,72 @@
+"""Every architecture through the same scripts: recipes, a few training steps via the CLI, then eval on it."""
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from conftest import run_script
+from train_srresnet import build_parser, build_training, resolve_args
+from utils import Dist, load_checkpoint
+
+TINY_OPTS = {
+    'srresnet': ['--n-blocks', 2, '--n-channels', 8],
+    'srcnn': ['--model-opt', 'channels=[8,4]'],
+    'espcn': ['--model-opt', 'channels=[8,4]'],
+    'edsr': ['--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8'],
+    'rcan': ['--model-opt', 'n_resgroups=1', '--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8',
+             '--model-opt', 'reduction=4'],
+}
+
+
+def args_for(*argv):
+    return resolve_args(build_parser(), list(map(str, argv)))
+
+
+def test_each_arch_brings_its_recipe_and_flags_override_it():
+    edsr = args_for('--arch', 'edsr', '--scale', 2)
+    assert (edsr.loss, edsr.lr, edsr.crop_size, edsr.batch_size, edsr.downsample) == ('l1', 1e-4, 96, 16, 'matlab')
+    assert edsr.hflip and edsr.rot90
+    srresnet = args_for()
+    assert (srresnet.loss, srresnet.lr, srresnet.crop_size, srresnet.batch_size, srresnet.epochs) == \
+        ('mse', 1e-4, 96, 400, 130)
+    assert srresnet.downsample == 'pil' and not srresnet.hflip
+    overridden = args_for('--arch', 'edsr', '--scale', 4, '--loss', 'mse', '--lr', 3e-4, '--crop-size', 64,
+                          '--no-hflip')
+    assert (overridden.loss, overridden.lr, overridden.crop_size, overridden.hflip) == ('mse', 3e-4, 64, False)
+    assert args_for('--arch', 'rcan', '--scale', 3).crop_size == 144  # 48-px LR patches
+
+
+@pytest.mark.parametrize('loss, criterion', [('l1', nn.L1Loss), ('mse', nn.MSELoss)])
+def test_loss_flag_selects_the_criterion(loss, criterion):
+    args = args_for('--arch', 'espcn', '--scale', 3, '--loss', loss, '--channels-last')
+    *_, built = build_training(args, Dist())
+    assert isinstance(built, criterion)
+
+
+@pytest.mark.parametrize('arch, scale', [('srresnet', 3), ('srresnet', 5), ('espcn', 5), ('edsr', 6)])
+def test_impossible_scales_are_flag_errors(arch, scale):
+    with pytest.raises(SystemExit):
+        args_for('--arch', arch, '--scale', scale)
+
+
+@pytest.mark.parametrize('arch, scale', [('srresnet', 2), ('srcnn', 3), ('espcn', 3), ('edsr', 3), ('rcan', 2)])
+def test_train_then_evaluate_every_arch_through_the_cli(tmp_path, tiny_dataset, arch, scale):
+    result = run_script('train_srresnet.py', '--arch', arch, '--scale', scale, *TINY_OPTS[arch],
+                        '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir',
+                        tmp_path / 'runs', '--crop-size', 12 * scale, '--batch-size', 3, '--epochs', 1,
+                        '--workers', 0)
+    assert result.returncode == 0, result.stderr
+    ckpt = load_checkpoint(tmp_path / f"checkpoint_{arch}.pth")
+    assert ckpt['arch'] == arch and ckpt['model_config']['scaling_factor'] == scale
+    model = models.build_model(arch, ckpt['model_config'])
+    model.load_state_dict(ckpt['model'])
+    spec = models.ARCHS[arch]
+    channels = 1 if spec.color == 'y' else 3
+    x = torch.rand(1, channels, 8 * (scale if spec.pre_upsample else 1), 8 * (scale if spec.pre_upsample else 1))
+    assert model.eval()(x).shape == (1, channels, 8 * scale, 8 * scale)
+    ev = run_script('eval.py', '--checkpoint', tmp_path / f"checkpoint_{arch}.pth", '--test-folders',
+                    tiny_dataset['test'], '--results-dir', tmp_path / 'eval', '--device', 'cpu')
+    assert ev.returncode == 0, ev.stderr
+    assert 'Tiny' in ev.stdout and f"x{scale}" in ev.stdout
