@@ -19,13 +19,23 @@ sys.path.insert(0, REPO)
 import models  # noqa: E402
 import utils  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models run best on one thread; two OpenMP threads spin badly when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 CONFIG = models.model_config('srresnet', 4, n_blocks=2, n_channels=8)
 
 
 def run_cli(*args):
     """python test.py ARGS in the repository root; returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # see one_thread
     return subprocess.run([sys.executable, 'test.py', *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def pattern(h, w, channels, seed):

@@ -16,6 +16,15 @@ import models  # noqa: E402
 import utils  # noqa: E402
 from utils import Upscaler, UserError  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models run best on one thread; two OpenMP threads spin badly when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 TINY = {
     'srresnet': dict(n_blocks=2, n_channels=8),
     'edsr': dict(n_resblocks=2, n_feats=8),
