@@ -837,6 +837,16 @@ def tile_starts(length, tile, overlap):
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+def fit_tile(length, tile, overlap):
+    """The window size actually used along an axis: the smallest one that covers ``length`` with as many windows
+    as ``tile`` needs, so the recomputed overlap is as small as possible (512 px, tile 256, overlap 16: three
+    windows of 182 px instead of three of 256)."""
+    if length <= tile:
+        return length
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return min(tile, -(-(length + (n - 1) * overlap) // n))
+
+
 def _blend_ramp(starts, i, size, length, scale, device):
     """Blending weights (size * scale,) along one axis for window i of size ``size`` LR px at starts[i].
 
@@ -1040,7 +1050,7 @@ class Upscaler:
 
     def _tiling_cost(self, n, h, w, tile):
         """Estimated bytes for tiles of ``tile`` px: one window's pass plus the float32 band of output rows."""
-        th, tw = min(tile, h), min(tile, w)
+        th, tw = fit_tile(h, tile, self.tile_overlap), fit_tile(w, tile, self.tile_overlap)
         s, c = self.scale, 3 if self.spec.color == 'rgb' else 4
         window = n * th * tw * (self.memory_per_pixel() + 4 * c * s * s)
         band = (2 * n * c + 1) * th * s * w * s * 4
@@ -1072,7 +1082,7 @@ class Upscaler:
         band of output rows (one window high) is held in float32 at a time."""
         n, _, h, w = lr.shape
         s, c, overlap = self.scale, 3 if self.spec.color == 'rgb' else 4, self.tile_overlap
-        th, tw = min(tile, h), min(tile, w)
+        th, tw = fit_tile(h, tile, overlap), fit_tile(w, tile, overlap)
         ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
         wx = [_blend_ramp(xs, j, tw, w, s, self.device) for j in range(len(xs))]
         band_top, band, weights = 0, None, None

@@ -84,6 +84,17 @@ def test_tile_starts_cover_with_overlap(length, tile, overlap):
         assert a < b and a + size - b >= overlap  # neighbours share at least the overlap, no gaps
 
 
+@pytest.mark.parametrize('length,tile,overlap', [(512, 256, 16), (2048, 256, 16), (61, 24, 6), (50, 64, 16),
+                                                 (48, 24, 0), (100, 33, 8)])
+def test_fit_tile_shrinks_windows_without_adding_any(length, tile, overlap):
+    fitted = utils.fit_tile(length, tile, overlap)
+    assert fitted <= tile and len(utils.tile_starts(length, fitted, overlap)) == len(utils.tile_starts(length, tile,
+                                                                                                     overlap))
+    if length > tile:  # one px less would need another window (or lose the overlap)
+        n = len(utils.tile_starts(length, tile, overlap))
+        assert n * (fitted - 1) - (n - 1) * overlap < length <= n * fitted - (n - 1) * overlap
+
+
 @pytest.mark.parametrize('length,tile,overlap,scale', [(80, 32, 8, 2), (61, 24, 6, 4), (48, 24, 0, 3)])
 def test_blend_weights_partition_of_unity(length, tile, overlap, scale):
     starts = utils.tile_starts(length, tile, overlap)
@@ -168,7 +179,7 @@ def test_tiled_batch_and_sr_y_buffers():
     model = tiny_model('espcn')
     lr = smooth_image(33, 27, n=3)
     ref, ref_y = Upscaler(model, 'espcn', 4, 'cpu').upscale(lr)
-    out, out_y = Upscaler(model, 'espcn', 4, 'cpu', tile=16, tile_overlap=6).upscale(lr)
+    out, out_y = Upscaler(model, 'espcn', 4, 'cpu', tile=16, tile_overlap=8).upscale(lr)  # overlap >= 2 x receptive radius
     assert out.shape == (3, 3, 132, 108) and out_y.shape == (3, 132, 108)
     for i in range(3):
         assert psnr01(out[i], ref[i]) >= 50. and psnr01(out_y[i], ref_y[i]) >= 50.
