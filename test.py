@@ -5,6 +5,7 @@
     python test.py --image my_photos/ --output-dir results/my_photos --batch-size 4
     python test.py --image big.png --max-memory 1GB       # bounded memory: tiles are chosen automatically
     python test.py --image big.png --tile 256 --tile-overlap 16 --precision bf16 --device cpu
+    python test.py --image photo.png --fuse --channels-last --device cpu     # about 2x faster on a CPU
     python test.py --image photo.png --self-ensemble --device cuda --precision fp16
 
 For every input image, writes under --output-dir:
@@ -54,6 +55,9 @@ def build_parser():
                         help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA')
     parser.add_argument('--self-ensemble', action='store_true', help='average over 8 flips/rotations (8x slower)')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    parser.add_argument('--fuse', action='store_true',
+                        help='fold BatchNorm and move the last conv before the pixel shuffle (same output up to '
+                             'rounding; with --channels-last about 2x faster on a CPU)')
     parser.add_argument('--compare-max-width', type=positive_int, default=4096,
                         help='the comparison image is scaled down to at most this width')
     return parser
@@ -70,7 +74,7 @@ def load_upscaler(args, device):
     scale = int(config['scaling_factor'])
     upscaler = Upscaler(model, arch, scale, device, tile=args.tile, tile_overlap=args.tile_overlap,
                         max_memory=budget, precision=args.precision, self_ensemble=args.self_ensemble,
-                        channels_last=args.channels_last)
+                        channels_last=args.channels_last, fuse=args.fuse)
     return upscaler, label, scale
 
 

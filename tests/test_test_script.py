@@ -249,7 +249,7 @@ def test_compare_is_scaled_down_and_names_do_not_clash(script, setup, monkeypatc
     out = tmp_path / 'out'
     code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', src,
                                  '--output-dir', out, '--device', 'cpu', '--compare-max-width', 100,
-                                 '--max-memory', '1GB')
+                                 '--max-memory', '1GB', '--fuse', '--channels-last')
     assert code == 0, err
     assert sorted(os.listdir(out)) == sorted(f"pic_{e}_{k}.png" for e in ('bmp', 'png')
                                              for k in ('bicubic', 'compare', 'srresnet'))

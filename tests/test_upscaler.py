@@ -402,3 +402,41 @@ def test_bicubic_upscale_equals_imresize(scale):
     flt = img.double() / 255.
     torch.testing.assert_close(utils.bicubic_upscale(flt, scale, chunk_bytes=20000), utils.imresize(flt, scale),
                                rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# fuse: BatchNorm folding and the last convolution on the sub-pixel grid
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('r,k', [(2, 9), (2, 3), (3, 3), (2, 5), (3, 9)])
+def test_subpixel_conv_equals_conv_after_shuffle(r, k):
+    torch.manual_seed(r * 10 + k)
+    conv = nn.Conv2d(4, 3, k, padding=k // 2)
+    z = torch.randn(2, 4 * r * r, 7, 6)
+    new = utils.subpixel_conv(conv, r)
+    with torch.no_grad():
+        expected = conv(nn.functional.pixel_shuffle(z, r))
+        got = nn.functional.pixel_shuffle(new(z), r)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert utils.subpixel_conv(nn.Conv2d(4, 3, 3, padding=0), r) is None  # not 'same' padding: refused
+
+
+@pytest.mark.parametrize('arch,scale', [('srresnet', 2), ('srresnet', 4), ('srresnet', 8), ('edsr', 3),
+                                        ('edsr', 4), ('rcan', 2), ('espcn', 4), ('srcnn', 3)])
+def test_fuse_matches_and_leaves_the_model_alone(arch, scale):
+    model = tiny_model(arch, scale)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lr = smooth_image(19, 23)
+    ref, ref_y = Upscaler(model, arch, scale, 'cpu').upscale(lr)
+    up = Upscaler(model, arch, scale, 'cpu', fuse=True, channels_last=True)
+    out, out_y = up.upscale(lr)
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
+    if ref_y is not None:
+        torch.testing.assert_close(out_y, ref_y, rtol=0, atol=2e-5)
+    assert up.model is not model and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in up.model.modules())
+    if arch == 'srresnet':
+        assert isinstance(up.model.conv_block3, nn.Identity)  # the 9x9 conv moved before the last shuffle
+    if arch in ('edsr', 'rcan'):
+        assert isinstance(up.model.tail[-1], nn.PixelShuffle)
