@@ -2,13 +2,15 @@
 
     python benchmarks/bench_inference.py                         # 512 px: all cases; 2048 px: bounded memory
     python benchmarks/bench_inference.py --sizes 512 --threads 1
-    python benchmarks/bench_inference.py --sizes 2048 --cli      # also test.py end to end on a 2048 px PNG
+    python benchmarks/bench_inference.py --sizes 2048 --cases suite-budget cli   # + test.py end to end
     python benchmarks/bench_inference.py --json results/bench_inference.json
+    python benchmarks/bench_inference.py --accuracy-image ../shared/data/Set14/baboon.png --sizes   # PSNRs only
 
 Model: a full-size SRResNet x4 (16 blocks, 64 channels) with random weights (seed 0); input: a synthetic
 SIZE x SIZE RGB image. Every case runs in a fresh Python process, so its peak RSS (the kernel's ru_maxrss of that
 process from wait4, which includes the ~0.7 GB that importing torch maps) is its own. Each process first warms up on a
-64 x 64 image, then times one upscale from a PIL image to a PIL image (model time plus conversions, no file I/O).
+64 x 64 image, then times an upscale from a PIL image to a PIL image (model time plus conversions, no file I/O):
+the best of --repeat runs for sizes up to 1024 px, a single run above.
 
 Cases:
   reference      the tutorial: convert_image(img, 'pil', 'imagenet-norm'), fp32, NCHW, the whole image at once,
@@ -19,13 +21,17 @@ Cases:
   suite-tiled    suite-fast in --tile px windows (overlap 16)
   suite-bf16     suite-tiled in bf16 autocast
   suite-budget   suite-fast with --max-memory (tiles chosen automatically): the bounded-memory case
-  cli            (with --cli) python test.py on a PNG of that size with a checkpoint of this model, all
-                 outputs written (bicubic, SR, comparison PNGs)
+  cli            (only when named in --cases) python test.py --fuse --channels-last on a PNG of that size with
+                 a checkpoint of this model, all outputs written (bicubic, SR and comparison PNGs); its time is
+                 the one test.py prints, its peak RSS the whole process's
 
-Prints one readable line per case, then all results as JSON.
+Prints one readable line per case, then all results as JSON. With --accuracy-image, first prints how far the
+suite's options move the output of the same model on that (real) image: PSNR of bf16, fuse + channels_last and
+tiling against the default fp32 whole-image result, in dB over RGB in [0, 1] (float, and after rounding to 8 bits).
 """
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -119,13 +125,18 @@ def worker(case, size, args):
             from utils import fit_tile
             result['window'] = fit_tile(size, result['tile'], up.tile_overlap)
         result['estimate_gb'] = round(up.memory_per_pixel() * size * size / 1e9, 2)
-    usage0, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    out = run(img)
-    seconds = time.perf_counter() - start
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    assert out.size == (4 * size, 4 * size)
+    runs = []
+    for _ in range(args.repeat if size <= 1024 else 1):
+        usage0, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        out = run(img)
+        seconds = time.perf_counter() - start
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        assert out.size == (4 * size, 4 * size)
+        del out
+        runs.append((seconds, usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime))
+    seconds, cpu = min(runs)
     result.update(seconds=round(seconds, 2), us_per_px=round(seconds / size ** 2 * 1e6, 1),
-                  cpu_seconds=round(usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime, 2))
+                  cpu_seconds=round(cpu, 2), runs=len(runs))
     print(json.dumps(result), flush=True)
 
 
@@ -148,7 +159,7 @@ def run_measured(command, env=None):
 def measure_case(case, size, args):
     """A case in a fresh process: its JSON result plus the peak RSS of that process."""
     command = [sys.executable, os.path.abspath(__file__), '--worker', case, '--sizes', str(size),
-               '--tile', str(args.tile), '--max-memory', args.max_memory]
+               '--tile', str(args.tile), '--max-memory', args.max_memory, '--repeat', str(args.repeat)]
     if args.threads:
         command += ['--threads', str(args.threads)]
     out, _, peak = run_measured(command)
@@ -179,6 +190,33 @@ def measure_cli(size, args, tmp):
                                               '--channels-last --fuse (default --max-memory auto)'}
 
 
+def accuracy(path, args):
+    """PSNR (dB, RGB in [0, 1]) of each option's output against the default fp32 whole-image output."""
+    sys.path.insert(0, REPO)
+    import torch
+    from utils import Upscaler, load_image, pil_to_tensor
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build_model()
+    lr = pil_to_tensor(load_image(path)).unsqueeze(0).float() / 255.
+    ref = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)[0].clamp(0, 1)
+
+    def psnr(a, b):
+        mse = ((a.double() - b.double()) ** 2).mean().item()
+        return round(10 * math.log10(1. / mse), 2) if mse else math.inf
+
+    rows = {'bf16': dict(precision='bf16'), 'fuse+channels_last': dict(fuse=True, channels_last=True),
+            'tile 64, overlap 16': dict(tile=64, tile_overlap=16),
+            'bf16+fuse+channels_last+tile 64': dict(precision='bf16', fuse=True, channels_last=True, tile=64)}
+    out = {'image': os.path.basename(path), 'lr_size': list(lr.shape[-2:]),
+           'reference_output_std': round(ref.std().item(), 4)}  # random weights: a low-contrast output
+    for name, options in rows.items():
+        sr = Upscaler(model, 'srresnet', 4, 'cpu', **options).upscale(lr)[0].clamp(0, 1)
+        out[name] = {'psnr_float': psnr(sr, ref),
+                     'psnr_uint8': psnr(torch.floor(sr * 255 + 0.5) / 255, torch.floor(ref * 255 + 0.5) / 255)}
+    return out
+
+
 def describe(r):
     peak = f"{r['peak_rss_mib']} MiB" if r.get('peak_rss_mib') else 'n/a'
     extra = f", tile {r['tile']} (windows of {r['window']} px)" if r.get('tile') else ''
@@ -190,28 +228,32 @@ def describe(r):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--sizes', type=int, nargs='+', default=[512, 2048], help='input sides (px)')
+    parser.add_argument('--sizes', type=int, nargs='*', default=[512, 2048], help='input sides (px)')
     parser.add_argument('--cases', nargs='+', help='cases to run for every size (default: see above)')
     parser.add_argument('--reference-max-size', type=int, default=512, help='largest size the reference runs at')
     parser.add_argument('--tile', type=int, default=256, help='tile for suite-tiled and suite-bf16')
     parser.add_argument('--max-memory', default='1GB', help='budget for suite-budget')
     parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own choice)')
-    parser.add_argument('--cli', action='store_true', help='also run test.py end to end for every size')
+    parser.add_argument('--repeat', type=int, default=2, help='timed runs per case for sizes <= 1024 (best kept)')
     parser.add_argument('--json', help='also write the results to this file')
+    parser.add_argument('--accuracy-image', help='also compare the options\' outputs on this image (PSNR)')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.sizes[0], args)
     results = []
+    if args.accuracy_image:
+        results.append({'case': 'accuracy', **accuracy(args.accuracy_image, args)})
+        print(json.dumps(results[-1]), flush=True)
     for size in args.sizes:
         cases = args.cases or DEFAULT_CASES.get(size, ['reference', 'suite-default', 'suite-budget'])
         cases = [c for c in cases if c != 'reference' or size <= args.reference_max_size]
         for case in cases:
-            results.append(measure_case(case, size, args))
-            print(describe(results[-1]), flush=True)
-        if args.cli:
-            with tempfile.TemporaryDirectory() as tmp:
-                results.append(measure_cli(size, args, tmp))
+            if case == 'cli':
+                with tempfile.TemporaryDirectory() as tmp:
+                    results.append(measure_cli(size, args, tmp))
+            else:
+                results.append(measure_case(case, size, args))
             print(describe(results[-1]), flush=True)
     print(json.dumps(results, indent=1))
     if args.json:
