@@ -16,15 +16,18 @@ and prints the time the model took per image. --image may be a folder: every ima
 batched by --batch-size). Files are written atomically, and all inputs are checked before anything is written,
 so an error (exit code 2, one line) leaves no partial output.
 
-Images: any size >= 2x2 px and any mode. EXIF orientation is applied; 16-bit images become 8-bit by
-round(v / 257); grayscale and palette images are upscaled as RGB (the outputs are RGB); transparency (RGBA, LA,
-PA, palette with transparency) is kept: the alpha channel is upscaled with bicubic and attached to the SR image,
-saved as an RGBA PNG (the comparison shows both on white).
+Images: any size >= 2x2 px and any mode (utils.load_image). EXIF orientation is applied; 16-bit grayscale
+becomes 8-bit by round(v / 257) (16-bit-per-channel RGB is reduced by Pillow itself, which keeps the high byte);
+grayscale and palette images are upscaled as RGB (the outputs are RGB); transparency (RGBA, LA, PA, palette with
+transparency) is kept: the alpha channel is upscaled with bicubic and attached to the SR image, saved as an RGBA
+PNG (the comparison shows both on white).
 
 Memory: --max-memory bounds the model's working memory (default auto: half the free GPU memory on CUDA,
 otherwise a quarter of the available RAM and at most 1 GiB). When a whole-image pass would exceed it, the image
 is processed in overlapping tiles blended seamlessly; --tile forces a tile size. The output is built in 8-bit,
-so a 2048x2048 photo upscaled x4 (8192x8192) needs under 2 GB of RAM in all on a CPU.
+so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of RAM in all on a CPU (measured
+with benchmarks/bench_inference.py). Speed on a CPU: --fuse --channels-last (about 2x); --precision bf16 helps
+only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
 """
 import os
 
@@ -117,8 +120,9 @@ def make_batches(paths, sizes, batch_size):
     groups = {}
     for path in paths:
         groups.setdefault(sizes[path], []).append(path)
+    order = {p: i for i, p in enumerate(paths)}
     batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-    return sorted(batches, key=lambda b: paths.index(b[0]))
+    return sorted(batches, key=lambda b: order[b[0]])
 
 
 def upscale_images(upscaler, images):

@@ -990,11 +990,15 @@ class Upscaler:
     without a full-size float copy.
 
     Options (keywords; the defaults run the whole image at once in fp32, exactly as before):
-      tile: LR window side in px: the image is cut into tile x tile windows whose neighbours share
-        ``tile_overlap`` LR px; each window's output is weighted by a ramp that ignores the outer quarter of each
-        shared strip and cross-fades across the middle half (see _blend_ramp), then weights are normalised.
-        Y-models tile the whole pipeline (Y through the model, Cb/Cr through bicubic); SRCNN's pre-upsampling
-        happens per window, so it sees tile_overlap * scale px of upscaled context.
+      tile: largest LR window side in px: the image is cut into equal windows (as few as this allows, shrunk by
+        fit_tile) whose neighbours share at least ``tile_overlap`` LR px; each window's output is weighted by a
+        ramp that ignores the outer quarter of each shared strip and cross-fades across the middle half (see
+        _blend_ramp), then weights are normalised. The overlap should be about twice the distance at which the
+        network stops seeing a pixel (16 suits SRResNet); with 0 the cuts show wherever the network has spatial
+        context. Models with global pooling (RCAN's channel attention) see per-window statistics, so their tiled
+        output is close to, not equal to, the whole-image one. Y-models tile the whole pipeline (Y through the
+        model, Cb/Cr through bicubic); SRCNN's pre-upsampling happens per window, so it sees tile_overlap * scale
+        px of upscaled context.
       max_memory: working-memory budget in bytes (or '2GB'): when tile is None and the estimate of a whole-image
         pass (memory_per_pixel() x pixels) exceeds it, the largest tile that fits is chosen. The result buffer
         itself comes on top (4 bytes x 3 x s^2 per LR px for upscale(), 1 byte for upscale_uint8()).

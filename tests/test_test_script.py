@@ -256,3 +256,32 @@ def test_compare_is_scaled_down_and_names_do_not_clash(script, setup, monkeypatc
     compare = read(out / 'pic_png_compare.png')
     assert compare.width <= 100 and compare.size == (2 * 46 + 8, round(64 * 46 / 120))
     assert read(out / 'pic_png_srresnet.png').size == (120, 64)
+
+
+def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
+    """SRGAN (generator weights, file label 'srgan'), the tutorial's own format (no config: inferred from the
+    weights; module. prefixes from DataParallel), and a Y-channel ESPCN x3."""
+    torch.manual_seed(3)
+    gen = models.Generator(**CONFIG)
+    espcn_config = models.model_config('espcn', 3, channels=[8, 8])
+    espcn = models.build_model('espcn', espcn_config)
+    kinds = {
+        'srgan': ({'format_version': 1, 'arch': 'srgan', 'generator_config': CONFIG, 'epoch': 1,
+                   'generator': gen.state_dict()}, 4),
+        'srresnet': ({'epoch': 3, 'model': {f"module.{k}": v for k, v in gen.net.state_dict().items()}}, 4),
+        'espcn': ({'format_version': 1, 'arch': 'espcn', 'model_config': espcn_config, 'epoch': 1,
+                   'model': espcn.state_dict()}, 3),
+    }
+    image = tmp_path / 'in.png'
+    Image.fromarray(pattern(9, 11, 3, 9)).save(image)
+    for label, (state, scale) in kinds.items():
+        ckpt, out = tmp_path / f"{label}.pth", tmp_path / f"out_{label}"
+        utils.save_checkpoint(state, str(ckpt))
+        code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image,
+                                     '--output-dir', out, '--device', 'cpu', '--scale', scale)
+        assert code == 0, (label, err)
+        assert f"({label} x{scale})" in stdout
+        assert read(out / f"in_{label}.png").size == (11 * scale, 9 * scale)
+    # the SRGAN generator and the tutorial-format SRResNet hold the same weights: same picture
+    assert np.array_equal(np.asarray(read(tmp_path / 'out_srgan' / 'in_srgan.png')),
+                          np.asarray(read(tmp_path / 'out_srresnet' / 'in_srresnet.png')))
