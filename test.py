@@ -1,0 +1,240 @@
+"""Upscale your own images with a trained model of the suite (the tutorial's test.py, for any image).
+
+    python test.py                                       # results/test.jpg with results/checkpoint_srresnet.pth
+    python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth
+    python test.py --image my_photos/ --output-dir results/my_photos --batch-size 4
+    python test.py --image big.png --max-memory 1GB       # bounded memory: tiles are chosen automatically
+    python test.py --image big.png --tile 256 --tile-overlap 16 --precision bf16 --device cpu
+    python test.py --image photo.png --fuse --channels-last --device cpu     # about 2x faster on a CPU
+    python test.py --image photo.png --self-ensemble --device cuda --precision fp16
+
+For every input image, writes under --output-dir:
+    <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
+    <stem>_<arch>.png    the super-resolved image (arch: srresnet, srgan, edsr, rcan, espcn or srcnn)
+    <stem>_compare.png   bicubic | SR side by side, labelled, scaled down to at most --compare-max-width px
+and prints the time the model took per image. --image may be a folder: every image in it (same-size images are
+batched by --batch-size). Files are written atomically, and all inputs are checked before anything is written,
+so an error (exit code 2, one line) leaves no partial output.
+
+Images: any size >= 2x2 px and any mode (utils.load_image). EXIF orientation is applied; 16-bit grayscale
+becomes 8-bit by round(v / 257) (16-bit-per-channel RGB is reduced by Pillow itself, which keeps the high byte);
+grayscale and palette images are upscaled as RGB (the outputs are RGB); transparency (RGBA, LA, PA, palette with
+transparency) is kept: the alpha channel is upscaled with bicubic and attached to the SR image, saved as an RGBA
+PNG (the comparison shows both on white).
+
+Memory: --max-memory bounds the model's working memory (default auto: half the free GPU memory on CUDA,
+otherwise a quarter of the available RAM and at most 1 GiB). When a whole-image pass would exceed it, the image
+is processed in overlapping tiles blended seamlessly; --tile forces a tile size. The output is built in 8-bit,
+so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of RAM in all on a CPU (measured
+with benchmarks/bench_inference.py). Speed on a CPU: --fuse --channels-last (about 2x); --precision bf16 helps
+only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from utils import (IMAGE_EXTENSIONS, UserError, Upscaler, atomic_write, auto_memory_budget, bicubic_upscale,
+                   describe_checkpoint, list_image_files, load_checkpoint, load_image, load_sr_model, make_parser,
+                   parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
+
+OUTPUT_KINDS = ('bicubic', 'compare')
+
+
+def build_parser():
+    parser = make_parser(__doc__, data=False)
+    parser.add_argument('--checkpoint', default='results/checkpoint_srresnet.pth',
+                        help='checkpoint of any architecture of the suite, an SRGAN one, or the tutorial\'s own')
+    parser.add_argument('--image', default='results/test.jpg', help='an image file, or a folder of images')
+    parser.add_argument('--output-dir', default='results', help='where the output PNGs go')
+    parser.add_argument('--scale', type=positive_int, help='expected upscaling factor (checked against the checkpoint)')
+    parser.add_argument('--batch-size', type=positive_int, default=1, help='same-size images upscaled together')
+    parser.add_argument('--tile', type=positive_int, help='tile side in input px (default: only when memory needs it)')
+    parser.add_argument('--tile-overlap', type=int, default=16, help='input px shared by neighbouring tiles')
+    parser.add_argument('--max-memory', default='auto',
+                        help="working-memory budget for the model, e.g. 2GB or 512MB (1GB = 2**30 bytes), or 'auto'")
+    parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
+                        help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA')
+    parser.add_argument('--self-ensemble', action='store_true', help='average over 8 flips/rotations (8x slower)')
+    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+    parser.add_argument('--fuse', action='store_true',
+                        help='fold BatchNorm and move the last conv before the pixel shuffle (same output up to '
+                             'rounding; with --channels-last about 2x faster on a CPU)')
+    parser.add_argument('--compare-max-width', type=positive_int, default=4096,
+                        help='the comparison image is scaled down to at most this width')
+    return parser
+
+
+def load_upscaler(args, device):
+    """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
+    label = describe_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)[0]
+    model, arch, config = load_sr_model(args.checkpoint, device, expect_scale=args.scale)
+    try:
+        budget = auto_memory_budget(device) if args.max_memory == 'auto' else parse_memory(args.max_memory)
+    except ValueError as e:
+        raise UserError(f"--max-memory: {e}") from None
+    scale = int(config['scaling_factor'])
+    upscaler = Upscaler(model, arch, scale, device, tile=args.tile, tile_overlap=args.tile_overlap,
+                        max_memory=budget, precision=args.precision, self_ensemble=args.self_ensemble,
+                        channels_last=args.channels_last, fuse=args.fuse)
+    return upscaler, label, scale
+
+
+def find_inputs(image, output_dir, label):
+    """Image paths to upscale: the file itself, or the images of a folder (minus this script's own outputs when
+    the folder is the output folder). UserError when there is nothing to do."""
+    if not os.path.isdir(image):
+        if not os.path.exists(image):
+            raise UserError(f"--image {image}: no such file or folder")
+        return [image]
+    paths = list_image_files(image)
+    if os.path.abspath(image) == os.path.abspath(output_dir):
+        ours = tuple(f"_{kind}.png" for kind in OUTPUT_KINDS + (label,))
+        paths = [p for p in paths if not p.endswith(ours)]
+    if not paths:
+        raise UserError(f"--image {image}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def output_stems(paths):
+    """Output name stem per input: the file name without extension, plus the extension when two inputs share it."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return {p: (s if stems.count(s) == 1 else f"{s}_{os.path.splitext(p)[1][1:].lower()}") for p, s in
+            zip(paths, stems)}
+
+
+def check_inputs(paths, min_size):
+    """Decode every input once (so a bad file fails before anything is written). Returns {path: (w, h)}."""
+    sizes = {}
+    for path in paths:
+        img = load_image(path, keep_alpha=True)
+        if img.width < min_size or img.height < min_size:
+            raise UserError(f"{path} is {img.width}x{img.height} px; the model needs at least {min_size}x{min_size}")
+        sizes[path] = img.size
+    return sizes
+
+
+def make_batches(paths, sizes, batch_size):
+    """Lists of at most batch_size paths of equal image size, in input order of their first member."""
+    groups = {}
+    for path in paths:
+        groups.setdefault(sizes[path], []).append(path)
+    order = {p: i for i, p in enumerate(paths)}
+    batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    return sorted(batches, key=lambda b: order[b[0]])
+
+
+def upscale_images(upscaler, images):
+    """SR of same-size PIL images (RGB or RGBA; alpha is ignored here): ((N, 3, sH, sW) uint8, seconds)."""
+    lr = torch.stack([pil_to_tensor(img) for img in images]).float().div_(255.)  # (N, 3, h, w) in [0, 1]
+    start = timer()
+    try:
+        sr = upscaler.upscale_uint8(lr)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if isinstance(e, torch.OutOfMemoryError) or 'allocate' in str(e):
+            raise UserError(f"out of memory while upscaling: lower --max-memory or --batch-size, or pass --tile "
+                            f"({str(e).splitlines()[0][:100]})") from None
+        raise
+    return sr, timer() - start
+
+
+def bicubic_image(img, scale):
+    """MATLAB-style bicubic x scale of a PIL RGB/RGBA image (alpha included), computed in bands of rows."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, h, w)
+    up = bicubic_upscale(arr, scale)  # (C, s*h, s*w) uint8
+    return Image.fromarray(np.ascontiguousarray(up.permute(1, 2, 0).numpy()))  # RGB or RGBA from the shape
+
+
+def sr_image(sr, alpha):
+    """(3, H, W) uint8 tensor (+ optional (H, W) alpha PIL image) -> PIL RGB or RGBA."""
+    img = Image.fromarray(np.ascontiguousarray(sr.permute(1, 2, 0).numpy()))  # (H, W, 3) -> RGB
+    if alpha is not None:
+        img.putalpha(alpha)
+    return img
+
+
+def save_png(img, path):
+    """Write a PNG atomically, readable as the umask allows (the temp file behind atomic_write is 0600)."""
+    atomic_write(path, lambda f: img.save(f, format='PNG'))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def thumbnail(img, width):
+    """img scaled to ``width`` px wide (kept when already that size), composited on white, RGB."""
+    if img.width != width:
+        height = max(1, round(img.height * width / img.width))
+        img = img.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if img.mode == 'RGBA':
+        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert('RGB')
+
+
+def panel_width(width, max_width, gap):
+    """Width of each of the two comparison panels: the image width, or less to fit max_width."""
+    return max(1, min(width, (max_width - gap) // 2))
+
+
+def compare_image(left, right, labels, gap=8):
+    """Two same-size RGB panels side by side on white, each labelled in its top-left corner."""
+    w, h = left.size
+    canvas = Image.new('RGB', (2 * w + gap, h), (255, 255, 255))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (w + gap, 0))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=max(10, min(h, w) // 20))
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    for x0, text in ((0, labels[0]), (w + gap, labels[1])):
+        box = draw.textbbox((x0 + 4, 4), text, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+        draw.text((x0 + 4, 4), text, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def save_outputs(img, sr, stem, args, label, scale):
+    """Write <stem>_bicubic.png, <stem>_<label>.png and <stem>_compare.png for one input (PIL) and its SR
+    ((3, H, W) uint8), holding at most one full-size PIL image at a time."""
+    out = lambda kind: os.path.join(args.output_dir, f"{stem}_{kind}.png")  # noqa: E731
+    width = panel_width(img.width * scale, args.compare_max_width, gap=8)
+    bicubic = bicubic_image(img, scale)
+    save_png(bicubic, out('bicubic'))
+    alpha = bicubic.getchannel('A') if bicubic.mode == 'RGBA' else None
+    left = thumbnail(bicubic, width)
+    del bicubic
+    result = sr_image(sr, alpha)
+    del alpha
+    save_png(result, out(label))
+    right = thumbnail(result, width)
+    del result
+    save_png(compare_image(left, right, ('bicubic', f"{label} x{scale}")), out('compare'))
+    return [out('bicubic'), out(label), out('compare')]
+
+
+def main():
+    args = build_parser().parse_args()
+    if args.tile_overlap < 0:
+        raise UserError(f"--tile-overlap {args.tile_overlap}: must be >= 0")
+    device = pick_device(args.device)
+    upscaler, label, scale = load_upscaler(args, device)
+    paths = find_inputs(args.image, args.output_dir, label)
+    sizes = check_inputs(paths, upscaler.min_input_size())
+    stems, total = output_stems(paths), 0.
+    for batch in make_batches(paths, sizes, args.batch_size):
+        images = [load_image(p, keep_alpha=True) for p in batch]
+        sr, seconds = upscale_images(upscaler, images)
+        total += seconds
+        for i, (path, img) in enumerate(zip(batch, images)):
+            save_outputs(img, sr[i], stems[path], args, label, scale)
+            print(f"{path}: {img.width}x{img.height} -> {img.width * scale}x{img.height * scale} "
+                  f"({label} x{scale}) in {seconds / len(batch):.3f} s")
+        del sr, images
+    print(f"{len(paths)} image(s) in {args.output_dir}: mean {total / len(paths):.3f} s per image on {device}")
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))
