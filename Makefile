@@ -24,7 +24,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 demo: $(STAMP)
 	@echo "== 1/4 data lists (scikit-image photos$(if $(TRAIN), + $(TRAIN))$(if $(TEST), + $(TEST)))"

@@ -155,11 +155,8 @@ def sr_image(sr, alpha):
 
 
 def save_png(img, path):
-    """Write a PNG atomically, readable as the umask allows (the temp file behind atomic_write is 0600)."""
+    """Write a PNG atomically."""
     atomic_write(path, lambda f: img.save(f, format='PNG'))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def thumbnail(img, width):

@@ -677,6 +677,9 @@ def atomic_write(path, write_fn):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -721,7 +724,8 @@ def load_checkpoint(path, map_location='cpu'):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        if 'weights_only' in str(e) or 'Unsupported global' in str(e) or 'Unsupported operand' in str(e):
+        text = str(e)
+        if 'GLOBAL' in text or 'Unsupported global' in text or 'Unsupported operand' in text:
             raise UserError(f"refusing to load {path}: it needs arbitrary unpickling, which can run code; "
                             + LEGACY_HELP.format(path=path)) from None
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
@@ -980,6 +984,8 @@ def bicubic_upscale(img, scale, chunk_bytes=64 * 2 ** 20):
     for r0 in range(0, out_h, rows):
         r1 = min(out_h, r0 + rows)
         band = (src[..., row_idx[r0:r1], :] * row_w[r0:r1, :, None]).sum(dim=-2)  # (..., r, W), rows first
+        if img.dtype == torch.uint8:  # uint8 stays on the 8-bit grid between the passes, as in imresize
+            band = torch.floor(band.clamp(0, 255) + 0.5)
         band = (band[..., col_idx] * col_w).sum(dim=-1)  # (..., r, out_w)
         if img.dtype == torch.uint8:
             out[..., r0:r1, :] = torch.floor(band.clamp(0, 255) + 0.5).to(torch.uint8)

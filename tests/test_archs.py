@@ -1,5 +1,4 @@
 """Every architecture through the same scripts: recipes, a few training steps via the CLI, then eval on it."""
-import argparse
 
 import pytest
 import torch

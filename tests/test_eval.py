@@ -307,7 +307,8 @@ def cli(world):
         name, args = item
         results = world.root / f"results_{name}"
         cmd = [sys.executable, 'eval.py', *map(str, args), '--results-dir', str(results), '--device', 'cpu']
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        env = dict(os.environ, OMP_NUM_THREADS='1')  # see conftest.one_thread
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
         return name, (proc.returncode, proc.stdout, proc.stderr, str(results))
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         runs = dict(pool.map(run, cli_cases(world).items()))

@@ -176,3 +176,15 @@ def test_other_arch_scale_and_format_version_are_refused(tmp_path, tiny_dataset)
     result = run_script('train_srresnet.py', *common, '--n-blocks', 2, '--n-channels', 8, '--scale', 4,
                         '--resume', tmp_path / 'x2.pth')
     assert result.returncode == 2 and 'scaling_factor: checkpoint 2 vs now 4' in result.stderr
+
+
+def test_saved_files_get_the_usual_permissions_and_non_checkpoints_a_plain_error(tmp_path):
+    old = os.umask(0o022)
+    try:
+        utils.save_checkpoint({'epoch': 1}, str(tmp_path / 'c.pth'))
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'c.pth').stat().st_mode & 0o777 == 0o644
+    (tmp_path / 'notes.pth').write_text('hello world\n')
+    with pytest.raises(utils.UserError, match='not a readable checkpoint'):
+        utils.load_checkpoint(str(tmp_path / 'notes.pth'))

@@ -17,14 +17,6 @@ import utils  # noqa: E402
 from utils import Upscaler, UserError  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models run best on one thread; two OpenMP threads spin badly when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TINY = {
     'srresnet': dict(n_blocks=2, n_channels=8),
     'edsr': dict(n_resblocks=2, n_feats=8),
@@ -179,7 +171,8 @@ def test_tiled_batch_and_sr_y_buffers():
     model = tiny_model('espcn')
     lr = smooth_image(33, 27, n=3)
     ref, ref_y = Upscaler(model, 'espcn', 4, 'cpu').upscale(lr)
-    out, out_y = Upscaler(model, 'espcn', 4, 'cpu', tile=16, tile_overlap=8).upscale(lr)  # overlap >= 2 x receptive radius
+    # overlap >= 2 x receptive radius
+    out, out_y = Upscaler(model, "espcn", 4, "cpu", tile=16, tile_overlap=8).upscale(lr)
     assert out.shape == (3, 3, 132, 108) and out_y.shape == (3, 132, 108)
     for i in range(3):
         assert psnr01(out[i], ref[i]) >= 50. and psnr01(out_y[i], ref_y[i]) >= 50.
