@@ -34,7 +34,6 @@ eval_<name>_x<scale>_per_image.csv, where <name> is the checkpoint's file name w
 leading 'checkpoint_' (results/checkpoint_srresnet.pth -> srresnet), or the baseline's name (bicubic,
 bicubic-rgb). Everything is computed first and written at the end: an error leaves no output files.
 """
-import argparse
 import csv
 import datetime
 import io
@@ -80,9 +79,6 @@ class HelpFormatter(utils.HelpFormatter):
 def build_parser():
     parser = make_parser(__doc__)
     parser.formatter_class = HelpFormatter
-    for action in parser._actions:  # shared flags that evaluation does not use: accepted, not advertised
-        if action.dest in ('workers', 'seed'):
-            action.help = argparse.SUPPRESS
     parser.add_argument('--checkpoint', metavar='PATH',
                         help=f"checkpoint to evaluate (default {DEFAULT_CHECKPOINT}; not with --arch bicubic*)")
     parser.add_argument('--arch', choices=BASELINES + tuple(sorted(models.ARCHS)) + ('srgan',),

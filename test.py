@@ -5,7 +5,7 @@
     python test.py --image my_photos/ --output-dir results/my_photos --batch-size 4
     python test.py --image big.png --max-memory 1GB       # bounded memory: tiles are chosen automatically
     python test.py --image big.png --tile 256 --tile-overlap 16 --precision bf16 --device cpu
-    python test.py --image photo.png --fuse --channels-last --device cpu     # about 2x faster on a CPU
+    python test.py --image photo.png --no-fuse --no-channels-last      # the plain eager model (same output)
     python test.py --image photo.png --self-ensemble --device cuda --precision fp16
 
 For every input image, writes under --output-dir:
@@ -16,8 +16,8 @@ and prints the time the model took per image. --image may be a folder: every ima
 batched by --batch-size). Files are written atomically, and all inputs are checked before anything is written,
 so an error (exit code 2, one line) leaves no partial output.
 
-Images: any size >= 2x2 px and any mode (utils.load_image). EXIF orientation is applied; 16-bit grayscale
-becomes 8-bit by round(v / 257) (16-bit-per-channel RGB is reduced by Pillow itself, which keeps the high byte);
+Images: any size >= 2x2 px and any mode (utils.load_image). EXIF orientation is applied; 16-bit images keep
+their high byte (v // 256, what Pillow itself does for 16-bit colour PNGs);
 grayscale and palette images are upscaled as RGB (the outputs are RGB); transparency (RGBA, LA, PA, palette with
 transparency) is kept: the alpha channel is upscaled with bicubic and attached to the SR image, saved as an RGBA
 PNG (the comparison shows both on white).
@@ -26,9 +26,11 @@ Memory: --max-memory bounds the model's working memory (default auto: half the f
 otherwise a quarter of the available RAM and at most 1 GiB). When a whole-image pass would exceed it, the image
 is processed in overlapping tiles blended seamlessly; --tile forces a tile size. The output is built in 8-bit,
 so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of RAM in all on a CPU (measured
-with benchmarks/bench_inference.py). Speed on a CPU: --fuse --channels-last (about 2x); --precision bf16 helps
+with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by default
+(about 2x on a CPU, same output up to float rounding); --precision bf16 helps
 only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
 """
+import argparse
 import os
 
 import numpy as np
@@ -57,8 +59,9 @@ def build_parser():
     parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
                         help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA')
     parser.add_argument('--self-ensemble', action='store_true', help='average over 8 flips/rotations (8x slower)')
-    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
-    parser.add_argument('--fuse', action='store_true',
+    parser.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True,
+                        help='channels_last memory format')
+    parser.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,
                         help='fold BatchNorm and move the last conv before the pixel shuffle (same output up to '
                              'rounding; with --channels-last about 2x faster on a CPU)')
     parser.add_argument('--compare-max-width', type=positive_int, default=4096,

@@ -27,12 +27,12 @@ from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserErr
 from train_srresnet import check_resume_compatible, load_val_images
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
-                    rot90=False)
+                    rot90=False, patches_per_image=1)
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
 
 
 def build_parser():
-    parser = make_parser(__doc__)
+    parser = make_parser(__doc__, training=True)
     add_training_args(parser)
     g = parser.add_argument_group('SRGAN')
     g.add_argument('--srresnet-checkpoint',

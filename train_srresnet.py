@@ -30,7 +30,7 @@ from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserErr
 
 
 def build_parser():
-    parser = make_parser(__doc__)
+    parser = make_parser(__doc__, training=True)
     add_training_args(parser, archs=sorted(models.ARCHS))
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
     g.add_argument('--large-kernel-size', type=positive_int, default=9, help='srresnet: first/last conv kernel')

@@ -833,15 +833,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     pass
 
 
-def make_parser(doc, *, data=True, device=True, workers=4):
+def make_parser(doc, *, data=True, device=True, training=False, workers=4):
     """An ArgumentParser whose description is the script's docstring, with the flags the scripts share:
-    --data-folder, --device, --workers, --seed (each when asked for)."""
+    --data-folder (data), --device (device), --workers and --seed (training)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     if data:
         parser.add_argument('--data-folder', default='./data/', help='folder holding the JSON data lists')
     if device:
         parser.add_argument('--device', default='auto',
                             help="'auto' (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    if training:
         parser.add_argument('--workers', type=int, default=workers, help='data-loading worker processes')
         parser.add_argument('--seed', type=int, default=0, help='random seed (data order, crops, initialisation)')
     return parser
@@ -1536,8 +1537,9 @@ def add_training_args(parser, archs=None):
     g.add_argument('--downsample', choices=('pil', 'matlab'),
                    help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
                         "default: the arch recipe")
-    g.add_argument('--patches-per-image', type=positive_int, default=1,
-                   help='random crops taken from each image per epoch (the tutorial: 1)')
+    g.add_argument('--patches-per-image', type=positive_int,
+                   help='random crops taken from each image per epoch; default: the arch recipe (srresnet 1, as '
+                        'the tutorial)')
     g.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
                    help='continue from CHECKPOINT (default when given without a value: the output checkpoint)')
     g.add_argument('--results-dir', default='results', help='where checkpoints go')

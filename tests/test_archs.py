@@ -35,6 +35,9 @@ def test_each_arch_brings_its_recipe_and_flags_override_it():
                           '--no-hflip')
     assert (overridden.loss, overridden.lr, overridden.crop_size, overridden.hflip) == ('mse', 3e-4, 64, False)
     assert args_for('--arch', 'rcan', '--scale', 3).crop_size == 144  # 48-px LR patches
+    espcn = args_for('--arch', 'espcn', '--scale', 3)
+    assert (espcn.crop_size, espcn.patches_per_image, espcn.lr_schedule) == (51, 256, 'cosine')
+    assert args_for().patches_per_image == 1
 
 
 @pytest.mark.parametrize('loss, criterion', [('l1', nn.L1Loss), ('mse', nn.MSELoss)])
@@ -55,7 +58,7 @@ def test_train_then_evaluate_every_arch_through_the_cli(tmp_path, tiny_dataset, 
     result = run_script('train_srresnet.py', '--arch', arch, '--scale', scale, *TINY_OPTS[arch],
                         '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir',
                         tmp_path / 'runs', '--crop-size', 12 * scale, '--batch-size', 3, '--epochs', 1,
-                        '--workers', 0)
+                        '--patches-per-image', 1, '--workers', 0)
     assert result.returncode == 0, result.stderr
     ckpt = load_checkpoint(tmp_path / f"checkpoint_{arch}.pth")
     assert ckpt['arch'] == arch and ckpt['model_config']['scaling_factor'] == scale

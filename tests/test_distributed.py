@@ -13,7 +13,7 @@ from utils import create_data_lists, load_checkpoint
 
 # ESPCN has no BatchNorm, so DDP's averaged gradients must equal one process's gradient of the global batch.
 TINY_ESPCN = ['--arch', 'espcn', '--scale', 2, '--model-opt', 'channels=[8,8]', '--crop-size', 32,
-              '--batch-size', 4, '--workers', 0, '--deterministic', '--device', 'cpu']
+              '--patches-per-image', 1, '--batch-size', 4, '--workers', 0, '--deterministic', '--device', 'cpu']
 
 
 def free_port():

@@ -90,6 +90,7 @@ def test_sigint_during_data_loading_workers_also_saves(tmp_path, tiny_dataset):
 
 def test_diverging_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, tiny_dataset):
     edsr = ['--arch', 'edsr', '--scale', 2, '--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8',
+            '--patches-per-image', 1,
             '--workers', 0, '--epochs', 1]
     good = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path,
                       '--runs-dir', tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, *edsr)
