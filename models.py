@@ -466,8 +466,10 @@ class ArchSpec:
 
 def _recipe(**entries):
     """A training recipe: every key is a flag of train_srresnet.py (crop_size in HR px, or lr_crop_size in LR px)."""
-    return dict(lr_schedule='step', lr_milestones=(), lr_gamma=0.1, patches_per_image=1, downsample='matlab',
-                hflip=True, vflip=True, rot90=True, **entries)
+    recipe = dict(lr_schedule='step', lr_milestones=(), lr_gamma=0.1, patches_per_image=1, downsample='matlab',
+                  hflip=True, vflip=True, rot90=True)
+    recipe.update(entries)
+    return recipe
 
 
 ARCHS = {
