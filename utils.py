@@ -95,23 +95,33 @@ def convert_image(img, source, target):
     return img
 
 
+# BT.601 studio swing for RGB in [0, 1]: YCbCr * 255 = _YCBCR_OFFSET + _YCBCR_MATRIX @ RGB (MATLAB's rgb2ycbcr).
+_YCBCR_MATRIX = ((65.481, 128.553, 24.966),
+                 (-37.797, -74.203, 112.0),
+                 (112.0, -93.786, -18.214))
+_YCBCR_OFFSET = (16., 128., 128.)
+
+
+def _ycbcr_tensors(img):
+    """The forward matrix and offset as tensors of img's dtype and device (float64 for integer images)."""
+    dtype = img.dtype if img.is_floating_point() else torch.float64
+    return (torch.tensor(_YCBCR_MATRIX, dtype=torch.float64, device=img.device),
+            torch.tensor(_YCBCR_OFFSET, dtype=dtype, device=img.device).view(3, 1, 1))
+
+
 def rgb_to_ycbcr(img):
     """BT.601 studio-swing YCbCr of RGB in [0, 1], (..., 3, H, W) -> (..., 3, H, W) with values in [0, 1]
     (Y in [16, 235] / 255, Cb/Cr in [16, 240] / 255), unrounded. MATLAB's rgb2ycbcr for doubles."""
-    r, g, b = img.unbind(-3)
-    y = (16. + 65.481 * r + 128.553 * g + 24.966 * b) / 255.
-    cb = (128. - 37.797 * r - 74.203 * g + 112.0 * b) / 255.
-    cr = (128. + 112.0 * r - 93.786 * g - 18.214 * b) / 255.
-    return torch.stack([y, cb, cr], dim=-3)
+    matrix, offset = _ycbcr_tensors(img)
+    out = torch.einsum('ij,...jhw->...ihw', matrix.to(img.dtype), img)  # (..., 3, H, W), in [0, 255] - offset
+    return (out + offset) / 255.
 
 
 def ycbcr_to_rgb(img):
-    """Inverse of rgb_to_ycbcr: (..., 3, H, W) YCbCr in [0, 1] -> RGB in [0, 1] (unclamped)."""
-    y, cb, cr = (img * 255.).unbind(-3)
-    r = 0.00456621 * (y - 16.) + 0.00625893 * (cr - 128.)
-    g = 0.00456621 * (y - 16.) - 0.00153632 * (cb - 128.) - 0.00318811 * (cr - 128.)
-    b = 0.00456621 * (y - 16.) + 0.00791071 * (cb - 128.)
-    return torch.stack([r, g, b], dim=-3)
+    """Exact inverse of rgb_to_ycbcr: (..., 3, H, W) YCbCr in [0, 1] -> RGB in [0, 1] (unclamped)."""
+    matrix, offset = _ycbcr_tensors(img)
+    inverse = torch.linalg.inv(matrix).to(img.dtype)  # inverted in float64, then cast
+    return torch.einsum('ij,...jhw->...ihw', inverse, img * 255. - offset)
 
 
 def gray_uint8(img):

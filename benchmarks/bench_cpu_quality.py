@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,16 @@ def sh(script, *args):
     if result.returncode != 0:
         sys.exit(f"{script} failed: {result.stderr.strip().splitlines()[-1]}")
     return result.stdout
+
+
+def ship(src, dst, arch):
+    """Copy a trained checkpoint for the repository: the paths it records become the README command's."""
+    sys.path.insert(0, REPO)
+    from utils import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(src)
+    ckpt['args'].update(data_folder='data/t91', results_dir='results', runs_dir='runs', val_folder=None,
+                        checkpoint_path=os.path.join('results', f"checkpoint_{arch}.pth"))
+    save_checkpoint(ckpt, dst)
 
 
 def main():
@@ -62,8 +71,7 @@ def main():
                          'command': 'python train_srresnet.py ' + ' '.join(COMMANDS[arch]),
                          'date': time.strftime('%Y-%m-%d')})
             if args.out:
-                os.makedirs(args.out, exist_ok=True)
-                shutil.copy(ckpt, os.path.join(args.out, f"{arch}_x3_t91.pth"))
+                ship(ckpt, os.path.join(args.out, f"{arch}_x3_t91.pth"), arch)
     for row in rows:
         print(json.dumps(row))
     print('; '.join(f"{r['arch']} x3: Set5 {r['set5_psnr']:.2f} dB / {r['set5_ssim']:.4f} in {r['train_minutes']} min "

@@ -5,6 +5,7 @@ The benchmark images are never copied into the repository; tests that need them 
 and are skipped, with the reason, when ``../shared/data`` (next to the repository) is absent.
 """
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,14 @@ if REPO not in sys.path:  # the suite's modules live at the top level
 requires_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / 'Set5').is_dir(),
     reason="benchmark images not found: expected Set5 under ../shared/data next to the repository")
+
+
+@pytest.fixture(autouse=True)
+def fixed_seed():
+    """Every test draws the same random numbers on every run and under any xdist split: a failure reproduces."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True, scope='session')

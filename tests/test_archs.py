@@ -72,3 +72,10 @@ def test_train_then_evaluate_every_arch_through_the_cli(tmp_path, tiny_dataset, 
                     tiny_dataset['test'], '--results-dir', tmp_path / 'eval', '--device', 'cpu')
     assert ev.returncode == 0, ev.stderr
     assert 'Tiny' in ev.stdout and f"x{scale}" in ev.stdout
+    image = sorted(tiny_dataset['test'].iterdir())[0]  # 64 x 64
+    up = run_script('test.py', '--checkpoint', tmp_path / f"checkpoint_{arch}.pth", '--image', image,
+                    '--output-dir', tmp_path / 'up', '--device', 'cpu')
+    assert up.returncode == 0, up.stderr
+    from PIL import Image
+    with Image.open(tmp_path / 'up' / f"{image.stem}_{arch}.png") as sr:
+        assert sr.size == (64 * scale, 64 * scale) and sr.mode == 'RGB'
