@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-# Demo knobs: `make demo TRAIN=my/train/folder TEST=my/test/folder DEMO_MINUTES=5`
+# Demo knobs: `make demo TRAIN=my/train/folder TEST=my/test/folder DEMO_EPOCHS=20`
 DEMO := results/demo
 TRAIN ?=
 TEST ?=
@@ -39,8 +39,12 @@ demo: $(STAMP)
 		--protocol standard --results-dir $(DEMO)
 	$(PY) eval.py --arch bicubic --scale 4 --test-folders $(DEMO)/photos/test $(TEST) \
 		--protocol standard --results-dir $(DEMO)
-	@echo "== 4/4 upscale a photo"
+	@echo "== 4/4 upscale a photo: with the demo SRResNet (x4) and with the shipped ESPCN (x3, trained on T91)"
 	$(PY) test.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)
+	$(PY) test.py --checkpoint results/espcn_x3_t91.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)/espcn
+	@$(PY) -c "import json; r = lambda n: json.load(open('$(DEMO)/eval_' + n + '_x4.json'))['datasets']; \
+		[print(f\"demo, {s['name']}, x4, standard protocol: SRResNet {s['standard_psnr']:.2f} dB / {s['standard_ssim']:.4f}, \
+		bicubic {b['standard_psnr']:.2f} dB / {b['standard_ssim']:.4f}\") for s, b in zip(r('srresnet'), r('bicubic'))]"
 	@echo "Everything is under $(DEMO)/: checkpoint, eval tables (eval_*.md/json/csv), upscaled images,"
 	@echo "TensorBoard logs (tensorboard --logdir $(DEMO)/runs)."
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -38,27 +39,42 @@ def tutorial_patch(path, crop, scale, rng):
     return (utils.convert_image(lr, 'pil', 'imagenet-norm'), utils.convert_image(hr, 'pil', '[-1, 1]'))
 
 
-def bench_tutorial(paths, crop, scale, n):
-    rng = random.Random(0)
-    t0 = time.perf_counter()
-    for i in range(n):
-        tutorial_patch(paths[i % len(paths)], crop, scale, rng)
-    return n / (time.perf_counter() - t0)
+def measure(step, seconds):
+    """Patches/s of ``step`` (a callable returning how many patches it made): one warm-up call (first-use setup such
+    as the resize weights is not throughput), then calls until ``seconds`` have passed."""
+    step()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        done += step()
+    return done / (time.perf_counter() - t0)
 
 
-def bench_suite(lists, crop, scale, n, batch, cache_bytes, crops_per_visit):
-    ds = datasets.PatchDataset(lists, crop, scale, seed=0, patches_per_image=max(1, n // 100),
-                               crops_per_visit=crops_per_visit, cache_bytes=cache_bytes, log=lambda *a: None)
-    visits = batch // ds.crops_per_visit
-    t0 = time.perf_counter()
-    done, j = 0, 0
-    while done < n:
+def tutorial_step(paths, crop, scale, batch):
+    """A batch of patches the tutorial's way: one decode per patch, in sequence over the image list."""
+    rng, state = random.Random(0), {'i': 0}
+
+    def step():
+        for _ in range(batch):
+            tutorial_patch(paths[state['i'] % len(paths)], crop, scale, rng)
+            state['i'] += 1
+        return batch
+    return step
+
+
+def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit):
+    """A batch the suite's way: PatchDataset crops (cached or streamed), collated as uint8, LR made batched."""
+    ds = datasets.PatchDataset(lists, crop, scale, seed=0, patches_per_image=100, crops_per_visit=crops_per_visit,
+                               cache_bytes=cache_bytes, log=lambda *a: None)
+    visits, state = batch // ds.crops_per_visit, {'j': 0}
+
+    def step():
+        j = state['j']
         hr = datasets.collate_patches([ds[(0, (j + k) % len(ds))] for k in range(visits)])
         lr, hr = utils.batch_to_device(hr, torch.device('cpu'), scale, 'pil')
         utils.convert_image(lr, '[0, 1]', 'imagenet-norm'), utils.convert_image(hr, '[0, 1]', '[-1, 1]')
-        done += hr.shape[0]
-        j += visits
-    return done / (time.perf_counter() - t0)
+        state['j'] = j + visits
+        return hr.shape[0]
+    return step
 
 
 def main():
@@ -66,7 +82,8 @@ def main():
     parser.add_argument('--folder', default=os.path.join(SHARED, 'BSD200'))
     parser.add_argument('--crop-size', type=int, default=96)
     parser.add_argument('--scale', type=int, default=4)
-    parser.add_argument('--patches', type=int, default=1000, help='patches per measurement')
+    parser.add_argument('--seconds', type=float, default=3., help='length of each measurement')
+    parser.add_argument('--rounds', type=int, default=3, help='alternating rounds; the median rate counts')
     parser.add_argument('--batch-size', type=int, default=16)
     args = parser.parse_args()
     if not os.path.isdir(args.folder):
@@ -75,14 +92,20 @@ def main():
     with tempfile.TemporaryDirectory() as lists:
         utils.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
         paths = datasets.read_data_list(lists, 'train')
-        ref = bench_tutorial(paths, args.crop_size, args.scale, max(100, args.patches // 5))
-        cached = bench_suite(lists, args.crop_size, args.scale, args.patches, args.batch_size, None, None)
-        streaming = bench_suite(lists, args.crop_size, args.scale, args.patches // 2, args.batch_size, 0, 4)
+        steps = {'tutorial': tutorial_step(paths, args.crop_size, args.scale, args.batch_size),
+                 'suite_cached': suite_step(lists, args.crop_size, args.scale, args.batch_size, None, None),
+                 'suite_streaming_4_crops': suite_step(lists, args.crop_size, args.scale, args.batch_size, 0, 4)}
+        rates = {mode: [] for mode in steps}
+        for _ in range(args.rounds):  # alternating, so that a busy moment hits every mode alike
+            for mode, step in steps.items():
+                rates[mode].append(measure(step, args.seconds))
+    ref, cached, streaming = (statistics.median(rates[m]) for m in steps)
     common = {'folder': os.path.basename(os.path.normpath(args.folder)), 'crop_size': args.crop_size,
               'scale': args.scale, 'threads': 1, 'date': time.strftime('%Y-%m-%d')}
-    for mode, rate in (('tutorial', ref), ('suite_cached', cached), ('suite_streaming_4_crops', streaming)):
+    for mode, rate in zip(steps, (ref, cached, streaming)):
         print(json.dumps({'benchmark': 'data_pipeline', 'mode': mode, 'patches_per_s_per_core': round(rate, 1),
-                          'vs_tutorial': round(rate / ref, 1), **common}))
+                          'vs_tutorial': round(rate / ref, 1), 'rounds': [round(r, 1) for r in rates[mode]],
+                          **common}))
     print(f"data pipeline, {common['folder']}, crop {args.crop_size}, x{args.scale}, one core: tutorial "
           f"{ref:.0f} patches/s; suite cached {cached:.0f} ({cached / ref:.1f}x); suite streaming, 4 crops per "
           f"decode {streaming:.0f} ({streaming / ref:.1f}x)")

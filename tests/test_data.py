@@ -136,3 +136,23 @@ def test_make_lr_pil_equals_pillow_and_matlab_equals_imresize():
         diff = np.abs(lr - np.asarray(ref).astype(int))
         assert diff.max() <= 1 and diff.mean() < 1e-3  # Pillow's fixed-point weights may differ by one level
         assert torch.equal(make_lr(hr, s, 'matlab'), imresize(hr, 1 / s))
+
+
+def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_dataset):
+    """--workers unset: 0 worker processes on a CPU with the RAM cache, the tutorial's 4 otherwise; a given value
+    always wins. (Same patches either way: tests/test_reliability_training.py resumes with 2 workers after 0.)"""
+    from datasets import PatchDataset
+    import train_srresnet
+    from utils import loader_workers
+    args = train_srresnet.build_parser().parse_args([])
+    assert args.workers is None
+    cached = PatchDataset(tiny_dataset['data'], 24, 4, log=lambda *_: None)
+    streamed = PatchDataset(tiny_dataset['data'], 24, 4, cache_bytes=0, log=lambda *_: None)
+    faithful = SRDataset(tiny_dataset['data'], 'train', 24, 4, '[0, 1]', '[0, 1]')
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert loader_workers(args, cpu, cached) == 0
+    assert loader_workers(args, cuda, cached) == 4
+    assert loader_workers(args, cpu, streamed) == 4
+    assert loader_workers(args, cpu, faithful) == 4
+    args.workers = 2
+    assert loader_workers(args, cpu, cached) == 2
