@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-requirements
 DEMO := results/demo
 TRAIN ?=
 TEST ?=
-DEMO_EPOCHS ?= 40
+DEMO_EPOCHS ?= 60
 DEMO_PHOTO ?= $(DEMO)/photos/test/chelsea.png
 
 .PHONY: install test demo bench clean-demo
@@ -32,8 +32,8 @@ demo: $(STAMP)
 		$(if $(TEST),--test-folders $(TEST)) --min-size 96 --output-folder $(DEMO)/data
 	@echo "== 2/4 train a small SRResNet x4 on the CPU (a few minutes)"
 	$(PY) train_srresnet.py --data-folder $(DEMO)/data --results-dir $(DEMO) --runs-dir $(DEMO)/runs \
-		--n-blocks 4 --n-channels 32 --batch-size 16 --crop-size 64 --patches-per-image 16 --lr 1e-3 \
-		--epochs $(DEMO_EPOCHS) --downsample matlab --workers 2
+		--n-blocks 4 --n-channels 32 --batch-size 16 --crop-size 64 --patches-per-image 64 --lr 1e-3 \
+		--lr-schedule cosine --epochs $(DEMO_EPOCHS) --downsample matlab
 	@echo "== 3/4 evaluate next to bicubic (standard protocol)"
 	$(PY) eval.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --test-folders $(DEMO)/photos/test $(TEST) \
 		--protocol standard --results-dir $(DEMO)
@@ -43,8 +43,9 @@ demo: $(STAMP)
 	$(PY) test.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)
 	$(PY) test.py --checkpoint results/espcn_x3_t91.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)/espcn
 	@$(PY) -c "import json; r = lambda n: json.load(open('$(DEMO)/eval_' + n + '_x4.json'))['datasets']; \
-		[print(f\"demo, {s['name']}, x4, standard protocol: SRResNet {s['standard_psnr']:.2f} dB / {s['standard_ssim']:.4f}, \
-		bicubic {b['standard_psnr']:.2f} dB / {b['standard_ssim']:.4f}\") for s, b in zip(r('srresnet'), r('bicubic'))]"
+		row = lambda d: f\"{d['standard_psnr']:.2f} dB / {d['standard_ssim']:.4f}\"; \
+		[print(f\"demo, {s['name']}, x4, standard protocol: SRResNet {row(s)}, bicubic {row(b)}\") \
+		 for s, b in zip(r('srresnet'), r('bicubic'))]"
 	@echo "Everything is under $(DEMO)/: checkpoint, eval tables (eval_*.md/json/csv), upscaled images,"
 	@echo "TensorBoard logs (tensorboard --logdir $(DEMO)/runs)."
 
