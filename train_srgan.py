@@ -21,9 +21,9 @@ import models
 from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args,
                    adjust_learning_rate, autocast, batch_to_device, build_train_dataset, check_finite,
                    close_distributed, convert_image, describe_checkpoint, get_rng_state, init_distributed,
-                   load_checkpoint, loader_workers, log_image_grids, make_parser, make_train_loader, plain_args,
-                   positive_int, progress, resolve_speed_args, restore_training_state, run_cli, run_epochs,
-                   seed_everything, set_determinism, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+                   load_checkpoint, log_image_grids, make_parser, make_train_loader, plain_args, positive_int,
+                   progress, resolve_speed_args, restore_training_state, run_cli, run_epochs, seed_everything,
+                   set_determinism, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
 from train_srresnet import check_resume_compatible, load_val_images
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
@@ -243,8 +243,7 @@ def main(argv=None):
         d_net = wrap_model(discriminator, dist, args.ngpu, args.sync_bn)
         if args.compile:
             g_net, d_net, vgg = torch.compile(g_net), torch.compile(d_net), torch.compile(vgg)
-        workers = loader_workers(args, dist.device, dataset)
-        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, workers, args.seed,
+        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
                                                 pin_memory=dist.device.type == 'cuda', collate_fn=collate)
 
         def decay_at_half(epoch, start_step):  # the tutorial's single decay; not again when resuming mid-epoch

@@ -23,10 +23,10 @@ from torch import nn
 import models
 from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args, autocast,
                    batch_to_device, build_train_dataset, check_finite, close_distributed, get_rng_state,
-                   init_distributed, list_image_files, load_checkpoint, load_image, loader_workers, log_image_grids,
-                   make_parser, make_train_loader, model_io, pil_to_tensor, plain_args, positive_int, progress,
-                   resolve_speed_args, restore_training_state, run_cli, run_epochs, seed_everything, set_determinism,
-                   strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+                   init_distributed, list_image_files, load_checkpoint, load_image, log_image_grids, make_parser,
+                   make_train_loader, model_io, pil_to_tensor, plain_args, positive_int, progress, resolve_speed_args,
+                   restore_training_state, run_cli, run_epochs, seed_everything, set_determinism, strip_prefixes,
+                   timer, unwrap_model, validate_psnr, wrap_model)
 
 
 def build_parser():
@@ -202,8 +202,7 @@ def main(argv=None):
         net = wrap_model(model, dist, args.ngpu, args.sync_bn)
         if args.compile:
             net = torch.compile(net)
-        workers = loader_workers(args, dist.device, dataset)
-        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, workers, args.seed,
+        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
                                                 pin_memory=dist.device.type == 'cuda', collate_fn=collate)
         validate = None if val_images is None else lambda: validate_psnr(
             Upscaler(unwrap_model(net).eval(), args.arch, args.scale, dist.device), val_images, args.scale)

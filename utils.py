@@ -70,9 +70,9 @@ def convert_image(img, source, target):
         raise ValueError(f"cannot convert from {source!r}; sources are {SOURCES}")
     if target not in TARGETS:
         raise ValueError(f"cannot convert to {target!r}; targets are {TARGETS}")
+    # One new tensor per conversion, then in place on it (fewer large allocations; same values as out of place)
     if source == 'pil':
         img = torch.from_numpy(np.asarray(img.convert('RGB'), dtype=np.float32) / 255.).permute(2, 0, 1)
-    # One new tensor per conversion, then in place on it (fewer large allocations; same values as out of place)
     elif source == '[-1, 1]':
         img = img.add(1.).div_(2.)
     elif source == '[0, 255]':
@@ -104,10 +104,10 @@ _YCBCR_OFFSET = (16., 128., 128.)
 
 
 def _ycbcr_tensors(img):
-    """The forward matrix and offset as tensors of img's dtype and device (float64 for integer images)."""
-    dtype = img.dtype if img.is_floating_point() else torch.float64
+    """The forward matrix in float64 (inverted exactly by ycbcr_to_rgb) and the (3, 1, 1) offset in img's dtype, both
+    on img's device."""
     return (torch.tensor(_YCBCR_MATRIX, dtype=torch.float64, device=img.device),
-            torch.tensor(_YCBCR_OFFSET, dtype=dtype, device=img.device).view(3, 1, 1))
+            torch.tensor(_YCBCR_OFFSET, dtype=img.dtype, device=img.device).view(3, 1, 1))
 
 
 def rgb_to_ycbcr(img):
@@ -844,6 +844,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     pass
 
 
+TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
+
+
 def make_parser(doc, *, data=True, device=True, training=False):
     """An ArgumentParser whose description is the script's docstring, with the flags the scripts share:
     --data-folder (data), --device (device), --workers and --seed (training)."""
@@ -1443,8 +1446,10 @@ def per_rank_batch_size(batch_size, dist):
 
 def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False, collate_fn=None):
     """DataLoader over an EpochSampler: the global batch (in patches) is split across ranks; datasets whose items
-    hold several crops (PatchDataset) are batched by visits. Returns (loader, sampler)."""
+    hold several crops (PatchDataset) are batched by visits; ``workers`` None picks loader_workers' default.
+    Returns (loader, sampler)."""
     from datasets import EpochSampler
+    workers = loader_workers(workers, dist.device, dataset)
     per_rank = per_rank_batch_size(batch_size, dist)
     crops = getattr(dataset, 'crops_per_visit', 1)
     if per_rank % crops and getattr(dataset, 'auto_crops', False):
@@ -1634,18 +1639,18 @@ def build_train_dataset(args, log=print):
     dataset = PatchDataset(args.data_folder, args.crop_size, args.scale, seed=args.seed,
                            patches_per_image=args.patches_per_image, crops_per_visit=args.crops_per_visit,
                            hflip=bool(args.hflip), vflip=bool(args.vflip), rot90=bool(args.rot90),
-                           cache_bytes=cache, max_bad_fraction=args.max_bad_fraction, workers=args.workers or 4,
-                           log=log)
+                           cache_bytes=cache, max_bad_fraction=args.max_bad_fraction,
+                           workers=TUTORIAL_WORKERS if args.workers is None else args.workers, log=log)
     return dataset, collate_patches
 
 
-def loader_workers(args, device, dataset):
-    """--workers, or its default: 0 on a CPU when the patches come from the RAM cache (cropping is cheap, and worker
-    processes would take cores from the model: ESPCN on T91 trained 1.4x faster with 0 than with 4 on 2 cores),
-    else the tutorial's 4."""
-    if args.workers is not None:
-        return args.workers
-    return 0 if device.type == 'cpu' and getattr(dataset, 'buffer', None) is not None else 4
+def loader_workers(workers, device, dataset):
+    """--workers, or its default when None: 0 on a CPU when the patches come from the RAM cache (cropping is cheap,
+    and worker processes would take cores from the model: ESPCN on T91 trained 1.4x faster with 0 than with 4 on 2
+    cores), else the tutorial's 4."""
+    if workers is not None:
+        return workers
+    return 0 if device.type == 'cpu' and getattr(dataset, 'buffer', None) is not None else TUTORIAL_WORKERS
 
 
 def batch_to_device(batch, device, scale, downsample):

@@ -150,9 +150,9 @@ def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_d
     streamed = PatchDataset(tiny_dataset['data'], 24, 4, cache_bytes=0, log=lambda *_: None)
     faithful = SRDataset(tiny_dataset['data'], 'train', 24, 4, '[0, 1]', '[0, 1]')
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
-    assert loader_workers(args, cpu, cached) == 0
-    assert loader_workers(args, cuda, cached) == 4
-    assert loader_workers(args, cpu, streamed) == 4
-    assert loader_workers(args, cpu, faithful) == 4
+    assert loader_workers(args.workers, cpu, cached) == 0
+    assert loader_workers(args.workers, cuda, cached) == 4
+    assert loader_workers(args.workers, cpu, streamed) == 4
+    assert loader_workers(args.workers, cpu, faithful) == 4
     args.workers = 2
-    assert loader_workers(args, cpu, cached) == 2
+    assert loader_workers(args.workers, cpu, cached) == 2
