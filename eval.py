@@ -45,7 +45,6 @@ import torch
 from PIL import Image
 
 import models
-import utils
 from datasets import read_data_list
 from utils import (ImageTransforms, Upscaler, UserError, atomic_write_text, convert_image, convert_legacy_checkpoint,
                    dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, load_sr_model,
@@ -69,16 +68,8 @@ PROTOCOL_TEXT = {
 }
 
 
-class HelpFormatter(utils.HelpFormatter):
-    """The scripts' help format, without '(default: None)' for flags whose default is described in words."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def build_parser():
     parser = make_parser(__doc__)
-    parser.formatter_class = HelpFormatter
     parser.add_argument('--checkpoint', metavar='PATH',
                         help=f"checkpoint to evaluate (default {DEFAULT_CHECKPOINT}; not with --arch bicubic*)")
     parser.add_argument('--arch', choices=BASELINES + tuple(sorted(models.ARCHS)) + ('srgan',),

@@ -841,7 +841,11 @@ def load_sr_model(path, device='cpu', expect_scale=None):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Docstring kept as written; '(default: X)' after each flag, except for flags without a fixed default (None),
+    whose help says in words what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
