@@ -3,18 +3,21 @@
     python benchmarks/bench_data.py                                  # BSD200 from ../shared/data, crop 96, x4
     python benchmarks/bench_data.py --folder data/DIV2K/DIV2K_train_HR --crop-size 192
 
-One process, one thread, no DataLoader workers: what one core delivers. The reference is written here as the
-tutorial's SRDataset + ImageTransforms do it: open and decode the image file for every patch, random crop,
-PIL bicubic downscale, convert both to tensors (imagenet-norm LR, [-1, 1] HR). The suite: PatchDataset
-(images decoded once into a uint8 RAM cache; also its streaming mode, decoding once per visit for 4 crops),
-collated into uint8 batches, LR made for the whole batch by batch_to_device. Prints one JSON line per mode
-and a readable summary.
+One thread, no DataLoader workers: what one core delivers. Each mode runs in its own fresh process, as a user
+would run it (the suite's scripts call keep_freed_memory; the tutorial does not), and the modes alternate round by
+round. The reference is written here as the tutorial's SRDataset + ImageTransforms do it: open and decode the
+image file for every patch, random crop, PIL bicubic downscale, convert both to tensors (imagenet-norm LR, [-1, 1]
+HR). The suite: PatchDataset (images decoded once into a uint8 RAM cache; also its streaming mode, decoding once
+per visit for 4 crops), collated into uint8 batches, LR made for the whole batch by batch_to_device. The mode
+suite_cached_default_allocator shows what keep_freed_memory adds. Prints one JSON line per mode and a readable
+summary.
 """
 import argparse
 import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +80,35 @@ def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit):
     return step
 
 
+MODES = ('tutorial', 'suite_cached', 'suite_streaming_4_crops', 'suite_cached_default_allocator')
+
+
+def run_mode(mode, args):
+    """In this (fresh) process: set up ``mode`` on --folder and print its patches/s on one thread."""
+    torch.set_num_threads(1)
+    if mode in ('suite_cached', 'suite_streaming_4_crops'):
+        utils.keep_freed_memory()
+    with tempfile.TemporaryDirectory() as lists:
+        utils.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
+        if mode == 'tutorial':
+            step = tutorial_step(datasets.read_data_list(lists, 'train'), args.crop_size, args.scale, args.batch_size)
+        elif mode == 'suite_streaming_4_crops':
+            step = suite_step(lists, args.crop_size, args.scale, args.batch_size, 0, 4)
+        else:
+            step = suite_step(lists, args.crop_size, args.scale, args.batch_size, None, None)
+        print(json.dumps({'mode': mode, 'rate': measure(step, args.seconds)}))
+
+
+def spawn(mode, args):
+    command = [sys.executable, os.path.abspath(__file__), '--mode', mode, '--folder', args.folder, '--crop-size',
+               str(args.crop_size), '--scale', str(args.scale), '--seconds', str(args.seconds), '--batch-size',
+               str(args.batch_size)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])['rate']
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--folder', default=os.path.join(SHARED, 'BSD200'))
@@ -85,30 +117,29 @@ def main():
     parser.add_argument('--seconds', type=float, default=3., help='length of each measurement')
     parser.add_argument('--rounds', type=int, default=3, help='alternating rounds; the median rate counts')
     parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--mode', choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not os.path.isdir(args.folder):
         sys.exit(f"{args.folder} not found: pass --folder DIR with training images")
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as lists:
-        utils.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
-        paths = datasets.read_data_list(lists, 'train')
-        steps = {'tutorial': tutorial_step(paths, args.crop_size, args.scale, args.batch_size),
-                 'suite_cached': suite_step(lists, args.crop_size, args.scale, args.batch_size, None, None),
-                 'suite_streaming_4_crops': suite_step(lists, args.crop_size, args.scale, args.batch_size, 0, 4)}
-        rates = {mode: [] for mode in steps}
-        for _ in range(args.rounds):  # alternating, so that a busy moment hits every mode alike
-            for mode, step in steps.items():
-                rates[mode].append(measure(step, args.seconds))
-    ref, cached, streaming = (statistics.median(rates[m]) for m in steps)
+    if args.mode:
+        return run_mode(args.mode, args)
+    rates = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):  # alternating, so that a busy moment hits every mode alike
+        for mode in MODES:
+            rates[mode].append(spawn(mode, args))
+    median = {mode: statistics.median(r) for mode, r in rates.items()}
+    ref = median['tutorial']
     common = {'folder': os.path.basename(os.path.normpath(args.folder)), 'crop_size': args.crop_size,
               'scale': args.scale, 'threads': 1, 'date': time.strftime('%Y-%m-%d')}
-    for mode, rate in zip(steps, (ref, cached, streaming)):
-        print(json.dumps({'benchmark': 'data_pipeline', 'mode': mode, 'patches_per_s_per_core': round(rate, 1),
-                          'vs_tutorial': round(rate / ref, 1), 'rounds': [round(r, 1) for r in rates[mode]],
+    for mode in MODES:
+        print(json.dumps({'benchmark': 'data_pipeline', 'mode': mode, 'patches_per_s_per_core': round(median[mode], 1),
+                          'vs_tutorial': round(median[mode] / ref, 1), 'rounds': [round(r, 1) for r in rates[mode]],
                           **common}))
+    cached, streaming, plain = (median[m] for m in MODES[1:])
     print(f"data pipeline, {common['folder']}, crop {args.crop_size}, x{args.scale}, one core: tutorial "
           f"{ref:.0f} patches/s; suite cached {cached:.0f} ({cached / ref:.1f}x); suite streaming, 4 crops per "
-          f"decode {streaming:.0f} ({streaming / ref:.1f}x)")
+          f"decode {streaming:.0f} ({streaming / ref:.1f}x); suite cached without keep_freed_memory {plain:.0f} "
+          f"({plain / ref:.1f}x)")
 
 
 if __name__ == '__main__':

@@ -3,14 +3,22 @@
     python benchmarks/bench_train.py                      # CPU (or the default device), batch 16, 96-px crops
     python benchmarks/bench_train.py --device cuda --batch-size 64 --compile
 
-Both sides run the same model on the same random batches, in one process, alternating so that machine load
-hits both alike. The reference is written here as the tutorial wrote it (imagenet-norm LR in, [-1, 1] out,
-MSE, Adam, fp32, NCHW, eager). The suite side uses the suite's own pieces: resolve_speed_args (--amp auto,
-channels_last), utils.autocast, model_io. Prints one JSON line and one readable line.
+Each side runs in its own fresh process, as a user would run it (the suite's scripts tune the process's memory
+allocator; the tutorial does not), on the same random batches; the processes alternate round by round so that
+machine load hits both alike, and the best round of each counts. The reference is written here as the tutorial
+wrote it (imagenet-norm LR in, [-1, 1] out, MSE, Adam, fp32, NCHW, eager). The suite side uses the suite's own
+pieces, as train_srresnet.py does without --faithful: keep_freed_memory, resolve_speed_args (--amp auto,
+channels_last), use_tail_before_shuffle, utils.autocast, model_io.
+
+Also prints the fp32 ceiling: the step's multiply-adds (torch's FlopCounterMode) at the rate of a large fp32 matrix
+product on this device, i.e. the step time if every op ran as fast as the best-case GEMM. A speedup target above
+tutorial / ceiling cannot be met in fp32; only lower precision (native bf16 or fp16) goes past it.
+Prints one JSON line and one readable line.
 """
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -45,11 +53,83 @@ def suite_step(model, optimizer, lr01, hr01, speed, device):
     return loss
 
 
-def timed(step, n):
-    t0 = utils.timer()
-    for _ in range(n):
+def batches(args, device):
+    torch.manual_seed(0)
+    n, c = args.batch_size, args.crop_size
+    return torch.rand(n, 3, c // 4, c // 4, device=device), torch.rand(n, 3, c, c, device=device)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def build_side(side, args, device):
+    """The step callable of one side, with its own model and optimizer (seed 0), and the suite's settings."""
+    lr01, hr01 = batches(args, device)
+    torch.manual_seed(0)
+    model = models.SRResNet().to(device)
+    if side == 'tutorial':
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        lr_norm = utils.convert_image(lr01, '[0, 1]', 'imagenet-norm')
+        hr_pm1 = utils.convert_image(hr01, '[0, 1]', '[-1, 1]')
+        return lambda: tutorial_step(model, optimizer, lr_norm, hr_pm1), {}
+    utils.keep_freed_memory()
+    speed = utils.resolve_speed_args(argparse.Namespace(faithful=False, amp=args.amp, channels_last=None,
+                                                        compile=args.compile, tail_before_shuffle=None), device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.use_tail_before_shuffle(speed.tail_before_shuffle)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    net = torch.compile(model) if args.compile else model
+    settings = {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile,
+                'tail_before_shuffle': model.tail_before_shuffle, 'allocator': 'keep_freed_memory'}
+    return lambda: suite_step(net, optimizer, lr01, hr01, speed, device), settings
+
+
+def run_side(side, args):
+    """In this (fresh) process: warm up, time --steps steps, print one JSON line."""
+    device = utils.pick_device(args.device)
+    step, settings = build_side(side, args, device)
+    for _ in range(args.warmup):  # first steps: allocator growth, kernel selection, compilation
         step()
-    return (utils.timer() - t0) / n
+    sync(device)
+    t0 = utils.timer()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    print(json.dumps({'side': side, 's_per_step': (utils.timer() - t0) / args.steps, 'settings': settings,
+                      'threads': torch.get_num_threads(), 'device': str(device)}))
+
+
+def fp32_ceiling(args, device):
+    """(GFLOP per training step, fp32 GEMM GFLOP/s on this device): the best case any fp32 implementation meets."""
+    from torch.utils.flop_counter import FlopCounterMode
+    lr01, hr01 = batches(args, device)
+    model = models.SRResNet().to(device)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.mse_loss(model(lr01), hr01).backward()
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    a @ b
+    best = float('inf')
+    for _ in range(5):  # the best of 5 trials: the machine's rate, not its load
+        sync(device)
+        t0 = utils.timer()
+        for _ in range(4):
+            a @ b
+        sync(device)
+        best = min(best, (utils.timer() - t0) / 4)
+    return counter.get_total_flops() / 1e9, 2 * 2048 ** 3 / best / 1e9
+
+
+def spawn(side, args):
+    command = [sys.executable, os.path.abspath(__file__), '--side', side, '--device', args.device,
+               '--batch-size', str(args.batch_size), '--crop-size', str(args.crop_size), '--steps', str(args.steps),
+               '--warmup', str(args.warmup), '--amp', args.amp] + (['--compile'] if args.compile else [])
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{side} side failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -58,53 +138,41 @@ def main():
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--crop-size', type=int, default=96)
     parser.add_argument('--steps', type=int, default=5, help='timed steps per round')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps at the start of each process')
     parser.add_argument('--rounds', type=int, default=3, help='alternating rounds; the best round counts')
     parser.add_argument('--amp', default='auto', choices=('auto', 'off', 'bf16', 'fp16'))
     parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--side', choices=('tutorial', 'suite'), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = utils.pick_device(args.device)
-    speed = utils.resolve_speed_args(argparse.Namespace(faithful=False, amp=args.amp, channels_last=None,
-                                                        compile=args.compile), device)
-    torch.manual_seed(0)
-    n, c = args.batch_size, args.crop_size
-    lr01 = torch.rand(n, 3, c // 4, c // 4, device=device)
-    hr01 = torch.rand(n, 3, c, c, device=device)
-
-    ref_model = models.SRResNet().to(device)
-    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-4)
-    lr_norm = utils.convert_image(lr01, '[0, 1]', 'imagenet-norm')
-    hr_pm1 = utils.convert_image(hr01, '[0, 1]', '[-1, 1]')
-
-    model = models.SRResNet().to(device)
-    if speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    net = torch.compile(model) if args.compile else model
-
-    def ref():
-        return tutorial_step(ref_model, ref_opt, lr_norm, hr_pm1)
-
-    def suite():
-        return suite_step(net, optimizer, lr01, hr01, speed, device)
-
-    ref(), suite(), suite()  # warm-up (and compilation)
-    ref_times, suite_times = [], []
+    if args.side:
+        return run_side(args.side, args)
+    runs = {'tutorial': [], 'suite': []}
     for _ in range(args.rounds):
-        ref_times.append(timed(ref, args.steps))
-        suite_times.append(timed(suite, args.steps))
-    ref_s, suite_s = min(ref_times), min(suite_times)
+        for side in runs:
+            runs[side].append(spawn(side, args))
+    ref_s, suite_s = (min(r['s_per_step'] for r in runs[side]) for side in runs)
+    device = utils.pick_device(args.device)
+    gflop, gemm = fp32_ceiling(args, device)
+    floor_s = gflop / gemm
+    n, c = args.batch_size, args.crop_size
     result = {
-        'benchmark': 'train_step_srresnet_x4', 'device': str(device), 'torch': torch.__version__,
-        'threads': torch.get_num_threads(), 'batch_size': n, 'crop_size': c,
-        'suite_settings': {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile},
+        'benchmark': 'train_step_srresnet_x4', 'device': runs['suite'][0]['device'], 'torch': torch.__version__,
+        'threads': runs['suite'][0]['threads'], 'batch_size': n, 'crop_size': c,
+        'suite_settings': runs['suite'][0]['settings'],
         'reference_s_per_step': round(ref_s, 4), 'suite_s_per_step': round(suite_s, 4),
         'reference_patches_per_s': round(n / ref_s, 1), 'suite_patches_per_s': round(n / suite_s, 1),
-        'speedup': round(ref_s / suite_s, 2), 'date': time.strftime('%Y-%m-%d'),
+        'speedup': round(ref_s / suite_s, 2),
+        'rounds': {side: [round(r['s_per_step'], 4) for r in runs[side]] for side in runs},
+        'gflop_per_step': round(gflop, 1), 'fp32_gemm_gflop_per_s': round(gemm, 1),
+        'fp32_floor_s_per_step': round(floor_s, 4), 'fp32_speedup_ceiling': round(ref_s / floor_s, 2),
+        'date': time.strftime('%Y-%m-%d'),
     }
     print(json.dumps(result))
-    print(f"train step SRResNet x4, batch {n}, {c}px, {device}: tutorial fp32 NCHW {ref_s:.3f} s/step, "
-          f"suite (amp {speed.amp}, channels_last {speed.channels_last}, compile {args.compile}) {suite_s:.3f} "
-          f"s/step: {ref_s / suite_s:.2f}x")
+    s = result['suite_settings']
+    print(f"train step SRResNet x4, batch {n}, {c}px, {result['device']}: tutorial fp32 NCHW {ref_s:.3f} s/step, "
+          f"suite (amp {s['amp']}, channels_last {s['channels_last']}, compile {s['compile']}) {suite_s:.3f} s/step: "
+          f"{ref_s / suite_s:.2f}x; fp32 ceiling {gflop:.0f} GFLOP at {gemm:.0f} GFLOP/s = {floor_s:.3f} s/step, "
+          f"at most {ref_s / floor_s:.2f}x")
 
 
 if __name__ == '__main__':

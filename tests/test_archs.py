@@ -7,7 +7,7 @@ from torch import nn
 import models
 from conftest import run_script
 from train_srresnet import build_parser, build_training, resolve_args
-from utils import Dist, load_checkpoint
+from utils import Dist, load_checkpoint, resolve_speed_args
 
 TINY_OPTS = {
     'srresnet': ['--n-blocks', 2, '--n-channels', 8],
@@ -45,6 +45,13 @@ def test_loss_flag_selects_the_criterion(loss, criterion):
     args = args_for('--arch', 'espcn', '--scale', 3, '--loss', loss, '--channels-last')
     *_, built = build_training(args, Dist())
     assert isinstance(built, criterion)
+
+
+@pytest.mark.parametrize('argv, on', [((), True), (('--faithful',), False), (('--no-tail-before-shuffle',), False)])
+def test_tail_before_shuffle_is_on_by_default_and_off_when_faithful(argv, on):
+    args = resolve_speed_args(args_for('--n-blocks', 2, '--n-channels', 8, *argv), torch.device('cpu'))
+    model, *_ = build_training(args, Dist())
+    assert model.tail_before_shuffle is on
 
 
 @pytest.mark.parametrize('arch, scale', [('srresnet', 3), ('srresnet', 5), ('espcn', 5), ('edsr', 6)])

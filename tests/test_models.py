@@ -165,6 +165,38 @@ def test_tutorial_state_dict_loads_unchanged_and_gives_identical_outputs():
     assert torch.equal(ours.eval()(x), tut.eval()(x))
 
 
+@pytest.mark.parametrize('scale,channels_last', [(2, False), (4, True), (8, False)])
+def test_tail_before_shuffle_same_outputs_and_gradients(scale, channels_last):
+    """The training-speed rewrite computes the tutorial's function: outputs and every parameter's gradient match
+    the tutorial's order (train mode, batch statistics), and the state_dict is untouched."""
+    torch.manual_seed(scale)
+    ref = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=scale)
+    fast = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=scale)
+    fast.load_state_dict(ref.state_dict())
+    assert fast.use_tail_before_shuffle() and not ref.tail_before_shuffle
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    x = torch.randn(3, 3, 7, 6)
+    if channels_last:
+        fast, x_fast = fast.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    else:
+        x_fast = x
+    target = torch.rand(3, 3, 7 * scale, 6 * scale) * 2 - 1
+    out_ref, out_fast = ref(x), fast(x_fast)
+    torch.testing.assert_close(out_fast, out_ref, rtol=0, atol=1e-5)
+    nn.functional.mse_loss(out_ref, target).backward()
+    nn.functional.mse_loss(out_fast, target).backward()
+    for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_tail_before_shuffle_stays_off_when_it_would_change_the_function():
+    model = models.SRResNet(n_channels=8, n_blocks=1, scaling_factor=2)
+    model.subpixel_convolutional_blocks[-1].prelu = nn.PReLU(8)  # per-channel: does not commute with the shuffle
+    assert model.use_tail_before_shuffle() is False and model.tail_before_shuffle is False
+    even = models.SRResNet(large_kernel_size=4, n_channels=8, n_blocks=1, scaling_factor=2)
+    assert even.use_tail_before_shuffle() is False  # padding 2 around a 4x4 kernel is not 'same'
+
+
 # ---- the registry and the other architectures ---------------------------------------------------------
 
 def test_build_model_records_full_config_and_rejects_bad_input():

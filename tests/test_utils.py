@@ -1,5 +1,9 @@
 """convert_image and colour math against hand-computed values, the tutorial's transforms, small helpers."""
+import os
+import platform
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +159,31 @@ def test_model_io_for_rgb_and_y_models():
     assert torch.allclose(target[:, 0], y, atol=1e-6)
     x, _ = utils.model_io(models.ARCHS['espcn'], lr, hr, 3)
     assert x.shape == (2, 1, 4, 5)
+
+
+KEEP_FREED_PROBE = """
+import sys, torch, utils
+def rss_mib():
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith('VmRSS:'))
+applied = utils.keep_freed_memory() if sys.argv[1] == 'keep' else None
+x = torch.ones(64, 2 ** 20)  # 256 MiB, every page touched
+before = rss_mib()
+del x
+print(applied, before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
+                    reason='keep_freed_memory tunes glibc malloc; a no-op elsewhere')
+def test_keep_freed_memory_keeps_a_freed_large_tensor_for_reuse():
+    """Default glibc returns a freed 256 MiB tensor to the OS at once; after keep_freed_memory the process keeps it
+    (so the next large tensor reuses those pages instead of faulting in fresh ones)."""
+    def run(mode):
+        out = subprocess.run([sys.executable, '-c', KEEP_FREED_PROBE, mode], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
+        applied, released = out.stdout.split()
+        return applied, float(released)
+    assert run('default')[1] > 200  # MiB given back by free()
+    applied, released = run('keep')
+    assert applied == 'True' and released < 20
