@@ -47,9 +47,9 @@ from PIL import Image
 import models
 from datasets import read_data_list
 from utils import (ImageTransforms, Upscaler, UserError, atomic_write_text, convert_image, convert_legacy_checkpoint,
-                   dataset_name, gray_uint8, imresize, is_grayscale_file, keep_freed_memory, list_image_files,
-                   load_image, load_sr_model, make_parser, modcrop, pick_device, pil_to_tensor, psnr, rgb_to_y_uint8,
-                   run_cli, ssim, standard_protocol, timer, tutorial_metrics)
+                   dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, load_sr_model,
+                   make_parser, modcrop, pick_device, pil_to_tensor, psnr, rgb_to_y_uint8, run_cli, ssim,
+                   standard_protocol, timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 BASELINES = ('bicubic', 'bicubic-rgb')
@@ -471,7 +471,6 @@ def main(argv=None):
     if args.convert_legacy:
         return convert_legacy(*args.convert_legacy)
     device = pick_device(args.device)
-    keep_freed_memory()  # large CPU tensors reuse memory instead of faulting in fresh pages
     test_sets = resolve_test_sets(args)
     method = load_method(args, device)
     meta = {'name': method.label, 'model': method.arch, 'checkpoint': getattr(method, 'checkpoint', None),

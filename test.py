@@ -38,8 +38,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from utils import (IMAGE_EXTENSIONS, UserError, Upscaler, atomic_write, auto_memory_budget, bicubic_upscale,
-                   describe_checkpoint, keep_freed_memory, list_image_files, load_checkpoint, load_image,
-                   load_sr_model, make_parser, parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
+                   describe_checkpoint, list_image_files, load_checkpoint, load_image, load_sr_model, make_parser,
+                   parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
 
 OUTPUT_KINDS = ('bicubic', 'compare')
 
@@ -220,7 +220,6 @@ def main():
     if args.tile_overlap < 0:
         raise UserError(f"--tile-overlap {args.tile_overlap}: must be >= 0")
     device = pick_device(args.device)
-    keep_freed_memory()  # large CPU tensors reuse memory instead of faulting in fresh pages
     upscaler, label, scale = load_upscaler(args, device)
     paths = find_inputs(args.image, args.output_dir, label)
     sizes = check_inputs(paths, upscaler.min_input_size())

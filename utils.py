@@ -1586,8 +1586,9 @@ def keep_freed_memory():
     By default every CPU tensor over a few MB is a fresh mmap: its pages are faulted in (and zeroed by the kernel)
     on first touch and unmapped when it is freed, so each large elementwise op pays for that again. With the
     mmap threshold at 1 GiB and no heap trimming, a training step reuses the previous step's memory; the process
-    keeps its peak footprint. Measured here: a 38 MB clone 3x faster, the cached data pipeline 1.5x faster
-    (benchmarks/bench_data.py --allocator default). No effect on results; a no-op away from glibc (macOS,
+    keeps its peak footprint (and on varied shapes some fragmentation: the inference scripts do not call this).
+    Measured here: a 38 MB clone 3x faster, the cached data pipeline 1.6x faster (benchmarks/bench_data.py,
+    suite_cached against suite_cached_default_allocator). No effect on results; a no-op away from glibc (macOS,
     Windows, musl).
     """
     try:

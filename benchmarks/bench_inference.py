@@ -7,11 +7,10 @@
     python benchmarks/bench_inference.py --accuracy-image ../shared/data/Set14/baboon.png --sizes   # PSNRs only
 
 Model: a full-size SRResNet x4 (16 blocks, 64 channels) with random weights (seed 0); input: a synthetic
-SIZE x SIZE RGB image. Every case runs in a fresh Python process (the suite's cases with keep_freed_memory, as
-test.py runs), so its peak RSS (the kernel's ru_maxrss of that process from wait4, which includes the ~0.7 GB that
-importing torch maps) is its own. Each process first warms up on a 64 x 64 image, then times an upscale from a PIL
-image to a PIL image (model time plus conversions, no file I/O): the best of --repeat runs for sizes up to 1024 px,
-a single run above.
+SIZE x SIZE RGB image. Every case runs in a fresh Python process, so its peak RSS (the kernel's ru_maxrss of that
+process from wait4, which includes the ~0.7 GB that importing torch maps) is its own. Each process first warms up on a
+64 x 64 image, then times an upscale from a PIL image to a PIL image (model time plus conversions, no file I/O):
+the best of --repeat runs for sizes up to 1024 px, a single run above.
 
 Cases:
   reference      the tutorial: convert_image(img, 'pil', 'imagenet-norm'), fp32, NCHW, the whole image at once,
@@ -114,9 +113,6 @@ def worker(case, size, args):
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    if case != 'reference':  # as test.py and eval.py do; the tutorial keeps glibc's default
-        from utils import keep_freed_memory
-        keep_freed_memory()
     model = build_model()
     run = reference_pipeline(model) if case == 'reference' else suite_pipeline(model, **case_options(case, args))
     run(synthetic_image(64))  # warm-up: library initialisation, first-call costs

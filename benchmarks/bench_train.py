@@ -10,9 +10,11 @@ wrote it (imagenet-norm LR in, [-1, 1] out, MSE, Adam, fp32, NCHW, eager). The s
 pieces, as train_srresnet.py does without --faithful: keep_freed_memory, resolve_speed_args (--amp auto,
 channels_last), use_tail_before_shuffle, utils.autocast, model_io.
 
-Also prints the fp32 ceiling: the step's multiply-adds (torch's FlopCounterMode) at the rate of a large fp32 matrix
-product on this device, i.e. the step time if every op ran as fast as the best-case GEMM. A speedup target above
-tutorial / ceiling cannot be met in fp32; only lower precision (native bf16 or fp16) goes past it.
+Also prints the fp32 ceiling: the step's floating-point operations (torch's FlopCounterMode: convolutions and
+matrix products, forward and backward) at the rate of a large fp32 matrix product on this device, i.e. the step
+time if every convolution ran as fast as the best-case GEMM and everything else took no time. No fp32 direct
+convolution beats that ceiling; only lower precision (native bf16 or fp16) or fewer multiplications (Winograd
+convolutions, which the CPU backend does not use for these layers) go past it.
 Prints one JSON line and one readable line.
 """
 import argparse
@@ -171,8 +173,8 @@ def main():
     s = result['suite_settings']
     print(f"train step SRResNet x4, batch {n}, {c}px, {result['device']}: tutorial fp32 NCHW {ref_s:.3f} s/step, "
           f"suite (amp {s['amp']}, channels_last {s['channels_last']}, compile {s['compile']}) {suite_s:.3f} s/step: "
-          f"{ref_s / suite_s:.2f}x; fp32 ceiling {gflop:.0f} GFLOP at {gemm:.0f} GFLOP/s = {floor_s:.3f} s/step, "
-          f"at most {ref_s / floor_s:.2f}x")
+          f"{ref_s / suite_s:.2f}x; fp32 ceiling: {gflop:.0f} GFLOP at the {gemm:.0f} GFLOP/s of a large GEMM = "
+          f"{floor_s:.3f} s/step, {ref_s / floor_s:.2f}x")
 
 
 if __name__ == '__main__':
