@@ -8,7 +8,6 @@ EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tai
 
 Nothing here picks a device or touches the network at import time.
 """
-import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -54,18 +53,18 @@ def before_shuffle_qualifies(conv):
             and conv.groups == 1 and conv.padding == (k // 2, k // 2) and conv.padding_mode == 'zeros')
 
 
-@functools.lru_cache(maxsize=None)
-def _before_shuffle_index(kernel_size, in_channels, out_channels, r, device):
-    """Where each tap of a K x K conv applied after PixelShuffle(r) lands in the equal conv applied before it.
+def before_shuffle_index(conv, r):
+    """Where each tap of ``conv`` applied after PixelShuffle(r) lands in the equal conv applied before it.
 
-    Returns (index, padding). index: (out * r^2, in * r^2, K', K') int64 positions in the flattened (out, in, K, K)
-    weight, out * in * K * K (one past its end) where the new kernel is zero; K' = 2 * ceil((K // 2) / r) + 1.
-    Channel o * r^2 + a * r + b is sub-position (a, b) of channel o, pixel_shuffle's order, on both sides.
+    conv must satisfy before_shuffle_qualifies. Returns (index, padding). index: (out * r^2, in * r^2, K', K')
+    int64 positions in conv's flattened (out, in, K, K) weight, out * in * K * K (one past its end) where the new
+    kernel is zero; K' = 2 * ceil((K // 2) / r) + 1. Channel o * r^2 + a * r + b is sub-position (a, b) of channel
+    o, pixel_shuffle's order, on both sides.
     """
-    k, p = kernel_size, kernel_size // 2
+    k, p = conv.kernel_size[0], conv.kernel_size[0] // 2
     lo, hi = (-p) // r, (r - 1 + k - 1 - p) // r  # tap offsets on the coarse grid; -lo == hi for odd k
-    taps = torch.arange(out_channels * in_channels * k * k).view(out_channels, in_channels, k, k)
-    index = torch.full((out_channels * r * r, in_channels * r * r, hi - lo + 1, hi - lo + 1), taps.numel())
+    taps = torch.arange(conv.weight.numel()).view(conv.out_channels, conv.in_channels, k, k)
+    index = torch.full((conv.out_channels * r * r, conv.in_channels * r * r, hi - lo + 1, hi - lo + 1), taps.numel())
     for a in range(r):  # output sub-position (a, b) within each r x r block
         for b in range(r):
             for dy in range(k):
@@ -73,22 +72,21 @@ def _before_shuffle_index(kernel_size, in_channels, out_channels, r, device):
                 for dx in range(k):
                     v, b2 = divmod(b + dx - p, r)
                     index[a * r + b::r * r, a2 * r + b2::r * r, u - lo, v - lo] = taps[:, :, dy, dx]
-    return index.to(device), -lo
+    return index.to(conv.weight.device), -lo
 
 
-def conv_before_shuffle(conv, r):
-    """(weight, bias, padding) of the convolution on the grid before PixelShuffle(r) that equals ``conv`` after it:
+def conv_before_shuffle(conv, r, index):
+    """(weight, bias) of the convolution on the grid before PixelShuffle(r) that equals ``conv`` after it:
     ``conv(pixel_shuffle(z, r)) == pixel_shuffle(F.conv2d(z, weight, bias, padding=padding), r)`` up to float
-    rounding. Built from conv's own parameters by indexing, so gradients flow back to them.
+    rounding, with (index, padding) from before_shuffle_index. Built from conv's own parameters by indexing, so
+    gradients flow back to them.
 
-    conv must satisfy before_shuffle_qualifies. SRResNet's last 9x9 64 -> 3 conv at 4x becomes 5x5 256 -> 12 at 2x:
-    more multiply-adds on zeros, but a shape CPUs run ~1.7x faster (3 output channels waste most of a SIMD tile).
+    SRResNet's last 9x9 64 -> 3 conv at 4x becomes 5x5 256 -> 12 at 2x: more multiply-adds on zeros, but a shape
+    CPUs run ~1.7x faster (3 output channels waste most of a SIMD tile).
     """
-    index, padding = _before_shuffle_index(conv.kernel_size[0], conv.in_channels, conv.out_channels, r,
-                                           conv.weight.device)
     weight = torch.cat([conv.weight.flatten(), conv.weight.new_zeros(1)])[index]
     bias = None if conv.bias is None else conv.bias.repeat_interleave(r * r)
-    return weight, bias, padding
+    return weight, bias
 
 
 class SubPixelConvolutionalBlock(nn.Module):
@@ -145,9 +143,11 @@ class SRResNet(nn.Module):
         parameters up to float rounding, and a CPU training step ~20% faster. Off (the tutorial's order) by
         default. Returns whether it is on: it stays off for a PReLU with per-channel weights, which would not
         commute with the shuffle."""
-        last = self.subpixel_convolutional_blocks[-1]
-        self.tail_before_shuffle = bool(enabled and last.prelu.num_parameters == 1
-                                        and before_shuffle_qualifies(self.conv_block3.conv_block[0]))
+        last, conv = self.subpixel_convolutional_blocks[-1], self.conv_block3.conv_block[0]
+        self.tail_before_shuffle = bool(enabled and last.prelu.num_parameters == 1 and before_shuffle_qualifies(conv))
+        if self.tail_before_shuffle:  # a buffer follows the model's device; not saved, so checkpoints stay the same
+            index, self.tail_padding = before_shuffle_index(conv, last.pixel_shuffle.upscale_factor)
+            self.register_buffer('tail_index', index, persistent=False)
         return self.tail_before_shuffle
 
     def forward(self, lr_imgs):
@@ -166,10 +166,10 @@ class SRResNet(nn.Module):
             x = block(x)  # (N, n_channels, s*h/r, s*w/r)
         r = last.pixel_shuffle.upscale_factor
         x = last.prelu(last.conv(x))  # (N, n_channels * r^2, s*h/r, s*w/r); a 1-weight PReLU commutes with shuffle
-        weight, bias, padding = conv_before_shuffle(self.conv_block3.conv_block[0], r)
+        weight, bias = conv_before_shuffle(self.conv_block3.conv_block[0], r, self.tail_index)
         if x.is_contiguous(memory_format=torch.channels_last):
             weight = weight.contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, weight, bias, padding=padding)  # (N, 3 * r^2, s*h/r, s*w/r)
+        x = F.conv2d(x, weight, bias, padding=self.tail_padding)  # (N, 3 * r^2, s*h/r, s*w/r)
         return self.conv_block3.conv_block[1](F.pixel_shuffle(x, r))  # (N, 3, s*h, s*w), in [-1, 1]
 
 

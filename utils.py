@@ -1022,7 +1022,8 @@ def subpixel_conv(conv, r):
     if not models.before_shuffle_qualifies(conv):
         return None
     with torch.no_grad():
-        weight, bias, padding = models.conv_before_shuffle(conv, r)
+        index, padding = models.before_shuffle_index(conv, r)
+        weight, bias = models.conv_before_shuffle(conv, r, index)
         new = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=padding,
                               bias=bias is not None, device=weight.device, dtype=weight.dtype)
         new.weight.copy_(weight)
