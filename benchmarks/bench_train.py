@@ -165,7 +165,7 @@ def main():
         'reference_patches_per_s': round(n / ref_s, 1), 'suite_patches_per_s': round(n / suite_s, 1),
         'speedup': round(ref_s / suite_s, 2),
         'rounds': {side: [round(r['s_per_step'], 4) for r in runs[side]] for side in runs},
-        'gflop_per_step': round(gflop, 1), 'fp32_gemm_gflop_per_s': round(gemm, 1),
+        'gflop_per_step': round(gflop, 3), 'fp32_gemm_gflop_per_s': round(gemm, 1),
         'fp32_floor_s_per_step': round(floor_s, 4), 'fp32_speedup_ceiling': round(ref_s / floor_s, 2),
         'date': time.strftime('%Y-%m-%d'),
     }
