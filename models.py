@@ -21,6 +21,53 @@ from torch import nn
 # ----------------------------------------------------------------------------------------------
 
 
+class _PReLUFunction(torch.autograd.Function):
+    """PReLU with one weight, whose backward is two vectorised passes (see PReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return F.prelu(x, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.leaky_relu_backward(grad, x, weight.item(), False)  # x > 0 ? g : a * g
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * x.clamp(max=0)).sum().reshape(weight.shape)  # sum of g * x over x <= 0
+        return grad_x, grad_weight
+
+
+class PReLU(nn.PReLU):
+    """nn.PReLU (same parameter, same state_dict) with an optional faster backward on the CPU.
+
+    torch's CPU PReLU backward is a scalar loop that also writes a full-size tensor for the weight's gradient:
+    2.5-4x slower than two vectorised passes, and ~14% of an SRResNet training step (torch.profiler). With
+    ``fast_backward`` (set by use_fast_prelu) a one-weight PReLU on fp32 CPU tensors computes the input's
+    gradient with leaky_relu's backward (bit for bit the same) and the weight's as sum(g * min(x, 0)) (the same
+    sum, in another order). Everywhere else (CUDA, bf16, torch.compile, per-channel weights, no grad) it is
+    nn.PReLU.
+    """
+    fast_backward = False
+
+    def forward(self, x):
+        if (self.fast_backward and self.num_parameters == 1 and x.device.type == 'cpu' and x.dtype == torch.float32
+                and torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+            return _PReLUFunction.apply(x, self.weight)
+        return super().forward(x)
+
+
+def use_fast_prelu(model, enabled=True):
+    """Switch PReLU.fast_backward on (or off) in every PReLU of ``model``; returns how many there are."""
+    prelus = [m for m in model.modules() if isinstance(m, PReLU)]
+    for m in prelus:
+        m.fast_backward = bool(enabled)
+    return len(prelus)
+
+
 class ConvolutionalBlock(nn.Module):
     """Conv (same padding) -> optional BatchNorm -> optional PReLU / LeakyReLU(0.2) / Tanh."""
 
@@ -34,7 +81,7 @@ class ConvolutionalBlock(nn.Module):
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         if activation == 'prelu':
-            layers.append(nn.PReLU())
+            layers.append(PReLU())
         elif activation == 'leakyrelu':
             layers.append(nn.LeakyReLU(0.2))
         elif activation == 'tanh':
@@ -96,7 +143,7 @@ class SubPixelConvolutionalBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
         self.pixel_shuffle = nn.PixelShuffle(upscale_factor=scaling_factor)
-        self.prelu = nn.PReLU()
+        self.prelu = PReLU()
 
     def forward(self, x):
         x = self.conv(x)  # (N, n_channels * s^2, h, w)

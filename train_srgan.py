@@ -201,6 +201,7 @@ def build_networks(args, dist):
         generator.net.load_state_dict(args.srresnet_state)
     if args.tail_before_shuffle:
         generator.net.use_tail_before_shuffle()  # same function, a faster step
+    models.use_fast_prelu(generator, args.fast_prelu)
     if args.channels_last:
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)

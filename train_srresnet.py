@@ -169,6 +169,7 @@ def build_training(args, dist):
         model = model.to(memory_format=torch.channels_last)
     if args.tail_before_shuffle and isinstance(model, models.SRResNet):
         model.use_tail_before_shuffle()  # same function, a faster step
+    models.use_fast_prelu(model, args.fast_prelu)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     if args.lr_schedule == 'cosine':
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)

@@ -1543,6 +1543,9 @@ def add_training_args(parser, archs=None):
     g.add_argument('--tail-before-shuffle', action=argparse.BooleanOptionalAction, default=None,
                    help="SRResNet/SRGAN: run the last 9x9 conv before the last pixel shuffle, the same function "
                         "(default: on, off with --faithful)")
+    g.add_argument('--fast-prelu', action=argparse.BooleanOptionalAction, default=None,
+                   help="PReLU's CPU backward as two vectorised passes, the same gradients up to summation order "
+                        "(default: on, off with --faithful)")
     g.add_argument('--cache-gb', type=float,
                    help='decode the training images once into RAM when they fit in this many GiB '
                         '(default: a quarter of RAM); otherwise decode on each visit')
@@ -1607,13 +1610,16 @@ def keep_freed_memory():
 def resolve_speed_args(args, device):
     """Fill 'auto' speed flags for this device; --faithful forces the tutorial's fp32 NCHW eager loop."""
     if args.faithful:
-        if args.amp not in ('auto', 'off') or args.channels_last or args.compile or args.tail_before_shuffle:
+        if (args.amp not in ('auto', 'off') or args.channels_last or args.compile or args.tail_before_shuffle
+                or args.fast_prelu):
             raise UserError("--faithful runs the tutorial's fp32 NCHW eager loop: drop --amp/--channels-last/--compile/"
-                            "--tail-before-shuffle")
-        args.amp, args.channels_last, args.tail_before_shuffle = 'off', False, False
+                            "--tail-before-shuffle/--fast-prelu")
+        args.amp, args.channels_last, args.tail_before_shuffle, args.fast_prelu = 'off', False, False, False
         return args
     if args.tail_before_shuffle is None:
         args.tail_before_shuffle = True
+    if args.fast_prelu is None:
+        args.fast_prelu = True
     if args.amp == 'auto':
         args.amp = 'bf16' if native_bf16(device) else 'off'
     if args.amp == 'fp16' and device.type != 'cuda':

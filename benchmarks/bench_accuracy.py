@@ -4,10 +4,10 @@
     python benchmarks/bench_accuracy.py --patches-per-image 24 --device cuda
 
 Every run goes through train_srresnet.py with the same seed, so all runs on the fast pipeline see identical
-patches; only the numerics differ. Runs: 'defaults' (--amp auto, channels_last, tail before shuffle), 'fp32'
-(--amp off --no-channels-last --no-tail-before-shuffle: the tutorial's numerics), 'bf16' (forced, even where the
-CPU emulates it), and 'faithful' (the tutorial's own
-loop and PIL-per-patch pipeline: other random crops, so it differs by sampling noise too). Validation PSNR is
+patches; only the numerics differ. Runs: 'defaults' (--amp auto, channels_last, tail before shuffle, fast
+PReLU backward), 'fp32' (--amp off --no-channels-last --no-tail-before-shuffle --no-fast-prelu: the tutorial's
+numerics), 'bf16' (forced, even where the CPU emulates it), and 'faithful' (the tutorial's own loop and
+PIL-per-patch pipeline: other random crops, so it differs by sampling noise too). Validation PSNR is
 the standard protocol on Set5 (Y, border = scale). Goal: |defaults - fp32| <= 0.05 dB.
 """
 import argparse
@@ -21,7 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
-RUNS = {'defaults': [], 'fp32': ['--amp', 'off', '--no-channels-last', '--no-tail-before-shuffle'],
+RUNS = {'defaults': [], 'fp32': ['--amp', 'off', '--no-channels-last', '--no-tail-before-shuffle', '--no-fast-prelu'],
         'bf16': ['--amp', 'bf16'], 'faithful': ['--faithful']}
 
 

@@ -2,13 +2,14 @@
 
     python benchmarks/bench_train.py                      # CPU (or the default device), batch 16, 96-px crops
     python benchmarks/bench_train.py --device cuda --batch-size 64 --compile
+    python benchmarks/bench_train.py --no-fast-prelu               # one of the suite's rewrites off: what it gives
 
 Each side runs in its own fresh process, as a user would run it (the suite's scripts tune the process's memory
 allocator; the tutorial does not), on the same random batches; the processes alternate round by round so that
 machine load hits both alike, and the best round of each counts. The reference is written here as the tutorial
 wrote it (imagenet-norm LR in, [-1, 1] out, MSE, Adam, fp32, NCHW, eager). The suite side uses the suite's own
 pieces, as train_srresnet.py does without --faithful: keep_freed_memory, resolve_speed_args (--amp auto,
-channels_last), use_tail_before_shuffle, utils.autocast, model_io.
+channels_last), use_tail_before_shuffle, use_fast_prelu, utils.autocast, model_io.
 
 Also prints the fp32 ceiling: the step's floating-point operations (torch's FlopCounterMode: convolutions and
 matrix products, forward and backward) at the rate of a large fp32 matrix product on this device, i.e. the step
@@ -78,14 +79,18 @@ def build_side(side, args, device):
         return lambda: tutorial_step(model, optimizer, lr_norm, hr_pm1), {}
     utils.keep_freed_memory()
     speed = utils.resolve_speed_args(argparse.Namespace(faithful=False, amp=args.amp, channels_last=None,
-                                                        compile=args.compile, tail_before_shuffle=None), device)
+                                                        compile=args.compile,
+                                                        tail_before_shuffle=args.tail_before_shuffle,
+                                                        fast_prelu=args.fast_prelu), device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.use_tail_before_shuffle(speed.tail_before_shuffle)
+    models.use_fast_prelu(model, speed.fast_prelu)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     net = torch.compile(model) if args.compile else model
     settings = {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile,
-                'tail_before_shuffle': model.tail_before_shuffle, 'allocator': 'keep_freed_memory'}
+                'tail_before_shuffle': model.tail_before_shuffle,
+                'fast_prelu': speed.fast_prelu, 'allocator': 'keep_freed_memory'}
     return lambda: suite_step(net, optimizer, lr01, hr01, speed, device), settings
 
 
@@ -128,6 +133,9 @@ def spawn(side, args):
     command = [sys.executable, os.path.abspath(__file__), '--side', side, '--device', args.device,
                '--batch-size', str(args.batch_size), '--crop-size', str(args.crop_size), '--steps', str(args.steps),
                '--warmup', str(args.warmup), '--amp', args.amp] + (['--compile'] if args.compile else [])
+    for flag in ('tail_before_shuffle', 'fast_prelu'):
+        if getattr(args, flag) is not None:
+            command.append(('--' if getattr(args, flag) else '--no-') + flag.replace('_', '-'))
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{side} side failed:\n{out.stderr[-2000:]}")
@@ -144,6 +152,10 @@ def main():
     parser.add_argument('--rounds', type=int, default=3, help='alternating rounds; the best round counts')
     parser.add_argument('--amp', default='auto', choices=('auto', 'off', 'bf16', 'fp16'))
     parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--tail-before-shuffle', action=argparse.BooleanOptionalAction,
+                        help="the suite side's flag of that name (default: the training scripts' default, on)")
+    parser.add_argument('--fast-prelu', action=argparse.BooleanOptionalAction,
+                        help="the suite side's flag of that name (default: the training scripts' default, on)")
     parser.add_argument('--side', choices=('tutorial', 'suite'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:

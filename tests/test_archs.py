@@ -47,11 +47,15 @@ def test_loss_flag_selects_the_criterion(loss, criterion):
     assert isinstance(built, criterion)
 
 
-@pytest.mark.parametrize('argv, on', [((), True), (('--faithful',), False), (('--no-tail-before-shuffle',), False)])
-def test_tail_before_shuffle_is_on_by_default_and_off_when_faithful(argv, on):
+@pytest.mark.parametrize('argv, tail, prelu', [((), True, True), (('--faithful',), False, False),
+                                               (('--no-tail-before-shuffle',), False, True),
+                                               (('--no-fast-prelu',), True, False)])
+def test_training_rewrites_are_on_by_default_and_off_when_faithful(argv, tail, prelu):
     args = resolve_speed_args(args_for('--n-blocks', 2, '--n-channels', 8, *argv), torch.device('cpu'))
     model, *_ = build_training(args, Dist())
-    assert model.tail_before_shuffle is on
+    assert model.tail_before_shuffle is tail
+    prelus = [m for m in model.modules() if isinstance(m, models.PReLU)]
+    assert len(prelus) == 5 and all(m.fast_backward is prelu for m in prelus)
 
 
 @pytest.mark.parametrize('arch, scale', [('srresnet', 3), ('srresnet', 5), ('espcn', 5), ('edsr', 6)])

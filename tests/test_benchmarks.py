@@ -28,10 +28,19 @@ def test_bench_train_runs_both_sides_and_counts_the_step_flops():
     (res,) = json_lines(result.stdout)
     settings = res['suite_settings']
     assert settings['channels_last'] and settings['tail_before_shuffle'] and not settings['compile']
+    assert settings['fast_prelu']
     assert len(res['rounds']['tutorial']) == len(res['rounds']['suite']) == 1 and res['speedup'] > 0
     assert abs(res['gflop_per_step'] - srresnet_x4_step_flops(2, 4) / 1e9) < 1e-3
     floor = res['gflop_per_step'] / res['fp32_gemm_gflop_per_s']  # seconds at large-GEMM speed
     assert abs(res['fp32_floor_s_per_step'] / floor - 1) < 0.05 and res['fp32_speedup_ceiling'] > 0
+
+
+def test_bench_train_passes_the_rewrite_flags_to_the_suite_side():
+    result = run_script('benchmarks/bench_train.py', '--device', 'cpu', '--batch-size', 2, '--crop-size', 16,
+                        '--steps', 1, '--warmup', 0, '--rounds', 1, '--no-fast-prelu', '--no-tail-before-shuffle')
+    assert result.returncode == 0, result.stderr
+    (res,) = json_lines(result.stdout)
+    assert res['suite_settings']['fast_prelu'] is False and res['suite_settings']['tail_before_shuffle'] is False
 
 
 def test_bench_data_measures_every_mode(tiny_dataset):

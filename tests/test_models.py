@@ -166,14 +166,16 @@ def test_tutorial_state_dict_loads_unchanged_and_gives_identical_outputs():
 
 
 @pytest.mark.parametrize('scale,channels_last', [(2, False), (4, True), (8, False)])
-def test_tail_before_shuffle_same_outputs_and_gradients(scale, channels_last):
-    """The training-speed rewrite computes the tutorial's function: outputs and every parameter's gradient match
-    the tutorial's order (train mode, batch statistics), and the state_dict is untouched."""
+def test_training_rewrites_same_outputs_and_gradients(scale, channels_last):
+    """The training-speed rewrites (tail before shuffle, fast PReLU backward) compute the tutorial's function:
+    outputs and every parameter's gradient match the tutorial's order (train mode, batch statistics), and the
+    state_dict is untouched."""
     torch.manual_seed(scale)
     ref = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=scale)
     fast = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=scale)
     fast.load_state_dict(ref.state_dict())
     assert fast.use_tail_before_shuffle() and not ref.tail_before_shuffle
+    assert models.use_fast_prelu(fast) == 3 + int(math.log2(scale))  # head, 2 residual blocks, 1 per x2 upsampler
     assert list(fast.state_dict()) == list(ref.state_dict())
     x = torch.randn(3, 3, 7, 6)
     if channels_last:
@@ -187,6 +189,44 @@ def test_tail_before_shuffle_same_outputs_and_gradients(scale, channels_last):
     nn.functional.mse_loss(out_fast, target).backward()
     for (name, p_ref), p_fast in zip(ref.named_parameters(), fast.parameters()):
         torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fast_prelu_backward_matches_torch(channels_last):
+    """The same output and input gradient bit for bit; the weight gradient equals a float64 sum."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 12, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref, fast = nn.PReLU(init=0.3), models.PReLU(init=0.3)
+    assert models.use_fast_prelu(fast) == 1
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_fast = ref(x_ref), fast(x_fast)
+    assert y_fast.grad_fn.name() == '_PReLUFunctionBackward'  # the fast path ran
+    assert torch.equal(y_fast, y_ref)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_fast.backward(grad)
+    assert torch.equal(x_fast.grad, x_ref.grad)
+    exact = (grad.double() * x.double().clamp(max=0)).sum().reshape(1)
+    torch.testing.assert_close(fast.weight.grad.double(), exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-5, atol=0)
+
+
+def test_fast_prelu_is_torch_prelu_where_it_does_not_apply():
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    prelu, per_channel = models.PReLU(), models.PReLU(4)
+    assert prelu(x).grad_fn.name() != '_PReLUFunctionBackward'  # off until use_fast_prelu
+    models.use_fast_prelu(prelu)
+    models.use_fast_prelu(per_channel)
+    assert prelu(x).grad_fn.name() == '_PReLUFunctionBackward'
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert prelu(x.bfloat16()).grad_fn.name() != '_PReLUFunctionBackward'
+    assert per_channel(x).grad_fn.name() != '_PReLUFunctionBackward'
+    with torch.no_grad():
+        assert torch.equal(prelu(x), nn.functional.prelu(x, prelu.weight))
+    models.use_fast_prelu(prelu, False)
+    assert prelu(x).grad_fn.name() != '_PReLUFunctionBackward'
 
 
 def test_tail_before_shuffle_stays_off_when_it_would_change_the_function():
