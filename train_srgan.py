@@ -19,8 +19,8 @@ from torch import nn
 
 import models
 from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args,
-                   adjust_learning_rate, autocast, batch_to_device, build_train_dataset, check_finite,
-                   close_distributed, convert_image, describe_checkpoint, get_rng_state, init_distributed,
+                   adjust_learning_rate, apply_training_rewrites, autocast, batch_to_device, build_train_dataset,
+                   check_finite, close_distributed, convert_image, describe_checkpoint, get_rng_state, init_distributed,
                    keep_freed_memory, load_checkpoint, log_image_grids, make_parser, make_train_loader, plain_args,
                    positive_int, progress, resolve_speed_args, restore_training_state, run_cli, run_epochs,
                    seed_everything, set_determinism, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
@@ -199,9 +199,7 @@ def build_networks(args, dist):
     discriminator = models.Discriminator(**args.discriminator_config).to(dist.device)
     if args.srresnet_state is not None:
         generator.net.load_state_dict(args.srresnet_state)
-    if args.tail_before_shuffle:
-        generator.net.use_tail_before_shuffle()  # same function, a faster step
-    models.use_fast_prelu(generator, args.fast_prelu)
+    apply_training_rewrites(generator, args)
     if args.channels_last:
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 import models
-from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args, autocast,
-                   batch_to_device, build_train_dataset, check_finite, close_distributed, get_rng_state,
-                   init_distributed, keep_freed_memory, list_image_files, load_checkpoint, load_image,
-                   log_image_grids, make_parser, make_train_loader, model_io, pil_to_tensor, plain_args, positive_int,
-                   progress, resolve_speed_args, restore_training_state, run_cli, run_epochs, seed_everything,
-                   set_determinism, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
+from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args,
+                   apply_training_rewrites, autocast, batch_to_device, build_train_dataset, check_finite,
+                   close_distributed, get_rng_state, init_distributed, keep_freed_memory, list_image_files,
+                   load_checkpoint, load_image, log_image_grids, make_parser, make_train_loader, model_io,
+                   pil_to_tensor, plain_args, positive_int, progress, resolve_speed_args, restore_training_state,
+                   run_cli, run_epochs, seed_everything, set_determinism, strip_prefixes, timer, unwrap_model,
+                   validate_psnr, wrap_model)
 
 
 def build_parser():
@@ -167,9 +168,7 @@ def build_training(args, dist):
     model = models.build_model(args.arch, args.model_config).to(dist.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if args.tail_before_shuffle and isinstance(model, models.SRResNet):
-        model.use_tail_before_shuffle()  # same function, a faster step
-    models.use_fast_prelu(model, args.fast_prelu)
+    apply_training_rewrites(model, args)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     if args.lr_schedule == 'cosine':
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)

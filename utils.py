@@ -1631,6 +1631,15 @@ def resolve_speed_args(args, device):
     return args
 
 
+def apply_training_rewrites(model, args):
+    """The resolved --tail-before-shuffle and --fast-prelu (resolve_speed_args) on ``model``: every SRResNet inside
+    it (an SRGAN Generator's .net too) and every models.PReLU. Same function and state_dict, a faster step."""
+    for m in model.modules():
+        if isinstance(m, models.SRResNet):
+            m.use_tail_before_shuffle(args.tail_before_shuffle)
+    models.use_fast_prelu(model, args.fast_prelu)
+
+
 def build_train_dataset(args, log=print):
     """--faithful: the tutorial's SRDataset (PIL per patch); else the cached PatchDataset.
 

@@ -9,7 +9,7 @@ allocator; the tutorial does not), on the same random batches; the processes alt
 machine load hits both alike, and the best round of each counts. The reference is written here as the tutorial
 wrote it (imagenet-norm LR in, [-1, 1] out, MSE, Adam, fp32, NCHW, eager). The suite side uses the suite's own
 pieces, as train_srresnet.py does without --faithful: keep_freed_memory, resolve_speed_args (--amp auto,
-channels_last), use_tail_before_shuffle, use_fast_prelu, utils.autocast, model_io.
+channels_last), apply_training_rewrites, utils.autocast, model_io.
 
 Also prints the fp32 ceiling: the step's floating-point operations (torch's FlopCounterMode: convolutions and
 matrix products, forward and backward) at the rate of a large fp32 matrix product on this device, i.e. the step
@@ -84,8 +84,7 @@ def build_side(side, args, device):
                                                         fast_prelu=args.fast_prelu), device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.use_tail_before_shuffle(speed.tail_before_shuffle)
-    models.use_fast_prelu(model, speed.fast_prelu)
+    utils.apply_training_rewrites(model, speed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     net = torch.compile(model) if args.compile else model
     settings = {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile,

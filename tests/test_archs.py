@@ -1,4 +1,5 @@
 """Every architecture through the same scripts: recipes, a few training steps via the CLI, then eval on it."""
+import argparse
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 import models
 from conftest import run_script
 from train_srresnet import build_parser, build_training, resolve_args
-from utils import Dist, load_checkpoint, resolve_speed_args
+from utils import Dist, apply_training_rewrites, load_checkpoint, resolve_speed_args
 
 TINY_OPTS = {
     'srresnet': ['--n-blocks', 2, '--n-channels', 8],
@@ -56,6 +57,13 @@ def test_training_rewrites_are_on_by_default_and_off_when_faithful(argv, tail, p
     assert model.tail_before_shuffle is tail
     prelus = [m for m in model.modules() if isinstance(m, models.PReLU)]
     assert len(prelus) == 5 and all(m.fast_backward is prelu for m in prelus)
+
+
+def test_training_rewrites_reach_the_srgan_generators_srresnet():
+    generator = models.Generator(n_channels=8, n_blocks=2)
+    apply_training_rewrites(generator, argparse.Namespace(tail_before_shuffle=True, fast_prelu=True))
+    assert generator.net.tail_before_shuffle
+    assert all(m.fast_backward for m in generator.modules() if isinstance(m, models.PReLU))
 
 
 @pytest.mark.parametrize('arch, scale', [('srresnet', 3), ('srresnet', 5), ('espcn', 5), ('edsr', 6)])
