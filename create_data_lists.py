@@ -13,7 +13,8 @@ import os
 
 from PIL import Image
 
-from utils import UserError, atomic_write, create_data_lists, make_parser, positive_int, run_cli
+from datasets import create_data_lists
+from utils import UserError, atomic_write, make_parser, positive_int, run_cli
 
 # Real photos shipped inside scikit-image (no download): a training set and a disjoint test set.
 SKIMAGE_TRAIN = ('astronaut', 'coffee', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina')

@@ -1,26 +1,93 @@
-"""Datasets and samplers.
+"""The data lists, the datasets and the sampler, and how LR images are made from HR ones.
 
-SRDataset is the tutorial's dataset (JSON lists written by create_data_lists.py, PIL crops, bicubic LR),
-made reproducible and robust: indexed by (epoch, i) from EpochSampler, every crop is a pure function of
-(seed, epoch, i), whatever the number of workers, processes or resumes; a file that went bad after
-listing is skipped with a warning and counted, and too many failures stop the run.
+create_data_lists writes the JSON lists (train_images.json, <name>_test_images.json) that everything else reads.
+SRDataset is the tutorial's dataset (PIL crops, bicubic LR), made reproducible and robust: indexed by (epoch, i)
+from EpochSampler, every crop is a pure function of (seed, epoch, i), whatever the number of workers, processes or
+resumes; a file that went bad after listing is skipped with a warning and counted, and too many failures stop the
+run. PatchDataset is the fast pipeline (uint8 HR patches from a RAM cache; LR made on the device by make_lr).
 """
+import functools
 import json
 import multiprocessing
 import os
 import random
 import sys
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from utils import ImageTransforms, UserError, load_image
+from utils import (ImageTransforms, UserError, atomic_write_text, dataset_name, imresize, list_image_files,
+                   load_image, pil_resize, pil_to_tensor)
+
+# ----------------------------------------------------------------------------------------------
+# The data lists
+# ----------------------------------------------------------------------------------------------
+
+TRAIN_LIST = 'train_images.json'
+LOG_NAME = 'create_data_lists.log'
+
+
+def test_list_name(name):
+    """File name of a test set's data list."""
+    return f"{name}_test_images.json"
+
+
+def _image_problem(path, min_size):
+    """None if ``path`` is a readable image with both sides >= min_size, else a short reason."""
+    try:
+        img = load_image(path)
+    except UserError as e:
+        return str(e).split(': ', 1)[-1]
+    if img.width < min_size or img.height < min_size:
+        return f"smaller than --min-size {min_size} ({img.width}x{img.height})"
+    return None
+
+
+def _set_max_pixels(max_pixels):
+    if max_pixels:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def create_data_lists(train_folders, test_folders, min_size, output_folder, workers=None, log=print,
+                      max_pixels=None):
+    """Write ``train_images.json`` (all train folders merged) and ``<name>_test_images.json`` per test folder.
+
+    Every candidate is fully decoded; unreadable, empty, truncated, non-image, too small and decompression-bomb
+    files are skipped, counted by reason, and listed with their paths in ``create_data_lists.log``.
+    Lists hold absolute paths. max_pixels: decompression-bomb limit (default: PIL's MAX_IMAGE_PIXELS).
+    Returns {list name: (kept, skipped)}.
+    """
+    os.makedirs(output_folder, exist_ok=True)
+    jobs = [('train', train_folders)] + [(dataset_name(d), [d]) for d in test_folders]
+    log_lines, summary = [], {}
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers, initializer=_set_max_pixels, initargs=(max_pixels,)) as pool:
+        for name, folders in jobs:
+            found = [p for d in folders for p in list_image_files(d)]
+            problems = list(pool.map(functools.partial(_image_problem, min_size=min_size), found, chunksize=16))
+            kept = [os.path.abspath(p) for p, why in zip(found, problems) if why is None]
+            reasons = {}
+            for p, why in zip(found, problems):
+                if why is not None:
+                    key = why.split(' (')[0]
+                    reasons[key] = reasons.get(key, 0) + 1
+                    log_lines.append(f"{name}\t{p}\t{why}")
+            file_name = TRAIN_LIST if name == 'train' else test_list_name(name)
+            atomic_write_text(os.path.join(output_folder, file_name), json.dumps(kept, indent=0))
+            skipped = ', '.join(f"{n} {why}" for why, n in sorted(reasons.items())) or 'none'
+            log(f"{name}: found {len(found)}, kept {len(kept)}, skipped {len(found) - len(kept)} ({skipped})")
+            summary[name] = (len(kept), len(found) - len(kept))
+    atomic_write_text(os.path.join(output_folder, LOG_NAME), ''.join(l + '\n' for l in log_lines))
+    if log_lines:
+        log(f"skipped files and reasons: {os.path.join(output_folder, LOG_NAME)}")
+    return summary
 
 
 def read_data_list(data_folder, split, test_data_name=None):
     """Paths in ``train_images.json`` or ``<test_data_name>_test_images.json``; UserError if missing/empty."""
-    name = 'train_images.json' if split == 'train' else f"{test_data_name}_test_images.json"
+    name = TRAIN_LIST if split == 'train' else test_list_name(test_data_name)
     path = os.path.join(data_folder, name)
     if not os.path.isfile(path):
         raise UserError(f"data list {path} not found: run create_data_lists.py first "
@@ -35,8 +102,43 @@ def read_data_list(data_folder, split, test_data_name=None):
     return images
 
 
+# ----------------------------------------------------------------------------------------------
+# Datasets and the sampler
+# ----------------------------------------------------------------------------------------------
+
+
 class TooManyBadImages(UserError):
     """More than the allowed fraction of training images failed to load."""
+
+
+class LoadCounter:
+    """Counts training-image loads and failures, shared with the loader's worker processes so that the main
+    process sees every failure; ``check`` stops the run when failures exceed ``max_bad_fraction`` of the loads."""
+
+    def __init__(self, n_images, max_bad_fraction):
+        self.n_images, self.max_bad_fraction = n_images, max_bad_fraction
+        self.attempts = multiprocessing.Value('l', 0)
+        self.failures = multiprocessing.Value('l', 0)
+
+    def attempted(self, n=1):
+        with self.attempts.get_lock():
+            self.attempts.value += n
+
+    def failed(self, error):
+        """Count a failed load and warn, naming the file and the reason."""
+        with self.failures.get_lock():
+            self.failures.value += 1
+        print(f"warning: skipping training image: {error}", file=sys.stderr)
+
+    def check(self):
+        """Raise TooManyBadImages when failed loads exceed max_bad_fraction of the attempts so far (judged once
+        there were at least 20 attempts, or as many as there are images). Returns the failure count."""
+        attempts, failures = self.attempts.value, self.failures.value
+        if attempts >= min(20, self.n_images) and failures > self.max_bad_fraction * attempts:
+            raise TooManyBadImages(f"{failures} of {attempts} training image loads failed (more than "
+                                   f"{self.max_bad_fraction:.0%}): fix the files listed above or rerun "
+                                   f"create_data_lists.py")
+        return failures
 
 
 class SRDataset(Dataset):
@@ -47,7 +149,7 @@ class SRDataset(Dataset):
     Index with an int (crops drawn from the global ``random``, as the tutorial) or with (epoch, i) from
     EpochSampler (crops drawn from an RNG seeded by (seed, epoch, i): reproducible and resumable).
     downsample: 'pil' (the tutorial's PIL bicubic) or 'matlab' (utils.imresize).
-    max_bad_fraction: share of failed loads above which the run stops (see check_failures).
+    max_bad_fraction: share of failed loads above which the run stops (see LoadCounter.check).
     repeat: training crops per image per epoch (the dataset's length is repeat x the number of images).
     """
 
@@ -61,14 +163,12 @@ class SRDataset(Dataset):
         self.crop_size, self.scaling_factor = int(crop_size), int(scaling_factor)
         if self.split == 'train' and self.crop_size % self.scaling_factor != 0:
             raise ValueError(f"crop size {self.crop_size} is not divisible by the scale {self.scaling_factor}")
-        self.seed, self.max_bad_fraction = seed, max_bad_fraction
+        self.seed = seed
         self.repeat = int(repeat) if self.split == 'train' else 1
         self.images = read_data_list(data_folder, self.split, test_data_name)
         self.transform = ImageTransforms(self.split, self.crop_size, self.scaling_factor, lr_img_type, hr_img_type,
                                          downsample=downsample)
-        # Shared with worker processes, so the main process sees every failure.
-        self.attempts = multiprocessing.Value('l', 0)
-        self.failures = multiprocessing.Value('l', 0)
+        self.loads = LoadCounter(len(self.images), max_bad_fraction)
 
     def __len__(self):
         return len(self.images) * self.repeat
@@ -87,25 +187,16 @@ class SRDataset(Dataset):
         # A file that went bad after listing: warn, count, and use the next one (deterministically).
         for k in range(len(self.images)):
             path = self.images[(i + k) % len(self.images)]
-            with self.attempts.get_lock():
-                self.attempts.value += 1
+            self.loads.attempted()
             try:
                 return self.transform(load_image(path), rng)
             except (UserError, ValueError) as e:
-                with self.failures.get_lock():
-                    self.failures.value += 1
-                print(f"warning: skipping training image: {e}", file=sys.stderr)
+                self.loads.failed(e)
         raise TooManyBadImages("no training image could be loaded")
 
     def check_failures(self):
-        """Raise TooManyBadImages when failed loads exceed max_bad_fraction of the attempts so far (judged once
-        there were at least 20 attempts, or as many as there are images)."""
-        attempts, failures = self.attempts.value, self.failures.value
-        if attempts >= min(20, len(self.images)) and failures > self.max_bad_fraction * attempts:
-            raise TooManyBadImages(f"{failures} of {attempts} training image loads failed (more than "
-                                   f"{self.max_bad_fraction:.0%}): fix the files listed above or rerun "
-                                   f"create_data_lists.py")
-        return failures
+        """See LoadCounter.check."""
+        return self.loads.check()
 
 
 class EpochSampler(Sampler):
@@ -157,7 +248,7 @@ class PatchDataset(Dataset):
     (epoch, j) from EpochSampler; crops and the image visited are pure functions of (seed, epoch, j). An epoch holds
     ceil(n_images * patches_per_image / crops_per_visit) visits, so it sees n_images * patches_per_image
     patches whatever crops_per_visit is; with fewer visits than images, each epoch visits a random subset.
-    Images that cannot be read are skipped with a warning and counted (see SRDataset.check_failures).
+    Images that cannot be read are skipped with a warning and counted (see LoadCounter.check).
     """
 
     def __init__(self, data_folder, crop_size, scaling_factor, seed=0, patches_per_image=1, crops_per_visit=None,
@@ -167,10 +258,9 @@ class PatchDataset(Dataset):
         if self.crop_size % self.scaling_factor:
             raise ValueError(f"crop size {self.crop_size} is not divisible by the scale {self.scaling_factor}")
         self.images = read_data_list(data_folder, 'train')
-        self.seed, self.max_bad_fraction = seed, max_bad_fraction
+        self.seed = seed
         self.flips, self.patches_per_image = (hflip, vflip, rot90), int(patches_per_image)
-        self.attempts = multiprocessing.Value('l', 0)
-        self.failures = multiprocessing.Value('l', 0)
+        self.loads = LoadCounter(len(self.images), max_bad_fraction)
         self._perm_epoch, self._perm = None, None
         self.buffer = None
         if cache_bytes is None:
@@ -188,7 +278,6 @@ class PatchDataset(Dataset):
 
     def _decoded_bytes(self):
         """Decoded RGB size of all images, from their headers (unreadable ones count as 0)."""
-        from PIL import Image
         total = 0
         for path in self.images:
             try:
@@ -199,8 +288,6 @@ class PatchDataset(Dataset):
         return total
 
     def _build_cache(self, workers):
-        from concurrent.futures import ThreadPoolExecutor
-
         def decode(path):
             try:
                 img = load_image(path)
@@ -208,16 +295,14 @@ class PatchDataset(Dataset):
                 return path, str(e)
             if min(img.size) < self.crop_size:
                 return path, f"{path}: {img.width}x{img.height} is smaller than the crop size {self.crop_size}"
-            return path, torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            return path, pil_to_tensor(img)  # (3, H, W) uint8
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             decoded = list(pool.map(decode, self.images))
         good = []
         for path, img in decoded:
             if isinstance(img, str):
-                print(f"warning: skipping training image: {img}", file=sys.stderr)
-                with self.failures.get_lock():
-                    self.failures.value += 1
+                self.loads.failed(img)
             else:
                 good.append(img)
         if not good:
@@ -231,7 +316,7 @@ class PatchDataset(Dataset):
             self.shapes.append(tuple(img.shape))
             start += size
         self.buffer.share_memory_()
-        self.attempts.value = len(self.images)
+        self.loads.attempted(len(self.images))
 
     def set_crops_per_visit(self, crops):
         """Crops per visit; the epoch keeps n_images * patches_per_image patches."""
@@ -255,12 +340,11 @@ class PatchDataset(Dataset):
         if self.buffer is not None:
             c, h, w = self.shapes[k]
             return self.buffer[self.offsets[k]:self.offsets[k] + c * h * w].view(c, h, w)
-        with self.attempts.get_lock():
-            self.attempts.value += 1
+        self.loads.attempted()
         img = load_image(self.images[k])
         if min(img.size) < self.crop_size:
             raise UserError(f"{self.images[k]}: {img.width}x{img.height} is smaller than the crop size")
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return pil_to_tensor(img)  # (3, H, W) uint8
 
     def __getitem__(self, index):
         epoch, j = index if isinstance(index, tuple) else (0, index)
@@ -271,9 +355,7 @@ class PatchDataset(Dataset):
                 img = self._load((k + attempt) % self.n_images())  # (3, H, W) uint8
                 break
             except UserError as e:
-                with self.failures.get_lock():
-                    self.failures.value += 1
-                print(f"warning: skipping training image: {e}", file=sys.stderr)
+                self.loads.failed(e)
         else:
             raise TooManyBadImages("no training image could be loaded")
         _, h, w = img.shape
@@ -292,7 +374,9 @@ class PatchDataset(Dataset):
             patches.append(patch)
         return torch.stack(patches)  # (crops_per_visit, 3, c, c), uint8
 
-    check_failures = SRDataset.check_failures
+    def check_failures(self):
+        """See LoadCounter.check."""
+        return self.loads.check()
 
 
 def collate_patches(items):
@@ -306,7 +390,6 @@ def make_lr(hr, scaling_factor, method):
     'matlab': utils.imresize (MATLAB bicubic with antialiasing). 'pil': utils.pil_resize, Pillow's bicubic
     (the tutorial's), within 1 grey level of Pillow itself.
     """
-    from utils import imresize, pil_resize
     if method == 'matlab':
         return imresize(hr, 1. / scaling_factor)
     if method != 'pil':

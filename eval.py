@@ -18,7 +18,7 @@ Protocols (--protocol standard | tutorial | both; default both, printed side by 
   tutorial  exactly the tutorial's eval.py: HR centre-cropped to a multiple of the scale, LR = PIL bicubic,
             SR unrounded in [-1, 1], unrounded luma with a 4-pixel border removed, scikit-image's default
             PSNR and SSIM (7x7 uniform window). SRResNet/SRGAN get the ImageNet-normalised LR, as in the
-            tutorial; other architectures run through utils.Upscaler on the LR in [0, 1] and their output is
+            tutorial; other architectures run through inference.Upscaler on the LR in [0, 1] and their output is
             mapped from [0, 1] to [-1, 1].
 Baselines (no checkpoint): --arch bicubic is the papers' bicubic row, computed on luma in floating point
 (Y of the HR, imresize by 1/scale then by scale, rounded once at the end); --arch bicubic-rgb upscales the
@@ -44,12 +44,12 @@ import os
 import torch
 from PIL import Image
 
+import datasets
+import inference
 import models
-from datasets import read_data_list
-from utils import (ImageTransforms, Upscaler, UserError, atomic_write_text, convert_image, convert_legacy_checkpoint,
-                   dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, load_sr_model,
-                   make_parser, modcrop, pick_device, pil_to_tensor, psnr, rgb_to_y_uint8, run_cli, ssim,
-                   standard_protocol, timer, tutorial_metrics)
+from utils import (ImageTransforms, UserError, atomic_write_text, convert_image, dataset_name, gray_uint8, imresize,
+                   is_grayscale_file, list_image_files, load_image, make_parser, modcrop, pick_device, pil_to_tensor,
+                   psnr, rgb_to_y_uint8, run_cli, ssim, timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 BASELINES = ('bicubic', 'bicubic-rgb')
@@ -129,7 +129,7 @@ class Stopwatch:
 
 
 class BicubicUpscaler:
-    """The 'identity' model of the bicubic-rgb baseline: MATLAB bicubic, with utils.Upscaler's interface.
+    """The 'identity' model of the bicubic-rgb baseline: MATLAB bicubic, with inference.Upscaler's interface.
 
     upscale(lr): (N, 3, h, w) RGB in [0, 1] -> ((N, 3, s*h, s*w) RGB in [0, 1], unrounded float64, None).
     """
@@ -204,7 +204,7 @@ class BicubicMethod(Method):
         if self.arch == 'bicubic':
             return bicubic_y(hr.to(self.device), self.scale, self.stopwatch, gray)
         upscaler = TimedUpscaler(BicubicUpscaler(self.scale, self.device), self.stopwatch)
-        sr_y, hr_y, _ = standard_protocol(upscaler, hr, self.scale, gray)
+        sr_y, hr_y, _ = inference.standard_protocol(upscaler, hr, self.scale, gray)
         return sr_y, hr_y
 
     def tutorial(self, lr01):
@@ -215,13 +215,13 @@ class BicubicMethod(Method):
 class ModelMethod(Method):
     """A network rebuilt from a checkpoint."""
 
-    min_lr_size = 2  # utils.Upscaler.min_input_size()
+    min_lr_size = 2  # inference.Upscaler.min_input_size()
 
     def __init__(self, model, arch, config, checkpoint, device):
         super().__init__(config['scaling_factor'], device)
         self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
         self.spec = models.ARCHS[arch]
-        self.upscaler = Upscaler(model, arch, self.scale, device)
+        self.upscaler = inference.Upscaler(model, arch, self.scale, device)
         self.label = report_name(checkpoint, arch)
 
     def warm_up(self):
@@ -230,15 +230,16 @@ class ModelMethod(Method):
             self.upscaler.upscale(torch.rand(1, 3, 16, 16, device=self.device))
 
     def standard(self, hr, gray=False):
-        sr_y, hr_y, _ = standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale, gray)
+        sr_y, hr_y, _ = inference.standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale,
+                                                    gray)
         return sr_y, hr_y
 
     @torch.no_grad()
     def tutorial(self, lr01):
         lr = lr01.unsqueeze(0).to(self.device)  # (1, 3, h, w), in [0, 1]
         with self.stopwatch:
-            if self.arch == 'srresnet':  # the tutorial: ImageNet-normalised LR in, [-1, 1] out, untouched
-                sr = self.model(convert_image(lr, source='[0, 1]', target='imagenet-norm'))
+            if self.arch == 'srresnet':  # the tutorial: ImageNet-normalised LR in, its [-1, 1] output untouched
+                sr = self.model(inference.model_input(self.spec, lr, self.scale))
             else:  # any other architecture: its own conventions via Upscaler, [0, 1] -> [-1, 1]
                 sr = convert_image(self.upscaler.upscale(lr)[0], source='[0, 1]', target='[-1, 1]')
         return sr[0]  # (3, s*h, s*w), in [-1, 1]
@@ -248,11 +249,11 @@ def load_method(args, device):
     """The baseline or the checkpoint's model named by the flags (UserError for a bad checkpoint/scale)."""
     if args.arch in BASELINES:
         return BicubicMethod(args.arch, args.scale, device)
-    model, arch, config = load_sr_model(args.checkpoint, device, expect_scale=args.scale)
+    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale)
     named = 'srresnet' if args.arch == 'srgan' else args.arch  # an SRGAN generator is an SRResNet
-    if named is not None and named != arch:
-        raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {arch} model")
-    return ModelMethod(model, arch, config, args.checkpoint, device)
+    if named is not None and named != loaded.arch:
+        raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {loaded.arch} model")
+    return ModelMethod(loaded.model, loaded.arch, loaded.config, args.checkpoint, device)
 
 
 def report_name(checkpoint, arch):
@@ -279,8 +280,8 @@ def resolve_test_sets(args):
             sets.append((dataset_name(folder), folder, paths))
     else:
         for name in args.datasets or DEFAULT_DATASETS:
-            sets.append((name, os.path.join(args.data_folder, f"{name}_test_images.json"),
-                         read_data_list(args.data_folder, 'test', name)))
+            sets.append((name, os.path.join(args.data_folder, datasets.test_list_name(name)),
+                         datasets.read_data_list(args.data_folder, 'test', name)))
     names = [name for name, _, _ in sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -457,7 +458,7 @@ def convert_legacy(src, dst):
     if not os.path.isfile(src):
         raise UserError(f"checkpoint {src}: no such file")
     try:
-        out = convert_legacy_checkpoint(src, dst)
+        out = inference.convert_legacy_checkpoint(src, dst)
     except UserError:
         raise
     except Exception as e:

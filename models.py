@@ -1,4 +1,6 @@
-"""Every architecture of the suite, plus the registry that tells scripts how to feed and train each one.
+"""Every architecture of the suite, the registry that tells scripts how to feed and train each one, and all
+surgery on them (BatchNorm fusing, the tail before the shuffle, the fast PReLU backward, configurations read off
+weights).
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
 EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``).
@@ -6,8 +8,10 @@ EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tai
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
 
-Nothing here picks a device or touches the network at import time.
+Nothing here picks a device or touches the network at import time, and nothing is imported from the project.
 """
+import copy
+import inspect
 import math
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # ----------------------------------------------------------------------------------------------
 # The tutorial's SRResNet / SRGAN (seed 000)
@@ -278,7 +283,7 @@ VGG_WEIGHTS_HELP = ("VGG19 ImageNet weights are not available: connect once to t
 def _vgg19_features():
     """torchvision's VGG19 ``features`` layout (randomly initialised), without building the 100 M-parameter
     classifier that the loss never uses."""
-    from torchvision.models import vgg
+    from torchvision.models import vgg  # here, not at the top: only the SRGAN loss needs torchvision
     return vgg.make_layers(vgg.cfgs['E'], batch_norm=False)
 
 
@@ -640,7 +645,6 @@ def model_config(arch, scale, **overrides):
 
     Tuples become lists so the configuration is plain data for checkpoints.
     """
-    import inspect
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
     params = inspect.signature(ARCHS[arch].cls).parameters
@@ -672,3 +676,70 @@ def build_model(arch, config):
 def count_parameters(model):
     """Number of parameters (trainable or not), as the papers count them."""
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Model surgery: the same function, rearranged (training rewrites, inference fusing), and configs read off weights
+# ----------------------------------------------------------------------------------------------
+
+
+def apply_training_rewrites(model, tail_before_shuffle, fast_prelu):
+    """Switch the training rewrites on ``model``: the tail before the shuffle on every SRResNet inside it (an SRGAN
+    Generator's .net too) and the fast backward on every PReLU. Same function and state_dict, a faster step."""
+    for m in model.modules():
+        if isinstance(m, SRResNet):
+            m.use_tail_before_shuffle(tail_before_shuffle)
+    use_fast_prelu(model, fast_prelu)
+
+
+def subpixel_conv(conv, r):
+    """A frozen nn.Conv2d on the grid before PixelShuffle(r) equal to ``conv`` applied after it (built by
+    conv_before_shuffle): ``conv(pixel_shuffle(z, r)) == pixel_shuffle(subpixel_conv(conv, r)(z), r)`` up to float
+    rounding. Returns None when conv does not qualify (before_shuffle_qualifies)."""
+    if not before_shuffle_qualifies(conv):
+        return None
+    with torch.no_grad():
+        index, padding = before_shuffle_index(conv, r)
+        weight, bias = conv_before_shuffle(conv, r, index)
+        new = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=padding, bias=bias is not None,
+                        device=weight.device, dtype=weight.dtype)
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def fuse_for_inference(model):
+    """A copy of ``model`` for inference with the same outputs up to float rounding: BatchNorm (eval statistics)
+    folded into the convolution before it, and the final convolution after the last pixel shuffle moved before
+    it (conv_before_shuffle) for SRResNet/SRGAN, EDSR and RCAN. The given model is not changed."""
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+    if isinstance(model, SRResNet):
+        model.use_tail_before_shuffle()
+    elif isinstance(model, (EDSR, RCAN)):  # tail = (Upsampler, conv): the conv moves before the last shuffle
+        upsampler, last = model.tail[0], model.tail[1]
+        r = upsampler[-1].upscale_factor
+        tail_conv = subpixel_conv(last, r)
+        if tail_conv is not None:
+            model.tail = nn.Sequential(*list(upsampler)[:-1], tail_conv, nn.PixelShuffle(r))
+    return model
+
+
+def infer_srresnet_config(state_dict, prefix=''):
+    """SRResNet constructor arguments recovered from a state_dict's shapes (for the tutorial's own checkpoints,
+    which record none). ValueError when the weights are not an SRResNet's."""
+    try:
+        w1 = state_dict[prefix + 'conv_block1.conv_block.0.weight']  # (n_channels, 3, k, k)
+        w2 = state_dict[prefix + 'conv_block2.conv_block.0.weight']  # (n_channels, n_channels, k, k)
+    except KeyError:
+        raise ValueError("the checkpoint's weights are not an SRResNet's (no conv_block1/conv_block2)") from None
+
+    def count(block):  # distinct indices i in '<prefix><block>.<i>.*'
+        return len({k[len(prefix):].split('.')[1] for k in state_dict if k.startswith(prefix + block + '.')})
+    n_blocks, n_sub = count('residual_blocks'), count('subpixel_convolutional_blocks')
+    return {'large_kernel_size': int(w1.shape[-1]), 'small_kernel_size': int(w2.shape[-1]),
+            'n_channels': int(w1.shape[0]), 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_sub}

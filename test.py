@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from utils import (IMAGE_EXTENSIONS, UserError, Upscaler, atomic_write, auto_memory_budget, bicubic_upscale,
-                   describe_checkpoint, list_image_files, load_checkpoint, load_image, load_sr_model, make_parser,
-                   parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
+import inference
+from utils import (IMAGE_EXTENSIONS, UserError, atomic_write, bicubic_upscale, is_out_of_memory, list_image_files,
+                   load_image, make_parser, parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
 
 OUTPUT_KINDS = ('bicubic', 'compare')
 
@@ -71,17 +71,16 @@ def build_parser():
 
 def load_upscaler(args, device):
     """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
-    label = describe_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)[0]
-    model, arch, config = load_sr_model(args.checkpoint, device, expect_scale=args.scale)
+    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale)
     try:
-        budget = auto_memory_budget(device) if args.max_memory == 'auto' else parse_memory(args.max_memory)
+        budget = inference.auto_memory_budget(device) if args.max_memory == 'auto' else parse_memory(args.max_memory)
     except ValueError as e:
         raise UserError(f"--max-memory: {e}") from None
-    scale = int(config['scaling_factor'])
-    upscaler = Upscaler(model, arch, scale, device, tile=args.tile, tile_overlap=args.tile_overlap,
-                        max_memory=budget, precision=args.precision, self_ensemble=args.self_ensemble,
-                        channels_last=args.channels_last, fuse=args.fuse)
-    return upscaler, label, scale
+    scale = int(loaded.config['scaling_factor'])
+    upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, device, tile=args.tile,
+                                  tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
+                                  self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse)
+    return upscaler, loaded.label, scale
 
 
 def find_inputs(image, output_dir, label):
@@ -130,22 +129,21 @@ def make_batches(paths, sizes, batch_size):
 
 def upscale_images(upscaler, images):
     """SR of same-size PIL images (RGB or RGBA; alpha is ignored here): ((N, 3, sH, sW) uint8, seconds)."""
-    lr = torch.stack([pil_to_tensor(img) for img in images]).float().div_(255.)  # (N, 3, h, w) in [0, 1]
+    lr = torch.stack([pil_to_tensor(img.convert('RGB')) for img in images]).float().div_(255.)  # (N, 3, h, w)
     start = timer()
     try:
         sr = upscaler.upscale_uint8(lr)
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if isinstance(e, torch.OutOfMemoryError) or 'allocate' in str(e):
-            raise UserError(f"out of memory while upscaling: lower --max-memory or --batch-size, or pass --tile "
-                            f"({str(e).splitlines()[0][:100]})") from None
-        raise
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+        if not is_out_of_memory(e):
+            raise
+        raise UserError(f"out of memory while upscaling: lower --max-memory or --batch-size, or pass --tile "
+                        f"({str(e).splitlines()[0][:100]})") from None
     return sr, timer() - start
 
 
 def bicubic_image(img, scale):
     """MATLAB-style bicubic x scale of a PIL RGB/RGBA image (alpha included), computed in bands of rows."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, h, w)
-    up = bicubic_upscale(arr, scale)  # (C, s*h, s*w) uint8
+    up = bicubic_upscale(pil_to_tensor(img), scale)  # (C, s*h, s*w) uint8, C = 3 or 4
     return Image.fromarray(np.ascontiguousarray(up.permute(1, 2, 0).numpy()))  # RGB or RGBA from the shape
 
 

@@ -13,18 +13,17 @@ VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub
 --vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch.
 """
 import os
+import time
 
 import torch
 from torch import nn
 
+import inference
 import models
-from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args,
-                   adjust_learning_rate, apply_training_rewrites, autocast, batch_to_device, build_train_dataset,
-                   check_finite, close_distributed, convert_image, describe_checkpoint, get_rng_state, init_distributed,
-                   keep_freed_memory, load_checkpoint, log_image_grids, make_parser, make_train_loader, plain_args,
-                   positive_int, progress, resolve_speed_args, restore_training_state, run_cli, run_epochs,
-                   seed_everything, set_determinism, strip_prefixes, timer, unwrap_model, validate_psnr, wrap_model)
-from train_srresnet import check_resume_compatible, load_val_images
+import training
+from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate, autocast, convert_image,
+                   get_rng_state, keep_freed_memory, load_checkpoint, make_parser, positive_int, run_cli,
+                   seed_everything, set_determinism, strip_prefixes, unwrap_model)
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
                     rot90=False, patches_per_image=1)
@@ -33,7 +32,7 @@ GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_bl
 
 def build_parser():
     parser = make_parser(__doc__, training=True)
-    add_training_args(parser)
+    training.add_training_args(parser)
     g = parser.add_argument_group('SRGAN')
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
@@ -80,7 +79,7 @@ def resolve_args(parser, argv=None):
         if not os.path.isfile(path):
             raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
                             f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
-        arch, ckpt_config, state = describe_checkpoint(load_checkpoint(path), path)
+        arch, ckpt_config, state = inference.describe_checkpoint(load_checkpoint(path), path)
         if arch not in ('srresnet', 'srgan'):
             raise UserError(f"--srresnet-checkpoint {path} holds a {arch}, not an SRResNet")
         diffs = [f"{k} {v} (checkpoint: {ckpt_config[k]})" for k, v in given.items() if ckpt_config.get(k) != v]
@@ -102,7 +101,7 @@ def resolve_args(parser, argv=None):
     return args
 
 
-def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, ctx):
+def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, device, speed):
     """One D update on detached SR (label 0) and HR (label 1). Returns the loss (a tensor).
 
     SR and HR go through D in separate forward passes (separate BatchNorm statistics, as the tutorial) and
@@ -112,162 +111,165 @@ def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, ctx):
     optimizer_d.zero_grad(set_to_none=True)
     total = 0.
     for images, label in ((sr.detach(), 0.), (hr, 1.)):
-        with autocast(ctx.dist.device, ctx.amp):
+        with autocast(device, speed.precision):
             logits = discriminator(images)  # (N, 1)
         loss = criterion(logits.float(), torch.full_like(logits, label, dtype=torch.float32))
-        ctx.scaler.scale(loss).backward()
+        scaler.scale(loss).backward()
         total = total + loss.detach()
-    ctx.scaler.step(optimizer_d)
+    scaler.step(optimizer_d)
     return total
 
 
-def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, ctx, epoch, start_step, beta,
-                    d_first=False):
+def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, loader, dataset, ctx, speed,
+                    args, epoch, start_step):
     """One SRGAN epoch. Returns ({content, adversarial, discriminator: mean loss}, next step, stopped early?)."""
     generator.train()
     discriminator.train()
-    device = ctx.dist.device
+    device, d_first = ctx.device, args.update_order == 'd-first'
     meters = {k: AverageMeter() for k in ('content', 'adversarial', 'discriminator')}
     mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
-    t0, n_patches, step = timer(), 0, start_step
-    bar = progress(ctx.loader, total=len(ctx.loader), dist=ctx.dist, desc=f"epoch {epoch}")
+    start, n_patches, step = time.perf_counter(), 0, start_step
+    bar = ctx.progress(loader, desc=f"epoch {epoch}")
     for step, batch in enumerate(bar, start=start_step):
-        lr, hr = batch_to_device(batch, device, ctx.scale, ctx.downsample)  # RGB in [0, 1]
+        lr, hr = training.batch_to_device(batch, device, args.scale, args.downsample)  # RGB in [0, 1]
         lr = convert_image(lr, '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
         hr = convert_image(hr, '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
-        if ctx.channels_last:
+        if speed.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
-        with autocast(device, ctx.amp):
+        with autocast(device, speed.precision):
             sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
         sr = convert_image(sr.float(), '[-1, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w), imagenet-normed
         if d_first:
-            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, ctx)
-        with autocast(device, ctx.amp):
+            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+        with autocast(device, speed.precision):
             sr_features = vgg(sr)  # (N, 512, s*h / 16, s*w / 16)
             hr_features = vgg(hr).detach()
             sr_logits = discriminator(sr)  # (N, 1)
         content_loss = mse(sr_features.float(), hr_features.float())
         adversarial_loss = bce(sr_logits.float(), torch.ones_like(sr_logits, dtype=torch.float32))
-        perceptual_loss = content_loss + beta * adversarial_loss
-        check_finite(perceptual_loss.item(), epoch, step, ctx.checkpoint_path)
+        perceptual_loss = content_loss + args.beta * adversarial_loss
         optimizer_g.zero_grad(set_to_none=True)
-        ctx.scaler.scale(perceptual_loss).backward()
-        ctx.scaler.step(optimizer_g)
+        scaler.scale(perceptual_loss).backward()
+        scaler.step(optimizer_g)
         if not d_first:
-            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, ctx)
-        ctx.scaler.update()
-        d_value = d_loss.item()
-        check_finite(d_value, epoch, step, ctx.checkpoint_path)
-        n = lr.size(0)
-        meters['content'].update(content_loss.item(), n)
-        meters['adversarial'].update(adversarial_loss.item(), n)
-        meters['discriminator'].update(d_value, n)
-        ctx.global_step += 1
-        n_patches += n * ctx.dist.world_size
+            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+        scaler.update()
         if step == start_step:
-            log_image_grids(ctx.writer, f"{ctx.tag}/epoch_{epoch}", epoch, lr, sr, hr, 'imagenet-norm',
-                            'imagenet-norm')
-        if ctx.writer is not None:
-            for k, m in meters.items():
-                ctx.writer.add_scalar(f"{ctx.tag}/{k}_loss_step", m.val, ctx.global_step)
+            ctx.log_images(f"epoch_{epoch}", epoch, lr, sr, hr, 'imagenet-norm', 'imagenet-norm')
+        values, stop = ctx.end_step({'content': content_loss, 'adversarial': adversarial_loss,
+                                     'discriminator': d_loss}, epoch, step, args.checkpoint_path)
+        for k, m in meters.items():
+            m.update(values[k], lr.size(0))
+        n_patches += lr.size(0) * ctx.dist.world_size
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(c=f"{meters['content'].avg:.4g}", d=f"{meters['discriminator'].avg:.3g}",
-                            patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
-        ctx.dataset.check_failures()
-        if ctx.should_stop():
-            return {k: ctx.dist.all_mean(m.avg) for k, m in meters.items()}, step + 1, True
-    return {k: ctx.dist.all_mean(m.avg) for k, m in meters.items()}, step + 1, False
+                            patches_s=training.patches_per_second(n_patches, start))
+        dataset.check_failures()
+        if stop:
+            return {k: m.avg for k, m in meters.items()}, step + 1, True
+    return {k: m.avg for k, m in meters.items()}, step + 1, False
 
 
-def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, ctx, args, epoch, resume_step, best_psnr):
+def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler, global_step, args, speed, epoch,
+                     resume_step, best_psnr):
     """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs."""
     return {
         'format_version': FORMAT_VERSION, 'arch': 'srgan', 'generator_config': args.generator_config,
         'discriminator_config': args.discriminator_config, 'epoch': epoch, 'resume_step': resume_step,
-        'step': ctx.global_step,
+        'step': global_step,
         'generator': strip_prefixes(unwrap_model(generator).state_dict()),
         'discriminator': strip_prefixes(unwrap_model(discriminator).state_dict()),
         'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
-        'scaler': ctx.scaler.state_dict(), 'rng': get_rng_state(), 'args': plain_args(args), 'best_psnr': best_psnr,
+        'scaler': scaler.state_dict(), 'rng': get_rng_state(), 'args': training.run_record(args, speed),
+        'best_psnr': best_psnr,
     }
 
 
-def build_networks(args, dist):
-    """VGG (fails fast when its weights are missing), generator (warm-started), discriminator and optimizers."""
-    vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(dist.device)
-    generator = models.Generator(**args.generator_config).to(dist.device)
-    discriminator = models.Discriminator(**args.discriminator_config).to(dist.device)
+def build_networks(args, speed, device):
+    """VGG (fails fast when its weights are missing), generator (warm-started), discriminator, optimizers and
+    the GradScaler they share."""
+    try:
+        vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(device)
+    except models.VGGWeightsError as e:
+        raise UserError(str(e)) from None
+    generator = models.Generator(**args.generator_config).to(device)
+    discriminator = models.Discriminator(**args.discriminator_config).to(device)
     if args.srresnet_state is not None:
         generator.net.load_state_dict(args.srresnet_state)
-    apply_training_rewrites(generator, args)
-    if args.channels_last:
-        generator = generator.to(memory_format=torch.channels_last)
+    generator = training.apply_speed(generator, speed)
+    if speed.channels_last:
         discriminator = discriminator.to(memory_format=torch.channels_last)
     optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr)
     optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr)
-    return vgg, generator, discriminator, optimizer_g, optimizer_d
+    return vgg, generator, discriminator, optimizer_g, optimizer_d, training.make_scaler(device, speed)
 
 
-def load_resume(args, dist, generator, discriminator, optimizer_g, optimizer_d):
-    """Load an SRGAN checkpoint into the networks and optimizers; refuse anything else. Returns the checkpoint."""
-    ckpt = load_checkpoint(args.resume, map_location=dist.device)
+def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimizer_d, scaler):
+    """Load an SRGAN checkpoint into the networks and optimizers; refuse anything else.
+    Returns (start_epoch, start_step, best_psnr)."""
+    ckpt = load_checkpoint(path, map_location=ctx.device)
     if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
-        raise UserError(f"{args.resume} is not an SRGAN checkpoint")
-    check_resume_compatible({'arch': 'srgan', 'model_config': ckpt.get('generator_config')}, 'srgan',
-                            args.generator_config, args.resume)
+        raise UserError(f"{path} is not an SRGAN checkpoint")
+    training.check_resume_compatible('srgan', ckpt.get('generator_config'), 'srgan', args.generator_config, path)
     if 'optimizer_d' not in ckpt:
-        raise UserError(f"{args.resume} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
+        raise UserError(f"{path} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
                         f"resumed exactly; start a new run from its generator instead")
     generator.load_state_dict(strip_prefixes(ckpt['generator']))
     discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
     optimizer_g.load_state_dict(ckpt['optimizer_g'])
     optimizer_d.load_state_dict(ckpt['optimizer_d'])
-    return ckpt
+    return training.restore_training_state(ckpt, path, scaler, ctx)
 
 
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
-    dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
-    try:
-        resolve_speed_args(args, dist.device)
-        if not args.faithful:
+    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout,
+                               max_steps=args.max_steps) as ctx:
+        speed = training.speed_of(args, ctx.device)
+        if not speed.faithful:
             keep_freed_memory()
-        seed_everything(args.seed + dist.rank)
+        seed_everything(args.seed + ctx.dist.rank)
         set_determinism(args.deterministic)
-        vgg, generator, discriminator, optimizer_g, optimizer_d = build_networks(args, dist)
-        ckpt = load_resume(args, dist, generator, discriminator, optimizer_g, optimizer_d) if args.resume else None
-        val_images = load_val_images(args.val_folder) if args.val_folder else None
-        dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
-        ctx = TrainContext(args, dist, dataset, 'srresnet', tag='srgan')
-        start_epoch, start_step, best_psnr = restore_training_state(ckpt, ctx) if ckpt else (1, 0, None)
-        if ckpt and dist.is_main:
-            print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
-        g_net = wrap_model(generator, dist, args.ngpu, args.sync_bn)
-        d_net = wrap_model(discriminator, dist, args.ngpu, args.sync_bn)
-        if args.compile:
+        vgg, generator, discriminator, optimizer_g, optimizer_d, scaler = build_networks(args, speed, ctx.device)
+        start_epoch, start_step, best_psnr = 1, 0, None
+        if args.resume:
+            start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, generator, discriminator,
+                                                             optimizer_g, optimizer_d, scaler)
+        val_images = training.load_val_images(args.val_folder) if args.val_folder else None
+        dataset, collate = training.dataset_of(args, log=ctx.log)
+        ctx.open_writer(os.path.join(args.runs_dir, 'srgan'), tag='srgan')
+        g_net = training.wrap_model(generator, ctx.dist, args.ngpu, args.sync_bn)
+        d_net = training.wrap_model(discriminator, ctx.dist, args.ngpu, args.sync_bn)
+        if speed.compile:
             g_net, d_net, vgg = torch.compile(g_net), torch.compile(d_net), torch.compile(vgg)
-        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
-                                                pin_memory=dist.device.type == 'cuda', collate_fn=collate)
+        loader, sampler = training.make_train_loader(dataset, args.batch_size, ctx.dist, args.workers, args.seed,
+                                                     pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
+        saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
 
-        def decay_at_half(epoch, start_step):  # the tutorial's single decay; not again when resuming mid-epoch
-            if epoch == int(args.epochs / 2) and start_step == 0:
+        def state(epoch, resume_step):
+            return checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
+                                    epoch, resume_step, best_psnr)
+
+        for epoch in range(start_epoch, args.epochs + 1):
+            if epoch == int(args.epochs / 2) and start_step == 0:  # the tutorial's single decay, not again on resume
                 adjust_learning_rate(optimizer_g, 0.1)
                 adjust_learning_rate(optimizer_d, 0.1)
-
-        validate = None if val_images is None else lambda: validate_psnr(
-            Upscaler(unwrap_model(g_net).net.eval(), 'srresnet', args.scale, dist.device), val_images, args.scale)
-        run_epochs(
-            ctx, args, sampler, start_epoch=start_epoch, start_step=start_step, best_psnr=best_psnr,
-            train_epoch=lambda epoch, step: train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, ctx, epoch,
-                                                            step, args.beta, args.update_order == 'd-first'),
-            make_state=lambda epoch, step, best: checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, ctx, args,
-                                                                  epoch, step, best),
-            validate=validate, before_epoch=decay_at_half)
-        return 0
-    finally:
-        if 'ctx' in locals():
-            ctx.close()
-        close_distributed()
+            sampler.set_epoch(epoch, start_step * loader.batch_size)
+            losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, scaler, loader,
+                                                         dataset, ctx, speed, args, epoch, start_step)
+            start_step = 0
+            if stopped:
+                saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
+                return 0
+            val_psnr = None
+            if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
+                                                                                       args.epochs):
+                val_psnr = training.validate(unwrap_model(g_net).net, 'srresnet', args.scale, ctx.device, val_images)
+            best_psnr, improved = training.better(val_psnr, best_psnr)
+            saver.save(state(epoch, 0), improved)
+            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr)
+        ctx.log(f"done: {args.checkpoint_path}")
+    return 0
 
 
 if __name__ == '__main__':

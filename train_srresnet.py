@@ -16,23 +16,22 @@ Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that 
 """
 import ast
 import os
+import time
 
 import torch
 from torch import nn
 
+import inference
 import models
-from utils import (AverageMeter, FORMAT_VERSION, TrainContext, Upscaler, UserError, add_training_args,
-                   apply_training_rewrites, autocast, batch_to_device, build_train_dataset, check_finite,
-                   close_distributed, get_rng_state, init_distributed, keep_freed_memory, list_image_files,
-                   load_checkpoint, load_image, log_image_grids, make_parser, make_train_loader, model_io,
-                   pil_to_tensor, plain_args, positive_int, progress, resolve_speed_args, restore_training_state,
-                   run_cli, run_epochs, seed_everything, set_determinism, strip_prefixes, timer, unwrap_model,
-                   validate_psnr, wrap_model)
+import training
+from utils import (AverageMeter, FORMAT_VERSION, autocast, get_rng_state, keep_freed_memory, load_checkpoint,
+                   make_parser, positive_int, run_cli, seed_everything, set_determinism, strip_prefixes,
+                   unwrap_model)
 
 
 def build_parser():
     parser = make_parser(__doc__, training=True)
-    add_training_args(parser, archs=sorted(models.ARCHS))
+    training.add_training_args(parser, archs=sorted(models.ARCHS))
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
     g.add_argument('--large-kernel-size', type=positive_int, default=9, help='srresnet: first/last conv kernel')
     g.add_argument('--small-kernel-size', type=positive_int, default=3, help='srresnet: inner conv kernel')
@@ -95,80 +94,52 @@ def resolve_args(parser, argv=None):
     return args
 
 
-def check_resume_compatible(ckpt, arch, config, path):
-    """Refuse a checkpoint of another architecture, scale or configuration, naming what differs."""
-    got_arch = ckpt.get('arch', 'srresnet')
-    if got_arch != arch:
-        raise UserError(f"{path} is a {got_arch} checkpoint, not {arch}: pass --arch {got_arch} or another file")
-    got = ckpt.get('model_config') or {}
-    diffs = [f"{k}: checkpoint {got.get(k)!r} vs now {v!r}" for k, v in config.items() if k in got and got[k] != v]
-    if diffs:
-        raise UserError(f"{path} was made with another model configuration ({'; '.join(diffs)}): "
-                        f"pass the same flags as when it was created")
-
-
-def load_val_images(folder):
-    """(3, H, W) uint8 tensors of every image in ``folder`` (for validation PSNR)."""
-    paths = list_image_files(folder)
-    if not paths:
-        raise UserError(f"--val-folder {folder}: no images found")
-    return [pil_to_tensor(load_image(p)) for p in paths]
-
-
-def train_one_epoch(model, criterion, optimizer, ctx, epoch, start_step=0):
-    """One pass over ctx.loader (from ``start_step``). Returns ({'loss': mean loss}, next step, stopped early?)."""
+def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, speed, spec, args, epoch, start_step):
+    """One pass over the loader (from ``start_step``). Returns ({'loss': mean loss}, next step, stopped early?)."""
     model.train()
-    meter, spec, device = AverageMeter(), ctx.spec, ctx.dist.device
-    t0, n_patches = timer(), 0
-    bar = progress(ctx.loader, total=len(ctx.loader), dist=ctx.dist, desc=f"epoch {epoch}")
-    step = start_step
+    meter, device, scale = AverageMeter(), ctx.device, args.scale
+    start, n_patches, step = time.perf_counter(), 0, start_step
+    bar = ctx.progress(loader, desc=f"epoch {epoch}")
     for step, batch in enumerate(bar, start=start_step):
-        lr, hr = batch_to_device(batch, device, ctx.scale, ctx.downsample)  # (N, 3, h, w), (N, 3, s*h, s*w) in [0, 1]
-        x, target = model_io(spec, lr, hr, ctx.scale)  # in the model's input / output spaces
-        if ctx.channels_last:
+        lr, hr = training.batch_to_device(batch, device, scale, args.downsample)  # (N, 3, h, w), (N, 3, sh, sw)
+        x = inference.model_input(spec, lr, scale)  # in the model's input space
+        target = inference.model_target(spec, hr)  # in its output space
+        if speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, ctx.amp):
+        with autocast(device, speed.precision):
             sr = model(x)  # (N, C, s*h, s*w)
         loss = criterion(sr.float(), target)
-        loss_value = loss.item()
-        check_finite(loss_value, epoch, step, ctx.checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
-        ctx.scaler.scale(loss).backward()
-        ctx.scaler.step(optimizer)
-        ctx.scaler.update()
-        meter.update(loss_value, lr.size(0))
-        ctx.global_step += 1
-        n_patches += lr.size(0) * ctx.dist.world_size
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if step == start_step:
-            log_image_grids(ctx.writer, f"{ctx.tag}/epoch_{epoch}", epoch, x, sr, target, spec.in_type,
-                            spec.out_type)
-        if ctx.writer is not None:
-            ctx.writer.add_scalar(f"{ctx.tag}/loss_step", loss_value, ctx.global_step)
+            ctx.log_images(f"epoch_{epoch}", epoch, x, sr, target, spec.in_type, spec.out_type)
+        values, stop = ctx.end_step({'loss': loss}, epoch, step, args.checkpoint_path)
+        meter.update(values['loss'], lr.size(0))
+        n_patches += lr.size(0) * ctx.dist.world_size
         if hasattr(bar, 'set_postfix'):
-            bar.set_postfix(loss=f"{meter.avg:.4g}", patches_s=f"{n_patches / max(timer() - t0, 1e-9):.0f}")
-        ctx.dataset.check_failures()
-        if ctx.should_stop():
-            return {'loss': ctx.dist.all_mean(meter.avg)}, step + 1, True
-    return {'loss': ctx.dist.all_mean(meter.avg)}, step + 1, False
+            bar.set_postfix(loss=f"{meter.avg:.4g}", patches_s=training.patches_per_second(n_patches, start))
+        dataset.check_failures()
+        if stop:
+            return {'loss': meter.avg}, step + 1, True
+    return {'loss': meter.avg}, step + 1, False
 
 
-def checkpoint_state(model, optimizer, scheduler, ctx, args, epoch, resume_step, best_psnr):
+def checkpoint_state(model, optimizer, scheduler, scaler, global_step, args, speed, epoch, resume_step, best_psnr):
     """Everything needed to resume exactly, as state_dicts and plain data."""
     return {
         'format_version': FORMAT_VERSION, 'arch': args.arch, 'model_config': args.model_config,
-        'epoch': epoch, 'resume_step': resume_step, 'step': ctx.global_step,
+        'epoch': epoch, 'resume_step': resume_step, 'step': global_step,
         'model': strip_prefixes(unwrap_model(model).state_dict()), 'optimizer': optimizer.state_dict(),
-        'scheduler': scheduler.state_dict(), 'scaler': ctx.scaler.state_dict(), 'rng': get_rng_state(),
-        'args': plain_args(args), 'best_psnr': best_psnr,
+        'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'rng': get_rng_state(),
+        'args': training.run_record(args, speed), 'best_psnr': best_psnr,
     }
 
 
-def build_training(args, dist):
-    """Model, optimizer, scheduler and loss for ``args`` (on dist.device)."""
-    model = models.build_model(args.arch, args.model_config).to(dist.device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    apply_training_rewrites(model, args)
+def build_training(args, speed, device):
+    """Model, optimizer, scheduler, loss and GradScaler for ``args`` (on ``device``)."""
+    model = training.apply_speed(models.build_model(args.arch, args.model_config).to(device), speed)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     if args.lr_schedule == 'cosine':
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
@@ -176,51 +147,69 @@ def build_training(args, dist):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
                                                          gamma=args.lr_gamma)
     criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
-    return model, optimizer, scheduler, criterion
+    return model, optimizer, scheduler, criterion, training.make_scaler(device, speed)
+
+
+def load_resume(path, ctx, args, model, optimizer, scheduler, scaler):
+    """Continue from a checkpoint of the same architecture and configuration (checked before any data is read).
+    Returns (start_epoch, start_step, best_psnr)."""
+    ckpt = load_checkpoint(path, map_location=ctx.device)
+    training.check_resume_compatible(ckpt.get('arch', 'srresnet'), ckpt.get('model_config'), args.arch,
+                                     args.model_config, path)
+    model.load_state_dict(strip_prefixes(ckpt['model']))
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt.get('scheduler'):
+        scheduler.load_state_dict(ckpt['scheduler'])
+    return training.restore_training_state(ckpt, path, scaler, ctx)
 
 
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
-    dist = init_distributed(args.device, args.ngpu, args.dist_timeout)
-    try:
-        resolve_speed_args(args, dist.device)
-        if not args.faithful:
+    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout,
+                               max_steps=args.max_steps) as ctx:
+        speed = training.speed_of(args, ctx.device)
+        if not speed.faithful:
             keep_freed_memory()
-        seed_everything(args.seed + dist.rank)
+        seed_everything(args.seed + ctx.dist.rank)
         set_determinism(args.deterministic)
-        model, optimizer, scheduler, criterion = build_training(args, dist)
-        ckpt = None
-        if args.resume:  # checked before any data is read
-            ckpt = load_checkpoint(args.resume, map_location=dist.device)
-            check_resume_compatible(ckpt, args.arch, args.model_config, args.resume)
-            model.load_state_dict(strip_prefixes(ckpt['model']))
-            optimizer.load_state_dict(ckpt['optimizer'])
-            if ckpt.get('scheduler'):
-                scheduler.load_state_dict(ckpt['scheduler'])
-        val_images = load_val_images(args.val_folder) if args.val_folder else None
-        dataset, collate = build_train_dataset(args, log=print if dist.is_main else lambda *a: None)
-        ctx = TrainContext(args, dist, dataset, args.arch, tag=args.arch)
-        start_epoch, start_step, best_psnr = restore_training_state(ckpt, ctx) if ckpt else (1, 0, None)
-        if ckpt and dist.is_main:
-            print(f"resumed {args.resume}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
-        net = wrap_model(model, dist, args.ngpu, args.sync_bn)
-        if args.compile:
+        model, optimizer, scheduler, criterion, scaler = build_training(args, speed, ctx.device)
+        start_epoch, start_step, best_psnr = 1, 0, None
+        if args.resume:
+            start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, model, optimizer, scheduler,
+                                                             scaler)
+        val_images = training.load_val_images(args.val_folder) if args.val_folder else None
+        dataset, collate = training.dataset_of(args, log=ctx.log)
+        ctx.open_writer(os.path.join(args.runs_dir, args.arch), tag=args.arch)
+        net = training.wrap_model(model, ctx.dist, args.ngpu, args.sync_bn)
+        if speed.compile:
             net = torch.compile(net)
-        ctx.loader, sampler = make_train_loader(dataset, args.batch_size, dist, args.workers, args.seed,
-                                                pin_memory=dist.device.type == 'cuda', collate_fn=collate)
-        validate = None if val_images is None else lambda: validate_psnr(
-            Upscaler(unwrap_model(net).eval(), args.arch, args.scale, dist.device), val_images, args.scale)
-        run_epochs(
-            ctx, args, sampler, start_epoch=start_epoch, start_step=start_step, best_psnr=best_psnr,
-            train_epoch=lambda epoch, step: train_one_epoch(net, criterion, optimizer, ctx, epoch, step),
-            make_state=lambda epoch, step, best: checkpoint_state(net, optimizer, scheduler, ctx, args, epoch,
-                                                                  step, best),
-            validate=validate, after_epoch=lambda epoch: scheduler.step())
-        return 0
-    finally:
-        if 'ctx' in locals():
-            ctx.close()
-        close_distributed()
+        loader, sampler = training.make_train_loader(dataset, args.batch_size, ctx.dist, args.workers, args.seed,
+                                                     pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
+        saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
+        spec = models.ARCHS[args.arch]
+
+        def state(epoch, resume_step):
+            return checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
+                                    resume_step, best_psnr)
+
+        for epoch in range(start_epoch, args.epochs + 1):
+            sampler.set_epoch(epoch, start_step * loader.batch_size)
+            losses, next_step, stopped = train_one_epoch(net, criterion, optimizer, scaler, loader, dataset, ctx,
+                                                         speed, spec, args, epoch, start_step)
+            start_step = 0
+            if stopped:
+                saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
+                return 0
+            scheduler.step()
+            val_psnr = None
+            if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
+                                                                                       args.epochs):
+                val_psnr = training.validate(unwrap_model(net), args.arch, args.scale, ctx.device, val_images)
+            best_psnr, improved = training.better(val_psnr, best_psnr)
+            saver.save(state(epoch, 0), improved)
+            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr)
+        ctx.log(f"done: {args.checkpoint_path}")
+    return 0
 
 
 if __name__ == '__main__':

@@ -50,7 +50,7 @@ def main():
         if not os.path.isdir(folder):
             sys.exit(f"{folder} not found: pass --train-folder/--val-folder")
     sys.path.insert(0, REPO)
-    from utils import create_data_lists
+    from datasets import create_data_lists
     with tempfile.TemporaryDirectory() as workdir:
         create_data_lists([args.train_folder], [], 96, workdir, workers=2, log=lambda *a: None)
         common = ['--data-folder', workdir, '--epochs', 1, '--batch-size', args.batch_size, '--patches-per-image',

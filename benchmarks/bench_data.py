@@ -27,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
+import training  # noqa: E402
 import utils  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared',
@@ -73,7 +74,7 @@ def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit):
     def step():
         j = state['j']
         hr = datasets.collate_patches([ds[(0, (j + k) % len(ds))] for k in range(visits)])
-        lr, hr = utils.batch_to_device(hr, torch.device('cpu'), scale, 'pil')
+        lr, hr = training.batch_to_device(hr, torch.device('cpu'), scale, 'pil')
         utils.convert_image(lr, '[0, 1]', 'imagenet-norm'), utils.convert_image(hr, '[0, 1]', '[-1, 1]')
         state['j'] = j + visits
         return hr.shape[0]
@@ -89,7 +90,7 @@ def run_mode(mode, args):
     if mode in ('suite_cached', 'suite_streaming_4_crops'):
         utils.keep_freed_memory()
     with tempfile.TemporaryDirectory() as lists:
-        utils.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
+        datasets.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
         if mode == 'tutorial':
             step = tutorial_step(datasets.read_data_list(lists, 'train'), args.crop_size, args.scale, args.batch_size)
         elif mode == 'suite_streaming_4_crops':

@@ -16,7 +16,7 @@ Cases:
   reference      the tutorial: convert_image(img, 'pil', 'imagenet-norm'), fp32, NCHW, the whole image at once,
                  eager, convert_image(sr, '[-1, 1]', 'pil'). Run for sizes <= --reference-max-size only: at
                  2048 px its activations need about 40 GB (see 'estimate_gb' in the 2048 line).
-  suite-default  utils.Upscaler with its defaults (whole image, fp32), upscale_uint8
+  suite-default  inference.Upscaler with its defaults (whole image, fp32), upscale_uint8
   suite-fast     fuse (BatchNorm folded, last conv on the sub-pixel grid) + channels_last, whole image, fp32
   suite-tiled    suite-fast in --tile px windows (overlap 16)
   suite-bf16     suite-tiled in bf16 autocast
@@ -80,7 +80,8 @@ def suite_pipeline(model, **options):
     """PIL -> Upscaler.upscale_uint8 -> PIL, as test.py does."""
     import numpy as np
     from PIL import Image
-    from utils import Upscaler, pil_to_tensor
+    from inference import Upscaler
+    from utils import pil_to_tensor
     upscaler = Upscaler(model, 'srresnet', 4, 'cpu', **options)
 
     def run(img):
@@ -122,7 +123,7 @@ def worker(case, size, args):
         up = run.upscaler
         result['tile'] = up.plan_tile(1, size, size)
         if result['tile']:  # the window side actually used (fit_tile shrinks it to the fewest windows)
-            from utils import fit_tile
+            from inference import fit_tile
             result['window'] = fit_tile(size, result['tile'], up.tile_overlap)
         result['estimate_gb'] = round(up.memory_per_pixel() * size * size / 1e9, 2)
     runs = []
@@ -194,7 +195,8 @@ def accuracy(path, args):
     """PSNR (dB, RGB in [0, 1]) of each option's output against the default fp32 whole-image output."""
     sys.path.insert(0, REPO)
     import torch
-    from utils import Upscaler, load_image, pil_to_tensor
+    from inference import Upscaler
+    from utils import load_image, pil_to_tensor
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model()

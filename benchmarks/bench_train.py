@@ -9,7 +9,7 @@ allocator; the tutorial does not), on the same random batches; the processes alt
 machine load hits both alike, and the best round of each counts. The reference is written here as the tutorial
 wrote it (imagenet-norm LR in, [-1, 1] out, MSE, Adam, fp32, NCHW, eager). The suite side uses the suite's own
 pieces, as train_srresnet.py does without --faithful: keep_freed_memory, resolve_speed_args (--amp auto,
-channels_last), apply_training_rewrites, utils.autocast, model_io.
+channels_last), the training rewrites, utils.autocast, inference.model_input / model_target.
 
 Also prints the fp32 ceiling: the step's floating-point operations (torch's FlopCounterMode: convolutions and
 matrix products, forward and backward) at the rate of a large fp32 matrix product on this device, i.e. the step
@@ -28,7 +28,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import inference  # noqa: E402
 import models  # noqa: E402
+import training  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -44,10 +46,11 @@ def tutorial_step(model, optimizer, lr_imgs, hr_imgs):
 
 def suite_step(model, optimizer, lr01, hr01, speed, device):
     """The suite's step (as train_srresnet.train_one_epoch does it)."""
-    x, target = utils.model_io(models.ARCHS['srresnet'], lr01, hr01, 4)
+    spec = models.ARCHS['srresnet']
+    x, target = inference.model_input(spec, lr01, 4), inference.model_target(spec, hr01)
     if speed.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with utils.autocast(device, speed.amp):
+    with utils.autocast(device, speed.precision):
         sr = model(x)
     loss = torch.nn.functional.mse_loss(sr.float(), target)
     optimizer.zero_grad(set_to_none=True)
@@ -78,13 +81,9 @@ def build_side(side, args, device):
         hr_pm1 = utils.convert_image(hr01, '[0, 1]', '[-1, 1]')
         return lambda: tutorial_step(model, optimizer, lr_norm, hr_pm1), {}
     utils.keep_freed_memory()
-    speed = utils.resolve_speed_args(argparse.Namespace(faithful=False, amp=args.amp, channels_last=None,
-                                                        compile=args.compile,
-                                                        tail_before_shuffle=args.tail_before_shuffle,
-                                                        fast_prelu=args.fast_prelu), device)
-    if speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    utils.apply_training_rewrites(model, speed)
+    speed = training.resolve_speed(device, amp=args.amp, compile=args.compile,
+                                   tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu)
+    model = training.apply_speed(model, speed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     net = torch.compile(model) if args.compile else model
     settings = {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile,

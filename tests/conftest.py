@@ -71,6 +71,6 @@ def tiny_dataset(tmp_path_factory):
         Image.fromarray(img).save(train / f"img{i}.png")
         if i < 2:
             Image.fromarray(img).save(test / f"img{i}.png")
-    from utils import create_data_lists
+    from datasets import create_data_lists
     create_data_lists([str(train)], [str(test)], 32, str(data), workers=1, log=lambda *_: None)
     return {'root': root, 'train': train, 'test': test, 'data': data}

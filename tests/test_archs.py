@@ -1,5 +1,4 @@
 """Every architecture through the same scripts: recipes, a few training steps via the CLI, then eval on it."""
-import argparse
 
 import pytest
 import torch
@@ -8,7 +7,8 @@ from torch import nn
 import models
 from conftest import run_script
 from train_srresnet import build_parser, build_training, resolve_args
-from utils import Dist, apply_training_rewrites, load_checkpoint, resolve_speed_args
+import training
+from utils import load_checkpoint
 
 TINY_OPTS = {
     'srresnet': ['--n-blocks', 2, '--n-channels', 8],
@@ -44,7 +44,7 @@ def test_each_arch_brings_its_recipe_and_flags_override_it():
 @pytest.mark.parametrize('loss, criterion', [('l1', nn.L1Loss), ('mse', nn.MSELoss)])
 def test_loss_flag_selects_the_criterion(loss, criterion):
     args = args_for('--arch', 'espcn', '--scale', 3, '--loss', loss, '--channels-last')
-    *_, built = build_training(args, Dist())
+    _, _, _, built, _ = build_training(args, training.speed_of(args, torch.device('cpu')), torch.device('cpu'))
     assert isinstance(built, criterion)
 
 
@@ -52,8 +52,8 @@ def test_loss_flag_selects_the_criterion(loss, criterion):
                                                (('--no-tail-before-shuffle',), False, True),
                                                (('--no-fast-prelu',), True, False)])
 def test_training_rewrites_are_on_by_default_and_off_when_faithful(argv, tail, prelu):
-    args = resolve_speed_args(args_for('--n-blocks', 2, '--n-channels', 8, *argv), torch.device('cpu'))
-    model, *_ = build_training(args, Dist())
+    args = args_for('--n-blocks', 2, '--n-channels', 8, *argv)
+    model, *_ = build_training(args, training.speed_of(args, torch.device('cpu')), torch.device('cpu'))
     assert model.tail_before_shuffle is tail
     prelus = [m for m in model.modules() if isinstance(m, models.PReLU)]
     assert len(prelus) == 5 and all(m.fast_backward is prelu for m in prelus)
@@ -61,7 +61,7 @@ def test_training_rewrites_are_on_by_default_and_off_when_faithful(argv, tail, p
 
 def test_training_rewrites_reach_the_srgan_generators_srresnet():
     generator = models.Generator(n_channels=8, n_blocks=2)
-    apply_training_rewrites(generator, argparse.Namespace(tail_before_shuffle=True, fast_prelu=True))
+    models.apply_training_rewrites(generator, tail_before_shuffle=True, fast_prelu=True)
     assert generator.net.tail_before_shuffle
     assert all(m.fast_backward for m in generator.modules() if isinstance(m, models.PReLU))
 

@@ -143,7 +143,7 @@ def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_d
     always wins. (Same patches either way: tests/test_reliability_training.py resumes with 2 workers after 0.)"""
     from datasets import PatchDataset
     import train_srresnet
-    from utils import loader_workers
+    from training import loader_workers
     args = train_srresnet.build_parser().parse_args([])
     assert args.workers is None
     cached = PatchDataset(tiny_dataset['data'], 24, 4, log=lambda *_: None)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_script
-from utils import create_data_lists, load_checkpoint
+from datasets import create_data_lists
+from utils import load_checkpoint
 
 # ESPCN has no BatchNorm, so DDP's averaged gradients must equal one process's gradient of the global batch.
 TINY_ESPCN = ['--arch', 'espcn', '--scale', 2, '--model-opt', 'channels=[8,8]', '--crop-size', 32,

@@ -10,7 +10,9 @@ import time
 import pytest
 import torch
 
+import inference
 import models
+import training
 import utils
 from conftest import REPO, run_script
 from train_srresnet import checkpoint_state
@@ -78,11 +80,11 @@ def test_legacy_whole_model_checkpoint_gets_message_and_converter(tmp_path):
         utils.load_checkpoint(str(legacy))
     assert '--convert-legacy' in str(err.value) and '\n' not in str(err.value)
     converted = tmp_path / 'converted.pth'
-    utils.convert_legacy_checkpoint(str(legacy), str(converted))
+    inference.convert_legacy_checkpoint(str(legacy), str(converted))
     ckpt = torch.load(converted, weights_only=True)
     assert_plain(ckpt)
     assert ckpt['epoch'] == 7 and ckpt['model_config']['scaling_factor'] == 2
-    rebuilt, arch, _ = utils.load_sr_model(str(converted))
+    rebuilt, arch, _, _ = inference.load_sr_model(str(converted))
     x = torch.randn(1, 3, 8, 8)
     assert arch == 'srresnet' and torch.equal(rebuilt(x), model.eval()(x))
 
@@ -146,15 +148,16 @@ def test_wrapper_prefixes_never_leak_into_saved_files_and_prefixed_files_load(tm
     assert next(iter(wrapped.state_dict())).startswith('_orig_mod.module.')
     args = argparse.Namespace(arch='srresnet', model_config=models.model_config('srresnet', 4, n_blocks=2,
                                                                                  n_channels=8))
-    ctx = argparse.Namespace(global_step=0, scaler=torch.amp.GradScaler('cpu', enabled=False))
+    speed = training.resolve_speed(torch.device('cpu'), amp='off')
     opt = torch.optim.Adam(model.parameters())
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [])
-    state = checkpoint_state(wrapped, opt, sched, ctx, args, 1, 0, None)
+    scaler = training.make_scaler(torch.device('cpu'), speed)
+    state = checkpoint_state(wrapped, opt, sched, scaler, 0, args, speed, 1, 0, None)
     assert list(state['model']) == list(model.state_dict())
     # A file written by someone else's wrapped model still loads.
     prefixed = {'model': {'module.' + k: v for k, v in model.state_dict().items()}, 'epoch': 1}
     utils.save_checkpoint(prefixed, str(tmp_path / 'prefixed.pth'))
-    loaded, _, config = utils.load_sr_model(str(tmp_path / 'prefixed.pth'))
+    loaded, _, config, _ = inference.load_sr_model(str(tmp_path / 'prefixed.pth'))
     assert config['n_blocks'] == 2
     x = torch.randn(1, 3, 8, 8)
     assert torch.equal(loaded(x), model.eval()(x))
@@ -166,10 +169,10 @@ def test_other_arch_scale_and_format_version_are_refused(tmp_path, tiny_dataset)
     utils.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': config, 'epoch': 1,
                            'model': model.state_dict()}, str(tmp_path / 'x2.pth'))
     with pytest.raises(utils.UserError, match='trained for x2, not x4'):
-        utils.load_sr_model(str(tmp_path / 'x2.pth'), expect_scale=4)
+        inference.load_sr_model(str(tmp_path / 'x2.pth'), expect_scale=4)
     utils.save_checkpoint({'format_version': 99, 'model': {}, 'epoch': 1}, str(tmp_path / 'future.pth'))
     with pytest.raises(utils.UserError, match='format version 99'):
-        utils.load_sr_model(str(tmp_path / 'future.pth'))
+        inference.load_sr_model(str(tmp_path / 'future.pth'))
     common = ['--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--epochs', 1, '--workers', 0]
     result = run_script('train_srresnet.py', *common, '--arch', 'espcn', '--scale', 2, '--resume', tmp_path / 'x2.pth')
     assert result.returncode == 2 and 'is a srresnet checkpoint, not espcn' in result.stderr

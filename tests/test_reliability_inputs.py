@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets
 import utils
 from conftest import photo_crops, run_script
 
@@ -132,7 +133,7 @@ def test_files_going_bad_after_listing_are_skipped_during_training(tmp_path, cac
     for i, img in enumerate(photo_crops(64, 6)):
         Image.fromarray(img).save(folder / f"{i}.png")
     lists = tmp_path / 'lists'
-    utils.create_data_lists([str(folder)], [], 32, str(lists), workers=1, log=lambda *_: None)
+    datasets.create_data_lists([str(folder)], [], 32, str(lists), workers=1, log=lambda *_: None)
     (folder / '0.png').unlink()  # deleted after listing
     data = (folder / '1.png').read_bytes()
     (folder / '1.png').write_bytes(data[:len(data) // 3])  # truncated after listing

@@ -1,4 +1,4 @@
-"""utils.Upscaler options: tiling, memory budgets, precision, self-ensemble, channels_last; bicubic_upscale.
+"""inference.Upscaler options: tiling, memory budgets, precision, self-ensemble, channels_last; bicubic_upscale.
 
 Tiny random-weight models (2 blocks, 8-16 channels) on 24-48 px images, CPU only. Reference results are computed
 here independently (whole-image passes, hand-written transforms), so every check can fail.
@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import inference  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
-from utils import Upscaler, UserError  # noqa: E402
+from inference import Upscaler  # noqa: E402
+from utils import UserError  # noqa: E402
 
 
 TINY = {
@@ -69,7 +71,7 @@ def scale_of(arch):
 @pytest.mark.parametrize('length,tile,overlap', [(10, 4, 0), (185, 100, 16), (50, 64, 16), (100, 32, 8), (37, 24, 5),
                                                  (48, 24, 0)])
 def test_tile_starts_cover_with_overlap(length, tile, overlap):
-    starts = utils.tile_starts(length, tile, overlap)
+    starts = inference.tile_starts(length, tile, overlap)
     size = min(tile, length)
     assert starts[0] == 0 and starts[-1] + size == length
     for a, b in zip(starts, starts[1:]):
@@ -79,21 +81,21 @@ def test_tile_starts_cover_with_overlap(length, tile, overlap):
 @pytest.mark.parametrize('length,tile,overlap', [(512, 256, 16), (2048, 256, 16), (61, 24, 6), (50, 64, 16),
                                                  (48, 24, 0), (100, 33, 8)])
 def test_fit_tile_shrinks_windows_without_adding_any(length, tile, overlap):
-    fitted = utils.fit_tile(length, tile, overlap)
-    assert fitted <= tile and len(utils.tile_starts(length, fitted, overlap)) == len(utils.tile_starts(length, tile,
+    fitted = inference.fit_tile(length, tile, overlap)
+    assert fitted <= tile and len(inference.tile_starts(length, fitted, overlap)) == len(inference.tile_starts(length, tile,
                                                                                                      overlap))
     if length > tile:  # one px less would need another window (or lose the overlap)
-        n = len(utils.tile_starts(length, tile, overlap))
+        n = len(inference.tile_starts(length, tile, overlap))
         assert n * (fitted - 1) - (n - 1) * overlap < length <= n * fitted - (n - 1) * overlap
 
 
 @pytest.mark.parametrize('length,tile,overlap,scale', [(80, 32, 8, 2), (61, 24, 6, 4), (48, 24, 0, 3)])
 def test_blend_weights_partition_of_unity(length, tile, overlap, scale):
-    starts = utils.tile_starts(length, tile, overlap)
+    starts = inference.tile_starts(length, tile, overlap)
     size = min(tile, length)
     total = torch.zeros(length * scale)
     for i, a in enumerate(starts):
-        total[a * scale:(a + size) * scale] += utils._blend_ramp(starts, i, size, length, scale, 'cpu')
+        total[a * scale:(a + size) * scale] += inference._blend_ramp(starts, i, size, length, scale, 'cpu')
     torch.testing.assert_close(total, torch.ones_like(total))
 
 
@@ -110,7 +112,7 @@ def test_tiled_equals_untiled(arch, h, w, tile, overlap):
     model = tiny_model(arch, s)
     lr = smooth_image(h, w, n=2)
     ref, ref_y = Upscaler(model, arch, s, 'cpu').upscale(lr)
-    assert utils.tile_starts(h, tile, overlap) != [0]  # really tiled
+    assert inference.tile_starts(h, tile, overlap) != [0]  # really tiled
     out, out_y = Upscaler(model, arch, s, 'cpu', tile=tile, tile_overlap=overlap).upscale(lr)
     assert out.shape == ref.shape == (2, 3, h * s, w * s)
     assert psnr01(out, ref) >= 50.
@@ -147,7 +149,7 @@ def test_overlap_zero_pointwise_model_is_exact():
     torch.manual_seed(1)
     model = Pointwise(4).eval()
     lr = smooth_image(48, 40)
-    assert utils.tile_starts(48, 24, 0) == [0, 24]  # no shared pixels at all
+    assert inference.tile_starts(48, 24, 0) == [0, 24]  # no shared pixels at all
     ref, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
     out, _ = Upscaler(model, 'srresnet', 4, 'cpu', tile=24, tile_overlap=0).upscale(lr)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
@@ -407,12 +409,12 @@ def test_subpixel_conv_equals_conv_after_shuffle(r, k):
     torch.manual_seed(r * 10 + k)
     conv = nn.Conv2d(4, 3, k, padding=k // 2)
     z = torch.randn(2, 4 * r * r, 7, 6)
-    new = utils.subpixel_conv(conv, r)
+    new = models.subpixel_conv(conv, r)
     with torch.no_grad():
         expected = conv(nn.functional.pixel_shuffle(z, r))
         got = nn.functional.pixel_shuffle(new(z), r)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    assert utils.subpixel_conv(nn.Conv2d(4, 3, 3, padding=0), r) is None  # not 'same' padding: refused
+    assert models.subpixel_conv(nn.Conv2d(4, 3, 3, padding=0), r) is None  # not 'same' padding: refused
 
 
 @pytest.mark.parametrize('arch,scale', [('srresnet', 2), ('srresnet', 4), ('srresnet', 8), ('edsr', 3),

@@ -147,18 +147,18 @@ def test_positive_int_and_dataset_name():
     assert utils.dataset_name('Set14') == 'Set14'
 
 
-def test_model_io_for_rgb_and_y_models():
+def test_model_input_and_target_for_rgb_and_y_models():
+    import inference
     import models
     lr, hr = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 12, 15)
-    x, target = utils.model_io(models.ARCHS['srresnet'], lr, hr, 3)
-    assert torch.allclose(x, utils.convert_image(lr, '[0, 1]', 'imagenet-norm'))
-    assert torch.allclose(target, hr * 2 - 1)
-    x, target = utils.model_io(models.ARCHS['srcnn'], lr, hr, 3)
+    srresnet, srcnn, espcn = models.ARCHS['srresnet'], models.ARCHS['srcnn'], models.ARCHS['espcn']
+    assert torch.allclose(inference.model_input(srresnet, lr, 3), utils.convert_image(lr, '[0, 1]', 'imagenet-norm'))
+    assert torch.allclose(inference.model_target(srresnet, hr), hr * 2 - 1)
+    x, target = inference.model_input(srcnn, lr, 3), inference.model_target(srcnn, hr)
     assert x.shape == (2, 1, 12, 15) and target.shape == (2, 1, 12, 15)
     y = (16 + 65.481 * hr[:, 0] + 128.553 * hr[:, 1] + 24.966 * hr[:, 2]) / 255
     assert torch.allclose(target[:, 0], y, atol=1e-6)
-    x, _ = utils.model_io(models.ARCHS['espcn'], lr, hr, 3)
-    assert x.shape == (2, 1, 4, 5)
+    assert inference.model_input(espcn, lr, 3).shape == (2, 1, 4, 5)
 
 
 KEEP_FREED_PROBE = """

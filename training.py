@@ -1,0 +1,549 @@
+"""The parts both trainers (train_srresnet.py, train_srgan.py) are built from; their epoch loops stay in the scripts.
+
+    with training.TrainContext(args.device, max_steps=args.max_steps) as ctx:   # joins torchrun's process group
+        speed = training.resolve_speed(ctx.device, faithful=..., amp=..., ...)  # a Speed value
+        loader, sampler = training.make_train_loader(dataset, batch_size, ctx.dist, workers, seed)
+        saver = training.CheckpointSaver(path, ctx.dist, keep_best=True)
+        for epoch in range(start_epoch, epochs + 1):
+            ...                                   # each optimizer step ends with ctx.end_step(losses, epoch, step)
+            saver.save(state, improved)
+
+Here: the process group (DDP under torchrun, DataParallel for --ngpu), speed settings, the training dataset and
+loader, Ctrl-C / SIGTERM / --max-steps handling, TensorBoard logging, the per-step bookkeeping (one host sync per
+step), checkpoint saving (latest and best) and resuming, and the flags both trainers share.
+Imports utils, models, datasets and inference.
+"""
+import argparse
+import datetime
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+import datasets
+import inference
+import models
+from utils import (UserError, check_precision, convert_image, list_image_files, load_image, native_bf16,
+                   pick_device, pil_to_tensor, plain_args, positive_int, save_checkpoint, set_rng_state)
+
+TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
+
+# ----------------------------------------------------------------------------------------------
+# Processes: torchrun's DDP, the tutorial's DataParallel, or one process
+# ----------------------------------------------------------------------------------------------
+
+
+class Dist:
+    """Process-group facts for this process: rank, world size, local rank, device; is_main for rank 0."""
+
+    def __init__(self, rank=0, world_size=1, local_rank=0, device=torch.device('cpu')):
+        self.rank, self.world_size, self.local_rank, self.device = rank, world_size, local_rank, device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1 or torch.distributed.is_initialized()
+
+    def all_mean(self, value):
+        """Mean of a float across ranks (the value itself when not distributed)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world_size
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def init_distributed(device_name, ngpu=1, timeout_s=600):
+    """Join the torchrun process group when launched by torchrun (RANK/WORLD_SIZE set), else a single process.
+
+    nccl on CUDA (one GPU per process, cuda:LOCAL_RANK), gloo on CPU. --ngpu > 1 with torchrun is refused.
+    """
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        return Dist(device=pick_device(device_name))
+    if ngpu > 1:
+        raise UserError("--ngpu (DataParallel) and torchrun (DDP) cannot be combined: drop --ngpu under torchrun")
+    rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    device = pick_device(device_name)
+    if device.type == 'cuda':
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Dist(rank, world, local_rank, device)
+
+
+def close_distributed():
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def wrap_model(model, dist, ngpu=1, sync_bn=False):
+    """DDP under torchrun (SyncBatchNorm with sync_bn on CUDA), DataParallel for --ngpu N on CUDA, else as is."""
+    if dist.enabled:
+        if sync_bn and dist.device.type == 'cuda':
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [dist.device.index] if dist.device.type == 'cuda' else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if ngpu > 1 and dist.device.type == 'cuda' and torch.cuda.device_count() > 1:
+        return torch.nn.DataParallel(model, device_ids=list(range(min(ngpu, torch.cuda.device_count()))))
+    return model
+
+
+def per_rank_batch_size(batch_size, dist):
+    """--batch-size is global: split evenly across processes (UserError if it does not divide)."""
+    if batch_size % dist.world_size:
+        raise UserError(f"--batch-size {batch_size} (global) does not divide across {dist.world_size} processes")
+    return batch_size // dist.world_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Speed settings, resolved once into a value
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed settings of a run, resolved for its device (resolve_speed).
+
+    precision: 'fp32', 'bf16' or 'fp16', the autocast of the forward passes (--amp; 'off' is fp32); fp16 comes
+    with a GradScaler. The rest are the flags of the same names, with 'auto' decided.
+    """
+    faithful: bool
+    precision: str
+    channels_last: bool
+    tail_before_shuffle: bool
+    fast_prelu: bool
+    compile: bool
+
+    @property
+    def amp(self):
+        """The --amp value this precision stands for (off, bf16, fp16)."""
+        return 'off' if self.precision == 'fp32' else self.precision
+
+    def flags(self):
+        """The resolved settings under their flag names, as checkpoints record them in 'args'."""
+        return {'faithful': self.faithful, 'amp': self.amp, 'channels_last': self.channels_last,
+                'tail_before_shuffle': self.tail_before_shuffle, 'fast_prelu': self.fast_prelu,
+                'compile': self.compile}
+
+
+def resolve_speed(device, *, faithful=False, amp='auto', channels_last=None, tail_before_shuffle=None,
+                  fast_prelu=None, compile=False):
+    """The Speed of a run from its flags: 'auto' and None decided for ``device``; --faithful is the tutorial's fp32
+    NCHW eager loop and refuses the speed flags. --amp auto picks bf16 where the hardware runs it natively (CUDA
+    GPUs that support it, CPUs with AMX or AVX512-BF16), else fp32."""
+    if faithful:
+        if amp not in ('auto', 'off') or channels_last or compile or tail_before_shuffle or fast_prelu:
+            raise UserError("--faithful runs the tutorial's fp32 NCHW eager loop: drop --amp/--channels-last/--compile/"
+                            "--tail-before-shuffle/--fast-prelu")
+        return Speed(True, 'fp32', False, False, False, False)
+    if amp == 'auto':
+        precision = 'bf16' if native_bf16(device) else 'fp32'
+    else:
+        precision = check_precision('fp32' if amp == 'off' else amp, device, flag='--amp')
+    return Speed(False, precision, device.type in ('cuda', 'cpu') if channels_last is None else channels_last,
+                 True if tail_before_shuffle is None else tail_before_shuffle,
+                 True if fast_prelu is None else fast_prelu, bool(compile))
+
+
+def apply_speed(model, speed):
+    """The model as the speed settings run it: channels_last memory format, and the training rewrites (tail before
+    shuffle, fast PReLU backward) switched on or off. Returns the model (converted in place)."""
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    models.apply_training_rewrites(model, speed.tail_before_shuffle, speed.fast_prelu)
+    return model
+
+
+def make_scaler(device, speed):
+    """A GradScaler, active only for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=speed.precision == 'fp16')
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: the training dataset, the loader, batches on the device, validation images
+# ----------------------------------------------------------------------------------------------
+
+
+def build_train_dataset(data_folder, crop_size, scale, *, faithful, downsample, seed, patches_per_image,
+                        crops_per_visit, hflip, vflip, rot90, cache_gb, max_bad_fraction, workers, log=print):
+    """--faithful: the tutorial's SRDataset (PIL decode and bicubic per patch); else the cached PatchDataset.
+
+    Returns (dataset, collate_fn)."""
+    if faithful:
+        return datasets.SRDataset(data_folder, 'train', crop_size, scale, '[0, 1]', '[0, 1]', downsample=downsample,
+                                  seed=seed, max_bad_fraction=max_bad_fraction, repeat=patches_per_image), None
+    dataset = datasets.PatchDataset(
+        data_folder, crop_size, scale, seed=seed, patches_per_image=patches_per_image,
+        crops_per_visit=crops_per_visit, hflip=bool(hflip), vflip=bool(vflip), rot90=bool(rot90),
+        cache_bytes=None if cache_gb is None else int(cache_gb * 2 ** 30), max_bad_fraction=max_bad_fraction,
+        workers=TUTORIAL_WORKERS if workers is None else workers, log=log)
+    return dataset, datasets.collate_patches
+
+
+def loader_workers(workers, device, dataset):
+    """--workers, or its default when None: 0 on a CPU when the patches come from the RAM cache (cropping is cheap,
+    and worker processes would take cores from the model: ESPCN on T91 trained 1.4x faster with 0 than with 4 on 2
+    cores), else the tutorial's 4."""
+    if workers is not None:
+        return workers
+    return 0 if device.type == 'cpu' and getattr(dataset, 'buffer', None) is not None else TUTORIAL_WORKERS
+
+
+def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False, collate_fn=None):
+    """DataLoader over an EpochSampler: the global batch (in patches) is split across ranks; datasets whose items
+    hold several crops (PatchDataset) are batched by visits; ``workers`` None picks loader_workers' default.
+    Returns (loader, sampler)."""
+    workers = loader_workers(workers, dist.device, dataset)
+    per_rank = per_rank_batch_size(batch_size, dist)
+    crops = getattr(dataset, 'crops_per_visit', 1)
+    if per_rank % crops and getattr(dataset, 'auto_crops', False):
+        crops = math.gcd(per_rank, crops)
+        dataset.set_crops_per_visit(crops)
+    if per_rank % crops:
+        raise UserError(f"--batch-size {batch_size} ({per_rank} per process) is not a multiple of "
+                        f"--crops-per-visit {crops}")
+    sampler = datasets.EpochSampler(len(dataset), seed=seed, shuffle=True, rank=dist.rank,
+                                    world_size=dist.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank // crops, sampler=sampler,
+                                         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                                         collate_fn=collate_fn)
+    return loader, sampler
+
+
+def batch_to_device(batch, device, scale, downsample):
+    """A loader batch -> (lr, hr) float RGB in [0, 1] on ``device``: SRDataset pairs are moved as they are;
+    PatchDataset uint8 HR batches are moved (4x fewer bytes than float) and downscaled there, batched."""
+    if isinstance(batch, (list, tuple)):
+        lr, hr = batch
+        return lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+    hr = batch.to(device, non_blocking=True)  # (N, 3, H, W) uint8
+    lr = datasets.make_lr(hr, scale, downsample)  # (N, 3, H / s, W / s) uint8
+    return lr.float().div_(255.), hr.float().div_(255.)
+
+
+def load_val_images(folder):
+    """(3, H, W) uint8 tensors of every image in ``folder`` (for validation PSNR)."""
+    paths = list_image_files(folder)
+    if not paths:
+        raise UserError(f"--val-folder {folder}: no images found")
+    return [pil_to_tensor(load_image(p)) for p in paths]
+
+
+def validate(model, arch, scale, device, hr_images):
+    """Validation PSNR: the standard protocol (Y, border = scale) averaged over ``hr_images``, model in eval mode."""
+    return inference.validate_psnr(inference.Upscaler(model.eval(), arch, scale, device), hr_images, scale)
+
+
+def validation_due(epoch, val_every, epochs):
+    """Validate every --val-every epochs and after the last one."""
+    return epoch % val_every == 0 or epoch == epochs
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: process group, stop request, logging, per-step bookkeeping
+# ----------------------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """Turns Ctrl-C / SIGTERM into a flag the training loop checks after each step (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name} received: finishing this step, then saving", file=sys.stderr)
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_command():
+    """The command line that resumes this run (argv with --resume added when missing)."""
+    argv = [a for a in sys.argv]
+    if '--resume' not in argv and not any(a.startswith('--resume=') for a in argv):
+        argv.append('--resume')
+    launcher = 'torchrun ...' if 'RANK' in os.environ else 'python'
+    return f"{launcher} {' '.join(argv)}"
+
+
+def to_display(img, kind):
+    """(N, C, H, W) in ``kind`` -> [0, 1] for image grids (Y images stay single-channel)."""
+    if img.shape[1] == 1:
+        return img.float().clamp(0, 1)
+    return convert_image(img.float(), kind, '[0, 1]').clamp(0, 1)
+
+
+class TrainContext:
+    """One training process of a run, used as a context manager.
+
+    On enter it joins torchrun's process group when there is one (``dist``, ``device``) and turns Ctrl-C / SIGTERM
+    into a stop request; on exit it closes the TensorBoard writer, restores the signal handlers and leaves the
+    process group. In between: open_writer (rank 0 logs), end_step after every optimizer step (the step counter,
+    non-finite losses, the stop decision shared by all ranks), log_epoch, and printing on rank 0 (log).
+    """
+
+    def __init__(self, device='auto', *, ngpu=1, dist_timeout=600, max_steps=None):
+        self.device_name, self.ngpu, self.dist_timeout, self.max_steps = device, ngpu, dist_timeout, max_steps
+        self.dist = self.device = self.stop = self.writer = None
+        self.tag, self.global_step = '', 0
+
+    def __enter__(self):
+        self.dist = init_distributed(self.device_name, self.ngpu, self.dist_timeout)
+        self.device = self.dist.device
+        self.stop = StopRequest()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.restore()
+        if self.writer is not None:
+            self.writer.close()
+        close_distributed()
+        return False
+
+    def log(self, *text, **kwargs):
+        """print on rank 0 only."""
+        if self.dist.is_main:
+            print(*text, **kwargs)
+
+    def open_writer(self, log_dir, tag):
+        """The TensorBoard writer, on rank 0 only (elsewhere ``writer`` stays None); ``tag`` prefixes every tag."""
+        self.tag = tag
+        if self.dist.is_main:
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def progress(self, loader, desc):
+        """A tqdm bar over the loader on rank 0 when stderr is a terminal; plain iteration otherwise."""
+        return tqdm(loader, total=len(loader), desc=desc, disable=None if self.dist.is_main else True,
+                    dynamic_ncols=True, leave=False)
+
+    def end_step(self, losses, epoch, step, checkpoint_path):
+        """Bookkeeping after an optimizer step. losses: {name: 0-d tensor}. Returns ({name: float}, stop).
+
+        One host sync for everything: the losses and this rank's stop request travel in one tensor (summed across
+        ranks under torchrun, so every rank sees the mean losses and stops at the same step). A NaN / inf loss on
+        any rank stops the run with a UserError naming the step, before anything is saved. The stop is Ctrl-C /
+        SIGTERM on any rank, or --max-steps reached. Also logs the per-step losses to TensorBoard ('<tag>/loss_step',
+        '<tag>/<name>_loss_step').
+        """
+        self.global_step += 1
+        wants_stop = self.stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps)
+        names = list(losses)
+        packed = torch.stack([losses[k].detach().float() for k in names] +
+                             [torch.tensor(float(wants_stop), device=self.device)])
+        if self.dist.enabled:
+            torch.distributed.all_reduce(packed)
+            packed[:-1] /= self.dist.world_size
+        *values, stop = packed.tolist()  # the one host sync of the step
+        for name, value in zip(names, values):
+            if not math.isfinite(value):
+                raise UserError(f"{name} loss became {value} at epoch {epoch}, step {step}; stopped without saving, "
+                                f"so {checkpoint_path} still holds the last good state (try a lower --lr or --amp off)")
+        values = dict(zip(names, values))
+        if self.writer is not None:
+            for name, value in values.items():
+                label = name if name.endswith('loss') else f"{name}_loss"
+                self.writer.add_scalar(f"{self.tag}/{label}_step", value, self.global_step)
+        return values, stop > 0
+
+    def log_images(self, tag, epoch, lr, sr, hr, lr_kind, out_kind):
+        """TensorBoard grids of the first 4 LR / SR / HR images of a batch, each mapped to [0, 1] (rank 0)."""
+        if self.writer is None:
+            return
+        for name, img, kind in (('1_lr', lr, lr_kind), ('2_sr', sr, out_kind), ('3_hr', hr, out_kind)):
+            self.writer.add_image(f"{self.tag}/{tag}/{name}", make_grid(to_display(img[:4].detach().cpu(), kind), nrow=4), epoch)
+
+    def log_epoch(self, epoch, epochs, losses, val_psnr=None, best_psnr=None):
+        """The epoch's line on rank 0 (mean losses, validation PSNR) and its TensorBoard scalars."""
+        line = f"epoch {epoch}/{epochs}: " + ', '.join(f"{k} {v:.5g}" for k, v in losses.items())
+        if val_psnr is not None:
+            line += f", val PSNR {val_psnr:.3f} dB (best {best_psnr:.3f})"
+        if self.writer is not None:
+            if val_psnr is not None:
+                self.writer.add_scalar(f"{self.tag}/val_psnr", val_psnr, epoch)
+            for k, v in losses.items():
+                self.writer.add_scalar(f"{self.tag}/{k}", v, epoch)
+        self.log(line, flush=True)
+
+
+def patches_per_second(n_patches, start):
+    """Throughput for the progress bar (no GPU sync: the step's loss read already waited for the GPU)."""
+    return f"{n_patches / max(time.perf_counter() - start, 1e-9):.0f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: saving (latest + best) and resuming
+# ----------------------------------------------------------------------------------------------
+
+
+class CheckpointSaver:
+    """The files of a run: ``path`` (the latest state, written every epoch and when the run stops) and, with
+    keep_best, ``<path stem>_best.pth`` (the state with the best validation PSNR). Rank 0 writes, atomically
+    (utils.save_checkpoint); the other ranks wait at the end of each epoch."""
+
+    def __init__(self, path, dist, keep_best=False):
+        self.path, self.dist, self.keep_best = path, dist, keep_best
+        self.best_path = os.path.splitext(path)[0] + '_best.pth'
+
+    def save(self, state, improved=False):
+        """End of an epoch: the latest state, and the best one when ``improved``; then all ranks meet."""
+        if self.dist.is_main:
+            save_checkpoint(state, self.path)
+            if self.keep_best and improved:
+                save_checkpoint(state, self.best_path)
+        self.dist.barrier()
+
+    def save_stopped(self, state, epoch, step):
+        """A stop inside epoch ``epoch`` after ``step`` of its steps: the position, and how to resume."""
+        if self.dist.is_main:
+            save_checkpoint(state, self.path)
+            print(f"stopped at epoch {epoch}, step {step}; saved {self.path}. Resume with:\n  {resume_command()}")
+
+
+def better(val_psnr, best_psnr):
+    """(new best PSNR, improved?) after a validation (val_psnr None: no validation this epoch)."""
+    if val_psnr is None:
+        return best_psnr, False
+    return max(val_psnr, best_psnr if best_psnr is not None else val_psnr), best_psnr is None or val_psnr > best_psnr
+
+
+def run_record(args, speed):
+    """The run's flags as plain data for the checkpoint's 'args', with the speed settings as resolved."""
+    return {**plain_args(args), **speed.flags()}
+
+
+def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
+    """Refuse a checkpoint of another architecture, scale or configuration, naming what differs."""
+    if ckpt_arch != arch:
+        raise UserError(f"{path} is a {ckpt_arch} checkpoint, not {arch}: pass --arch {ckpt_arch} or another file")
+    got = ckpt_config or {}
+    diffs = [f"{k}: checkpoint {got.get(k)!r} vs now {v!r}" for k, v in config.items() if k in got and got[k] != v]
+    if diffs:
+        raise UserError(f"{path} was made with another model configuration ({'; '.join(diffs)}): "
+                        f"pass the same flags as when it was created")
+
+
+def restore_training_state(ckpt, path, scaler, ctx):
+    """Restore the GradScaler, the RNG states (single process) and the step counter from a checkpoint.
+
+    Returns (start_epoch, start_step, best_psnr); the caller restores models, optimizers and schedulers."""
+    if ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    if ckpt.get('rng') and ctx.dist.world_size == 1:
+        set_rng_state(ckpt['rng'])
+    ctx.global_step = ckpt.get('step', 0)
+    start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
+    ctx.log(f"resumed {path}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
+    return start_epoch, start_step, ckpt.get('best_psnr')
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags both trainers share
+# ----------------------------------------------------------------------------------------------
+
+
+def add_training_args(parser, archs=None):
+    """Flags shared by both trainers; defaults None mean 'the architecture's own recipe'.
+
+    archs: choices for --arch (train_srresnet.py); None for a fixed architecture (train_srgan.py).
+    """
+    g = parser.add_argument_group('training')
+    if archs:
+        g.add_argument('--arch', default='srresnet', choices=archs, help='architecture to train')
+    g.add_argument('--scale', type=int, help='upscaling factor (scaling_factor); default 4')
+    g.add_argument('--crop-size', type=positive_int, help='HR patch size; default: the arch recipe (srresnet 96)')
+    g.add_argument('--batch-size', type=positive_int, help='GLOBAL batch size (split across torchrun processes); '
+                   'default: the arch recipe (srresnet 400, srgan 128)')
+    g.add_argument('--epochs', type=positive_int, help='last epoch; default: the arch recipe (srresnet 130)')
+    g.add_argument('--lr', type=float, help='learning rate; default: the arch recipe (srresnet 1e-4)')
+    g.add_argument('--downsample', choices=('pil', 'matlab'),
+                   help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
+                        "default: the arch recipe")
+    g.add_argument('--patches-per-image', type=positive_int,
+                   help='random crops taken from each image per epoch; default: the arch recipe (srresnet 1, as '
+                        'the tutorial)')
+    g.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                   help='continue from CHECKPOINT (default when given without a value: the output checkpoint)')
+    g.add_argument('--results-dir', default='results', help='where checkpoints go')
+    g.add_argument('--runs-dir', default='runs', help='TensorBoard log folder')
+    g.add_argument('--ngpu', type=positive_int, default=1, help='GPUs for the tutorial\'s DataParallel (CUDA only)')
+    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under torchrun on CUDA')
+    g = parser.add_argument_group('speed (defaults: the fastest settings that keep accuracy)')
+    g.add_argument('--faithful', action='store_true',
+                   help="the tutorial's exact loop: fp32, NCHW, eager, one PIL decode + PIL bicubic per patch")
+    g.add_argument('--amp', choices=('auto', 'off', 'bf16', 'fp16'), default='auto',
+                   help='mixed precision; auto: bf16 on CUDA GPUs and CPUs with native bf16 (AMX/AVX512-BF16), '
+                        'else off')
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
+                   help='channels_last memory format (default: on, off with --faithful)')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model(s)')
+    g.add_argument('--tail-before-shuffle', action=argparse.BooleanOptionalAction, default=None,
+                   help="SRResNet/SRGAN: run the last 9x9 conv before the last pixel shuffle, the same function "
+                        "(default: on, off with --faithful)")
+    g.add_argument('--fast-prelu', action=argparse.BooleanOptionalAction, default=None,
+                   help="PReLU's CPU backward as two vectorised passes, the same gradients up to summation order "
+                        "(default: on, off with --faithful)")
+    g.add_argument('--cache-gb', type=float,
+                   help='decode the training images once into RAM when they fit in this many GiB '
+                        '(default: a quarter of RAM); otherwise decode on each visit')
+    g.add_argument('--crops-per-visit', type=positive_int,
+                   help='random crops per image decode (default: 1 with the RAM cache, 4 when streaming)')
+    g.add_argument('--hflip', action=argparse.BooleanOptionalAction, default=None,
+                   help='random horizontal flips (default: the arch recipe)')
+    g.add_argument('--vflip', action=argparse.BooleanOptionalAction, default=None,
+                   help='random vertical flips (default: the arch recipe)')
+    g.add_argument('--rot90', action=argparse.BooleanOptionalAction, default=None,
+                   help='random 90-degree rotations (default: the arch recipe)')
+    g.add_argument('--max-bad-fraction', type=float, default=0.05,
+                   help='stop when more than this share of training image loads fail')
+    g.add_argument('--val-folder', help='image folder (e.g. Set5) for validation PSNR, standard protocol')
+    g.add_argument('--val-every', type=positive_int, default=1, help='validate every N epochs (with --val-folder)')
+    g.add_argument('--keep-best', action='store_true',
+                   help='also keep results/checkpoint_<arch>_best.pth, best by validation PSNR (needs --val-folder)')
+    g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
+    g.add_argument('--max-steps', type=positive_int,
+                   help='stop after this many optimizer steps in total, save and exit 0 (as Ctrl-C does)')
+    g.add_argument('--deterministic', action='store_true',
+                   help='deterministic algorithms (bit-exact resume on CPU; slower on GPU)')
+    return g
+
+
+def speed_of(args, device):
+    """resolve_speed with the speed flags of add_training_args."""
+    return resolve_speed(device, faithful=args.faithful, amp=args.amp, channels_last=args.channels_last,
+                         tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu,
+                         compile=args.compile)
+
+
+def dataset_of(args, log=print):
+    """build_train_dataset with the data flags of add_training_args (args.scale and args.crop_size resolved)."""
+    return build_train_dataset(args.data_folder, args.crop_size, args.scale, faithful=args.faithful,
+                               downsample=args.downsample, seed=args.seed, patches_per_image=args.patches_per_image,
+                               crops_per_visit=args.crops_per_visit, hflip=args.hflip, vflip=args.vflip,
+                               rot90=args.rot90, cache_gb=args.cache_gb, max_bad_fraction=args.max_bad_fraction,
+                               workers=args.workers, log=log)
