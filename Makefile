@@ -1,10 +1,16 @@
 # make demo  : create .venv, install, train a small SRResNet on scikit-image's photos, evaluate, upscale a photo
 # make test  : create .venv, install, run the test suite
 # make bench : run the benchmark scripts (see README, "Benchmarks")
+# make lock  : refresh requirements.lock (the exact versions tested) from the ranges in requirements.txt
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
+# What `make install` installs: the lock of tested versions (Linux x86_64, CPython 3.11). Elsewhere, or to try newer
+# releases: `make test LOCK=requirements.txt`.
+LOCK ?= requirements.lock
+# The torch pair the lock is made with: the one the suite was last tested with (raise it with a full test run).
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 # Demo knobs: `make demo TRAIN=my/train/folder TEST=my/test/folder DEMO_EPOCHS=20`
 DEMO := results/demo
@@ -13,12 +19,12 @@ TEST ?=
 DEMO_EPOCHS ?= 60
 DEMO_PHOTO ?= $(DEMO)/photos/test/chelsea.png
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench lock clean-demo
 
-$(STAMP): requirements.txt
+$(STAMP): $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r $(LOCK)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +57,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip-tools
+	printf '%s\n' $(TORCH_PIN) > .lock-constraints.txt
+	$(PY) -m piptools compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+		--constraint .lock-constraints.txt --output-file requirements.lock requirements.txt; \
+		status=$$?; rm -f .lock-constraints.txt; exit $$status
 
 clean-demo:
 	rm -rf $(DEMO)
