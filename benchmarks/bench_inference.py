@@ -1,6 +1,7 @@
-"""Inference time and peak memory: the tutorial's test.py approach against the suite's Upscaler, on the CPU.
+"""Inference time and peak memory: the tutorial's test.py approach against the suite's Upscaler (CPU or CUDA).
 
     python benchmarks/bench_inference.py                         # 512 px: all cases; 2048 px: bounded memory
+    python benchmarks/bench_inference.py --device cuda --sizes 512 2048 --cases reference suite-fast suite-bf16
     python benchmarks/bench_inference.py --sizes 512 --threads 1
     python benchmarks/bench_inference.py --sizes 2048 --cases suite-budget cli   # + test.py end to end
     python benchmarks/bench_inference.py --json results/bench_inference.json
@@ -10,7 +11,9 @@ Model: a full-size SRResNet x4 (16 blocks, 64 channels) with random weights (see
 SIZE x SIZE RGB image. Every case runs in a fresh Python process, so its peak RSS (the kernel's ru_maxrss of that
 process from wait4, which includes the ~0.7 GB that importing torch maps) is its own. Each process first warms up on a
 64 x 64 image, then times an upscale from a PIL image to a PIL image (model time plus conversions, no file I/O):
-the best of --repeat runs for sizes up to 1024 px, a single run above.
+the best of --repeat runs for sizes up to 1024 px, a single run above. With --device cuda the model runs on the GPU
+(input and output stay PIL images on the host, as test.py has them) and each case also reports its peak GPU memory
+(torch.cuda.max_memory_allocated).
 
 Cases:
   reference      the tutorial: convert_image(img, 'pil', 'imagenet-norm'), fp32, NCHW, the whole image at once,
@@ -62,13 +65,13 @@ def build_model():
     return models.build_model('srresnet', models.model_config('srresnet', 4)).eval()
 
 
-def reference_pipeline(model):
+def reference_pipeline(model, device):
     """The tutorial's test.py steps (without saving): PIL -> imagenet-norm -> model -> PIL, fp32, whole image."""
     import torch
     from utils import convert_image
 
     def run(img):
-        lr_img = convert_image(img, source='pil', target='imagenet-norm')
+        lr_img = convert_image(img, source='pil', target='imagenet-norm').to(device)
         lr_img.unsqueeze_(0)
         with torch.no_grad():
             sr_img = model(lr_img).squeeze(0).cpu().detach()  # (3, 4h, 4w), in [-1, 1]
@@ -76,13 +79,13 @@ def reference_pipeline(model):
     return run
 
 
-def suite_pipeline(model, **options):
+def suite_pipeline(model, device, **options):
     """PIL -> Upscaler.upscale_uint8 -> PIL, as test.py does."""
     import numpy as np
     from PIL import Image
     from inference import Upscaler
     from utils import pil_to_tensor
-    upscaler = Upscaler(model, 'srresnet', 4, 'cpu', **options)
+    upscaler = Upscaler(model, 'srresnet', 4, device, **options)
 
     def run(img):
         lr = pil_to_tensor(img).unsqueeze(0).float().div_(255.)
@@ -114,11 +117,16 @@ def worker(case, size, args):
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_model()
-    run = reference_pipeline(model) if case == 'reference' else suite_pipeline(model, **case_options(case, args))
+    device = torch.device(args.device)
+    model = build_model().to(device)
+    run = (reference_pipeline(model, device) if case == 'reference'
+           else suite_pipeline(model, device, **case_options(case, args)))
     run(synthetic_image(64))  # warm-up: library initialisation, first-call costs
     img = synthetic_image(size)
-    result = {'case': case, 'size': size, 'threads': torch.get_num_threads(), 'rss_before_mib': round(rss_mib())}
+    result = {'case': case, 'size': size, 'device': str(device), 'threads': torch.get_num_threads(),
+              'rss_before_mib': round(rss_mib())}
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
     if hasattr(run, 'upscaler'):
         up = run.upscaler
         result['tile'] = up.plan_tile(1, size, size)
@@ -138,6 +146,9 @@ def worker(case, size, args):
     seconds, cpu = min(runs)
     result.update(seconds=round(seconds, 2), us_per_px=round(seconds / size ** 2 * 1e6, 1),
                   cpu_seconds=round(cpu, 2), runs=len(runs))
+    if device.type == 'cuda':
+        result['peak_gpu_memory_mib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20)
+        result['gpu'] = torch.cuda.get_device_name(device)
     print(json.dumps(result), flush=True)
 
 
@@ -159,8 +170,8 @@ def run_measured(command, env=None):
 
 def measure_case(case, size, args):
     """A case in a fresh process: its JSON result plus the peak RSS of that process."""
-    command = [sys.executable, os.path.abspath(__file__), '--worker', case, '--sizes', str(size),
-               '--tile', str(args.tile), '--max-memory', args.max_memory, '--repeat', str(args.repeat)]
+    command = [sys.executable, os.path.abspath(__file__), '--worker', case, '--sizes', str(size), '--device',
+               args.device, '--tile', str(args.tile), '--max-memory', args.max_memory, '--repeat', str(args.repeat)]
     if args.threads:
         command += ['--threads', str(args.threads)]
     out, _, peak = run_measured(command)
@@ -181,13 +192,13 @@ def measure_cli(size, args, tmp):
     image = os.path.join(tmp, f"bench_{size}.png")
     synthetic_image(size).save(image)
     command = [sys.executable, 'test.py', '--checkpoint', ckpt, '--image', image, '--output-dir', tmp,
-               '--device', 'cpu', '--channels-last', '--fuse']
+               '--device', args.device, '--channels-last', '--fuse']
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
     out, wall, peak = run_measured(command, env)
     model_seconds = float(out.strip().splitlines()[0].rsplit(' in ', 1)[1].split()[0])
     return {'case': 'cli', 'size': size, 'seconds': round(model_seconds, 2),
             'us_per_px': round(model_seconds / size ** 2 * 1e6, 1), 'wall_with_io_seconds': round(wall, 1),
-            'peak_rss_mib': peak, 'command': 'python test.py --image IMAGE --checkpoint CKPT --device cpu '
+            'peak_rss_mib': peak, 'command': f"python test.py --image IMAGE --checkpoint CKPT --device {args.device} "
                                               '--channels-last --fuse (default --max-memory auto)'}
 
 
@@ -224,6 +235,7 @@ def describe(r):
     extra = f", tile {r['tile']} (windows of {r['window']} px)" if r.get('tile') else ''
     extra += f", cpu {r['cpu_seconds']} s" if 'cpu_seconds' in r else ''
     extra += f", wall with file I/O {r['wall_with_io_seconds']} s" if 'wall_with_io_seconds' in r else ''
+    extra += f", peak GPU memory {r['peak_gpu_memory_mib']} MiB" if 'peak_gpu_memory_mib' in r else ''
     return (f"{r['size']:>5} px  {r['case']:<14} {r['seconds']:>8.1f} s  {r['us_per_px']:>7.1f} us/px  "
             f"peak RSS {peak}{extra}")
 
@@ -231,6 +243,7 @@ def describe(r):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', type=int, nargs='*', default=[512, 2048], help='input sides (px)')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda (the model\'s device)')
     parser.add_argument('--cases', nargs='+', help='cases to run for every size (default: see above)')
     parser.add_argument('--reference-max-size', type=int, default=512, help='largest size the reference runs at')
     parser.add_argument('--tile', type=int, default=256, help='tile for suite-tiled and suite-bf16')

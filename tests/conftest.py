@@ -26,6 +26,10 @@ requires_shared_data = pytest.mark.skipif(
     reason="benchmark images not found: expected Set5 under ../shared/data next to the repository")
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'cuda: needs a CUDA GPU (run by benchmarks/gpu_check.py where one is lent)')
+
+
 @pytest.fixture(autouse=True)
 def fixed_seed():
     """Every test draws the same random numbers on every run and under any xdist split: a failure reproduces."""
