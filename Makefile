@@ -46,8 +46,9 @@ demo: $(STAMP)
 	$(PY) eval.py --arch bicubic --scale 4 --test-folders $(DEMO)/photos/test $(TEST) \
 		--protocol standard --results-dir $(DEMO)
 	@echo "== 4/4 upscale a photo: with the demo SRResNet (x4) and with the shipped ESPCN (x3, trained on T91)"
-	$(PY) test.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)
-	$(PY) test.py --checkpoint results/espcn_x3_t91.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)/espcn
+	$(PY) test.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --image $(DEMO_PHOTO) --output-dir $(DEMO) --overwrite
+	$(PY) test.py --checkpoint results/espcn_x3_t91.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)/espcn \
+		--overwrite
 	@$(PY) -c "import json; r = lambda n: json.load(open('$(DEMO)/eval_' + n + '_x4.json'))['datasets']; \
 		row = lambda d: f\"{d['standard_psnr']:.2f} dB / {d['standard_ssim']:.4f}\"; \
 		[print(f\"demo, {s['name']}, x4, standard protocol: SRResNet {row(s)}, bicubic {row(b)}\") \

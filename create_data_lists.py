@@ -6,15 +6,18 @@
 
 Writes train_images.json (all train folders merged) and <folder name>_test_images.json per test folder.
 Every file with an image extension (png, jpg, jpeg, bmp, tif, tiff, webp; any letter case) is fully
-decoded; unreadable, empty, truncated, non-image, too-small and oversized (decompression bomb) files are
-skipped and counted by reason; their paths and reasons go to create_data_lists.log in the output folder.
+decoded; unreadable, empty, truncated, non-image, too-small and oversized (decompression bomb) files, and
+entries that are not regular files (a FIFO, socket or device named like an image), are skipped and counted by
+reason; their paths and reasons go to create_data_lists.log in the output folder. A folder that cannot be
+listed, or an --output-folder that is a file, stops the run with one line before any image is decoded. The lists
+and the log are written together, all or nothing.
 """
 import os
 
 from PIL import Image
 
 from datasets import create_data_lists
-from utils import UserError, atomic_write, make_parser, positive_int, run_cli
+from utils import UserError, atomic_write, check_output_folder, make_parser, positive_int, run_cli
 
 # Real photos shipped inside scikit-image (no download): a training set and a disjoint test set.
 SKIMAGE_TRAIN = ('astronaut', 'coffee', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina')
@@ -46,6 +49,7 @@ def main(argv=None):
     parser.add_argument('--from-skimage', metavar='DIR',
                         help="export scikit-image's bundled photos to DIR/train and DIR/test and list them too")
     args = parser.parse_args(argv)
+    check_output_folder(args.output_folder, '--output-folder')
     if args.from_skimage:
         train, test = export_skimage_photos(args.from_skimage)
         args.train_folders.append(train)

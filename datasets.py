@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from utils import (ImageTransforms, UserError, atomic_write_text, dataset_name, imresize, list_image_files,
+from utils import (ImageTransforms, UserError, atomic_write_many, dataset_name, imresize, list_image_files,
                    load_image, pil_resize, pil_to_tensor)
 
 # ----------------------------------------------------------------------------------------------
@@ -55,17 +55,18 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, work
     """Write ``train_images.json`` (all train folders merged) and ``<name>_test_images.json`` per test folder.
 
     Every candidate is fully decoded; unreadable, empty, truncated, non-image, too small and decompression-bomb
-    files are skipped, counted by reason, and listed with their paths in ``create_data_lists.log``.
+    files, and entries that are not regular files (FIFO, socket, device, broken link), are skipped, counted by
+    reason, and listed with their paths in ``create_data_lists.log``. Every folder is listed before any decoding
+    (one that cannot be listed is a UserError), and the lists and the log are written together, all or nothing.
     Lists hold absolute paths. max_pixels: decompression-bomb limit (default: PIL's MAX_IMAGE_PIXELS).
     Returns {list name: (kept, skipped)}.
     """
-    os.makedirs(output_folder, exist_ok=True)
     jobs = [('train', train_folders)] + [(dataset_name(d), [d]) for d in test_folders]
-    log_lines, summary = [], {}
+    found_per_job = [[p for d in folders for p in list_image_files(d)] for _, folders in jobs]
+    log_lines, summary, texts = [], {}, {}
     workers = workers or min(8, os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, initializer=_set_max_pixels, initargs=(max_pixels,)) as pool:
-        for name, folders in jobs:
-            found = [p for d in folders for p in list_image_files(d)]
+        for (name, _), found in zip(jobs, found_per_job):
             problems = list(pool.map(functools.partial(_image_problem, min_size=min_size), found, chunksize=16))
             kept = [os.path.abspath(p) for p, why in zip(found, problems) if why is None]
             reasons = {}
@@ -75,11 +76,12 @@ def create_data_lists(train_folders, test_folders, min_size, output_folder, work
                     reasons[key] = reasons.get(key, 0) + 1
                     log_lines.append(f"{name}\t{p}\t{why}")
             file_name = TRAIN_LIST if name == 'train' else test_list_name(name)
-            atomic_write_text(os.path.join(output_folder, file_name), json.dumps(kept, indent=0))
+            texts[os.path.join(output_folder, file_name)] = json.dumps(kept, indent=0)
             skipped = ', '.join(f"{n} {why}" for why, n in sorted(reasons.items())) or 'none'
             log(f"{name}: found {len(found)}, kept {len(kept)}, skipped {len(found) - len(kept)} ({skipped})")
             summary[name] = (len(kept), len(found) - len(kept))
-    atomic_write_text(os.path.join(output_folder, LOG_NAME), ''.join(l + '\n' for l in log_lines))
+    texts[os.path.join(output_folder, LOG_NAME)] = ''.join(line + '\n' for line in log_lines)
+    atomic_write_many(texts)
     if log_lines:
         log(f"skipped files and reasons: {os.path.join(output_folder, LOG_NAME)}")
     return summary

@@ -32,7 +32,12 @@ LR creation or metric computation.
 Writes, under --results-dir, eval_<name>_x<scale>.md (table), eval_<name>_x<scale>.json (summary) and
 eval_<name>_x<scale>_per_image.csv, where <name> is the checkpoint's file name without '.pth' and without a
 leading 'checkpoint_' (results/checkpoint_srresnet.pth -> srresnet), or the baseline's name (bicubic,
-bicubic-rgb). Everything is computed first and written at the end: an error leaves no output files.
+bicubic-rgb). Everything is computed first and written at the end, the three files all or nothing: an error
+(or a full disk) leaves no new report file. A report of the same name from an earlier run is replaced.
+
+Images: regular files up to --max-image-pixels (default PIL's 89478485; more is refused as a possible
+decompression bomb: raise it for bigger images you trust); a FIFO, socket or device file in a test folder stops
+the run with one line naming it, instead of blocking.
 """
 import csv
 import datetime
@@ -47,9 +52,10 @@ from PIL import Image
 import datasets
 import inference
 import models
-from utils import (ImageTransforms, UserError, atomic_write_text, convert_image, dataset_name, gray_uint8, imresize,
-                   is_grayscale_file, list_image_files, load_image, make_parser, modcrop, pick_device, pil_to_tensor,
-                   psnr, rgb_to_y_uint8, run_cli, ssim, timer, tutorial_metrics)
+from utils import (ImageTransforms, UserError, atomic_write_many, check_output_folder, convert_image, dataset_name,
+                   gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, make_parser, modcrop,
+                   pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim, timer,
+                   tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 BASELINES = ('bicubic', 'bicubic-rgb')
@@ -84,6 +90,8 @@ def build_parser():
     parser.add_argument('--test-folders', nargs='+', metavar='DIR',
                         help='evaluate these image folders directly instead of the data lists')
     parser.add_argument('--results-dir', default='results', help='where the reports go')
+    parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
+                        help='images with more pixels are refused as possible decompression bombs')
     parser.add_argument('--convert-legacy', nargs=2, metavar=('OLD', 'NEW'),
                         help="convert a tutorial checkpoint holding pickled models (UNPICKLES it: trusted files "
                              "only) into this suite's format, then exit")
@@ -221,7 +229,7 @@ class ModelMethod(Method):
         super().__init__(config['scaling_factor'], device)
         self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
         self.spec = models.ARCHS[arch]
-        self.upscaler = inference.Upscaler(model, arch, self.scale, device)
+        self.upscaler = inference.Upscaler(model, arch, self.scale, device, name=checkpoint)
         self.label = report_name(checkpoint, arch)
 
     def warm_up(self):
@@ -240,8 +248,9 @@ class ModelMethod(Method):
         with self.stopwatch:
             if self.arch == 'srresnet':  # the tutorial: ImageNet-normalised LR in, its [-1, 1] output untouched
                 sr = self.model(inference.model_input(self.spec, lr, self.scale))
-            else:  # any other architecture: its own conventions via Upscaler, [0, 1] -> [-1, 1]
+            else:  # any other architecture: its own conventions via Upscaler (which checks its output), -> [-1, 1]
                 sr = convert_image(self.upscaler.upscale(lr)[0], source='[0, 1]', target='[-1, 1]')
+        inference.check_finite_output(sr, self.checkpoint, self.model)  # the Upscaler's rule, on the direct call too
         return sr[0]  # (3, s*h, s*w), in [-1, 1]
 
 
@@ -331,11 +340,12 @@ def mean(values):
     return sum(values) / len(values)
 
 
-def evaluate_dataset(method, name, paths, protocols, source=None):
-    """Evaluate every image; returns {'name', 'source', 'images', <metric>: mean, 'ms_per_image', 'per_image'}."""
+def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=None):
+    """Evaluate every image; returns {'name', 'source', 'images', <metric>: mean, 'ms_per_image', 'per_image'}.
+    max_pixels: the decompression-bomb limit (default PIL's)."""
     per_image = []
     for path in paths:
-        img = load_image(path)
+        img = load_image(path, max_pixels=max_pixels)
         check_size(path, img, method.scale, protocols, method.min_lr_size)
         before = method.stopwatch.seconds
         row = evaluate_image(method, img, protocols, gray=is_grayscale_file(path))
@@ -439,12 +449,12 @@ def report_paths(results_dir, name, scale):
 
 
 def write_reports(results_dir, meta, results):
-    """Write the markdown table, the JSON summary and the per-image CSV (each atomically). Returns their paths."""
+    """Write the markdown table, the JSON summary and the per-image CSV, all or nothing (a failure while writing
+    any of them leaves none of the new ones and the old set as it was). Returns their paths."""
     texts = {'md': markdown_report(meta, results), 'json': json_report(meta, results),
              'csv': csv_report(meta, results)}
     paths = report_paths(results_dir, meta['name'], meta['scale'])
-    for kind, text in texts.items():
-        atomic_write_text(paths[kind], text)
+    atomic_write_many({paths[kind]: text for kind, text in texts.items()})
     return paths
 
 
@@ -471,6 +481,7 @@ def main(argv=None):
     args = resolve_args(build_parser(), argv)
     if args.convert_legacy:
         return convert_legacy(*args.convert_legacy)
+    check_output_folder(args.results_dir, '--results-dir')
     device = pick_device(args.device)
     test_sets = resolve_test_sets(args)
     method = load_method(args, device)
@@ -482,7 +493,7 @@ def main(argv=None):
     results = []
     for name, source, paths in test_sets:
         print(f"evaluating {name} ({len(paths)} images)", flush=True)
-        results.append(evaluate_dataset(method, name, paths, args.protocols, source))
+        results.append(evaluate_dataset(method, name, paths, args.protocols, source, args.max_image_pixels))
     print(console_table(results, args.protocols))
     paths = write_reports(args.results_dir, meta, results)
     print(f"wrote {paths['md']}, {paths['json']}, {paths['csv']}")

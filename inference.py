@@ -217,6 +217,22 @@ def _blend_ramp(starts, i, size, length, scale, device):
     return weight
 
 
+def check_finite_output(out, name, model=None, precision='fp32'):
+    """UserError when a network's output ``out`` holds NaN or infinity: the one rule for every pass (Upscaler, and
+    eval.py's direct tutorial-protocol call). The message names ``name`` and the likely cause: non-finite weights
+    in ``model`` (a diverged training), or an overflow in reduced precision."""
+    if math.isfinite(torch.sum(out, dtype=torch.float32).item()):  # NaN and inf survive a sum; no mask is allocated
+        return
+    if model is not None and any(not bool(torch.isfinite(p).all()) for p in model.state_dict().values()
+                                 if torch.is_tensor(p) and p.is_floating_point()):
+        cause = "its weights hold NaN/inf values (a diverged training?): use an earlier checkpoint"
+    elif precision != 'fp32':
+        cause = f"an overflow in {precision}? try --precision fp32"
+    else:
+        cause = "the network overflowed in fp32 (its weights are finite)"
+    raise UserError(f"{name} produced NaN/inf values: {cause}")
+
+
 class Upscaler:
     """Runs any architecture of the suite on RGB images, hiding its input/output conventions.
 
@@ -246,11 +262,17 @@ class Upscaler:
         made by fuse).
       fuse: run a copy made by models.fuse_for_inference (BatchNorm folded, the last conv on the sub-pixel grid): same
         results up to float rounding; with channels_last, SRResNet x4 runs ~1.9x faster on a CPU.
+      name: what the model is called in errors (the checkpoint's path).
+
+    Every pass of the network is checked: an output holding NaN or infinity (NaN weights from a diverged
+    training, or an overflow in fp16/bf16) raises UserError naming ``name`` (check_finite_output), instead of
+    becoming a black or saturated image.
     """
 
     def __init__(self, model, arch, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
-                 precision='fp32', self_ensemble=False, channels_last=False, fuse=False):
+                 precision='fp32', self_ensemble=False, channels_last=False, fuse=False, name=None):
         self.model, self.spec, self.scale, self.device = model, models.ARCHS[arch], int(scale), torch.device(device)
+        self.name = name or 'the model'
         if tile is not None and int(tile) < max(self.min_input_size(), 1):
             raise UserError(f"tile {tile} is too small: at least {self.min_input_size()} px")
         if tile_overlap < 0 or (tile is not None and tile_overlap >= tile):
@@ -297,6 +319,7 @@ class Upscaler:
         """One pass over lr (N, 3, h, w) in [0, 1]: (sr_rgb, sr_y or None), as documented for upscale()."""
         lr = lr.to(self.device, torch.float32)  # (N, 3, h, w), in [0, 1]
         out = self._body(model_input(self.spec, lr, self.scale))  # (N, C, s*h, s*w), in spec.out_type
+        check_finite_output(out, self.name, self.model, self.precision)
         return model_output(self.spec, out, lr, self.scale)
 
     def _sr_stacked(self, lr):

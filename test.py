@@ -7,16 +7,30 @@
     python test.py --image big.png --tile 256 --tile-overlap 16 --precision bf16 --device cpu
     python test.py --image photo.png --no-fuse --no-channels-last      # the plain eager model (same output)
     python test.py --image photo.png --self-ensemble --device cuda --precision fp16
+    python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth --overwrite   # replace earlier outputs
+    python test.py --image panorama.jpg --max-image-pixels 200000000     # a photo over PIL's 89.5-megapixel limit
 
 For every input image, writes under --output-dir:
     <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
     <stem>_<arch>.png    the super-resolved image (arch: srresnet, srgan, edsr, rcan, espcn or srcnn)
     <stem>_compare.png   bicubic | SR side by side, labelled, scaled down to at most --compare-max-width px
 and prints the time the model took per image. --image may be a folder: every image in it (same-size images are
-batched by --batch-size). Files are written atomically, and all inputs are checked before anything is written,
-so an error (exit code 2, one line) leaves no partial output.
+batched by --batch-size). All inputs are checked before anything is written, so an error (exit code 2, one
+line) leaves no output; each image's three files are written all or nothing (temp files renamed into place
+once all three are written), so a full disk leaves every image complete or absent.
 
-Images: any size >= 2x2 px and any mode (utils.load_image). EXIF orientation is applied; 16-bit images keep
+Names: <stem> is the input's file name without its extension. When inputs would share output names (letter
+case ignored, as on macOS and Windows: a.png and a.jpg, or a.png and a.PNG), each of them adds its extension
+(a_png, a_jpg), and a number when that still clashes (a_png_2), in sorted order of the file names; an output
+never takes the name of an input of the run (with --output-dir equal to the input folder, photo.png and the
+user's own photo_bicubic.png both get their outputs, and photo_bicubic.png stays as it is). Outputs carry a
+PNG text chunk (Software: SR suite test.py) by which test.py knows its own files: a folder run leaves them out
+(name one as --image to upscale it again), and a file of an earlier run is replaced only with --overwrite (without it, test.py stops before
+writing anything, naming the file). A file in the way that test.py did not write is never replaced.
+
+Images: any size >= 2x2 px up to --max-image-pixels (default PIL's 89478485; more is refused as a possible
+decompression bomb: raise it for a bigger photo you trust), any mode (utils.load_image), regular files only (a
+FIFO, socket or device is refused instead of blocking). EXIF orientation is applied; 16-bit images keep
 their high byte (v // 256, what Pillow itself does for 16-bit colour PNGs);
 grayscale and palette images are upscaled as RGB (the outputs are RGB); transparency (RGBA, LA, PA, palette with
 transparency) is kept: the alpha channel is upscaled with bicubic and attached to the SR image, saved as an RGBA
@@ -31,17 +45,21 @@ with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by
 only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
 """
 import argparse
+import collections
+import itertools
 import os
+import unicodedata
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 import inference
-from utils import (IMAGE_EXTENSIONS, UserError, atomic_write, bicubic_upscale, is_out_of_memory, list_image_files,
-                   load_image, make_parser, parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
+from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, check_output_folder,
+                   is_out_of_memory, list_image_files, load_image, make_parser, open_regular_file, parse_memory,
+                   pick_device, pil_to_tensor, positive_int, run_cli, timer)
 
-OUTPUT_KINDS = ('bicubic', 'compare')
+SOFTWARE = 'SR suite test.py'  # the PNG text chunk (key Software) that marks this script's own outputs
 
 
 def build_parser():
@@ -66,6 +84,10 @@ def build_parser():
                              'rounding; with --channels-last about 2x faster on a CPU)')
     parser.add_argument('--compare-max-width', type=positive_int, default=4096,
                         help='the comparison image is scaled down to at most this width')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the outputs of an earlier run of test.py (never any other file)')
+    parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
+                        help='images with more pixels are refused as possible decompression bombs')
     return parser
 
 
@@ -79,38 +101,130 @@ def load_upscaler(args, device):
     scale = int(loaded.config['scaling_factor'])
     upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, device, tile=args.tile,
                                   tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
-                                  self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse)
+                                  self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse,
+                                  name=args.checkpoint)
     return upscaler, loaded.label, scale
 
 
-def find_inputs(image, output_dir, label):
-    """Image paths to upscale: the file itself, or the images of a folder (minus this script's own outputs when
-    the folder is the output folder). UserError when there is nothing to do."""
+def png_text(path, limit=1 << 20):
+    """The tEXt chunks of a PNG before its image data ({key: value}); {} for anything else. Reads the chunk
+    headers only (no decoding, so no decompression-bomb limit applies), at most ``limit`` bytes."""
+    try:
+        with open_regular_file(path) as f:
+            if f.read(8) != b'\x89PNG\r\n\x1a\n':
+                return {}
+            text, read = {}, 8
+            while read < limit:
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = int.from_bytes(head[:4], 'big'), head[4:]
+                if kind in (b'IDAT', b'IEND'):
+                    break
+                body = f.read(length + 4)[:length]  # + CRC
+                if kind == b'tEXt' and b'\0' in body:
+                    key, value = body.split(b'\0', 1)
+                    text[key.decode('latin-1')] = value.decode('latin-1')
+                read += 12 + length
+            return text
+    except (UserError, OSError):
+        return {}
+
+
+def is_own_output(path):
+    """True when ``path`` is a PNG written by this script (its Software text chunk)."""
+    return png_text(path).get('Software') == SOFTWARE
+
+
+def same_folder(a, b):
+    """True when the folders a and b are one folder (whatever the spelling, letter case or links)."""
+    try:
+        return os.path.samefile(a or '.', b or '.')
+    except OSError:
+        return False
+
+
+def find_inputs(image):
+    """Image paths to upscale: the file itself, or the images of a folder minus this script's own outputs (of an
+    earlier run; one passed by name is upscaled). UserError when there is nothing to do."""
     if not os.path.isdir(image):
-        if not os.path.exists(image):
+        if not os.path.lexists(image):
             raise UserError(f"--image {image}: no such file or folder")
         return [image]
-    paths = list_image_files(image)
-    if os.path.abspath(image) == os.path.abspath(output_dir):
-        ours = tuple(f"_{kind}.png" for kind in OUTPUT_KINDS + (label,))
-        paths = [p for p in paths if not p.endswith(ours)]
+    listed = list_image_files(image)
+    paths = [p for p in listed if not is_own_output(p)]
+    if len(paths) < len(listed):
+        print(f"{image}: {len(listed) - len(paths)} file(s) written by test.py left out (pass one as --image to "
+              f"upscale it again)")
     if not paths:
-        raise UserError(f"--image {image}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        found = 'only outputs of test.py' if listed else f"no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        raise UserError(f"--image {image}: {found} in this folder")
     return paths
 
 
-def output_stems(paths):
-    """Output name stem per input: the file name without extension, plus the extension when two inputs share it."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    return {p: (s if stems.count(s) == 1 else f"{s}_{os.path.splitext(p)[1][1:].lower()}") for p, s in
-            zip(paths, stems)}
+def name_key(name):
+    """File names as a case-insensitive filesystem compares them (letter case and Unicode normalisation)."""
+    return unicodedata.normalize('NFC', name).casefold()
 
 
-def check_inputs(paths, min_size):
+def output_stems(paths, kinds, reserved=()):
+    """{path: stem of its output names <stem>_<kind>.png}, unique under name_key across every input and kind, and
+    never one of the ``reserved`` names (the inputs that live in the output folder).
+
+    The stem is the file name without extension; inputs whose stems clash (a.png, a.jpg, A.png) add their
+    extension (a_png, a_jpg), then a number if that still clashes (a_png_2). Inputs with a stem of their own
+    choose first, then the rest, each in sorted order of the file names: the result depends on the set of inputs
+    only, not on their order."""
+    split = {p: os.path.splitext(os.path.basename(p)) for p in paths}
+    shared = collections.Counter(name_key(stem) for stem, _ in split.values())
+    taken = {name_key(n) for n in reserved}
+
+    def candidates(path):
+        stem, ext = split[path]
+        if shared[name_key(stem)] == 1:
+            yield stem
+        tagged = f"{stem}_{ext[1:].lower()}" if ext else stem
+        yield tagged
+        for i in itertools.count(2):
+            yield f"{tagged}_{i}"
+
+    order = sorted(paths, key=lambda p: (shared[name_key(split[p][0])] > 1, os.path.basename(p), p))
+    stems = {}
+    for path in order:
+        for stem in candidates(path):
+            names = {name_key(f"{stem}_{kind}.png") for kind in kinds}
+            if not names & taken:
+                taken |= names
+                stems[path] = stem
+                break
+    return stems
+
+
+def plan_outputs(paths, output_dir, label, overwrite):
+    """{input path: {kind: output path}} for kinds bicubic, <label>, compare, checked before anything is written:
+    a file in the way that this script did not write is refused; one of an earlier run needs ``overwrite``."""
+    kinds = ('bicubic', label, 'compare')
+    reserved = [os.path.basename(p) for p in paths if same_folder(os.path.dirname(p), output_dir)]
+    stems = output_stems(paths, kinds, reserved)
+    plan = {p: {kind: os.path.join(output_dir, f"{stems[p]}_{kind}.png") for kind in kinds} for p in paths}
+    for outputs in plan.values():
+        for path in outputs.values():
+            if not os.path.lexists(path):
+                continue
+            if os.path.isdir(path) or not is_own_output(path):
+                raise UserError(f"{path} exists and was not written by test.py: it is left as it is; move it, "
+                                f"or choose another --output-dir")
+            if not overwrite:
+                raise UserError(f"{path} exists (written by an earlier run of test.py): pass --overwrite to replace "
+                                f"the outputs of earlier runs, or choose another --output-dir")
+    return plan
+
+
+def check_inputs(paths, min_size, max_pixels=None):
     """Decode every input once (so a bad file fails before anything is written). Returns {path: (w, h)}."""
     sizes = {}
     for path in paths:
-        img = load_image(path, keep_alpha=True)
+        img = load_image(path, keep_alpha=True, max_pixels=max_pixels)
         if img.width < min_size or img.height < min_size:
             raise UserError(f"{path} is {img.width}x{img.height} px; the model needs at least {min_size}x{min_size}")
         sizes[path] = img.size
@@ -155,9 +269,11 @@ def sr_image(sr, alpha):
     return img
 
 
-def save_png(img, path):
-    """Write a PNG atomically."""
-    atomic_write(path, lambda f: img.save(f, format='PNG'))
+def png_writer(img):
+    """A write function for AtomicFileSet: ``img`` as a PNG marked as this script's output (see is_own_output)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text('Software', SOFTWARE)
+    return lambda f: img.save(f, format='PNG', pnginfo=info)
 
 
 def thumbnail(img, width):
@@ -194,40 +310,41 @@ def compare_image(left, right, labels, gap=8):
     return canvas
 
 
-def save_outputs(img, sr, stem, args, label, scale):
-    """Write <stem>_bicubic.png, <stem>_<label>.png and <stem>_compare.png for one input (PIL) and its SR
-    ((3, H, W) uint8), holding at most one full-size PIL image at a time."""
-    out = lambda kind: os.path.join(args.output_dir, f"{stem}_{kind}.png")  # noqa: E731
-    width = panel_width(img.width * scale, args.compare_max_width, gap=8)
-    bicubic = bicubic_image(img, scale)
-    save_png(bicubic, out('bicubic'))
-    alpha = bicubic.getchannel('A') if bicubic.mode == 'RGBA' else None
-    left = thumbnail(bicubic, width)
-    del bicubic
-    result = sr_image(sr, alpha)
-    del alpha
-    save_png(result, out(label))
-    right = thumbnail(result, width)
-    del result
-    save_png(compare_image(left, right, ('bicubic', f"{label} x{scale}")), out('compare'))
-    return [out('bicubic'), out(label), out('compare')]
+def save_outputs(img, sr, outputs, label, scale, compare_max_width):
+    """Write the outputs of one input (PIL) and its SR ((3, H, W) uint8) to ``outputs`` ({kind: path}) all or
+    nothing, holding at most one full-size PIL image at a time (each goes to its temp file as it is made)."""
+    width = panel_width(img.width * scale, compare_max_width, gap=8)
+    with AtomicFileSet() as files:
+        bicubic = bicubic_image(img, scale)
+        files.write(outputs['bicubic'], png_writer(bicubic))
+        alpha = bicubic.getchannel('A') if bicubic.mode == 'RGBA' else None
+        left = thumbnail(bicubic, width)
+        del bicubic
+        result = sr_image(sr, alpha)
+        del alpha
+        files.write(outputs[label], png_writer(result))
+        right = thumbnail(result, width)
+        del result
+        files.write(outputs['compare'], png_writer(compare_image(left, right, ('bicubic', f"{label} x{scale}"))))
+    return list(outputs.values())
 
 
 def main():
     args = build_parser().parse_args()
     if args.tile_overlap < 0:
         raise UserError(f"--tile-overlap {args.tile_overlap}: must be >= 0")
+    check_output_folder(args.output_dir, '--output-dir')
     device = pick_device(args.device)
     upscaler, label, scale = load_upscaler(args, device)
-    paths = find_inputs(args.image, args.output_dir, label)
-    sizes = check_inputs(paths, upscaler.min_input_size())
-    stems, total = output_stems(paths), 0.
+    paths = find_inputs(args.image)
+    sizes = check_inputs(paths, upscaler.min_input_size(), args.max_image_pixels)
+    outputs, total = plan_outputs(paths, args.output_dir, label, args.overwrite), 0.
     for batch in make_batches(paths, sizes, args.batch_size):
-        images = [load_image(p, keep_alpha=True) for p in batch]
+        images = [load_image(p, keep_alpha=True, max_pixels=args.max_image_pixels) for p in batch]
         sr, seconds = upscale_images(upscaler, images)
         total += seconds
         for i, (path, img) in enumerate(zip(batch, images)):
-            save_outputs(img, sr[i], stems[path], args, label, scale)
+            save_outputs(img, sr[i], outputs[path], label, scale, args.compare_max_width)
             print(f"{path}: {img.width}x{img.height} -> {img.width * scale}x{img.height * scale} "
                   f"({label} x{scale}) in {seconds / len(batch):.3f} s")
         del sr, images

@@ -13,6 +13,8 @@ import math
 import os
 import random
 import re
+import secrets
+import stat
 import sys
 import tempfile
 import time
@@ -219,31 +221,85 @@ def _to_8bit(img):
     return Image.fromarray((np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8), mode='L')
 
 
-def load_image(path, keep_alpha=False):
+def _file_kind(mode):
+    """What a non-regular file is, in words."""
+    if stat.S_ISDIR(mode):
+        return 'a directory'
+    if stat.S_ISFIFO(mode):
+        return 'a FIFO'
+    if stat.S_ISSOCK(mode):
+        return 'a socket'
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return 'a device file'
+    return 'not a file'
+
+
+def _not_regular(path, mode):
+    return f"{path}: not a regular file ({_file_kind(mode)}), refused: reading it could block or never end"
+
+
+def open_regular_file(path):
+    """Open ``path`` for reading in binary mode, only if it is a regular file (after following symlinks).
+
+    A FIFO, socket or device would block a reader forever or stream without end: they are refused with a
+    UserError naming what they are, before anything reads from them (O_NONBLOCK makes even opening a FIFO
+    return at once; the kind is checked again on the opened descriptor, so a swap in between is caught too).
+    """
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{path} is a directory, not an image file")
+        if not stat.S_ISREG(mode):
+            raise UserError(_not_regular(path, mode))
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: unreadable ({e.strerror or e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UserError(_not_regular(path, mode))
+    return os.fdopen(fd, 'rb')
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels):
+    """PIL's decompression-bomb limit set to ``max_pixels`` (None: no limit) inside the block, restored after."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image(path, keep_alpha=False, max_pixels=None):
     """Open an image file as an 8-bit RGB PIL image (or RGBA with keep_alpha), fully decoded.
 
     Rules: EXIF orientation is applied; L/1/P/CMYK/YCbCr/... are converted to RGB; 16-bit images keep their
     high byte (v // 256); transparent images (RGBA, LA, PA, P with transparency) are composited onto white,
-    unless keep_alpha, which returns RGBA. Decompression bombs (more pixels than PIL's MAX_IMAGE_PIXELS) are refused.
+    unless keep_alpha, which returns RGBA. Decompression bombs (more than ``max_pixels`` pixels, default PIL's
+    MAX_IMAGE_PIXELS; the scripts' --max-image-pixels) are refused; so is anything that is not a regular file (a
+    FIFO, socket or device would block the reader, see open_regular_file).
     Raises UserError with the path and the reason for anything that is not a readable image.
     """
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory, not an image file")
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{path}: decompression bomb (more than {Image.MAX_IMAGE_PIXELS} pixels), refused") from None
-    except Exception as e:  # PIL raises many types for bad files: UnidentifiedImageError, OSError, SyntaxError...
-        reason = 'not an image' if isinstance(e, Image.UnidentifiedImageError) else f"unreadable ({e})"
-        if os.path.getsize(path) == 0:
-            reason = 'empty file'
-        raise UserError(f"{path}: {reason}") from None
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    with open_regular_file(path) as f:
+        try:
+            with warnings.catch_warnings(), _pixel_limit(limit):
+                warnings.simplefilter('error', Image.DecompressionBombWarning)
+                with Image.open(f) as img:
+                    img.load()
+                    img = ImageOps.exif_transpose(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UserError(f"{path}: decompression bomb (more than {limit} pixels), refused; "
+                            f"if you trust the file, raise --max-image-pixels") from None
+        except Exception as e:  # PIL raises many types for bad files: UnidentifiedImageError, OSError, SyntaxError...
+            reason = 'not an image' if isinstance(e, Image.UnidentifiedImageError) else f"unreadable ({e})"
+            if os.fstat(f.fileno()).st_size == 0:
+                reason = 'empty file'
+            raise UserError(f"{path}: {reason}") from None
     if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
         img = _to_8bit(img)
     has_alpha = img.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or (img.mode == 'P' and 'transparency' in img.info)
@@ -260,18 +316,39 @@ GRAY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
 
 
 def is_grayscale_file(path):
-    """True when the file stores a single (grey) channel, with or without alpha; such images are their own Y."""
-    with Image.open(path) as img:
+    """True when the file stores a single (grey) channel, with or without alpha; such images are their own Y.
+    Reads the header only (so no decompression-bomb limit: load_image applies it where pixels are decoded)."""
+    with open_regular_file(path) as f, _pixel_limit(None), Image.open(f) as img:
         return img.mode in GRAY_MODES
 
 
 
 def list_image_files(folder):
-    """Sorted paths of files in ``folder`` whose extension is an image one, in any letter case."""
+    """Sorted paths of the entries of ``folder`` whose name has an image extension (any letter case), except
+    sub-folders. Entries that are not regular files (a FIFO, socket, device or broken link named like an image)
+    are listed too, so that whoever reads them reports them (load_image refuses them without blocking) instead of
+    dropping them in silence. UserError when ``folder`` is not a folder or cannot be listed."""
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: not a folder")
-    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise UserError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    return [os.path.join(folder, f) for f in names
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(os.path.join(folder, f))]
+
+
+def check_output_folder(folder, flag):
+    """UserError, before any work, when ``folder`` cannot be a folder to write into: it (or the nearest part of
+    the path that exists) is a file, or it exists and cannot be written. Creates nothing."""
+    path = os.path.abspath(folder)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        what = f"{folder} is" if path == os.path.abspath(folder) else f"{folder}: {path} is"
+        raise UserError(f"{flag} {what} a file, not a folder: name a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: {path} is not writable")
 
 
 def dataset_name(folder):
@@ -850,6 +927,170 @@ def atomic_write(path, write_fn):
 
 def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def _fsync_folder(folder):
+    """Make renames in ``folder`` durable (a no-op where folders cannot be opened, e.g. on Windows)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _writer_alive(pid):
+    """False only when no process ``pid`` exists (a temp file of a live writer is never removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, OverflowError):  # PermissionError: alive, someone else's
+        return True
+    return True
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class AtomicFileSet:
+    """Writes a set of files all or nothing (a commit group): each file goes to a temp file in its own folder as
+    it comes (so a big set never sits in memory at once), and only when every one is written and fsync'ed are
+    they renamed into place; an error while writing any of them removes all the temp files, so none of the set
+    appears and the files already there are unchanged.
+
+        with AtomicFileSet() as files:          # commit() when the block ends without an exception
+            files.write('a.png', lambda f: img.save(f, format='PNG'))
+            files.write_text('a.json', text)
+
+    write() and commit() raise UserError naming the file and the reason (disk full, permission denied...).
+    commit() renames in order; if a rename fails, the ones already done are rolled back: files that existed are
+    restored from hard links taken just before (where the filesystem has them), new ones are removed. Temp files
+    are named ``.<name>.<pid>.<random>.tmp``: a writer killed with SIGKILL leaves each target either old or new,
+    and its temp files are removed by the next set written to the same names once that pid is gone (never while
+    it runs, so two writers in one folder do not delete each other's files).
+    """
+
+    _STALE = re.compile(r'\.(.+)\.(\d+)\.[0-9a-f]{8}(?:\.old)?\.tmp')
+
+    def __init__(self):
+        self._pending = []  # (temp path, final path)
+        self._listed = {}  # folder -> its entries, listed once per set to find stale temp files
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
+
+    @staticmethod
+    def _temp_name(path, suffix='.tmp'):
+        folder, name = os.path.split(os.path.abspath(path))
+        return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+    def _remove_stale(self, path):
+        """Remove the temp files of ``path`` left by set writers that no longer run (killed mid-write)."""
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in self._listed:
+            self._listed[folder] = [(e, self._STALE.fullmatch(e)) for e in os.listdir(folder) if e.endswith('.tmp')]
+        for entry, match in self._listed[folder]:
+            if match and match.group(1) == name and not _writer_alive(int(match.group(2))):
+                _unlink_quietly(os.path.join(folder, entry))
+
+    def write(self, path, write_fn):
+        """Write ``write_fn(file)`` into a temp file next to ``path`` (renamed into place by commit())."""
+        tmp = None
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._remove_stale(path)
+            tmp = self._temp_name(path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
+            with os.fdopen(fd, 'wb') as f:  # 0o666 minus the umask: the usual permissions
+                write_fn(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException as e:
+            if tmp is not None:
+                _unlink_quietly(tmp)
+            self.discard()
+            if isinstance(e, (OSError, RuntimeError)):
+                raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; nothing of this set "
+                                f"of files was written (files already there are unchanged)") from None
+            raise
+        self._pending.append((tmp, path))
+
+    def write_text(self, path, text):
+        self.write(path, lambda f: f.write(text.encode('utf-8')))
+
+    def discard(self):
+        """Remove the temp files written so far; nothing of the set appears."""
+        for tmp, _ in self._pending:
+            _unlink_quietly(tmp)
+        self._pending = []
+
+    @classmethod
+    def _link_backup(cls, path):
+        """A hard link to the file at ``path`` (to restore it on rollback), or None (none there, or no links)."""
+        if not os.path.lexists(path) or os.path.isdir(path):
+            return None
+        backup = cls._temp_name(path, '.old.tmp')
+        try:
+            os.link(path, backup, follow_symlinks=False)
+        except (OSError, NotImplementedError):  # no hard links on this filesystem (FAT, some network shares)
+            return None
+        return backup
+
+    def commit(self):
+        """Rename every temp file into place (all or nothing, see the class docstring)."""
+        pending, self._pending = self._pending, []
+        done, backups = [], []  # done: (final path, hard link to the file it replaced or None)
+        try:
+            for tmp, path in pending:
+                backup = self._link_backup(path)
+                backups.append(backup)
+                os.replace(tmp, path)
+                done.append((path, backup))
+        except BaseException as e:  # a failed rename, or Ctrl-C in the middle: undo the renames done
+            for restored, backup in reversed(done):
+                try:
+                    if backup is not None:
+                        os.replace(backup, restored)
+                    else:
+                        os.unlink(restored)
+                except OSError:
+                    pass
+            for tmp, _ in pending:
+                _unlink_quietly(tmp)
+            if not isinstance(e, OSError):
+                raise
+            raise UserError(f"cannot write {path}: {e.strerror or e}; nothing of this set of files was written "
+                            f"(files already there are unchanged)") from None
+        finally:
+            for backup in backups:
+                if backup is not None:
+                    _unlink_quietly(backup)
+        for folder in {os.path.dirname(os.path.abspath(path)) for _, path in pending}:
+            _fsync_folder(folder)
+
+
+def atomic_write_many(writers):
+    """Write several files all or nothing: ``writers`` maps path -> write_fn(file) or text (see AtomicFileSet)."""
+    with AtomicFileSet() as files:
+        for path, what in writers.items():
+            if isinstance(what, str):
+                files.write_text(path, what)
+            else:
+                files.write(path, what)
 
 
 def save_checkpoint(state, path):

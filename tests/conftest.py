@@ -4,8 +4,10 @@ image folders made from scikit-image's photos, and a runner for the scripts' com
 The benchmark images are never copied into the repository; tests that need them use ``requires_shared_data``
 and are skipped, with the reason, when ``../shared/data`` (next to the repository) is absent.
 """
+import errno
 import os
 import random
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,77 @@ def tiny_dataset(tmp_path_factory):
     from datasets import create_data_lists
     create_data_lists([str(train)], [str(test)], 32, str(data), workers=1, log=lambda *_: None)
     return {'root': root, 'train': train, 'test': test, 'data': data}
+
+
+def fail_nth_file_sync(monkeypatch, n, error=errno.ENOSPC):
+    """Make the n-th fsync of a regular file raise OSError(error), as a full disk does (filesystems with delayed
+    allocation, and NFS, report ENOSPC at fsync). Counts through utils and the scripts (they call os.fsync)."""
+    real = os.fsync
+    count = [0]
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            count[0] += 1
+            if count[0] == n:
+                raise OSError(error, os.strerror(error))
+        return real(fd)
+    monkeypatch.setattr(os, 'fsync', fsync)
+    return count
+
+
+@pytest.fixture
+def unlistable(monkeypatch):
+    """make(folder): a folder that exists but cannot be listed. chmod 000 where that blocks reads; as root (or
+    wherever permissions do not stop a listing) os.listdir raises PermissionError for it instead."""
+    made = []
+
+    def make(folder):
+        folder = str(folder)
+        os.chmod(folder, 0)
+        made.append(folder)
+        try:
+            os.listdir(folder)
+        except PermissionError:
+            return folder
+        real = os.listdir
+
+        def listdir(path='.'):
+            if os.path.abspath(os.fspath(path)) == os.path.abspath(folder):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return real(path)
+        monkeypatch.setattr(os, 'listdir', listdir)
+        return folder
+    yield make
+    for folder in made:
+        os.chmod(folder, 0o755)
+
+
+requires_fifo = pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='this OS has no FIFOs (os.mkfifo)')
+
+
+class fifo_watchdog:
+    """with fifo_watchdog(path): ... — if something is still blocked opening the FIFO ``path`` for reading after
+    ``seconds``, open it for writing once (which lets that reader go on to an empty read) and set ``fired``: a test
+    then fails on its assertions instead of hanging the suite."""
+
+    def __init__(self, path, seconds=30):
+        import threading
+        self.path, self.fired = str(path), False
+        self._timer = threading.Timer(seconds, self._release)
+        self._timer.daemon = True
+
+    def _release(self):
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)  # fails (ENXIO) unless a reader is waiting
+        except OSError:
+            return
+        self.fired = True
+        os.close(fd)
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        return False

@@ -1,5 +1,6 @@
 """create_data_lists.py, SRDataset and EpochSampler."""
 import json
+import os
 
 import numpy as np
 import torch
@@ -156,3 +157,52 @@ def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_d
     assert loader_workers(args.workers, cpu, faithful) == 4
     args.workers = 2
     assert loader_workers(args.workers, cpu, cached) == 2
+
+
+def run_create_data_lists_here(argv, capsys):
+    """(exit code, stdout, stderr) of create_data_lists.main(argv) under utils.run_cli, in this process."""
+    import create_data_lists
+    from utils import run_cli
+    try:
+        code = run_cli(lambda: create_data_lists.main([*map(str, argv), '--workers', '1']))
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_create_data_lists_output_folder_naming_a_file_is_one_line_before_any_decoding(tmp_path):
+    make_folder(tmp_path / 'train', ['a.png'])
+    (tmp_path / 'lists').write_text('a file, not a folder')
+    for out in (tmp_path / 'lists', tmp_path / 'lists' / 'sub'):
+        result = run_script('create_data_lists.py', '--train-folders', tmp_path / 'train', '--output-folder', out,
+                            '--workers', 1)
+        assert result.returncode == 2 and result.stderr.startswith('error: '), result.stderr
+        assert result.stderr.count('\n') == 1 and '--output-folder' in result.stderr
+        assert 'creating data lists' not in result.stdout
+    assert (tmp_path / 'lists').read_text() == 'a file, not a folder'
+
+
+def test_create_data_lists_folder_that_cannot_be_listed_is_one_line(tmp_path, capsys, unlistable):
+    make_folder(tmp_path / 'train', ['a.png'])
+    make_folder(tmp_path / 'locked', ['b.png'])
+    unlistable(tmp_path / 'locked')
+    code, stdout, err = run_create_data_lists_here(['--train-folders', tmp_path / 'train', '--test-folders',
+                                                    tmp_path / 'locked', '--output-folder', tmp_path / 'lists',
+                                                    '--min-size', 10], capsys)
+    assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'locked' in err and 'cannot list' in err
+    assert not (tmp_path / 'lists').exists()
+
+
+def test_create_data_lists_writes_its_lists_and_log_all_or_nothing(tmp_path, capsys, monkeypatch):
+    """Disk full at the 2nd of its files (train list, test list, log): none of them appears."""
+    from conftest import fail_nth_file_sync
+    make_folder(tmp_path / 'train', ['a.png', 'b.png'])
+    make_folder(tmp_path / 'Test', ['c.png'])
+    out = tmp_path / 'lists'
+    fail_nth_file_sync(monkeypatch, 2)
+    code, _, err = run_create_data_lists_here(['--train-folders', tmp_path / 'train', '--test-folders',
+                                               tmp_path / 'Test', '--output-folder', out, '--min-size', 10], capsys)
+    assert code == 2 and 'No space left on device' in err and err.count('\n') == 1, err
+    assert not out.exists() or os.listdir(out) == []

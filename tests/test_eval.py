@@ -497,3 +497,92 @@ def test_minimum_sizes():
     with pytest.raises(UserError, match='too small'):
         eval_script.check_size('x.png', Image.new('RGB', (19, 40)), 4, ('standard',))  # 16 after the crop
 
+
+
+# ----------------------------------------------------------------------------------------------
+# All or nothing, inputs that are not files, diverged models, big images (issue 12)
+# ----------------------------------------------------------------------------------------------
+
+
+def run_main_here(argv):
+    """(exit code, stdout, stderr) of eval.main(argv) under utils.run_cli, as the command line runs it."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run_cli(lambda: eval_script.main([*map(str, argv), '--device', 'cpu']))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize('failing_file', [2, 3])
+def test_report_set_is_complete_or_absent_when_a_write_fails(tmp_path, monkeypatch, failing_file):
+    """Disk full while writing the 2nd or 3rd report: no new report at all (today the .md stayed without its
+    .json), and an earlier set of the same name stays exactly as it was; no temp file is left."""
+    from conftest import fail_nth_file_sync
+    folder = write_images(tmp_path / 'Synth', seed=5)
+    args = ['--arch', 'bicubic', '--test-folders', folder, '--protocol', 'standard']
+    fresh, kept = tmp_path / 'fresh', tmp_path / 'kept'
+    assert run_main_here(args + ['--results-dir', kept])[0] == 0
+    old = {f: (kept / f).read_bytes() for f in files_under(kept)}
+    assert len(old) == 3
+    for results in (fresh, kept):
+        with monkeypatch.context() as m:
+            fail_nth_file_sync(m, failing_file)
+            code, _, err = run_main_here(args + ['--results-dir', results])
+        assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+        assert 'No space left on device' in err
+    assert files_under(fresh) == []
+    assert {f: (kept / f).read_bytes() for f in files_under(kept)} == old
+
+
+@pytest.mark.parametrize('protocol', ['both', 'tutorial'])
+def test_nan_weights_stop_with_one_line_naming_the_checkpoint(tmp_path, protocol):
+    """A model whose weights are NaN gave a report of black images with exit 0."""
+    model = tiny_srresnet()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float('nan'))
+    checkpoint = suite_checkpoint(model, tmp_path / 'diverged.pth')
+    folder = write_images(tmp_path / 'Synth', seed=6)
+    results = tmp_path / 'results'
+    code, _, err = run_main_here(['--checkpoint', checkpoint, '--test-folders', folder, '--protocol', protocol,
+                                  '--results-dir', results])
+    assert code == 2 and err.count('\n') == 1 and checkpoint in err and 'NaN' in err, err
+    assert files_under(results) == []
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='this OS has no FIFOs (os.mkfifo)')
+def test_fifo_in_a_test_folder_is_named_and_never_blocks(tmp_path):
+    from conftest import fifo_watchdog
+    folder = write_images(tmp_path / 'Synth', sizes=((48, 48),), seed=7)
+    fifo = os.path.join(folder, 'pipe.png')
+    os.mkfifo(fifo)
+    results = tmp_path / 'results'
+    with fifo_watchdog(fifo) as watchdog:
+        code, _, err = run_main_here(['--arch', 'bicubic', '--test-folders', folder, '--results-dir', results])
+    assert not watchdog.fired, 'eval.py blocked on the FIFO'
+    assert code == 2 and 'pipe.png' in err and 'not a regular file' in err and err.count('\n') == 1, err
+    assert files_under(results) == []
+
+
+def test_max_image_pixels_sets_the_decompression_bomb_limit(tmp_path):
+    """Scaled down: images of 48x48 = 2304 and 50x45 = 2250 pixels; the default is PIL's limit."""
+    assert eval_script.build_parser().get_default('max_image_pixels') == Image.MAX_IMAGE_PIXELS
+    folder = write_images(tmp_path / 'Synth', seed=8)
+    args = ['--arch', 'bicubic', '--test-folders', folder, '--protocol', 'standard']
+    code, _, err = run_main_here(args + ['--results-dir', tmp_path / 'refused', '--max-image-pixels', 2303])
+    assert code == 2 and 'img_0.png' in err and 'decompression bomb' in err and '--max-image-pixels' in err, err
+    assert files_under(tmp_path / 'refused') == []
+    code, _, err = run_main_here(args + ['--results-dir', tmp_path / 'results', '--max-image-pixels', 2304])
+    assert code == 0, err
+    assert read_reports(tmp_path / 'results', 'bicubic', 4)[1]['datasets'][0]['images'] == 2
+
+
+def test_results_dir_naming_a_file_is_refused_before_any_work(tmp_path):
+    folder = write_images(tmp_path / 'Synth', seed=9)
+    (tmp_path / 'taken').write_text('a file')
+    code, stdout, err = run_main_here(['--arch', 'bicubic', '--test-folders', folder, '--results-dir',
+                                       tmp_path / 'taken'])
+    assert code == 2 and '--results-dir' in err and 'not a folder' in err and err.count('\n') == 1, err
+    assert 'evaluating' not in stdout

@@ -2,6 +2,8 @@
 rule, files that go bad after listing are skipped during training, and too many failures stop the run."""
 import io
 import json
+import os
+import socket
 import struct
 import zlib
 
@@ -12,7 +14,7 @@ from PIL import Image
 
 import datasets
 import utils
-from conftest import photo_crops, run_script
+from conftest import fifo_watchdog, photo_crops, run_script
 
 
 def png16(path, arr):
@@ -170,3 +172,45 @@ def test_load_image_errors_name_the_path_and_reason(tmp_path):
     torch.save({'x': 1}, tmp_path / 'model.png')
     with pytest.raises(utils.UserError, match='not an image'):
         utils.load_image(str(tmp_path / 'model.png'))
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='this OS has no FIFOs (os.mkfifo)')
+def test_load_image_refuses_fifo_socket_and_device_without_blocking(tmp_path):
+    """A FIFO named like an image blocked every reader forever; a socket or device is no image either."""
+    fifo = tmp_path / 'pipe.png'
+    os.mkfifo(fifo)
+    with fifo_watchdog(fifo) as watchdog:
+        with pytest.raises(utils.UserError, match=r'pipe\.png: not a regular file \(a FIFO\)'):
+            utils.load_image(str(fifo))
+    assert not watchdog.fired, 'load_image blocked on the FIFO'
+    sock_path = tmp_path / 's.png'
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        with pytest.raises(utils.UserError, match=r'not a regular file \(a socket\)'):
+            utils.load_image(str(sock_path))
+    finally:
+        sock.close()
+    if os.path.exists('/dev/zero'):
+        with pytest.raises(utils.UserError, match=r'not a regular file \(a device file\)'):
+            utils.load_image('/dev/zero')
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='this OS has no FIFOs (os.mkfifo)')
+def test_create_data_lists_reports_fifos_and_broken_links_instead_of_dropping_them(tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    good_png(folder / 'good.png')
+    os.mkfifo(folder / 'pipe.png')
+    os.symlink(tmp_path / 'gone.png', folder / 'dangling.jpg')
+    (folder / 'sub.png').mkdir()  # a folder named like an image is not a candidate
+    out = tmp_path / 'lists'
+    with fifo_watchdog(folder / 'pipe.png') as watchdog:
+        result = run_script('create_data_lists.py', '--train-folders', folder, '--min-size', 32, '--output-folder',
+                            out, '--workers', 1)
+    assert not watchdog.fired, 'create_data_lists blocked on the FIFO'
+    assert result.returncode == 0, result.stderr
+    assert 'found 3, kept 1, skipped 2' in result.stdout
+    assert 'not a regular file' in result.stdout and 'no such file' in result.stdout
+    log = (out / 'create_data_lists.log').read_text()
+    assert 'pipe.png' in log and 'FIFO' in log and 'dangling.jpg' in log

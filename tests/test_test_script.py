@@ -16,6 +16,7 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from conftest import fail_nth_file_sync, fifo_watchdog, requires_fifo  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
 
@@ -277,3 +278,199 @@ def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
     # the SRGAN generator and the tutorial-format SRResNet hold the same weights: same picture
     assert np.array_equal(np.asarray(read(tmp_path / 'out_srgan' / 'in_srgan.png')),
                           np.asarray(read(tmp_path / 'out_srresnet' / 'in_srresnet.png')))
+
+
+# ----------------------------------------------------------------------------------------------
+# All or nothing, names, earlier outputs, inputs that are not files (issue 12, sections 3 and 4)
+# ----------------------------------------------------------------------------------------------
+
+
+def save_pattern(path, h, w, seed, fmt=None):
+    Image.fromarray(pattern(h, w, 3, seed)).save(path, format=fmt)
+
+
+def case_insensitive_fs(folder):
+    probe = folder / 'CaseProbe.tmp'
+    probe.write_text('')
+    try:
+        return (folder / 'caseprobe.tmp').exists()
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.parametrize('where', ['png-encode', 'fsync'])
+def test_write_error_mid_image_leaves_that_image_absent_and_earlier_ones_complete(script, setup, monkeypatch,
+                                                                                    capsys, tmp_path, where):
+    """Disk full while writing the 2nd of an image's 3 files: that image has no file at all (today its bicubic
+    PNG stayed), the image before it is complete, and no temp file is left."""
+    src, out = tmp_path / 'src', tmp_path / 'out'
+    src.mkdir()
+    save_pattern(src / 'a.png', 10, 12, 1)
+    save_pattern(src / 'b.png', 10, 12, 2)
+    if where == 'fsync':
+        fail_nth_file_sync(monkeypatch, 5)  # a: 3 files; b: bicubic, then the SR image fails
+    else:
+        real_save, calls = Image.Image.save, [0]
+
+        def save(self, fp, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 5:
+                raise OSError(28, 'No space left on device')
+            return real_save(self, fp, *args, **kwargs)
+        monkeypatch.setattr(Image.Image, 'save', save)
+    code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', src,
+                                 '--output-dir', out, '--device', 'cpu')
+    assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'No space left on device' in err and 'b_' in err
+    assert sorted(os.listdir(out)) == ['a_bicubic.png', 'a_compare.png', 'a_srresnet.png']
+    assert read(out / 'a_srresnet.png').size == (48, 40)
+
+
+def run_folder(script, setup, monkeypatch, capsys, src, out, *extra):
+    code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', src,
+                                 '--output-dir', out, '--device', 'cpu', *extra)
+    return code, stdout, err
+
+
+def test_every_input_gets_its_own_outputs_whatever_the_names(script, setup, monkeypatch, capsys, tmp_path):
+    """a.png + a.jpg + a_png.png (+ a.PNG where the filesystem tells case apart) + B.png + b.bmp: every input gets
+    3 outputs of its own size, no two output names equal even with letter case ignored (as macOS and Windows
+    compare them). Each input has its own size here, so every output can be traced to its input."""
+    src, out = tmp_path / 'src', tmp_path / 'out'
+    src.mkdir()
+    names = ['a.png', 'a.jpg', 'a_png.png', 'B.png', 'b.bmp'] + ([] if case_insensitive_fs(src) else ['a.PNG'])
+    for i, name in enumerate(names):
+        save_pattern(src / name, 8 + i, 9 + i, i, fmt={'png': 'PNG', 'jpg': 'JPEG', 'bmp': 'BMP'}[
+            name.rsplit('.', 1)[1].lower()])
+    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, out)
+    assert code == 0, err
+    files = os.listdir(out)
+    assert len(files) == 3 * len(names) and len({f.casefold() for f in files}) == len(files)
+    by_size = {}
+    for f in files:
+        by_size.setdefault(read(out / f).size if not f.endswith('_compare.png') else None, []).append(f)
+    for i, name in enumerate(names):  # the bicubic and SR images of input i are (4 * (9 + i), 4 * (8 + i))
+        own = sorted(by_size[(4 * (9 + i), 4 * (8 + i))])
+        assert len(own) == 2, (name, own)
+        stem = own[0][:-len('_bicubic.png')]
+        assert own == [f"{stem}_bicubic.png", f"{stem}_srresnet.png"] and f"{stem}_compare.png" in files
+    # the documented rule: a stem of one's own is kept; clashing stems add the extension, then a number
+    assert {'a_png_bicubic.png', 'a_jpg_bicubic.png', 'b_png_bicubic.png', 'b_bmp_bicubic.png'} <= set(
+        f.casefold() for f in files)
+
+
+def test_output_folder_equal_to_input_folder_never_overwrites_an_input(script, setup, monkeypatch, capsys,
+                                                                        tmp_path):
+    src = tmp_path / 'photos'
+    src.mkdir()
+    save_pattern(src / 'photo.png', 10, 12, 1)
+    save_pattern(src / 'photo_bicubic.png', 11, 13, 2)  # the user's own file, named like an output
+    own = (src / 'photo_bicubic.png').read_bytes()
+    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src)
+    assert code == 0, err
+    assert (src / 'photo_bicubic.png').read_bytes() == own
+    files = sorted(os.listdir(src))
+    assert len(files) == 2 + 6, files
+    sizes = {f: read(src / f).size for f in files if f.endswith('_srresnet.png')}
+    assert sorted(sizes.values()) == [(48, 40), (52, 44)]  # one SR image per input
+    # a second run takes neither its own outputs nor anything else as new inputs, and replaces nothing unasked
+    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src)
+    assert code == 2 and '--overwrite' in err and err.count('\n') == 1, err
+    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src, '--overwrite')
+    assert code == 0, err
+    assert sorted(os.listdir(src)) == files and (src / 'photo_bicubic.png').read_bytes() == own
+    assert stdout.count(' -> ') == 2
+
+
+def test_earlier_outputs_are_replaced_only_with_overwrite_and_other_files_never(script, setup, monkeypatch,
+                                                                                  capsys, tmp_path):
+    image, out = tmp_path / 'pic.png', tmp_path / 'out'
+    save_pattern(image, 10, 30, 3)
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out)
+    assert code == 0, err
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--compare-max-width', 60)
+    assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert '--overwrite' in err and 'pic_' in err
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before  # nothing written
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--compare-max-width', 60,
+                              '--overwrite')
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == sorted(before) and read(out / 'pic_compare.png').width <= 60
+    # a file test.py did not write, where an output would go: kept, even with --overwrite
+    (out / 'pic_srresnet.png').unlink()
+    save_pattern(out / 'pic_srresnet.png', 5, 5, 4)
+    foreign = (out / 'pic_srresnet.png').read_bytes()
+    compare = (out / 'pic_compare.png').read_bytes()
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--overwrite')
+    assert code == 2 and 'not written by test.py' in err and 'pic_srresnet.png' in err, err
+    assert (out / 'pic_srresnet.png').read_bytes() == foreign and (out / 'pic_compare.png').read_bytes() == compare
+
+
+@requires_fifo
+def test_fifo_and_device_as_image_are_refused_without_blocking(setup, tmp_path):
+    """A FIFO given as --image used to block test.py forever; a FIFO inside a folder is named too."""
+    fifo = tmp_path / 'pipe.png'
+    os.mkfifo(fifo)
+    for image in (fifo, '/dev/zero'):
+        try:
+            res = subprocess.run([sys.executable, 'test.py', '--checkpoint', str(setup['ckpt']), '--image',
+                                  str(image), '--output-dir', str(tmp_path / 'out'), '--device', 'cpu'], cwd=REPO,
+                                 capture_output=True, text=True, timeout=60, env=dict(os.environ,
+                                                                                      OMP_NUM_THREADS='1'))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"test.py --image {image} blocked")
+        assert res.returncode == 2 and res.stderr.count('\n') == 1, res.stderr
+        assert 'not a regular file' in res.stderr and str(image) in res.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+@requires_fifo
+def test_fifo_in_an_input_folder_is_named_and_nothing_is_written(script, setup, monkeypatch, capsys, tmp_path):
+    src, out = tmp_path / 'src', tmp_path / 'out'
+    src.mkdir()
+    save_pattern(src / 'a.png', 10, 10, 1)
+    os.mkfifo(src / 'b.png')
+    with fifo_watchdog(src / 'b.png') as watchdog:
+        code, _, err = run_folder(script, setup, monkeypatch, capsys, src, out)
+    assert not watchdog.fired, 'test.py blocked on the FIFO'
+    assert code == 2 and 'b.png' in err and 'FIFO' in err and err.count('\n') == 1, err
+    assert not out.exists()
+
+
+def test_folder_that_cannot_be_listed_is_one_line(script, setup, monkeypatch, capsys, tmp_path, unlistable):
+    src = tmp_path / 'locked'
+    src.mkdir()
+    save_pattern(src / 'a.png', 10, 10, 1)
+    unlistable(src)
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, src, tmp_path / 'out')
+    assert code == 2 and err.startswith('error: ') and 'cannot list' in err and err.count('\n') == 1, err
+
+
+def test_nan_weights_stop_with_one_line_naming_the_checkpoint(script, setup, monkeypatch, capsys, tmp_path):
+    """A model whose weights are NaN wrote black images with exit 0."""
+    state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+             for k, v in setup['model'].state_dict().items()}
+    ckpt = tmp_path / 'diverged.pth'
+    utils.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': CONFIG, 'epoch': 1,
+                           'model': state}, str(ckpt))
+    out = tmp_path / 'out'
+    for extra in ([], ['--tile', 8, '--tile-overlap', 2]):
+        code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image',
+                                setup['inputs'] / 'rgb.png', '--output-dir', out, '--device', 'cpu', *extra)
+        assert code == 2 and err.count('\n') == 1 and str(ckpt) in err and 'NaN' in err, err
+        assert not out.exists()
+
+
+def test_max_image_pixels_allows_a_big_photo_and_refuses_above_it(script, setup, monkeypatch, capsys, tmp_path):
+    """PIL's decompression-bomb limit refused big photos with no way to allow them (a 90-megapixel photo is over
+    PIL's default of 89478485): --max-image-pixels sets it, default PIL's. Scaled down here: a 12x10 image."""
+    assert script.build_parser().get_default('max_image_pixels') == Image.MAX_IMAGE_PIXELS
+    image, out = tmp_path / 'big.png', tmp_path / 'out'
+    save_pattern(image, 10, 12, 1)
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--max-image-pixels', 119)
+    assert code == 2 and 'decompression bomb' in err and '--max-image-pixels' in err, err
+    assert err.count('\n') == 1 and not out.exists()
+    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--max-image-pixels', 120)
+    assert code == 0, err
+    assert read(out / 'big_srresnet.png').size == (48, 40)

@@ -187,3 +187,70 @@ def test_keep_freed_memory_keeps_a_freed_large_tensor_for_reuse():
     assert run('default')[1] > 200  # MiB given back by free()
     applied, released = run('keep')
     assert applied == 'True' and released < 20
+
+
+# ----------------------------------------------------------------------------------------------
+# AtomicFileSet: a set of files all or nothing (test.py's outputs of one image, eval.py's reports)
+# ----------------------------------------------------------------------------------------------
+
+
+def listing(folder):
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_file_set_failing_write_leaves_none_of_the_set_and_old_files_unchanged(tmp_path):
+    (tmp_path / 'a.txt').write_bytes(b'old a')
+    before = listing(tmp_path)
+
+    def disk_full(f):
+        f.write(b'partial')
+        raise OSError(28, 'No space left on device')
+    files = utils.AtomicFileSet()
+    files.write(str(tmp_path / 'a.txt'), lambda f: f.write(b'new a'))
+    files.write_text(str(tmp_path / 'n.txt'), 'new n')
+    with pytest.raises(utils.UserError, match=r'cannot write .*b\.txt: No space left on device; nothing'):
+        files.write(str(tmp_path / 'b.txt'), disk_full)
+    assert listing(tmp_path) == before  # no temp file either
+    with pytest.raises(KeyError):  # any exception inside the block: nothing of the set appears
+        with utils.AtomicFileSet() as files:
+            files.write_text(str(tmp_path / 'a.txt'), 'newer a')
+            raise KeyError('bug')
+    assert listing(tmp_path) == before
+    with utils.AtomicFileSet() as files:
+        files.write_text(str(tmp_path / 'a.txt'), 'new a')
+        files.write_text(str(tmp_path / 'sub' / 'b.txt'), 'new b')
+        assert (tmp_path / 'a.txt').read_bytes() == b'old a'  # nothing in place before the commit
+    assert (tmp_path / 'a.txt').read_text() == 'new a' and (tmp_path / 'sub' / 'b.txt').read_text() == 'new b'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(tmp_path / 'sub' / 'b.txt').st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_file_set_failing_rename_rolls_back_the_renames_done(tmp_path, monkeypatch):
+    (tmp_path / 'a.txt').write_bytes(b'old a')
+    (tmp_path / 'c.txt').write_bytes(b'old c')
+    before = listing(tmp_path)
+    real, calls = os.replace, [0]
+
+    def replace(src, dst):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(5, 'Input/output error')
+        return real(src, dst)
+    monkeypatch.setattr(os, 'replace', replace)
+    with pytest.raises(utils.UserError, match=r'c\.txt: Input/output error'):
+        utils.atomic_write_many({str(tmp_path / 'a.txt'): 'new a', str(tmp_path / 'b.txt'): 'new b',
+                                 str(tmp_path / 'c.txt'): 'new c'})
+    assert listing(tmp_path) == before  # a restored, b removed, c untouched, no temp or backup file left
+
+
+def test_file_set_removes_temp_files_of_dead_writers_only(tmp_path):
+    done = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead = int(done.stdout)
+    stale = tmp_path / f".x.png.{dead}.0badf00d.tmp"
+    live = tmp_path / f".x.png.{os.getppid()}.cafebabe.tmp"  # a running writer's (here: the parent process)
+    other = tmp_path / f".y.png.{dead}.0badf00d.tmp"  # another file's: not this set's business
+    for path in (stale, live, other):
+        path.write_bytes(b'half')
+    utils.atomic_write_many({str(tmp_path / 'x.png'): 'x'})
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, 'x.png'])
