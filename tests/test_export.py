@@ -14,6 +14,7 @@ from safetensors import safe_open
 import export
 import inference
 import models
+import train_srresnet
 import utils
 from conftest import REPO_ROOT, run_script
 from test_published import (edsr_pytorch_forward, edsr_pytorch_shapes, msrresnet_shapes, random_sd, save_weights,
@@ -182,10 +183,10 @@ def test_every_kind_round_trips_through_safetensors_and_the_suites_format(tmp_pa
             assert ckpt['format_version'] == 1 and ('model' in ckpt or 'generator' in ckpt)
 
 
-def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path, tiny_dataset):
+def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path, tiny_dataset, capsys):
     src = suite_checkpoint(tmp_path, 'msrresnet', 2)
     st = tmp_path / 'msrresnet_x2.safetensors'
-    assert run_script('export.py', '--checkpoint', src, '--format', 'safetensors', '--output', st).returncode == 0
+    assert export.main(['--checkpoint', str(src), '--format', 'safetensors', '--output', str(st)]) == 0
     photo = sorted(tiny_dataset['test'].iterdir())[0]
     up = run_script('test.py', '--checkpoint', st, '--image', photo, '--output-dir', tmp_path / 'up', '--device', 'cpu')
     assert up.returncode == 0, up.stderr
@@ -203,12 +204,15 @@ def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path,
     exported = inference.read_checkpoint(str(st)).state
     assert trained['epoch'] == 1 and trained['model'].keys() == exported.keys()
     assert all(torch.equal(trained['model'][k], exported[k]) for k in exported)  # lr 0: the initial weights
-    other = run_script('train_srresnet.py', *common, '--model-opt', 'n_channels=16', '--results-dir',
-                       tmp_path / 'other', '--init-from', st)
-    assert other.returncode == 2 and 'n_channels: checkpoint 8 vs now 16' in other.stderr
-    assert other.stderr.count('\n') == 1 and not (tmp_path / 'other').exists()
-    both = run_script('train_srresnet.py', *common, '--model-opt', 'n_channels=8', '--init-from', st, '--resume', src)
-    assert both.returncode == 2 and '--init-from starts a new run' in both.stderr
+    argv = [str(a) for a in common] + ['--model-opt', 'n_channels=16', '--init-from', str(st)]
+    args = train_srresnet.resolve_args(train_srresnet.build_parser(), argv)
+    model = models.build_model(args.arch, args.model_config)
+    with pytest.raises(utils.UserError, match='n_channels: checkpoint 8 vs now 16'):
+        train_srresnet.load_init(str(st), args, model, print)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # an argparse error, before any work
+        train_srresnet.resolve_args(train_srresnet.build_parser(), argv + ['--resume', str(src)])
+    assert '--init-from starts a new run from weights, --resume continues one' in capsys.readouterr().err
 
 
 def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
