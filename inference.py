@@ -446,8 +446,9 @@ def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None):
         state = strip_prefixes(ckpt['generator'])
         config = ckpt.get('generator_config') or _srresnet_config(state, 'net.', path)
         state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
-        info = _suite_info('srgan', 'srresnet', config, state, ckpt.get('source') or 'this suite (SRGAN generator)',
-                           ckpt.get('notes') or (), path)
+        source = ckpt.get('source') or ('this suite (SRGAN generator)' if 'generator_config' in ckpt
+                                        else "the tutorial's SRGAN generator")
+        info = _suite_info('srgan', 'srresnet', config, state, source, ckpt.get('notes') or (), path)
     elif ckpt.get('arch') == 'spandrel' and 'model' in ckpt:
         recorded = (ckpt.get('model_config') or {}).get('architecture')
         info = _spandrel_info(ckpt['model'], path, [], recorded)

@@ -101,7 +101,8 @@ def test_onnx_check_catches_a_wrong_graph(tmp_path, monkeypatch):
 def readme_onnx_snippet():
     text = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
     section = text.split('\n## Export', 1)[1].split('\n## ', 1)[0]
-    return next(block for block in re.findall(r'```python\n(.*?)```', section, flags=re.S) if 'InferenceSession' in block)
+    blocks = re.findall(r'```python\n(.*?)```', section, flags=re.S)
+    return next(block for block in blocks if 'InferenceSession' in block)
 
 
 def test_cli_onnx_export_and_the_readme_snippet_upscale_like_test_py(tmp_path, tiny_dataset):

@@ -188,7 +188,8 @@ def official_rcan_forward(sd, x):  # RCAN_TestCode/code/model/rcan.py; x in [0, 
         while f'body.{g}.body.{b}.body.0.weight' in sd:
             p = f'body.{g}.body.{b}.body'
             h = c(sd, f'{p}.2', F.relu(c(sd, f'{p}.0', res)))
-            res = res + channel_attention(h, *(sd[f'{p}.3.conv_du.{i}.{t}'] for i in (0, 2) for t in ('weight', 'bias')))
+            gate = [sd[f'{p}.3.conv_du.{i}.{t}'] for i in (0, 2) for t in ('weight', 'bias')]
+            res = res + channel_attention(h, *gate)
             b += 1
         res = c(sd, f'body.{g}.body.{b}', res) + group_in
         g += 1
@@ -216,7 +217,7 @@ def basicsr_rcan_forward(sd, x01, res_scale=1., img_range=255.):  # basicsr/arch
         while f'body.{g}.residual_group.{b}.rcab.0.weight' in sd:
             p = f'body.{g}.residual_group.{b}.rcab'
             h = c(sd, f'{p}.2', F.relu(c(sd, f'{p}.0', res)))
-            h = channel_attention(h, *(sd[f'{p}.3.attention.{i}.{t}'] for i in (1, 3) for t in ('weight', 'bias')))
+            h = channel_attention(h, *[sd[f'{p}.3.attention.{i}.{t}'] for i in (1, 3) for t in ('weight', 'bias')])
             res = res + res_scale * h
             b += 1
         res = c(sd, f'body.{g}.conv', res) + group_in
