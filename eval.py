@@ -6,10 +6,15 @@
     python eval.py --arch bicubic --scale 4 --test-folders data/Set5 --protocol standard     # 28.42 / 0.8104
     python eval.py --arch bicubic-rgb --scale 2 --datasets Set5 Set14 --data-folder ./data/
     python eval.py --convert-legacy OLD.pth NEW.pth  # the tutorial's pickled checkpoints (trusted files only)
+    python eval.py --checkpoint edsr_baseline_x2-1bc95232.pt --test-folders data/Set5 --protocol standard
+    python eval.py --checkpoint EDSR_Lx4_f256b32_DIV2K_official-76ee1c8f.pth --res-scale 0.1 --datasets Set5
 
-The checkpoint says which network to rebuild (any architecture of models.ARCHS, SRGAN generators, and the
-tutorial's own checkpoints holding only 'model' or 'generator'); --scale defaults to its scale, and a
-checkpoint trained for another scale is refused.
+The checkpoint says which network to rebuild (any architecture of models.ARCHS, SRGAN generators, the
+tutorial's own checkpoints holding only 'model' or 'generator', safetensors files written by export.py, and
+other projects' published weights: EDSR-PyTorch's EDSR, the official RCAN release, BasicSR's EDSR / RCAN /
+MSRResNet, and what spandrel recognises; see inference.describe_checkpoint); --scale defaults to its scale, and
+a checkpoint trained for another scale is refused. What published weights do not say about themselves follows
+the official release (--res-scale, --rgb-range change it) and is printed as 'note:' lines and in the report.
 
 Protocols (--protocol standard | tutorial | both; default both, printed side by side):
   standard  the papers' protocol: HR mod-cropped (top-left) to a multiple of the scale, LR = MATLAB bicubic
@@ -95,6 +100,7 @@ def build_parser():
     parser.add_argument('--convert-legacy', nargs=2, metavar=('OLD', 'NEW'),
                         help="convert a tutorial checkpoint holding pickled models (UNPICKLES it: trusted files "
                              "only) into this suite's format, then exit")
+    inference.add_assumption_args(parser)
     return parser
 
 
@@ -188,7 +194,8 @@ class Method:
     """Something to evaluate. standard(hr) -> (sr_y, hr_y) of the standard protocol; tutorial(lr01) -> SR in
     [-1, 1]; ``stopwatch`` holds the time of the forward passes only."""
 
-    label = arch = None
+    label = arch = source = None
+    notes = ()
     min_lr_size = 1
 
     def __init__(self, scale, device):
@@ -225,11 +232,11 @@ class ModelMethod(Method):
 
     min_lr_size = 2  # inference.Upscaler.min_input_size()
 
-    def __init__(self, model, arch, config, checkpoint, device):
+    def __init__(self, model, arch, config, checkpoint, device, spec=None, source=None, notes=()):
         super().__init__(config['scaling_factor'], device)
         self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
-        self.spec = models.ARCHS[arch]
-        self.upscaler = inference.Upscaler(model, arch, self.scale, device, name=checkpoint)
+        self.spec, self.source, self.notes = spec or models.ARCHS[arch], source, list(notes)
+        self.upscaler = inference.Upscaler(model, self.spec, self.scale, device, name=checkpoint)
         self.label = report_name(checkpoint, arch)
 
     def warm_up(self):
@@ -258,11 +265,13 @@ def load_method(args, device):
     """The baseline or the checkpoint's model named by the flags (UserError for a bad checkpoint/scale)."""
     if args.arch in BASELINES:
         return BicubicMethod(args.arch, args.scale, device)
-    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale)
+    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                     rgb_range=args.rgb_range)
     named = 'srresnet' if args.arch == 'srgan' else args.arch  # an SRGAN generator is an SRResNet
     if named is not None and named != loaded.arch:
         raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {loaded.arch} model")
-    return ModelMethod(loaded.model, loaded.arch, loaded.config, args.checkpoint, device)
+    return ModelMethod(loaded.model, loaded.arch, loaded.config, args.checkpoint, device, loaded.spec, loaded.source,
+                       loaded.notes)
 
 
 def report_name(checkpoint, arch):
@@ -408,6 +417,9 @@ def markdown_report(meta, results):
              f"- model: {meta['model']}" + (f" (checkpoint `{meta['checkpoint']}`)" if meta['checkpoint'] else ''),
              f"- scale: x{meta['scale']}",
              f"- protocol(s): {', '.join(protocols)}"]
+    if meta.get('weights'):
+        lines.append(f"- weights: {meta['weights']}")
+    lines += [f"  - {note}" for note in meta.get('notes') or ()]
     lines += [f"  - {p}: {PROTOCOL_TEXT[p]}" for p in protocols]
     lines += [f"- device: {meta['device']}", f"- date: {meta['date']}",
               "- PSNR (dB) and SSIM on luma, averaged per image; ms/image: model time of one forward pass", '',
@@ -487,8 +499,11 @@ def main(argv=None):
     method = load_method(args, device)
     meta = {'name': method.label, 'model': method.arch, 'checkpoint': getattr(method, 'checkpoint', None),
             'scale': method.scale, 'protocols': list(args.protocols), 'device': str(method.device),
-            'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
+            'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+            'weights': method.source, 'notes': list(method.notes)}
     print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(args.protocols)}", flush=True)
+    for note in meta['notes']:
+        print(f"note: {note}")
     method.warm_up()
     results = []
     for name, source, paths in test_sets:

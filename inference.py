@@ -1,9 +1,11 @@
-"""Inference: checkpoints into ready models, the one way each model is fed, Upscaler (tiling, memory plan,
-self-ensemble, precision) and the papers' evaluation protocol used by eval.py and by validation during training.
+"""Inference: checkpoints into ready models (this suite's, the tutorial's, EDSR-PyTorch's, the official RCAN
+release's, BasicSR's, and whatever spandrel recognises), the one way each model is fed, Upscaler (tiling, memory
+plan, self-ensemble, precision), the papers' evaluation protocol used by eval.py and by validation during training,
+and the network with its conventions in one graph (export.py).
 
     import inference
     loaded = inference.load_sr_model('results/espcn_x3_t91.pth', 'cpu')
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, loaded.config['scaling_factor'], 'cpu')
+    upscaler = inference.Upscaler(loaded.model, loaded.spec, loaded.config['scaling_factor'], 'cpu')
     sr_rgb, sr_y = upscaler.upscale(lr)          # lr (N, 3, h, w) RGB in [0, 1]
 
 Imports utils and models only.
@@ -17,22 +19,22 @@ import torch
 
 import models
 from utils import (FORMAT_VERSION, UserError, autocast, check_precision, convert_image, gray_uint8, imresize,
-                   load_checkpoint, modcrop, parse_memory, psnr, rgb_to_y_uint8, rgb_to_ycbcr, save_checkpoint,
-                   strip_prefixes, to_uint8, ycbcr_to_rgb)
+                   imresize_up, load_checkpoint, modcrop, parse_memory, psnr, rgb_to_y_uint8, rgb_to_ycbcr,
+                   save_checkpoint, strip_prefixes, to_uint8, ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
 # ----------------------------------------------------------------------------------------------
 
 
-def model_input(spec, lr, scale):
+def model_input(spec, lr, scale, resize=imresize):
     """What the network takes, from lr (N, 3, h, w) RGB in [0, 1]: RGB in spec.in_type for RGB models; for
     Y-channel models the BT.601 luma (N, 1, h, w) in [0, 1], bicubic-upscaled to (N, 1, s*h, s*w) when
-    spec.pre_upsample (SRCNN)."""
+    spec.pre_upsample (SRCNN). ``resize``: the MATLAB bicubic used (utils.imresize_up inside an ONNX graph)."""
     if spec.color == 'rgb':
         return convert_image(lr, '[0, 1]', spec.in_type)
     y = rgb_to_ycbcr(lr)[:, :1]  # (N, 1, h, w)
-    return imresize(y, scale) if spec.pre_upsample else y
+    return resize(y, scale) if spec.pre_upsample else y
 
 
 def model_target(spec, hr):
@@ -43,30 +45,78 @@ def model_target(spec, hr):
     return rgb_to_ycbcr(hr)[:, :1]
 
 
-def model_output(spec, out, lr, scale):
+def model_output(spec, out, lr, scale, resize=imresize):
     """The network's output as RGB: (sr_rgb (N, 3, s*h, s*w) float32 in [0, 1], unclamped; sr_y (N, s*h, s*w) the
     model's own luma for Y-channel models, else None). Y-channel models get Cb/Cr of lr (N, 3, h, w) by MATLAB
-    bicubic."""
+    bicubic (``resize``, as in model_input)."""
     if spec.color == 'rgb':
         return convert_image(out.float(), source=spec.out_type, target='[0, 1]'), None
     sr_y = out.float()  # (N, 1, s*h, s*w), in [0, 1]
-    cbcr = imresize(rgb_to_ycbcr(lr)[:, 1:], scale).float()  # (N, 2, s*h, s*w)
+    cbcr = resize(rgb_to_ycbcr(lr)[:, 1:], scale).float()  # (N, 2, s*h, s*w)
     return ycbcr_to_rgb(torch.cat([sr_y, cbcr], dim=1)), sr_y[:, 0]
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints into models
+# Checkpoints into models: this suite's files, the tutorial's, other projects' published weights, spandrel's
 # ----------------------------------------------------------------------------------------------
+
+# What the official releases do where the weights do not say (--res-scale, --rgb-range override them).
+EDSR_PAPER_SIZE = (32, 256)  # (n_resblocks, n_feats) of the paper's EDSR: trained with res_scale 0.1
+RGB_RANGE = 255  # EDSR-PyTorch's, RCAN's and BasicSR's default value range (BasicSR's img_range)
+# A BasicSR checkpoint ({'params': ..., 'params_ema': ...}) tests with the EMA weights; then other wrappers.
+WRAPPER_KEYS = ('params_ema', 'params-ema', 'params', 'model_state_dict', 'state_dict', 'model', 'net')
+
+
+class CheckpointInfo(NamedTuple):
+    """What a checkpoint holds, ready to build (describe_checkpoint).
+
+    label: its name in file names and reports ('srgan' for an SRGAN generator, spandrel's architecture id such as
+      'ESRGAN' for a spandrel file, else arch).
+    arch: a name in models.ARCHS ('srresnet' for an SRGAN generator), or spandrel's architecture id.
+    config: constructor keywords for models.build_model; for spandrel files {'architecture', 'scaling_factor',
+      'tags'} (spandrel reads the rest off the weights again).
+    state: the weights under the key names ``arch`` uses (converted from the publishing project's names).
+    spec: models.ArchSpec, how to feed the network (inference.Upscaler).
+    source: where the weights come from, in words.
+    notes: what was read off the weights and what was assumed, one sentence each (the scripts print them).
+    network: the module already built, for spandrel files (building it is how spandrel reads them), else None.
+    """
+    label: str
+    arch: str
+    config: dict
+    state: dict
+    spec: models.ArchSpec
+    source: str
+    notes: tuple = ()
+    network: torch.nn.Module = None
 
 
 class LoadedModel(NamedTuple):
-    """A network rebuilt from a checkpoint: ``model`` (eval mode, on the device), ``arch`` (how to feed it:
-    'srresnet' also for an SRGAN generator), ``config`` (constructor keywords), ``label`` (what it is called in
-    file names and reports: 'srgan' for an SRGAN generator, else arch)."""
+    """A network rebuilt from a checkpoint: ``model`` (eval mode, on the device), ``arch`` (a models.ARCHS name,
+    'srresnet' also for an SRGAN generator, or spandrel's architecture id), ``config`` (constructor keywords),
+    ``label`` (what it is called in file names and reports: 'srgan' for an SRGAN generator, else arch), ``spec``
+    (how to feed it: pass it to Upscaler), ``source`` and ``notes`` (as in CheckpointInfo)."""
     model: torch.nn.Module
     arch: str
     config: dict
     label: str
+    spec: models.ArchSpec = None
+    source: str = ''
+    notes: tuple = ()
+
+
+def add_assumption_args(parser):
+    """--res-scale and --rgb-range: what published weights do not say about themselves (eval.py, test.py,
+    export.py). Files of this suite record both; a flag that contradicts a file is refused."""
+    g = parser.add_argument_group("published weights (only where the file does not say)")
+    g.add_argument('--res-scale', type=float, metavar='R',
+                   help="EDSR's residual scaling, not stored in EDSR-PyTorch's or BasicSR's files (default: as "
+                        "the official releases: 0.1 for the paper's 32-block 256-feature EDSR, 1 otherwise)")
+    g.add_argument('--rgb-range', type=int, choices=(1, 255),
+                   help="value range EDSR/RCAN weights were trained in (RGB in [0, 255] or [0, 1]; BasicSR's "
+                        "img_range) where the file does not say it (default: 255, the projects' default; "
+                        "EDSR-PyTorch's files say it in their sub_mean)")
+    return g
 
 
 def _srresnet_config(state, prefix, path):
@@ -77,45 +127,404 @@ def _srresnet_config(state, prefix, path):
         raise UserError(f"{path}: {e}") from None
 
 
-def describe_checkpoint(ckpt, path):
-    """(arch, model_config, state_dict) of the SR network in a checkpoint of any supported kind.
+def _first_keys(state, n=4):
+    keys = list(state)
+    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
 
-    Accepts this suite's checkpoints (any architecture; SRGAN gives its generator, arch 'srgan', with the
-    generator's SRResNet weights), and the tutorial's own SRResNet/SRGAN checkpoints, whose configuration is read
-    off the weights. The file format version was checked by utils.load_checkpoint.
+
+def _unwrap(ckpt, path):
+    """(bare state_dict, note or None): the weights inside a publishing project's wrapper (BasicSR's params_ema
+    before params, then state_dict, model, net...; a dict with one entry), without 'module.' / '_orig_mod.' /
+    'netG.' prefixes. UserError when there are no weights."""
+    state, note = ckpt, None
+    for key in WRAPPER_KEYS:
+        if isinstance(ckpt.get(key), dict):
+            others = [k for k in WRAPPER_KEYS if k != key and isinstance(ckpt.get(k), dict)]
+            note = f"weights from {key!r}" + (f" (also in the file: {', '.join(others)})" if others else '')
+            state = ckpt[key]
+            break
+    else:
+        if len(ckpt) == 1 and isinstance(next(iter(ckpt.values())), dict):
+            state = next(iter(ckpt.values()))
+    if not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path} holds no model weights: not an SR checkpoint (top-level keys: "
+                        f"{_first_keys(ckpt, 6)})")
+    state = strip_prefixes(state)
+    if all(k.startswith('netG.') for k in state):
+        state = {k[len('netG.'):]: v for k, v in state.items()}
+    return state, note
+
+
+def _layout(state):
+    """Which published layout a bare state_dict is in, from its key names (see describe_checkpoint), or None."""
+    has = state.__contains__
+    if has('head.0.weight') and has('tail.1.weight'):
+        if has('body.0.body.0.body.3.conv_du.0.weight'):
+            return 'rcan'
+        if has('body.0.body.0.weight') and has('body.0.body.2.weight'):
+            return 'edsr'
+    if has('conv_first.weight') and has('conv_last.weight'):
+        if has('body.0.residual_group.0.rcab.0.weight'):
+            return 'basicsr-rcan'
+        if has('body.0.conv1.weight') and has('conv_after_body.weight') and has('upsample.0.weight'):
+            return 'basicsr-edsr'
+        if has('body.0.conv1.weight') and has('upconv1.weight') and has('conv_hr.weight'):
+            return 'msrresnet'
+    if has('conv_block1.conv_block.0.weight'):
+        return 'srresnet'
+    if has('net.conv_block1.conv_block.0.weight'):
+        return 'srgan'
+    return None
+
+
+def _tutorial_srresnet(weights):
+    """True for the tutorial's {'model': SRResNet state_dict} (no arch recorded; maybe 'module.'-prefixed)."""
+    return isinstance(weights, dict) and _layout(strip_prefixes(weights)) == 'srresnet'
+
+
+def _mean_shift_params(rgb_range, sign, dtype):
+    """MeanShift's (weight, bias) for the DIV2K mean at ``rgb_range`` (sign -1: sub_mean, +1: add_mean)."""
+    return (torch.eye(3, dtype=dtype).view(3, 3, 1, 1),
+            sign * rgb_range * torch.tensor(models.DIV2K_RGB_MEAN, dtype=dtype))
+
+
+def _with_mean_shifts(state, rgb_range):
+    """state plus sub_mean / add_mean for the DIV2K mean at rgb_range (BasicSR keeps them out of the weights)."""
+    out = dict(state)
+    dtype = state['head.0.weight'].dtype if state['head.0.weight'].is_floating_point() else torch.float32
+    for name, sign in (('sub_mean', -1), ('add_mean', 1)):
+        out[f'{name}.weight'], out[f'{name}.bias'] = _mean_shift_params(rgb_range, sign, dtype)
+    return out
+
+
+def _value_range(state, assume, notes, path):
+    """(state with mean shifts, rgb_range) for EDSR-PyTorch-named EDSR / RCAN weights: rgb_range read off the
+    stored sub_mean, whose tensors are used as they are (RCAN's and early EDSR-PyTorch's code did not freeze them);
+    without one, the DIV2K mean at --rgb-range (default 255) is assumed."""
+    read = models.mean_shift_range(state)
+    if read is None:
+        rgb_range = assume.pop('rgb_range', RGB_RANGE)
+        notes.append(f"no sub_mean/add_mean in the weights: the DIV2K mean and rgb_range {rgb_range} assumed "
+                     f"(EDSR-PyTorch's defaults; --rgb-range to change)")
+        return _with_mean_shifts(state, rgb_range), rgb_range
+    if 'add_mean.weight' not in state or 'add_mean.bias' not in state:
+        raise UserError(f"{path}: the weights have a sub_mean but no add_mean")
+    rgb_range, mean = read
+    notes.append(f"rgb_range {rgb_range} read off sub_mean (mean {', '.join(f'{m:.4f}' for m in mean)}); "
+                 f"the stored mean shifts are used as they are")
+    return state, rgb_range
+
+
+def _edsr_res_scale(n_resblocks, n_feats, assume, notes, who):
+    """res_scale for EDSR weights that do not record it: --res-scale, else the official releases' rule."""
+    if 'res_scale' in assume:
+        res_scale = float(assume.pop('res_scale'))
+        notes.append(f"res_scale {res_scale:g} (--res-scale)")
+        return res_scale
+    res_scale = 0.1 if (n_resblocks, n_feats) == EDSR_PAPER_SIZE else 1.0
+    notes.append(f"res_scale {res_scale:g} assumed: it is not stored in {who}'s weights; the official EDSR "
+                 f"({EDSR_PAPER_SIZE[0]} blocks, {EDSR_PAPER_SIZE[1]} features) was trained with 0.1, the baseline "
+                 f"and other sizes with 1 (--res-scale to change)")
+    return res_scale
+
+
+def _rename(state, mapping, path, who):
+    """state under new key names: mapping (old prefix -> new prefix) must account for every key."""
+    out = {}
+    for key, value in state.items():
+        for old, new in mapping:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+        else:
+            raise UserError(f"{path}: {who} weights with an unexpected key {key!r}")
+    return out
+
+
+def _basicsr_to_edsr_names(n_blocks, n_groups=None):
+    """(old prefix, new prefix) pairs from BasicSR's EDSR / RCAN names to EDSR-PyTorch's (this suite's), as
+    BasicSR's own scripts/model_conversion/convert_models.py pairs them."""
+    n_body = n_blocks if n_groups is None else n_groups
+    pairs = [('conv_first.', 'head.0.'), ('conv_after_body.', f'body.{n_body}.'), ('upsample.', 'tail.0.'),
+             ('conv_last.', 'tail.1.')]
+    if n_groups is None:  # EDSR: body.i.conv1/conv2 -> body.i.body.0/2
+        pairs += [(f'body.{i}.conv{c}.', f'body.{i}.body.{2 * c - 2}.') for i in range(n_blocks) for c in (1, 2)]
+        return pairs
+    for g in range(n_groups):  # RCAN: residual_group.b.rcab.{0,2,3.attention.1,3.attention.3}, group conv
+        pairs.append((f'body.{g}.conv.', f'body.{g}.body.{n_blocks}.'))
+        for b in range(n_blocks):
+            src, dst = f'body.{g}.residual_group.{b}.rcab.', f'body.{g}.body.{b}.body.'
+            pairs += [(src + '0.', dst + '0.'), (src + '2.', dst + '2.'),
+                      (src + '3.attention.1.', dst + '3.conv_du.0.'), (src + '3.attention.3.', dst + '3.conv_du.2.')]
+    return pairs
+
+
+def _published(state, layout, path, assume, notes):
+    """(arch, config, state in the suite's names, source) for a bare state_dict in a published layout."""
+    try:
+        if layout == 'edsr':  # EDSR-PyTorch's EDSR / EDSR-baseline (the official .pt files)
+            shape = models.infer_edsr_config(state)
+            state, rgb_range = _value_range(state, assume, notes, path)
+            res_scale = _edsr_res_scale(shape['n_resblocks'], shape['n_feats'], assume, notes, 'EDSR-PyTorch')
+            return 'edsr', dict(shape, res_scale=res_scale, rgb_range=rgb_range), state, 'EDSR-PyTorch EDSR'
+        if layout == 'rcan':  # the official RCAN release (RCAN_BIX*.pt) and EDSR-PyTorch's rcan.py: the same names
+            shape = models.infer_rcan_config(state)
+            state, rgb_range = _value_range(state, assume, notes, path)
+            return 'rcan', dict(shape, rgb_range=rgb_range), state, 'RCAN (official release / EDSR-PyTorch)'
+        if layout == 'basicsr-edsr':
+            n_blocks = models.sequence_length(state, 'body')
+            state = _rename(state, _basicsr_to_edsr_names(n_blocks), path, 'BasicSR EDSR')
+            shape = models.infer_edsr_config(state)
+            rgb_range = _basicsr_range(assume, notes)
+            res_scale = _edsr_res_scale(shape['n_resblocks'], shape['n_feats'], assume, notes, 'BasicSR')
+            return ('edsr', dict(shape, res_scale=res_scale, rgb_range=rgb_range), _with_mean_shifts(state, rgb_range),
+                    'BasicSR EDSR')
+        if layout == 'basicsr-rcan':
+            n_groups = models.sequence_length(state, 'body')
+            n_blocks = models.sequence_length(state, 'body.0.residual_group')
+            state = _rename(state, _basicsr_to_edsr_names(n_blocks, n_groups), path, 'BasicSR RCAN')
+            shape = models.infer_rcan_config(state)
+            rgb_range = _basicsr_range(assume, notes)
+            state = _fold_rcab_res_scale(state, shape, assume.pop('res_scale', 1.0), notes)
+            return 'rcan', dict(shape, rgb_range=rgb_range), _with_mean_shifts(state, rgb_range), 'BasicSR RCAN'
+        if layout == 'msrresnet':  # BasicSR's MSRResNet: this suite's own names
+            shape = models.infer_msrresnet_config(state)
+            notes.append("LeakyReLU 0.1, bilinear skip; RGB in [0, 1] in and out, as BasicSR feeds it")
+            return 'msrresnet', shape, state, 'BasicSR MSRResNet'
+        if layout == 'srresnet':
+            return 'srresnet', _srresnet_config(state, '', path), state, "the tutorial's SRResNet"
+    except ValueError as e:
+        raise UserError(f"{path}: weights in {layout} key names, but {e}") from None
+    raise AssertionError(layout)
+
+
+def _basicsr_range(assume, notes):
+    """BasicSR's img_range (not stored: a plain attribute): --rgb-range, else BasicSR's default 255."""
+    rgb_range = assume.pop('rgb_range', RGB_RANGE)
+    notes.append(f"BasicSR stores neither img_range nor the mean: img_range {rgb_range} (--rgb-range to change) and "
+                 f"the DIV2K mean assumed, BasicSR's defaults, and folded into sub_mean/add_mean")
+    return rgb_range
+
+
+def _fold_rcab_res_scale(state, shape, res_scale, notes):
+    """BasicSR's RCAB scales its residual by res_scale (official configs: 1); this suite's RCAB has none, so a
+    res_scale r != 1 goes into the weights: the second conv times r, and the first 1x1 conv of the channel
+    attention divided by r, which sees r times its input's mean (exact: CA(r h) = r CA(h) then)."""
+    r = float(res_scale)
+    if r <= 0:
+        raise UserError(f"--res-scale {r:g}: must be positive")
+    if r != 1:
+        state = dict(state)
+        for g in range(shape['n_resgroups']):
+            for b in range(shape['n_resblocks']):
+                p = f'body.{g}.body.{b}.body.'
+                state[p + '2.weight'], state[p + '2.bias'] = state[p + '2.weight'] * r, state[p + '2.bias'] * r
+                state[p + '3.conv_du.0.weight'] = state[p + '3.conv_du.0.weight'] / r
+    notes.append(f"res_scale {r:g} (not stored: BasicSR's official RCAN configs use 1; --res-scale to change)"
+                 + (", folded into the weights" if r != 1 else ''))
+    return state
+
+
+def _import_spandrel():
+    """spandrel (optional: only files no other rule recognises need it), or None when it is not installed."""
+    try:
+        import spandrel
+    except ImportError:
+        return None
+    return spandrel
+
+
+class SpandrelNetwork(torch.nn.Module):
+    """A network spandrel loaded, called as spandrel calls it (a few architectures return a tuple: spandrel keeps
+    their call in the descriptor's private _call_fn), on a copy of its input (spandrel's RCAN, for one, scales its
+    input in place). Takes and gives RGB in [0, 1]."""
+
+    def __init__(self, descriptor):
+        super().__init__()
+        self.net = descriptor.model
+        self.call = getattr(descriptor, '_call_fn', None) or _call_module
+
+    def forward(self, x):
+        return self.call(self.net, x.clone())  # (N, 3, s*h, s*w)
+
+
+def _call_module(module, x):
+    return module(x)
+
+
+def spandrel_spec(descriptor):
+    """A models.ArchSpec for a network spandrel loaded: RGB in [0, 1] in and out, its one scale, its size
+    requirements (Upscaler pads to them) and the precisions spandrel says it supports."""
+    req = descriptor.size_requirements
+    precisions = ('fp32',) + ('bf16',) * bool(descriptor.supports_bfloat16) + ('fp16',) * bool(
+        descriptor.supports_half)
+    return models.ArchSpec(descriptor.architecture.id, type(descriptor.model),
+                           f"{descriptor.architecture.name} (run by spandrel)", scales=(descriptor.scale,),
+                           color='rgb', in_type='[0, 1]', out_type='[0, 1]', min_size=max(1, req.minimum),
+                           multiple_of=req.multiple_of, square=req.square, precisions=precisions)
+
+
+def _spandrel_info(state, path, notes, recorded=None):
+    """CheckpointInfo of weights only spandrel can build (ESRGAN, Real-ESRGAN Compact, SwinIR, HAT, ...);
+    ``recorded``: the architecture id a converted file records (checked)."""
+    spandrel = _import_spandrel()
+    seen = f"{len(state)} tensor(s): {_first_keys(state)}"
+    if spandrel is None:
+        raise UserError(f"{path}: weights of an architecture this suite does not build itself ({seen}); spandrel "
+                        f"runs many more (ESRGAN, Real-ESRGAN, SwinIR, HAT, ...): pip install spandrel")
+    try:
+        descriptor = spandrel.ModelLoader(device='cpu').load_from_state_dict(dict(state))
+    except spandrel.UnsupportedModelError:
+        raise UserError(f"{path}: unrecognised weights ({seen}): not this suite's, the tutorial's, EDSR-PyTorch's, "
+                        f"RCAN's or BasicSR's EDSR/RCAN/MSRResNet layout, nor an architecture spandrel "
+                        f"{spandrel.__version__} knows") from None
+    except Exception as e:  # detected, but the weights do not fit what spandrel built
+        raise UserError(f"{path}: spandrel {spandrel.__version__} could not load these weights "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    arch = descriptor.architecture.id
+    if recorded is not None and recorded != arch:
+        raise UserError(f"{path} records a spandrel {recorded}, but spandrel reads its weights as {arch}")
+    purpose = getattr(descriptor, 'purpose', None)
+    if purpose != 'SR':
+        raise UserError(f"{path}: spandrel's {arch} is a {purpose} model, not single-image super-resolution")
+    if (descriptor.input_channels, descriptor.output_channels) != (3, 3):
+        raise UserError(f"{path}: spandrel's {arch} takes {descriptor.input_channels} and gives "
+                        f"{descriptor.output_channels} channels; only RGB models (3 and 3) run here")
+    descriptor.eval()
+    req = descriptor.size_requirements
+    notes.append(f"spandrel {spandrel.__version__}: {descriptor.architecture.name} x{descriptor.scale}"
+                 + (f" ({', '.join(descriptor.tags)})" if descriptor.tags else '') + "; RGB in [0, 1] in and out")
+    if req.minimum > 2 or req.multiple_of > 1 or req.square:  # Upscaler takes 2 px and more anyway
+        notes.append(f"inputs are padded (reflected) to {arch}'s size requirements: at least {req.minimum} px, "
+                     f"a multiple of {req.multiple_of}" + (", square" if req.square else ''))
+    if descriptor.tiling.name != 'SUPPORTED':
+        notes.append(f"spandrel says tiling is {descriptor.tiling.name.lower()} for {arch}: tiles (--max-memory, "
+                     f"--tile) may leave seams")
+    config = {'architecture': arch, 'scaling_factor': int(descriptor.scale), 'tags': list(descriptor.tags)}
+    return CheckpointInfo(arch, arch, config, dict(state), spandrel_spec(descriptor),
+                          f"spandrel {spandrel.__version__}: {descriptor.architecture.name}", tuple(notes),
+                          SpandrelNetwork(descriptor))
+
+
+def _suite_info(label, arch, config, state, source, notes, path):
+    try:
+        spec = models.arch_spec(arch, config)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    return CheckpointInfo(label, arch, dict(config), state, spec, source, tuple(notes))
+
+
+def _check_assumptions(info, assume, path):
+    """A --res-scale / --rgb-range nobody used must agree with what the file says (or be meaningless for it)."""
+    for key, value in assume.items():
+        flag = '--' + key.replace('_', '-')
+        if key not in info.config:
+            raise UserError(f"{flag} does not apply to {path}: its {info.arch} has no {key}")
+        if info.config[key] != value:
+            raise UserError(f"{flag} {value:g}: {path} says {key} {info.config[key]:g} itself (the flag is for "
+                            f"published weights that do not say)")
+
+
+def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None):
+    """CheckpointInfo of the SR network in a checkpoint of any supported kind (``ckpt``: what utils.load_checkpoint
+    read from ``path``, whose format version it checked).
+
+    - this suite's checkpoints (any architecture; SRGAN gives its generator, label 'srgan', with the generator's
+      SRResNet weights), also as safetensors, and the tutorial's own SRResNet/SRGAN checkpoints, whose
+      configuration is read off the weights;
+    - bare state_dicts and BasicSR checkpoints ({'params', 'params_ema'}: EMA preferred), in the layouts of
+      EDSR-PyTorch's EDSR / EDSR-baseline, the official RCAN release (the suite's own key names), BasicSR's EDSR,
+      RCAN (renamed to the suite's) and MSRResNet (the suite's 'msrresnet'): configuration read off the shapes;
+      what the weights do not say (EDSR's res_scale, BasicSR's img_range) follows the official releases unless
+      ``res_scale`` / ``rgb_range`` say otherwise, and is stated in ``notes``;
+    - anything else spandrel (optional) recognises, as a spandrel network.
+    Anything else is a UserError of one line saying what was seen.
     """
+    assume = {k: v for k, v in (('res_scale', res_scale), ('rgb_range', rgb_range)) if v is not None}
+    notes = []
     if 'generator' in ckpt:
         state = strip_prefixes(ckpt['generator'])
         config = ckpt.get('generator_config') or _srresnet_config(state, 'net.', path)
-        return 'srgan', dict(config), {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
-    if 'model' in ckpt:
+        state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
+        source = ckpt.get('source') or ('this suite (SRGAN generator)' if 'generator_config' in ckpt
+                                        else "the tutorial's SRGAN generator")
+        info = _suite_info('srgan', 'srresnet', config, state, source, ckpt.get('notes') or (), path)
+    elif ckpt.get('arch') == 'spandrel' and 'model' in ckpt:
+        recorded = (ckpt.get('model_config') or {}).get('architecture')
+        info = _spandrel_info(ckpt['model'], path, [], recorded)
+        if ckpt.get('notes'):  # what was noted when the file was first read (its wrapper, say), not noted twice
+            info = info._replace(notes=tuple(ckpt['notes']))
+    elif 'model' in ckpt and ('arch' in ckpt or 'model_config' in ckpt or _tutorial_srresnet(ckpt['model'])):
         state = strip_prefixes(ckpt['model'])
         arch = ckpt.get('arch', 'srresnet')
-        config = ckpt.get('model_config') or _srresnet_config(state, '', path)
         if arch not in models.ARCHS:
             raise UserError(f"{path}: unknown architecture {arch!r}")
-        return arch, dict(config), state
-    raise UserError(f"{path} holds no 'model' or 'generator' weights: not an SR checkpoint")
+        config = ckpt.get('model_config') or _srresnet_config(state, '', path)
+        source = ckpt.get('source') or ('this suite' if 'arch' in ckpt else "the tutorial's SRResNet")
+        info = _suite_info(arch, arch, config, state, source, ckpt.get('notes') or (), path)
+    else:
+        state, wrapper = _unwrap(ckpt, path)
+        notes += [wrapper] if wrapper else []
+        layout = _layout(state)
+        if layout == 'srgan':  # a bare Generator state_dict (net.* keys)
+            return describe_checkpoint({'generator': state, 'source': "the tutorial's SRGAN generator",
+                                        'notes': notes}, path, res_scale=res_scale, rgb_range=rgb_range)
+        if layout is None:
+            info = _spandrel_info(state, path, notes)
+        else:
+            arch, config, state, source = _published(state, layout, path, assume, notes)
+            info = _suite_info(arch, arch, models.model_config(arch, config.pop('scaling_factor'), **config), state,
+                               source, notes, path)
+    _check_assumptions(info, assume, path)
+    return info
 
 
-def load_sr_model(path, device='cpu', expect_scale=None):
-    """Rebuild the SR network recorded in a checkpoint file: a LoadedModel (model in eval mode on ``device``).
+def read_checkpoint(path, *, res_scale=None, rgb_range=None):
+    """describe_checkpoint of the file at ``path`` (read with utils.load_checkpoint: weights_only or safetensors)."""
+    return describe_checkpoint(load_checkpoint(path), path, res_scale=res_scale, rgb_range=rgb_range)
 
-    ``expect_scale`` turns a scale mismatch into a UserError naming both scales.
+
+def build_network(info, path):
+    """The network of a CheckpointInfo with its weights loaded (strictly), in eval mode, on the CPU."""
+    if info.network is not None:
+        return info.network.eval()
+    try:
+        model = models.build_model(info.arch, info.config)
+        model.load_state_dict(info.state)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: weights do not match a {info.arch} with {info.config} "
+                        f"({str(e).splitlines()[0][:160]})") from None
+    return model.eval()
+
+
+def load_sr_model(path, device='cpu', expect_scale=None, *, res_scale=None, rgb_range=None):
+    """Rebuild the SR network recorded in a checkpoint file (any kind describe_checkpoint accepts): a LoadedModel
+    (model in eval mode on ``device``).
+
+    ``expect_scale`` turns a scale mismatch into a UserError naming both scales; ``res_scale`` and ``rgb_range``
+    set what published weights do not say (see describe_checkpoint).
     """
-    label, config, state = describe_checkpoint(load_checkpoint(path), path)
-    arch = 'srresnet' if label == 'srgan' else label  # an SRGAN generator's weights are an SRResNet's
-    scale = int(config['scaling_factor'])
+    info = read_checkpoint(path, res_scale=res_scale, rgb_range=rgb_range)
+    scale = int(info.config['scaling_factor'])
     if expect_scale is not None and int(expect_scale) != scale:
         raise UserError(f"{path} was trained for x{scale}, not x{expect_scale}: pass --scale {scale} "
                         f"or a x{expect_scale} checkpoint")
-    try:
-        model = models.build_model(arch, config)
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: weights do not match a {arch} with {config} "
-                        f"({str(e).splitlines()[0][:160]})") from None
-    return LoadedModel(model.to(device).eval(), arch, config, label)
+    model = build_network(info, path)
+    return LoadedModel(model.to(device).eval(), info.arch, info.config, info.label, info.spec, info.source,
+                       info.notes)
+
+
+def suite_checkpoint(info):
+    """A CheckpointInfo as a checkpoint of this suite (plain data and a state_dict: utils.save_checkpoint or
+    utils.save_safetensors_checkpoint write it; describe_checkpoint reads it back to the same network). A spandrel
+    network is recorded as arch 'spandrel' with its canonical weights: spandrel still builds it when it is read."""
+    if info.label == 'srgan':
+        weights = {'generator': {'net.' + k: v for k, v in info.state.items()}, 'generator_config': info.config}
+    else:
+        weights = {'model': info.state, 'model_config': info.config}
+    arch = info.label if info.label == 'srgan' else 'spandrel' if info.network is not None else info.arch
+    return {'format_version': FORMAT_VERSION, 'arch': arch, **weights, 'source': info.source,
+            'notes': list(info.notes)}
 
 
 def convert_legacy_checkpoint(src, dst):
@@ -233,8 +642,28 @@ def check_finite_output(out, name, model=None, precision='fp32'):
     raise UserError(f"{name} produced NaN/inf values: {cause}")
 
 
+def pad_to_requirements(x, spec):
+    """x (N, C, h, w) padded at the bottom and right to what spec's network needs (spec.min_size, multiple_of,
+    square), by reflection and, where a side is too short to reflect, replication (as spandrel pads); x itself
+    when it already fits."""
+    h, w = x.shape[-2:]
+    th, tw = max(h, spec.min_size), max(w, spec.min_size)
+    th, tw = -(-th // spec.multiple_of) * spec.multiple_of, -(-tw // spec.multiple_of) * spec.multiple_of
+    if spec.square:
+        th = tw = max(th, tw)
+    if (th, tw) == (h, w):
+        return x
+    rh, rw = min(th - h, h - 1), min(tw - w, w - 1)  # reflection repeats no edge pixel: at most side - 1
+    x = torch.nn.functional.pad(x, (0, rw, 0, rh), mode='reflect')
+    return torch.nn.functional.pad(x, (0, tw - w - rw, 0, th - h - rh), mode='replicate')
+
+
 class Upscaler:
-    """Runs any architecture of the suite on RGB images, hiding its input/output conventions.
+    """Runs any architecture of the suite (or a spandrel network) on RGB images, hiding its input/output conventions.
+
+    ``arch``: a name in models.ARCHS, or the models.ArchSpec that describes the network (LoadedModel.spec: also
+    for EDSR/RCAN in [0, 1] and spandrel networks). Inputs are padded to the spec's size requirements (reflected,
+    then replicated where reflection runs out) and the outputs cropped back.
 
     ``upscale(lr)`` takes (N, 3, h, w) RGB in [0, 1] on any device and returns (sr_rgb, sr_y):
     sr_rgb (N, 3, s*h, s*w) in [0, 1] (float32, unclamped), and for Y-channel models the model's own luma
@@ -271,7 +700,8 @@ class Upscaler:
 
     def __init__(self, model, arch, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
                  precision='fp32', self_ensemble=False, channels_last=False, fuse=False, name=None):
-        self.model, self.spec, self.scale, self.device = model, models.ARCHS[arch], int(scale), torch.device(device)
+        spec = arch if isinstance(arch, models.ArchSpec) else models.ARCHS[arch]
+        self.model, self.spec, self.scale, self.device = model, spec, int(scale), torch.device(device)
         self.name = name or 'the model'
         if tile is not None and int(tile) < max(self.min_input_size(), 1):
             raise UserError(f"tile {tile} is too small: at least {self.min_input_size()} px")
@@ -283,6 +713,9 @@ class Upscaler:
         except ValueError as e:
             raise UserError(f"max memory: {e}") from None
         self.precision = check_precision(precision, self.device)
+        if self.precision not in self.spec.precisions:
+            raise UserError(f"--precision {self.precision}: {self.spec.name} runs in {', '.join(self.spec.precisions)} "
+                            f"only")
         self.self_ensemble, self.channels_last, self.fuse = bool(self_ensemble), bool(channels_last), bool(fuse)
         if self.fuse:
             self.model = models.fuse_for_inference(self.model)
@@ -297,10 +730,14 @@ class Upscaler:
     # -- the network and its conventions --------------------------------------------------------
 
     def _net(self, x):
+        h, w = x.shape[-2:]
+        x = pad_to_requirements(x, self.spec)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            return self.model(x)
+            out = self.model(x)
+        k = out.shape[-2] // x.shape[-2]  # output px per input px: the scale (1 for SRCNN's pre-upscaled input)
+        return out if out.shape[-2:] == (h * k, w * k) else out[..., :h * k, :w * k]
 
     def _body(self, x):
         """The network on x in its input space; with self_ensemble, the mean over the 8 dihedral transforms."""
@@ -349,14 +786,15 @@ class Upscaler:
                     sizes.append(output.numel() * 4)
 
             handles = [m.register_forward_hook(hook) for m in self.model.modules()]
+            side = -(-max(16, spec.min_size) // spec.multiple_of) * spec.multiple_of  # a size the network takes
             try:
                 with torch.no_grad():
-                    self.model(torch.zeros(1, in_channels, 16, 16, device=self.device))
+                    self.model(torch.zeros(1, in_channels, side, side, device=self.device))
             finally:
                 for h in handles:
                     h.remove()
             inputs_per_lr = s * s if spec.pre_upsample else 1  # model-input px per LR px
-            network = 3 * max(sizes) / 256. * inputs_per_lr
+            network = 3 * max(sizes) / (side * side) * inputs_per_lr
             out_channels = 3 if spec.color == 'rgb' else 4
             output = 4 * out_channels * s * s * (3 + (2 if self.self_ensemble else 0))
             inputs = 4 * 3 * 3
@@ -490,3 +928,29 @@ def validate_psnr(upscaler, hr_images, scale):
         sr_y, hr_y, _ = standard_protocol(upscaler, hr, scale)
         values.append(psnr(sr_y, hr_y, border=scale))
     return sum(values) / len(values)
+
+
+# ----------------------------------------------------------------------------------------------
+# One graph for deployment: the network with its conventions inside (export.py writes it as ONNX)
+# ----------------------------------------------------------------------------------------------
+
+
+class RGBNetwork(torch.nn.Module):
+    """``network`` with the conventions Upscaler applies around it, in one module: (N, 3, h, w) RGB in [0, 1] ->
+    (N, 3, s*h, s*w) RGB in [0, 1], clamped. Value-range conversions for RGB models; for Y-channel models the BT.601
+    conversion, SRCNN's bicubic pre-upscaling and the bicubic Cb/Cr, with utils.imresize_up (MATLAB's bicubic as
+    convolutions). Only ops that torch.onnx exports with dynamic height and width; on one whole image it computes
+    what Upscaler computes, up to float rounding. Inputs of at least 2 px; no padding inside, so not for networks with
+    other size requirements (spandrel's SwinIR, HAT...)."""
+
+    def __init__(self, network, spec, scale):
+        super().__init__()
+        if spec.min_size > 2 or spec.multiple_of > 1 or spec.square:  # the graph takes 2 px and more
+            raise ValueError(f"{spec.name} needs its input padded (to at least {spec.min_size} px, a multiple of "
+                             f"{spec.multiple_of}{', square' if spec.square else ''}), which this graph does not do")
+        self.network, self.spec, self.scale = network, spec, int(scale)
+
+    def forward(self, lr):
+        x = model_input(self.spec, lr, self.scale, resize=imresize_up)  # in the network's input space
+        sr, _ = model_output(self.spec, self.network(x), lr, self.scale, resize=imresize_up)  # (N, 3, s*h, s*w)
+        return sr.clamp(0, 1)

@@ -1,9 +1,10 @@
 """Every architecture of the suite, the registry that tells scripts how to feed and train each one, and all
 surgery on them (BatchNorm fusing, the tail before the shuffle, the fast PReLU backward, configurations read off
-weights).
+weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's MSRResNet).
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
-EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``).
+EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``), the names
+the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's.
 
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
@@ -11,6 +12,7 @@ EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tai
 Nothing here picks a device or touches the network at import time, and nothing is imported from the project.
 """
 import copy
+import dataclasses
 import inspect
 import math
 import sys
@@ -564,6 +566,73 @@ class RCAN(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# MSRResNet: BasicSR's "modified SRResNet" (SRResNet without BatchNorm), module names as in BasicSR
+# ----------------------------------------------------------------------------------------------
+
+
+def _basicsr_init(convs, scale=0.1):
+    """BasicSR's default_init_weights: Kaiming-normal weights (fan_in, ReLU gain) times ``scale``, zero biases."""
+    with torch.no_grad():
+        for conv in convs:
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.mul_(scale)
+            nn.init.zeros_(conv.bias)
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv-ReLU-conv plus the identity, no BatchNorm (BasicSR's ResidualBlockNoBN with res_scale 1)."""
+
+    def __init__(self, n_channels=64):
+        super().__init__()
+        self.conv1 = default_conv(n_channels, n_channels, 3)
+        self.conv2 = default_conv(n_channels, n_channels, 3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return x + self.conv2(self.relu(self.conv1(x)))  # (N, n_channels, h, w)
+
+
+class MSRResNet(nn.Module):
+    """BasicSR's modified SRResNet (basicsr/archs/srresnet_arch.py): SRResNet's trunk without BatchNorm and without
+    the long skip, LeakyReLU(0.1) instead of PReLU, 3x3 convolutions throughout, and the input upscaled bilinearly
+    (align_corners=False) added to the output, so the network learns the residual. BasicSR's key names
+    (conv_first, body.i.conv1/conv2, upconv1, upconv2 at x4, conv_hr, conv_last), so its checkpoints load unchanged.
+
+    Input/output: RGB in [0, 1] (N, 3, h, w) -> (N, 3, s*h, s*w), s in {2, 3, 4}.
+    init: 'basicsr' (Kaiming-normal x 0.1, zero biases, as BasicSR) or 'default' (PyTorch's).
+    """
+
+    def __init__(self, scaling_factor=4, n_channels=64, n_blocks=16, init='basicsr'):
+        super().__init__()
+        self.scaling_factor = s = int(scaling_factor)
+        if s not in (2, 3, 4):
+            raise ValueError(f"MSRResNet's scaling factor must be 2, 3 or 4, not {s}")
+        self.conv_first = default_conv(3, n_channels, 3)
+        self.body = nn.Sequential(*[ResidualBlockNoBN(n_channels) for _ in range(n_blocks)])
+        r = 2 if s == 4 else s  # x4 is two x2 steps
+        self.upconv1 = default_conv(n_channels, n_channels * r * r, 3)
+        self.upconv2 = default_conv(n_channels, n_channels * 4, 3) if s == 4 else None
+        self.pixel_shuffle = nn.PixelShuffle(r)
+        self.conv_hr = default_conv(n_channels, n_channels, 3)
+        self.conv_last = default_conv(n_channels, 3, 3)
+        self.lrelu = nn.LeakyReLU(0.1, inplace=True)
+        if init == 'basicsr':
+            convs = [self.conv_first, self.upconv1, self.conv_hr, self.conv_last] + [self.upconv2] * (s == 4)
+            _basicsr_init(convs + [c for block in self.body for c in (block.conv1, block.conv2)])
+        elif init != 'default':
+            raise ValueError("MSRResNet init is 'basicsr' or 'default'")
+
+    def forward(self, x):
+        out = self.body(self.lrelu(self.conv_first(x)))  # (N, n_channels, h, w)
+        out = self.lrelu(self.pixel_shuffle(self.upconv1(out)))  # (N, n_channels, r*h, r*w)
+        if self.upconv2 is not None:
+            out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))  # (N, n_channels, 4h, 4w)
+        out = self.conv_last(self.lrelu(self.conv_hr(out)))  # (N, 3, s*h, s*w): the residual
+        base = F.interpolate(x, scale_factor=self.scaling_factor, mode='bilinear', align_corners=False)
+        return out + base  # (N, 3, s*h, s*w), RGB in ~[0, 1]
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry: how each architecture is built, fed and trained
 # ----------------------------------------------------------------------------------------------
 
@@ -575,7 +644,11 @@ class ArchSpec:
     color: 'rgb' (the model sees RGB) or 'y' (the model sees BT.601 luma; Cb/Cr are upscaled bicubically).
     in_type / out_type: value ranges the model takes and gives (see utils.convert_image).
     pre_upsample: the input is bicubic-upscaled to the output size first (SRCNN).
-    train: default training recipe; scripts' flags override every entry.
+    train: default training recipe; scripts' flags override every entry (empty: not trained by this suite).
+    min_size, multiple_of, square: what the network needs of its input's height and width (inference.Upscaler pads
+      the input, by reflection then replication, and crops the output); every architecture of the suite takes any
+      size, models of other projects run through spandrel may not (SwinIR: multiples of its window).
+    precisions: the --precision values the network runs correctly in.
     """
     name: str
     cls: type
@@ -586,6 +659,10 @@ class ArchSpec:
     out_type: str
     pre_upsample: bool = False
     train: dict = field(default_factory=dict)
+    min_size: int = 1
+    multiple_of: int = 1
+    square: bool = False
+    precisions: tuple = ('fp32', 'bf16', 'fp16')
 
 
 def _recipe(**entries):
@@ -629,7 +706,28 @@ ARCHS = {
         scales=(2, 3, 4, 8), color='rgb', in_type='[0, 255]', out_type='[0, 255]',
         train=_recipe(loss='l1', lr=1e-4, lr_milestones=(200,), lr_gamma=0.5, lr_crop_size=48, batch_size=16,
                       patches_per_image=20, epochs=1000)),
+    # BasicSR's options/train/SRResNet_SRGAN/train_MSRResNet_x4.yml: DIV2K, 32-px LR patches (gt_size 128), batch
+    # 16, L1, Adam 2e-4, 1M iterations (here 1000 epochs of 800 images x 20 patches / 16), flips and rotations.
+    # BasicSR decays with four cosine cycles of 250k iterations to 1e-7 and Adam betas (0.9, 0.99) and keeps an EMA
+    # of the weights; here one cosine decay to lr/100 over the run, torch's default betas, no EMA.
+    'msrresnet': ArchSpec(
+        'msrresnet', MSRResNet, 'Ledig et al. CVPR 2017, modified in BasicSR (no BatchNorm, as ESRGAN: Wang et al., '
+        'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',
+        train=_recipe(loss='l1', lr=2e-4, lr_schedule='cosine', lr_crop_size=32, batch_size=16,
+                      patches_per_image=20, epochs=1000)),
 }
+
+
+def arch_spec(arch, config=None):
+    """The ArchSpec of ``arch`` for a model built from ``config``: as ARCHS[arch], except that EDSR and RCAN built
+    with rgb_range 1 (EDSR-PyTorch's --rgb_range 1) take and give RGB in [0, 1] instead of [0, 255]."""
+    spec = ARCHS[arch]
+    rgb_range = (config or {}).get('rgb_range')
+    if rgb_range is None or arch not in ('edsr', 'rcan') or rgb_range == 255:
+        return spec
+    if rgb_range != 1:
+        raise ValueError(f"{arch} takes RGB in [0, 255] or [0, 1] (rgb_range 255 or 1), not rgb_range {rgb_range}")
+    return dataclasses.replace(spec, in_type='[0, 1]', out_type='[0, 1]')
 
 
 def check_scale(arch, scale):
@@ -712,9 +810,12 @@ def subpixel_conv(conv, r):
 def fuse_for_inference(model):
     """A copy of ``model`` for inference with the same outputs up to float rounding: BatchNorm (eval statistics)
     folded into the convolution before it, and the final convolution after the last pixel shuffle moved before
-    it (conv_before_shuffle) for SRResNet/SRGAN, EDSR and RCAN. The given model is not changed."""
+    it (conv_before_shuffle) for SRResNet/SRGAN, EDSR and RCAN (MSRResNet has neither: its copy is the same
+    network). Other projects' networks get only the BatchNorm folding. The given model is not changed."""
     model = copy.deepcopy(model).eval()
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+    # only where the Sequential really runs its children in order (a subclass may override forward)
+    plain = [m for m in model.modules() if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward]
+    for seq in plain:
         for i in range(len(seq) - 1):
             if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
                 seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
@@ -743,3 +844,106 @@ def infer_srresnet_config(state_dict, prefix=''):
     n_blocks, n_sub = count('residual_blocks'), count('subpixel_convolutional_blocks')
     return {'large_kernel_size': int(w1.shape[-1]), 'small_kernel_size': int(w2.shape[-1]),
             'n_channels': int(w1.shape[0]), 'n_blocks': n_blocks, 'scaling_factor': 2 ** n_sub}
+
+
+def sequence_length(state_dict, prefix):
+    """1 + the largest i with a key '<prefix>.<i>.…' in state_dict (0 when there is none)."""
+    heads = [k[len(prefix) + 1:].split('.', 1)[0] for k in state_dict if k.startswith(prefix + '.')]
+    indices = [int(h) for h in heads if h.isdigit()]
+    return max(indices) + 1 if indices else 0
+
+
+def _shape(state_dict, key):
+    try:
+        return tuple(state_dict[key].shape)
+    except KeyError:
+        raise ValueError(f"no {key} in the weights") from None
+
+
+def _check_rgb_3x3(state_dict, first, last):
+    """ValueError unless the first conv takes 3 channels and the last gives 3, both 3x3 (what the suite builds)."""
+    w_first, w_last = _shape(state_dict, first), _shape(state_dict, last)
+    if w_first[1] != 3 or w_last[0] != 3:
+        raise ValueError(f"{w_first[1]} input and {w_last[0]} output channels: the suite's models are RGB (3 and 3)")
+    if w_first[-1] != 3 or w_last[-1] != 3:
+        raise ValueError(f"{first} is {w_first[-1]}x{w_first[-1]}: the suite's EDSR, RCAN and MSRResNet use 3x3 "
+                         "convolutions")
+
+
+def upsampler_scale(state_dict, prefix, n_feats):
+    """The scale of an EDSR-style pixel-shuffle upsampler stored under ``prefix`` (convs at .0, .2, .4, each to
+    r^2 * n_feats channels followed by a shuffle by r): x2, x4, x8 (one to three x2 steps) or x3 (one x3 step)."""
+    scale, i = 1, 0
+    while f'{prefix}.{i}.weight' in state_dict:
+        out_c, in_c = _shape(state_dict, f'{prefix}.{i}.weight')[:2]
+        r = math.isqrt(out_c // n_feats)
+        if in_c != n_feats or r * r * n_feats != out_c:
+            raise ValueError(f"{prefix}.{i}.weight has {out_c} x {in_c} channels, not (r^2 x {n_feats}) x {n_feats}")
+        scale *= r
+        i += 2
+    steps = i // 2
+    if not ((scale == 3 and steps == 1) or (scale in (2, 4, 8) and 2 ** steps == scale)):
+        raise ValueError(f"the upsampler under {prefix!r} ({steps} step(s), x{scale}) is not EDSR's x2/x3/x4/x8")
+    return scale
+
+
+def infer_edsr_config(state_dict):
+    """EDSR's scaling_factor, n_resblocks and n_feats read off a state_dict in EDSR-PyTorch's key names (this
+    suite's): body.0..body.{N-1} are ResBlocks, body.N the closing conv. res_scale and rgb_range are not in the
+    shapes (rgb_range can be read off the mean shift: mean_shift_range)."""
+    _check_rgb_3x3(state_dict, 'head.0.weight', 'tail.1.weight')
+    n_feats = _shape(state_dict, 'head.0.weight')[0]
+    n_resblocks = sequence_length(state_dict, 'body') - 1
+    if n_resblocks < 0 or f'body.{n_resblocks}.weight' not in state_dict:
+        raise ValueError("EDSR's body is residual blocks followed by one conv; these weights have no closing conv")
+    return {'scaling_factor': upsampler_scale(state_dict, 'tail.0', n_feats), 'n_resblocks': n_resblocks,
+            'n_feats': n_feats}
+
+
+def infer_rcan_config(state_dict):
+    """RCAN's scaling_factor, n_resgroups, n_resblocks, n_feats and reduction read off a state_dict in EDSR-PyTorch's
+    (and the official release's) key names. Any reduction r with n_feats // r equal to the squeezed width builds
+    the same layers: 16 when it fits (every release), else the smallest such r."""
+    _check_rgb_3x3(state_dict, 'head.0.weight', 'tail.1.weight')
+    n_feats = _shape(state_dict, 'head.0.weight')[0]
+    n_resgroups = sequence_length(state_dict, 'body') - 1
+    n_resblocks = sequence_length(state_dict, 'body.0.body') - 1
+    for g in range(n_resgroups):
+        if sequence_length(state_dict, f'body.{g}.body') - 1 != n_resblocks:
+            raise ValueError(f"residual group {g} has {sequence_length(state_dict, f'body.{g}.body') - 1} RCABs, "
+                             f"group 0 has {n_resblocks}: RCAN's groups are all alike")
+    squeezed = _shape(state_dict, 'body.0.body.0.body.3.conv_du.0.weight')[0]
+    reduction = next((r for r in [16] + list(range(1, n_feats + 1)) if n_feats // r == squeezed), None)
+    if reduction is None:
+        raise ValueError(f"no channel-attention reduction maps {n_feats} channels to {squeezed}")
+    return {'scaling_factor': upsampler_scale(state_dict, 'tail.0', n_feats), 'n_resgroups': n_resgroups,
+            'n_resblocks': n_resblocks, 'n_feats': n_feats, 'reduction': reduction}
+
+
+def mean_shift_range(state_dict):
+    """(rgb_range, mean) read off EDSR-PyTorch's stored sub_mean (weight 1/std on the diagonal, bias -rgb_range *
+    mean / std): rgb_range 255 or 1 (the DIV2K mean is ~0.44, so rgb_range * mean tells them apart), the mean as a
+    tuple. None when the weights hold no sub_mean."""
+    if 'sub_mean.weight' not in state_dict or 'sub_mean.bias' not in state_dict:
+        return None
+    diag = torch.diagonal(state_dict['sub_mean.weight'].detach().double().reshape(3, 3))
+    scaled_mean = -state_dict['sub_mean.bias'].detach().double() / diag  # rgb_range * mean
+    rgb_range = 255 if scaled_mean.abs().mean() > 16 else 1
+    return rgb_range, tuple((scaled_mean / rgb_range).tolist())
+
+
+def infer_msrresnet_config(state_dict):
+    """MSRResNet's scaling_factor, n_channels and n_blocks read off a state_dict in BasicSR's key names (upconv2
+    present: x4; else upconv1 gives 4 or 9 times the channels: x2 or x3)."""
+    _check_rgb_3x3(state_dict, 'conv_first.weight', 'conv_last.weight')
+    n_channels = _shape(state_dict, 'conv_first.weight')[0]
+    up = _shape(state_dict, 'upconv1.weight')[0]
+    if 'upconv2.weight' in state_dict:
+        if up != 4 * n_channels:
+            raise ValueError(f"upconv1 gives {up} channels with an upconv2 present: not a x4 MSRResNet")
+        scale = 4
+    else:
+        scale = math.isqrt(up // n_channels)
+        if scale not in (2, 3) or scale * scale * n_channels != up:
+            raise ValueError(f"upconv1 gives {up} channels: not 4 or 9 x {n_channels} (MSRResNet x2 or x3)")
+    return {'scaling_factor': scale, 'n_channels': n_channels, 'n_blocks': sequence_length(state_dict, 'body')}

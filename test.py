@@ -9,6 +9,8 @@
     python test.py --image photo.png --self-ensemble --device cuda --precision fp16
     python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth --overwrite   # replace earlier outputs
     python test.py --image panorama.jpg --max-image-pixels 200000000     # a photo over PIL's 89.5-megapixel limit
+    python test.py --image photo.png --checkpoint edsr_x4-4f62e9ef.pt     # EDSR-PyTorch's EDSR (README: published)
+    python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_ESRGAN.png
 
 For every input image, writes under --output-dir:
     <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
@@ -65,7 +67,8 @@ SOFTWARE = 'SR suite test.py'  # the PNG text chunk (key Software) that marks th
 def build_parser():
     parser = make_parser(__doc__, data=False)
     parser.add_argument('--checkpoint', default='results/checkpoint_srresnet.pth',
-                        help='checkpoint of any architecture of the suite, an SRGAN one, or the tutorial\'s own')
+                        help="checkpoint of any architecture of the suite, an SRGAN one, the tutorial's own, or "
+                             "published weights (EDSR-PyTorch, RCAN, BasicSR, spandrel's architectures)")
     parser.add_argument('--image', default='results/test.jpg', help='an image file, or a folder of images')
     parser.add_argument('--output-dir', default='results', help='where the output PNGs go')
     parser.add_argument('--scale', type=positive_int, help='expected upscaling factor (checked against the checkpoint)')
@@ -88,18 +91,22 @@ def build_parser():
                         help='replace the outputs of an earlier run of test.py (never any other file)')
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
+    inference.add_assumption_args(parser)
     return parser
 
 
 def load_upscaler(args, device):
     """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
-    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale)
+    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                     rgb_range=args.rgb_range)
+    for note in loaded.notes:
+        print(f"note: {note}")
     try:
         budget = inference.auto_memory_budget(device) if args.max_memory == 'auto' else parse_memory(args.max_memory)
     except ValueError as e:
         raise UserError(f"--max-memory: {e}") from None
     scale = int(loaded.config['scaling_factor'])
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, device, tile=args.tile,
+    upscaler = inference.Upscaler(loaded.model, loaded.spec, scale, device, tile=args.tile,
                                   tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
                                   self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse,
                                   name=args.checkpoint)

@@ -79,9 +79,10 @@ def resolve_args(parser, argv=None):
         if not os.path.isfile(path):
             raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
                             f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
-        arch, ckpt_config, state = inference.describe_checkpoint(load_checkpoint(path), path)
-        if arch not in ('srresnet', 'srgan'):
-            raise UserError(f"--srresnet-checkpoint {path} holds a {arch}, not an SRResNet")
+        info = inference.describe_checkpoint(load_checkpoint(path), path)
+        if info.arch != 'srresnet':
+            raise UserError(f"--srresnet-checkpoint {path} holds a {info.label}, not an SRResNet")
+        ckpt_config, state = info.config, info.state
         diffs = [f"{k} {v} (checkpoint: {ckpt_config[k]})" for k, v in given.items() if ckpt_config.get(k) != v]
         if diffs:
             raise UserError(f"generator flags disagree with {path}: {', '.join(diffs)}; drop them to use the "

@@ -6,6 +6,7 @@
     python train_srresnet.py --batch-size 64 --epochs 10 --device cuda
     python train_srresnet.py --resume                 # continue results/checkpoint_srresnet.pth
     python train_srresnet.py --arch espcn --scale 3 --val-folder data/Set5 --keep-best
+    python train_srresnet.py --arch msrresnet --init-from msrresnet_x4.safetensors   # new run from those weights
     python train_srresnet.py --ngpu 2                 # the tutorial's DataParallel, one process
     torchrun --nproc-per-node 4 train_srresnet.py --batch-size 400      # DDP: --batch-size is the global batch
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
@@ -24,9 +25,9 @@ from torch import nn
 import inference
 import models
 import training
-from utils import (AverageMeter, FORMAT_VERSION, autocast, get_rng_state, keep_freed_memory, load_checkpoint,
-                   make_parser, positive_int, run_cli, seed_everything, set_determinism, strip_prefixes,
-                   unwrap_model)
+from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_state, keep_freed_memory,
+                   load_checkpoint, make_parser, positive_int, run_cli, seed_everything, set_determinism,
+                   strip_prefixes, unwrap_model)
 
 
 def build_parser():
@@ -45,6 +46,9 @@ def build_parser():
                         "over --epochs; default: the arch recipe (srresnet: step without milestones = constant)")
     g.add_argument('--lr-milestones', type=int, nargs='*', help='epochs at which lr *= --lr-gamma')
     g.add_argument('--lr-gamma', type=float, help='learning-rate decay factor at each milestone')
+    g.add_argument('--init-from', metavar='FILE',
+                   help="start a new run from these weights (any file eval.py reads: a checkpoint, export.py's "
+                        "safetensors, published weights); weights only, of the same --arch and configuration")
     return parser
 
 
@@ -79,6 +83,8 @@ def resolve_args(parser, argv=None):
         parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
     if not 0 <= args.max_bad_fraction < 1:
         parser.error("--max-bad-fraction must be in [0, 1)")
+    if args.init_from and args.resume:
+        parser.error("--init-from starts a new run from weights, --resume continues one: give only one")
     overrides = parse_model_opts(args.model_opt, parser)
     if args.arch == 'srresnet':
         overrides = dict(large_kernel_size=args.large_kernel_size, small_kernel_size=args.small_kernel_size,
@@ -86,6 +92,7 @@ def resolve_args(parser, argv=None):
     try:
         args.model_config = models.model_config(args.arch, args.scale, **overrides)
         models.build_model(args.arch, args.model_config)  # fail now on impossible options, not after loading data
+        models.arch_spec(args.arch, args.model_config)
     except (ValueError, TypeError) as e:
         parser.error(f"--model-opt: {e}")
     args.checkpoint_path = os.path.join(args.results_dir, f"checkpoint_{args.arch}.pth")
@@ -150,6 +157,17 @@ def build_training(args, speed, device):
     return model, optimizer, scheduler, criterion, training.make_scaler(device, speed)
 
 
+def load_init(path, args, model, log):
+    """--init-from: load the weights of ``path`` into ``model``; refuses another architecture or configuration."""
+    info = inference.read_checkpoint(path)
+    if info.arch not in models.ARCHS:
+        raise UserError(f"--init-from {path} holds a {info.source} network, which this suite does not train")
+    without_init = [{k: v for k, v in c.items() if k != 'init'} for c in (info.config, args.model_config)]
+    training.check_resume_compatible(info.arch, without_init[0], args.arch, without_init[1], path)  # init: overwritten
+    model.load_state_dict(info.state)
+    log(f"initial weights from {path} ({info.source}; weights only: a new run)")
+
+
 def load_resume(path, ctx, args, model, optimizer, scheduler, scaler):
     """Continue from a checkpoint of the same architecture and configuration (checked before any data is read).
     Returns (start_epoch, start_step, best_psnr)."""
@@ -174,6 +192,8 @@ def main(argv=None):
         set_determinism(args.deterministic)
         model, optimizer, scheduler, criterion, scaler = build_training(args, speed, ctx.device)
         start_epoch, start_step, best_psnr = 1, 0, None
+        if args.init_from:
+            load_init(args.init_from, args, model, ctx.log)
         if args.resume:
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, model, optimizer, scheduler,
                                                              scaler)
@@ -186,7 +206,7 @@ def main(argv=None):
         loader, sampler = training.make_train_loader(dataset, args.batch_size, ctx.dist, args.workers, args.seed,
                                                      pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
         saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
-        spec = models.ARCHS[args.arch]
+        spec = models.arch_spec(args.arch, args.model_config)  # EDSR/RCAN with rgb_range 1 take [0, 1]
 
         def state(epoch, resume_step):
             return checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
@@ -204,7 +224,7 @@ def main(argv=None):
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
                                                                                        args.epochs):
-                val_psnr = training.validate(unwrap_model(net), args.arch, args.scale, ctx.device, val_images)
+                val_psnr = training.validate(unwrap_model(net), spec, args.scale, ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr)

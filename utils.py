@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import ctypes
 import functools
+import json
 import math
 import os
 import random
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,6 +469,37 @@ def imresize(x, scale=None, size=None, antialias=True):
         if is_uint8:
             out = torch.floor(out.clamp(0, 255) + 0.5).to(torch.uint8)
     return out.to(x.dtype) if x.dtype.is_floating_point else out
+
+
+@functools.lru_cache(maxsize=16)
+def _upscale_kernel(scale):
+    """(5 * scale,) float64 taps of MATLAB's bicubic upscaling by an integer ``scale`` as one transposed convolution
+    of stride ``scale``: output pixel s*j + p is sum_k w[p, k] x[j + k], k = -2..2, with w[p, k] the normalised cubic
+    weight at distance (p + 0.5) / s - 0.5 - k (_resize_taps' u for integer scales); tap q = p + s * (2 - k)."""
+    d = (torch.arange(scale, dtype=torch.float64) + 0.5) / scale - 0.5  # (s,) phase offsets
+    w = _cubic(d[:, None] - torch.arange(-2, 3, dtype=torch.float64)[None, :])  # (s, 5): phase p, tap k = -2..2
+    w = w / w.sum(dim=1, keepdim=True)
+    q = torch.arange(5 * scale)
+    return w[q % scale, 4 - q // scale]  # column k + 2
+
+
+def imresize_up(x, scale):
+    """``imresize(x, scale)`` for an integer scale >= 1 and a float x (N, C, H, W) with H, W >= 2, built only from
+    ops that torch.onnx exports with dynamic sizes: along each axis (rows first, as MATLAB), a 2-px symmetric pad
+    and one depthwise transposed convolution of stride ``scale`` with MATLAB's fixed cubic taps. Equal to imresize
+    up to float rounding; computed in x's dtype (imresize works in float64)."""
+    scale = int(scale)
+    if scale == 1:
+        return x.clone()
+    n, c, h, w = x.shape
+    taps = _upscale_kernel(scale).to(device=x.device, dtype=x.dtype)
+    pad = 4 * scale  # the stride-s transposed conv of the padded axis starts 4s px before the first output pixel
+    y = x.reshape(-1, 1, h, w)  # (N*C, 1, H, W): one constant kernel for every channel
+    y = torch.cat([y[:, :, [1, 0]], y, y[:, :, [-1, -2]]], dim=2)  # (N*C, 1, H + 4, W), symmetric border
+    y = F.conv_transpose2d(y, taps.view(1, 1, -1, 1), stride=(scale, 1), padding=(pad, 0))  # (N*C, 1, s*H, W)
+    y = torch.cat([y[..., [1, 0]], y, y[..., [-1, -2]]], dim=3)  # (N*C, 1, s*H, W + 4)
+    y = F.conv_transpose2d(y, taps.view(1, 1, 1, -1), stride=(1, scale), padding=(0, pad))  # (N*C, 1, s*H, s*W)
+    return y.reshape(n, c, y.shape[-2], y.shape[-1])  # (N, C, s*H, s*W)
 
 
 @_small_cached
@@ -1102,14 +1136,79 @@ LEGACY_HELP = ("if it is the tutorial's old format (whole pickled models) and yo
                "once with: python eval.py --convert-legacy {path} NEW.pth")
 
 
+# The suite's checkpoints as safetensors (export.py --format safetensors): the network's weights, and as metadata
+# (strings): format 'sr-suite', format_version, arch, weights ('model', or 'generator' for an SRGAN generator whose
+# keys start with 'net.'), config (JSON: the constructor configuration), scaling_factor, and where present source
+# (where the weights came from) and notes (JSON list: what was read off or assumed), plus free-form descriptions
+# (input, output) that are not read back. safetensors holds tensors and strings only: nothing in it can run code.
+SAFETENSORS_FORMAT = 'sr-suite'
+
+
+def is_safetensors_file(path):
+    """True when the file starts as safetensors do: an 8-byte little-endian header length, then a JSON object."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') < 100 * 2 ** 20
+
+
+def save_safetensors_checkpoint(ckpt, path, descriptions=None):
+    """Write the network of a checkpoint of this suite (``format_version``, ``arch``, ``model`` and ``model_config``
+    or ``generator`` and ``generator_config``, optional ``source`` and ``notes``) as a safetensors file, atomically;
+    ``descriptions``: extra metadata strings for people and other tools (not read back)."""
+    weights = 'generator' if 'generator' in ckpt else 'model'
+    config = ckpt[weights + '_config']
+    metadata = {'format': SAFETENSORS_FORMAT, 'format_version': str(ckpt.get('format_version', FORMAT_VERSION)),
+                'arch': str(ckpt['arch']), 'weights': weights, 'config': json.dumps(config),
+                'scaling_factor': str(config['scaling_factor'])}
+    if ckpt.get('source'):
+        metadata['source'] = str(ckpt['source'])
+    if ckpt.get('notes'):
+        metadata['notes'] = json.dumps(list(ckpt['notes']))
+    metadata.update({k: str(v) for k, v in (descriptions or {}).items()})
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt[weights].items()}  # clone: no shared storage
+    atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata)))
+
+
+def _load_safetensors(path, map_location):
+    """A safetensors file as a checkpoint: this suite's (see SAFETENSORS_FORMAT) rebuilt into the dict a .pth file
+    holds; anyone else's returned as its bare state_dict (tensors)."""
+    device = map_location if isinstance(map_location, (str, torch.device)) else 'cpu'
+    try:
+        with safe_open(path, framework='pt', device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]})") from None
+    if metadata.get('format') != SAFETENSORS_FORMAT:
+        return tensors
+    try:
+        weights = metadata['weights']
+        ckpt = {'format_version': int(metadata['format_version']), 'arch': metadata['arch'], weights: tensors,
+                weights + '_config': json.loads(metadata['config'])}
+        if 'source' in metadata:
+            ckpt['source'] = metadata['source']
+        if 'notes' in metadata:
+            ckpt['notes'] = json.loads(metadata['notes'])
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path}: the safetensors metadata of this suite is incomplete or malformed ({e})") from None
+    if weights not in ('model', 'generator'):
+        raise UserError(f"{path}: the safetensors metadata names {weights!r} weights, not 'model' or 'generator'")
+    return ckpt
+
+
 def load_checkpoint(path, map_location='cpu'):
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, nothing is executed.
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, nothing is executed. A safetensors
+    file (recognised by its content) is read with safetensors: this suite's come back as the dict a .pth holds.
 
     A file that needs arbitrary unpickling (pickled modules, or a payload that would run code) is refused
     with UserError; so are missing files and files that are not checkpoints.
     """
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path}: no such file" + (" (it is a directory)" if os.path.isdir(path) else ""))
+    if is_safetensors_file(path):
+        ckpt = _load_safetensors(path, map_location)
+        return _check_format_version(ckpt, path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -1121,8 +1220,12 @@ def load_checkpoint(path, map_location='cpu'):
             from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
+    return _check_format_version(ckpt, path)
+
+
+def _check_format_version(ckpt, path):
     version = ckpt.get('format_version', 0)
-    if version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format version {version}; this suite reads up to "
                         f"{FORMAT_VERSION}: update the suite")
     return ckpt

@@ -17,6 +17,7 @@ TINY_OPTS = {
     'edsr': ['--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8'],
     'rcan': ['--model-opt', 'n_resgroups=1', '--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8',
              '--model-opt', 'reduction=4'],
+    'msrresnet': ['--model-opt', 'n_blocks=1', '--model-opt', 'n_channels=8'],
 }
 
 
@@ -38,6 +39,9 @@ def test_each_arch_brings_its_recipe_and_flags_override_it():
     assert args_for('--arch', 'rcan', '--scale', 3).crop_size == 144  # 48-px LR patches
     espcn = args_for('--arch', 'espcn', '--scale', 3)
     assert (espcn.crop_size, espcn.patches_per_image, espcn.lr_schedule) == (51, 256, 'cosine')
+    msr = args_for('--arch', 'msrresnet')  # BasicSR's train_MSRResNet_x4.yml: gt_size 128, L1, Adam 2e-4, batch 16
+    assert (msr.crop_size, msr.loss, msr.lr, msr.batch_size, msr.lr_schedule, msr.epochs) == \
+        (128, 'l1', 2e-4, 16, 'cosine', 1000)
     assert args_for().patches_per_image == 1
 
 
@@ -72,7 +76,8 @@ def test_impossible_scales_are_flag_errors(arch, scale):
         args_for('--arch', arch, '--scale', scale)
 
 
-@pytest.mark.parametrize('arch, scale', [('srresnet', 2), ('srcnn', 3), ('espcn', 3), ('edsr', 3), ('rcan', 2)])
+@pytest.mark.parametrize('arch, scale', [('srresnet', 2), ('srcnn', 3), ('espcn', 3), ('edsr', 3), ('rcan', 2),
+                                         ('msrresnet', 3)])
 def test_train_then_evaluate_every_arch_through_the_cli(tmp_path, tiny_dataset, arch, scale):
     result = run_script('train_srresnet.py', '--arch', arch, '--scale', scale, *TINY_OPTS[arch],
                         '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir',

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import imresize
+from utils import imresize, imresize_up
 
 
 def cubic(x):
@@ -169,3 +169,19 @@ def test_bad_arguments():
         imresize(x, 0)
     with pytest.raises(ValueError):
         imresize(x, -2)
+
+
+# ---- imresize_up: integer upscaling as convolutions (inside the ONNX graphs of export.py) ------------------------
+
+@pytest.mark.parametrize('scale', [2, 3, 4, 8])
+@pytest.mark.parametrize('size', [(2, 2), (2, 5), (13, 17)])
+def test_imresize_up_matches_reference(scale, size):
+    rng = np.random.default_rng(scale)
+    img = rng.uniform(0, 1, size=(2, 3) + size)  # (N, C, H, W), 2-px sides reach the mirror twice
+    out = imresize_up(torch.from_numpy(img), scale).numpy()
+    for n in range(2):
+        for c in range(3):
+            np.testing.assert_allclose(out[n, c], reference_scale(img[n, c], scale), rtol=0, atol=1e-12)
+    torch.testing.assert_close(imresize_up(torch.from_numpy(img).float(), scale),
+                               imresize(torch.from_numpy(img).float(), scale), rtol=0, atol=1e-6)  # float32 too
+    assert torch.equal(imresize_up(torch.from_numpy(img), 1), torch.from_numpy(img))

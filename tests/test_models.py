@@ -311,3 +311,65 @@ def test_channel_attention_gates_each_channel_by_its_mean():
     x = torch.randn(2, 8, 5, 5)
     gate = torch.sigmoid(ca.conv_du[2](torch.relu(ca.conv_du[0](x.mean(dim=(2, 3), keepdim=True)))))
     assert torch.allclose(ca(x), x * gate, atol=1e-6)
+
+
+# ---- MSRResNet (BasicSR's modified SRResNet) ---------------------------------------------------------------
+
+def msrresnet_params(n_blocks, f, s):
+    ups = [4, 4] if s == 4 else [s * s]
+    return (conv_params(3, f, 3) + n_blocks * 2 * conv_params(f, f, 3) + sum(conv_params(f, m * f, 3) for m in ups)
+            + conv_params(f, f, 3) + conv_params(f, 3, 3))
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_msrresnet_parameter_counts_keys_and_shapes(scale):
+    model = models.MSRResNet(scale)
+    assert models.count_parameters(model) == msrresnet_params(16, 64, scale)
+    keys = set(model.state_dict())  # BasicSR's names: its checkpoints load unchanged
+    assert {'conv_first.weight', 'body.15.conv2.bias', 'upconv1.weight', 'conv_hr.weight', 'conv_last.bias'} <= keys
+    assert ('upconv2.weight' in keys) == (scale == 4) and 'body.16.conv1.weight' not in keys
+    tiny = models.build_model('msrresnet', models.model_config('msrresnet', scale, n_channels=8, n_blocks=2))
+    assert tiny(torch.rand(2, 3, 7, 5)).shape == (2, 3, 7 * scale, 5 * scale)
+    assert models.infer_msrresnet_config(tiny.state_dict()) == {'scaling_factor': scale, 'n_channels': 8,
+                                                                'n_blocks': 2}
+    with pytest.raises(ValueError, match='2, 3 or 4'):
+        models.MSRResNet(8)
+
+
+def test_msrresnet_learns_a_residual_over_bilinear_and_has_basicsrs_init():
+    torch.manual_seed(0)
+    model = models.MSRResNet(2, n_channels=16, n_blocks=2)
+    w = model.body[0].conv1.weight
+    assert torch.all(model.conv_first.bias == 0) and torch.all(model.body[1].conv2.bias == 0)
+    assert w.std().item() == pytest.approx(0.1 * math.sqrt(2 / (16 * 9)), rel=0.15)  # Kaiming-normal x 0.1
+    with torch.no_grad():
+        model.conv_last.weight.zero_()
+        model.conv_last.bias.zero_()
+    x = torch.rand(1, 3, 6, 7)
+    bilinear = nn.functional.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+    assert torch.equal(model(x), bilinear)
+
+
+def test_fuse_folds_batchnorm_only_in_sequentials_that_run_in_order():
+    class Reversed(nn.Sequential):  # runs its children backwards: folding BN into the conv "before" it is wrong
+        def forward(self, x):
+            for m in reversed(self):
+                x = m(x)
+            return x
+
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), Reversed(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    fused = models.fuse_for_inference(net)
+    assert isinstance(fused[1], nn.Identity) and isinstance(fused[2][1], nn.BatchNorm2d)
+    x = torch.rand(1, 3, 4, 4)
+    torch.testing.assert_close(fused(x), net.eval()(x))
+
+
+def test_arch_spec_follows_edsrs_value_range():
+    assert models.arch_spec('edsr', models.model_config('edsr', 2)).in_type == '[0, 255]'
+    spec = models.arch_spec('rcan', models.model_config('rcan', 2, rgb_range=1))
+    assert spec.in_type == spec.out_type == '[0, 1]' and spec.name == 'rcan'
+    with pytest.raises(ValueError, match='rgb_range 2'):
+        models.arch_spec('edsr', {'rgb_range': 2})

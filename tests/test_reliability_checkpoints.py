@@ -84,9 +84,9 @@ def test_legacy_whole_model_checkpoint_gets_message_and_converter(tmp_path):
     ckpt = torch.load(converted, weights_only=True)
     assert_plain(ckpt)
     assert ckpt['epoch'] == 7 and ckpt['model_config']['scaling_factor'] == 2
-    rebuilt, arch, _, _ = inference.load_sr_model(str(converted))
+    rebuilt = inference.load_sr_model(str(converted))
     x = torch.randn(1, 3, 8, 8)
-    assert arch == 'srresnet' and torch.equal(rebuilt(x), model.eval()(x))
+    assert rebuilt.arch == 'srresnet' and torch.equal(rebuilt.model(x), model.eval()(x))
 
 
 WRITER = r'''
@@ -157,10 +157,10 @@ def test_wrapper_prefixes_never_leak_into_saved_files_and_prefixed_files_load(tm
     # A file written by someone else's wrapped model still loads.
     prefixed = {'model': {'module.' + k: v for k, v in model.state_dict().items()}, 'epoch': 1}
     utils.save_checkpoint(prefixed, str(tmp_path / 'prefixed.pth'))
-    loaded, _, config, _ = inference.load_sr_model(str(tmp_path / 'prefixed.pth'))
-    assert config['n_blocks'] == 2
+    loaded = inference.load_sr_model(str(tmp_path / 'prefixed.pth'))
+    assert loaded.config['n_blocks'] == 2
     x = torch.randn(1, 3, 8, 8)
-    assert torch.equal(loaded(x), model.eval()(x))
+    assert torch.equal(loaded.model(x), model.eval()(x))
 
 
 def test_other_arch_scale_and_format_version_are_refused(tmp_path, tiny_dataset):

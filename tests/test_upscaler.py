@@ -435,3 +435,41 @@ def test_fuse_matches_and_leaves_the_model_alone(arch, scale):
         assert up.model.tail_before_shuffle and not model.tail_before_shuffle  # the 9x9 conv moved, on the copy
     if arch in ('edsr', 'rcan'):
         assert isinstance(up.model.tail[-1], nn.PixelShuffle)
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks with size requirements and precision limits (ArchSpec built at load time, e.g. spandrel's)
+# ----------------------------------------------------------------------------------------------
+
+
+class NeedsMultipleOf8(nn.Module):
+    """x2 nearest upscale plus a 3x3 conv, refusing inputs whose sides are not multiples of 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        assert x.shape[-2] % 8 == 0 and x.shape[-1] % 8 == 0 and x.shape[-1] == x.shape[-2], x.shape
+        return self.conv(nn.functional.interpolate(x, scale_factor=2))
+
+
+def test_inputs_are_padded_to_the_spec_and_outputs_cropped():
+    spec = models.ArchSpec('needs8', NeedsMultipleOf8, 'a test', scales=(2,), color='rgb', in_type='[0, 1]',
+                           out_type='[0, 1]', min_size=16, multiple_of=8, square=True, precisions=('fp32',))
+    torch.manual_seed(0)
+    net = NeedsMultipleOf8().eval()
+    x = torch.rand(1, 3, 13, 21)
+    padded = nn.functional.pad(x, (0, 3, 0, 11), mode='reflect')  # 13 x 21 -> 24 x 24: square, multiples of 8
+    with torch.no_grad():
+        expected = net(padded)[..., :26, :42]
+    upscaler = Upscaler(net, spec, 2, 'cpu', self_ensemble=True)
+    assert torch.equal(Upscaler(net, spec, 2, 'cpu').upscale(x)[0], expected)
+    assert upscaler.upscale(x)[0].shape == (1, 3, 26, 42)  # every rotation padded too
+    tiny = torch.rand(1, 3, 2, 3)  # too short to reflect up to 16: replicated beyond
+    assert inference.pad_to_requirements(tiny, spec).shape[-2:] == (16, 16)
+    assert Upscaler(net, spec, 2, 'cpu', tile=16, tile_overlap=4).upscale(torch.rand(1, 3, 30, 20))[0].shape == \
+        (1, 3, 60, 40)
+    assert Upscaler(net, spec, 2, 'cpu').memory_per_pixel() > 0  # the probe respects the requirements
+    with pytest.raises(UserError, match='--precision bf16: needs8 runs in fp32 only'):
+        Upscaler(net, spec, 2, 'cpu', precision='bf16')
