@@ -314,6 +314,7 @@ class TrainContext:
         self.tag, self.global_step = '', 0
 
     def __enter__(self):
+        tqdm.monitor_interval = 0  # no tqdm monitor thread: nothing but the main thread is left to stop at exit
         self.dist = init_distributed(self.device_name, self.ngpu, self.dist_timeout)
         self.device = self.dist.device
         self.stop = StopRequest()

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import ctypes
 import functools
+import gc
 import json
 import math
 import os
@@ -39,12 +40,18 @@ class UserError(Exception):
 
 
 def run_cli(main):
-    """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2."""
+    """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2.
+
+    Garbage left in reference cycles is collected before returning, while the interpreter is whole: a DDP wrapper
+    lives in such a cycle, and freed only during interpreter shutdown its process group's C++ threads would be torn
+    down by a half-finalised interpreter (the reported 'terminate called without an active exception' at exit)."""
     try:
         return main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        gc.collect()
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

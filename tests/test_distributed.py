@@ -12,9 +12,11 @@ from conftest import REPO, run_script
 from datasets import create_data_lists
 from utils import load_checkpoint
 
-# ESPCN has no BatchNorm, so DDP's averaged gradients must equal one process's gradient of the global batch.
+# ESPCN has no BatchNorm, so DDP's averaged gradients must equal one process's gradient of the global batch. In fp32:
+# --amp auto is bf16 on CPUs with AMX / AVX512-BF16, where a batch of 4 and two of 2 differ by 4e-3 of the gradient.
 TINY_ESPCN = ['--arch', 'espcn', '--scale', 2, '--model-opt', 'channels=[8,8]', '--crop-size', 32,
-              '--patches-per-image', 1, '--batch-size', 4, '--workers', 0, '--deterministic', '--device', 'cpu']
+              '--patches-per-image', 1, '--batch-size', 4, '--workers', 0, '--deterministic', '--device', 'cpu',
+              '--amp', 'off']
 
 
 def free_port():
@@ -43,19 +45,52 @@ def assert_close_weights(a, b):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_two_processes_equal_one_process_and_only_rank0_writes(tmp_path, tiny_dataset):
-    data = ['--data-folder', tiny_dataset['data'], '--epochs', 2]  # 6 images: 2 steps of 4 + 2 per epoch
-    single = run_script('train_srresnet.py', *data, *TINY_ESPCN, *dirs(tmp_path / 'single'))
+# Adam divides each step by sqrt(v): rounding noise in a near-zero gradient becomes a full step, so one process and
+# DDP agree after Adam steps only machine by machine. tests/sgd_train_srresnet.py runs train_srresnet.py's own main()
+# with plain SGD in Adam's place (a step linear in the gradient, so rounding stays rounding-sized) and records the
+# first step's gradients.
+SGD_SCRIPT = os.path.join('tests', 'sgd_train_srresnet.py')
+SGD_LR = 0.5  # 4 steps move every weight tensor by > 1e-3, some 300x the comparison's tolerance (checked below)
+
+
+@pytest.fixture(scope='module')
+def sgd_runs(tmp_path_factory, tiny_dataset):
+    """The same 2 epochs (6 images: steps of 4 + 2 per epoch) with SGD in one process and under torchrun with 2.
+    Returns (root, the torchrun result)."""
+    root = tmp_path_factory.mktemp('sgd_runs')
+    args = ['--data-folder', tiny_dataset['data'], '--epochs', 2, *TINY_ESPCN, '--lr', SGD_LR]
+    single = run_script(SGD_SCRIPT, root / 'single_step1.pth', *args, *dirs(root / 'single'))
     assert single.returncode == 0, single.stderr
-    ddp = torchrun(*data, *TINY_ESPCN, *dirs(tmp_path / 'ddp'))
+    ddp = torchrun(root / 'ddp_step1.pth', *args, *dirs(root / 'ddp'), script=SGD_SCRIPT)
     assert ddp.returncode == 0, ddp.stderr
+    return root, ddp
+
+
+def test_ddp_first_step_gradients_are_the_one_process_gradients_of_the_global_batch(sgd_runs):
+    root, _ = sgd_runs
+    one, two = torch.load(root / 'single_step1.pth'), torch.load(root / 'ddp_step1.pth')
+    assert one['params'].keys() == two['params'].keys() == one['grads'].keys() == two['grads'].keys()
+    assert len(one['grads']) == 6  # ESPCN channels=[8,8]: three convs, a weight and a bias each
+    for k in one['params']:  # the same start: rank 0's initialisation, broadcast by DDP
+        torch.testing.assert_close(two['params'][k], one['params'][k], rtol=0, atol=0, msg=k)
+    for k, g in one['grads'].items():
+        scale = g.abs().max().item()
+        assert scale > 1e-3, k  # a real gradient (here 3e-2 to 2.5e-1): the tolerance below is relative to it
+        torch.testing.assert_close(two['grads'][k], g, rtol=1e-5, atol=1e-5 * scale, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_two_processes_equal_one_process_and_only_rank0_writes(sgd_runs):
+    root, ddp = sgd_runs
     assert ddp.stdout.count('epoch 2/2') == 1  # rank 1 prints nothing
-    a = load_checkpoint(tmp_path / 'single' / 'results' / 'checkpoint_espcn.pth')
-    b = load_checkpoint(tmp_path / 'ddp' / 'results' / 'checkpoint_espcn.pth')
+    a = load_checkpoint(root / 'single' / 'results' / 'checkpoint_espcn.pth')
+    b = load_checkpoint(root / 'ddp' / 'results' / 'checkpoint_espcn.pth')
     assert a['step'] == b['step'] == 4
+    start = torch.load(root / 'single_step1.pth')['params']
+    for k, w0 in start.items():  # SGD moved every weight far beyond the tolerance: the equality is not vacuous
+        assert (a['model'][k] - w0).abs().max() > 1e-3, k
     assert_close_weights(a['model'], b['model'])
-    assert sorted(os.listdir(tmp_path / 'ddp' / 'results')) == ['checkpoint_espcn.pth']
-    events = [f for _, _, files in os.walk(tmp_path / 'ddp' / 'runs') for f in files]
+    assert sorted(os.listdir(root / 'ddp' / 'results')) == ['checkpoint_espcn.pth']
+    events = [f for _, _, files in os.walk(root / 'ddp' / 'runs') for f in files]
     assert len(events) == 1  # one TensorBoard writer: rank 0's
 
 
