@@ -224,7 +224,8 @@ class Upscaler:
     sr_rgb (N, 3, s*h, s*w) in [0, 1] (float32, unclamped), and for Y-channel models the model's own luma
     (N, s*h, s*w) in [0, 1] (None for RGB models). Y-channel models upscale Cb/Cr with MATLAB bicubic.
     ``upscale_uint8(lr)`` returns the rounded RGB image (N, 3, s*h, s*w) uint8 on the CPU, built tile by tile
-    without a full-size float copy.
+    without a full-size float copy. Both take ``progress=callable(done, total)``, called after every tile (a
+    whole-image pass is one step), for progress bars.
 
     Options (keywords; the defaults run the whole image at once in fp32, exactly as before):
       tile: largest LR window side in px: the image is cut into equal windows (as few as this allows, shrunk by
@@ -369,16 +370,17 @@ class Upscaler:
                           f"tile ({smallest} px), which needs about {self._tiling_cost(n, h, w, smallest)} bytes")
         return best
 
-    def _tiled(self, lr, tile, sink):
+    def _tiled(self, lr, tile, sink, progress=None):
         """Run the model over overlapping windows of lr (N, 3, h, w) and blend them. Finished output rows go to
         ``sink(row0, rows)`` with rows (N, C, r, s*w) float32 (C = 3, or 4 with the Y-model's luma last); only one
-        band of output rows (one window high) is held in float32 at a time."""
+        band of output rows (one window high) is held in float32 at a time. ``progress(done, total)`` is called
+        after each window."""
         n, _, h, w = lr.shape
         s, c, overlap = self.scale, 3 if self.spec.color == 'rgb' else 4, self.tile_overlap
         th, tw = fit_tile(h, tile, overlap), fit_tile(w, tile, overlap)
         ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
         wx = [_blend_ramp(xs, j, tw, w, s, self.device) for j in range(len(xs))]
-        band_top, band, weights = 0, None, None
+        band_top, band, weights, windows = 0, None, None, len(ys) * len(xs)
         for i, y0 in enumerate(ys):
             wy = _blend_ramp(ys, i, th, h, s, self.device)
             bottom = (y0 + th) * s
@@ -395,6 +397,8 @@ class Upscaler:
                 band[:, :, r0:r0 + th * s, x0 * s:(x0 + tw) * s].addcmul_(out, wt)
                 weights[r0:r0 + th * s, x0 * s:(x0 + tw) * s] += wt
                 del out
+                if progress is not None:
+                    progress(i * len(xs) + j + 1, windows)
             done = ys[i + 1] * s if i + 1 < len(ys) else h * s  # rows above the next window row are final
             k = done - band_top
             sink(band_top, band[:, :, :k].div_(weights[:k]))
@@ -403,23 +407,29 @@ class Upscaler:
     # -- public API --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def upscale(self, lr):
+    def upscale(self, lr, progress=None):
+        """(sr_rgb, sr_y) of lr (N, 3, h, w) RGB in [0, 1], as the class documents. ``progress(done, total)`` is
+        called after each tile (total = the number of tiles; a whole-image pass is one step)."""
         n, _, h, w = lr.shape
         tile = self.plan_tile(n, h, w)
         if tile is None:
-            return self._sr(lr)
+            result = self._sr(lr)
+            if progress is not None:
+                progress(1, 1)
+            return result
         s, c = self.scale, 3 if self.spec.color == 'rgb' else 4
         out = torch.empty(n, c, h * s, w * s, device=self.device)
 
         def sink(row, rows):
             out[:, :, row:row + rows.shape[2]] = rows
 
-        self._tiled(lr, tile, sink)
+        self._tiled(lr, tile, sink, progress)
         return (out, None) if c == 3 else (out[:, :3], out[:, 3])
 
     @torch.no_grad()
-    def upscale_uint8(self, lr):
-        """lr (N, 3, h, w) RGB in [0, 1] -> (N, 3, s*h, s*w) uint8 RGB on the CPU (clamped, rounded half up)."""
+    def upscale_uint8(self, lr, progress=None):
+        """lr (N, 3, h, w) RGB in [0, 1] -> (N, 3, s*h, s*w) uint8 RGB on the CPU (clamped, rounded half up).
+        ``progress(done, total)`` as for upscale()."""
         n, _, h, w = lr.shape
         s = self.scale
         out = torch.empty(n, 3, h * s, w * s, dtype=torch.uint8)
@@ -432,8 +442,10 @@ class Upscaler:
         tile = self.plan_tile(n, h, w)
         if tile is None:
             sink(0, self._sr(lr)[0])
+            if progress is not None:
+                progress(1, 1)
         else:
-            self._tiled(lr, tile, sink)
+            self._tiled(lr, tile, sink, progress)
         return out
 
 
