@@ -7,6 +7,8 @@
     python test.py --image big.png --tile 256 --tile-overlap 16 --precision bf16 --device cpu
     python test.py --image photo.png --no-fuse --no-channels-last      # the plain eager model (same output)
     python test.py --image photo.png --self-ensemble --device cuda --precision fp16
+    python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_espcn.mp4
+    python test.py --image clip.mkv --checkpoint results/espcn_x3_t91.pth --video-crf 14 --video-preset slow
 
 For every input image, writes under --output-dir:
     <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
@@ -29,27 +31,39 @@ so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of R
 with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by default
 (about 2x on a CPU, same output up to float rounding); --precision bf16 helps
 only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
+
+Videos: when --image is a video file (a video extension, or a file PyAV reads as one; inference.is_video_file),
+every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
+<stem>_<arch><ext> (.mp4, .m4v, .mov and .mkv inputs keep their container, any other becomes .mkv): H.264 (libx264,
+yuv420p, --video-crf, --video-preset), every frame at its input timestamp, the audio streams copied untouched.
+A progress bar shows frames per second and the time left. A corrupt or truncated video stops with one line
+(exit code 2) and leaves no output file. No bicubic or comparison video is made (each would cost a second
+encode); inference.upscale_video does the work.
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 import inference
 from utils import (IMAGE_EXTENSIONS, UserError, atomic_write, bicubic_upscale, is_out_of_memory, list_image_files,
                    load_image, make_parser, parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
 
 OUTPUT_KINDS = ('bicubic', 'compare')
+X264_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower', 'veryslow')
 
 
 def build_parser():
     parser = make_parser(__doc__, data=False)
     parser.add_argument('--checkpoint', default='results/checkpoint_srresnet.pth',
                         help='checkpoint of any architecture of the suite, an SRGAN one, or the tutorial\'s own')
-    parser.add_argument('--image', default='results/test.jpg', help='an image file, or a folder of images')
-    parser.add_argument('--output-dir', default='results', help='where the output PNGs go')
+    parser.add_argument('--image', default='results/test.jpg',
+                        help='an image file, a folder of images, or a video file')
+    parser.add_argument('--output-dir', default='results', help='where the output PNGs (and videos) go')
     parser.add_argument('--scale', type=positive_int, help='expected upscaling factor (checked against the checkpoint)')
     parser.add_argument('--batch-size', type=positive_int, default=1, help='same-size images upscaled together')
     parser.add_argument('--tile', type=positive_int, help='tile side in input px (default: only when memory needs it)')
@@ -66,6 +80,10 @@ def build_parser():
                              'rounding; with --channels-last about 2x faster on a CPU)')
     parser.add_argument('--compare-max-width', type=positive_int, default=4096,
                         help='the comparison image is scaled down to at most this width')
+    parser.add_argument('--video-crf', type=int, default=18,
+                        help='videos: H.264 quality, 0 (lossless) to 51 (worst); 18 looks like the source')
+    parser.add_argument('--video-preset', choices=X264_PRESETS, default='medium',
+                        help='videos: H.264 encoder speed (slower presets make smaller files at the same quality)')
     return parser
 
 
@@ -213,12 +231,34 @@ def save_outputs(img, sr, stem, args, label, scale):
     return [out('bicubic'), out(label), out('compare')]
 
 
+def upscale_video_file(args, upscaler, label, scale, device):
+    """--image is a video: write <stem>_<label><ext> to --output-dir (inference.upscale_video), with a progress
+    bar (frames/s, time left), and print what was done."""
+    if not 0 <= args.video_crf <= 51:
+        raise UserError(f"--video-crf {args.video_crf}: must be 0 to 51")
+    info = inference.probe_video(args.image)
+    dst = inference.video_output_path(args.image, args.output_dir, label)
+    print(f"{args.image}: {info.width}x{info.height} at {float(info.fps):.3f} fps, "
+          f"{info.expected_frames or 'unknown number of'} frames, audio: {', '.join(info.audio) or 'none'}")
+    with tqdm(total=info.expected_frames, unit='frame', desc=os.path.basename(args.image), dynamic_ncols=True) as bar:
+        result = inference.upscale_video(upscaler, args.image, dst, crf=args.video_crf, preset=args.video_preset,
+                                         progress=lambda done, total: bar.update(done - bar.n))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    (w, h), (sw, sh) = result.in_size, result.out_size
+    print(f"{dst}: {result.frames} frames {w}x{h} -> {sw}x{sh} ({label} x{scale}), {result.audio_packets} audio "
+          f"packets copied, {result.seconds:.1f} s ({result.frames / result.seconds:.2f} frames/s; the model "
+          f"{result.frames / max(result.model_seconds, 1e-9):.2f} frames/s) on {device}")
+
+
 def main():
     args = build_parser().parse_args()
     if args.tile_overlap < 0:
         raise UserError(f"--tile-overlap {args.tile_overlap}: must be >= 0")
     device = pick_device(args.device)
     upscaler, label, scale = load_upscaler(args, device)
+    if inference.is_video_file(args.image):
+        return upscale_video_file(args, upscaler, label, scale, device)
     paths = find_inputs(args.image, args.output_dir, label)
     sizes = check_inputs(paths, upscaler.min_input_size())
     stems, total = output_stems(paths), 0.

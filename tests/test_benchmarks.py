@@ -60,3 +60,13 @@ def test_bench_inference_reports_time_and_peak_memory_per_case():
     assert [r['case'] for r in rows] == ['reference', 'suite-tiled']
     assert all(r['size'] == 32 and r['seconds'] > 0 and r['peak_rss_mib'] > 100 for r in rows)
     assert rows[1]['tile'] == 24
+
+
+def test_bench_video_measures_model_pipeline_and_codec():
+    result = run_script('benchmarks/bench_video.py', '--size', '32x18', '--frames', 3, '--warmup', 1,
+                        '--precisions', 'fp32', '--preset', 'ultrafast')
+    assert result.returncode == 0, result.stderr
+    rows = json_lines(result.stdout)
+    assert [(r['what'], r['precision']) for r in rows] == [('model', 'fp32'), ('pipeline', 'fp32'), ('codec', '-')]
+    assert all(r['in'] == '32x18' and r['out'] == '96x54' and r['fps'] > 0 for r in rows)
+    assert rows[0]['frames'] == 2 and rows[1]['frames'] == rows[2]['frames'] == 3
