@@ -504,7 +504,7 @@ _FFMPEG_ERROR = av.logging.ERROR
 
 def is_video_file(path):
     """True for a file test.py treats as a video: a video extension (VIDEO_EXTENSIONS, any letter case), or an
-    extension of neither kind on a file that Pillow cannot open and PyAV opens with a video stream."""
+    extension of neither kind on a file that Pillow cannot open and PyAV opens as a moving-picture container."""
     ext = os.path.splitext(path)[1].lower()
     if ext in VIDEO_EXTENSIONS:
         return True
@@ -517,7 +517,9 @@ def is_video_file(path):
         pass
     try:
         with av.open(path, metadata_errors='ignore') as container:
-            return _main_video_stream(container) is not None
+            name = container.format.name  # FFmpeg also 'plays' stills and text files (image2, *_pipe, tty)
+            still = name in ('image2', 'tty') or name.endswith('_pipe')
+            return not still and _main_video_stream(container) is not None
     except (av.error.FFmpegError, OSError, ValueError):
         return False
 
