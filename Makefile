@@ -1,5 +1,6 @@
 # make demo  : create .venv, install, train a small SRResNet on scikit-image's photos, evaluate, upscale a photo
 # make test  : create .venv, install, run the test suite
+# make app   : serve the web page on http://127.0.0.1:7860 (see README, "Web page"; APP_FLAGS="--port 8080")
 # make bench : run the benchmark scripts (see README, "Benchmarks")
 # make lock  : refresh requirements.lock (the exact versions tested) from the ranges in requirements.txt
 PYTHON ?= python3
@@ -19,7 +20,9 @@ TEST ?=
 DEMO_EPOCHS ?= 60
 DEMO_PHOTO ?= $(DEMO)/photos/test/chelsea.png
 
-.PHONY: install test demo bench lock clean-demo
+APP_FLAGS ?=
+
+.PHONY: install test demo app bench lock clean-demo
 
 $(STAMP): $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +33,7 @@ $(STAMP): $(LOCK)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q -n auto --dist loadgroup tests
 
 demo: $(STAMP)
 	@echo "== 1/4 data lists (scikit-image photos$(if $(TRAIN), + $(TRAIN))$(if $(TEST), + $(TEST)))"
@@ -55,6 +58,9 @@ demo: $(STAMP)
 		 for s, b in zip(r('srresnet'), r('bicubic'))]"
 	@echo "Everything is under $(DEMO)/: checkpoint, eval tables (eval_*.md/json/csv), upscaled images,"
 	@echo "TensorBoard logs (tensorboard --logdir $(DEMO)/runs)."
+
+app: $(STAMP)
+	$(PY) app.py $(APP_FLAGS)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

@@ -11,6 +11,8 @@
     python test.py --image panorama.jpg --max-image-pixels 200000000     # a photo over PIL's 89.5-megapixel limit
     python test.py --image photo.png --checkpoint edsr_x4-4f62e9ef.pt     # EDSR-PyTorch's EDSR (README: published)
     python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_ESRGAN.png
+    python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_espcn.mp4
+    python test.py --image clip.mkv --checkpoint results/espcn_x3_t91.pth --video-crf 14 --video-preset slow
 
 For every input image, writes under --output-dir:
     <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
@@ -45,16 +47,26 @@ so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of R
 with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by default
 (about 2x on a CPU, same output up to float rounding); --precision bf16 helps
 only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
+
+Videos: when --image is a video file (a video extension, or a file PyAV reads as one; inference.is_video_file),
+every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
+<stem>_<arch><ext> (.mp4, .m4v, .mov and .mkv inputs keep their container, any other becomes .mkv): H.264 (libx264,
+yuv420p, --video-crf, --video-preset), every frame at its input timestamp, the audio streams copied untouched.
+A progress bar shows frames per second and the time left. A corrupt or truncated video stops with one line
+(exit code 2) and leaves no output file. No bicubic or comparison video is made (each would cost a second
+encode); inference.upscale_video does the work.
 """
 import argparse
 import collections
 import itertools
 import os
+import sys
 import unicodedata
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from tqdm import tqdm
 
 import inference
 from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, check_output_folder,
@@ -62,6 +74,7 @@ from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, 
                    pick_device, pil_to_tensor, positive_int, run_cli, timer)
 
 SOFTWARE = 'SR suite test.py'  # the PNG text chunk (key Software) that marks this script's own outputs
+X264_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower', 'veryslow')
 
 
 def build_parser():
@@ -69,8 +82,9 @@ def build_parser():
     parser.add_argument('--checkpoint', default='results/checkpoint_srresnet.pth',
                         help="checkpoint of any architecture of the suite, an SRGAN one, the tutorial's own, or "
                              "published weights (EDSR-PyTorch, RCAN, BasicSR, spandrel's architectures)")
-    parser.add_argument('--image', default='results/test.jpg', help='an image file, or a folder of images')
-    parser.add_argument('--output-dir', default='results', help='where the output PNGs go')
+    parser.add_argument('--image', default='results/test.jpg',
+                        help='an image file, a folder of images, or a video file')
+    parser.add_argument('--output-dir', default='results', help='where the output PNGs (and videos) go')
     parser.add_argument('--scale', type=positive_int, help='expected upscaling factor (checked against the checkpoint)')
     parser.add_argument('--batch-size', type=positive_int, default=1, help='same-size images upscaled together')
     parser.add_argument('--tile', type=positive_int, help='tile side in input px (default: only when memory needs it)')
@@ -92,6 +106,10 @@ def build_parser():
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
     inference.add_assumption_args(parser)
+    parser.add_argument('--video-crf', type=int, default=18,
+                        help='videos: H.264 quality, 0 (lossless) to 51 (worst); 18 looks like the source')
+    parser.add_argument('--video-preset', choices=X264_PRESETS, default='medium',
+                        help='videos: H.264 encoder speed (slower presets make smaller files at the same quality)')
     return parser
 
 
@@ -336,6 +354,32 @@ def save_outputs(img, sr, outputs, label, scale, compare_max_width):
     return list(outputs.values())
 
 
+def upscale_video_file(args, upscaler, label, scale, device):
+    """--image is a video: write <stem>_<label><ext> to --output-dir (inference.upscale_video), with a progress
+    bar (frames/s, time left), and print what was done."""
+    if not 0 <= args.video_crf <= 51:
+        raise UserError(f"--video-crf {args.video_crf}: must be 0 to 51")
+    info = inference.probe_video(args.image)
+    dst = inference.video_output_path(args.image, args.output_dir, label)
+    if os.path.lexists(dst):  # the rule for images: only our own earlier output, and only with --overwrite
+        if inference.video_tags(dst).get('comment') != SOFTWARE:
+            raise UserError(f"{dst} exists and test.py did not write it: choose another --output-dir")
+        if not args.overwrite:
+            raise UserError(f"{dst} is the output of an earlier run: pass --overwrite to replace it")
+    print(f"{args.image}: {info.width}x{info.height} at {float(info.fps):.3f} fps, "
+          f"{info.expected_frames or 'unknown number of'} frames, audio: {', '.join(info.audio) or 'none'}")
+    with tqdm(total=info.expected_frames, unit='frame', desc=os.path.basename(args.image), dynamic_ncols=True) as bar:
+        result = inference.upscale_video(upscaler, args.image, dst, crf=args.video_crf, preset=args.video_preset,
+                                         progress=lambda done, total: bar.update(done - bar.n),
+                                         tags={'comment': SOFTWARE})
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    (w, h), (sw, sh) = result.in_size, result.out_size
+    print(f"{dst}: {result.frames} frames {w}x{h} -> {sw}x{sh} ({label} x{scale}), {result.audio_packets} audio "
+          f"packets copied, {result.seconds:.1f} s ({result.frames / result.seconds:.2f} frames/s; the model "
+          f"{result.frames / max(result.model_seconds, 1e-9):.2f} frames/s) on {device}")
+
+
 def main():
     args = build_parser().parse_args()
     if args.tile_overlap < 0:
@@ -343,6 +387,8 @@ def main():
     check_output_folder(args.output_dir, '--output-dir')
     device = pick_device(args.device)
     upscaler, label, scale = load_upscaler(args, device)
+    if inference.is_video_file(args.image):
+        return upscale_video_file(args, upscaler, label, scale, device)
     paths = find_inputs(args.image)
     sizes = check_inputs(paths, upscaler.min_input_size(), args.max_image_pixels)
     outputs, total = plan_outputs(paths, args.output_dir, label, args.overwrite), 0.

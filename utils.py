@@ -921,41 +921,50 @@ def plain_args(args):
     return {k: plain(v) for k, v in vars(args).items()}
 
 
-def atomic_write(path, write_fn):
-    """Write a file atomically: ``write_fn(file)`` into a temp file in the same folder, flush, fsync, os.replace.
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
-    A crash at any moment leaves either the old file or the new one, never a torn one (a killed writer's temp
-    file is removed by the next write). Failures (disk full, permission denied) raise UserError naming the
-    path; the old file is kept and the temp file removed.
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temp file name in ``path``'s folder to write ``path`` through, for writers that need a name (a muxer):
+    on a clean exit the temp file is fsynced, given the usual permissions and renamed onto ``path`` (atomic), and
+    the folder fsynced; on any exception it is removed and the old file, if any, kept. Temp files of writers killed
+    mid-write (kill -9, power loss) are removed first. Errors of its own file operations raise UserError naming
+    the path; exceptions from the body pass through unchanged.
     """
     folder = os.path.dirname(os.path.abspath(path))
     prefix = '.' + os.path.basename(path) + '.'
     try:
         os.makedirs(folder, exist_ok=True)
-        for stale in os.listdir(folder):  # left by a writer killed mid-write (kill -9, power loss)
+        for stale in os.listdir(folder):
             if stale.startswith(prefix) and stale.endswith('.tmp'):
                 os.unlink(os.path.join(folder, stale))
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=folder)
+        os.close(fd)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
-        with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, (OSError, RuntimeError)):
-            raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; "
-                            f"the previous file, if any, is unchanged") from None
-        raise
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from None
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -964,6 +973,24 @@ def atomic_write(path, write_fn):
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_write(path, write_fn):
+    """Write a file atomically: ``write_fn(file)`` into a temp file in the same folder, flush, fsync, os.replace
+    (through atomic_path).
+
+    A crash at any moment leaves either the old file or the new one, never a torn one (a killed writer's temp
+    file is removed by the next write). Failures (disk full, permission denied) raise UserError naming the
+    path; the old file is kept and the temp file removed.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                write_fn(f)
+                f.flush()
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; "
+                        f"the previous file, if any, is unchanged") from None
 
 
 def atomic_write_text(path, text):

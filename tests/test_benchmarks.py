@@ -87,3 +87,13 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     assert trained['steps'] > 0 and [d['name'] for d in trained['eval']] == ['Set5', 'Set14']
     assert all(d['standard_psnr'] > 10 for d in trained['eval'])
     assert (out / 'summary.md').read_text().count('| ok |') == 5 and (out / 'log.txt').stat().st_size > 0
+
+
+def test_bench_video_measures_model_pipeline_and_codec():
+    result = run_script('benchmarks/bench_video.py', '--size', '32x18', '--frames', 3, '--warmup', 1,
+                        '--precisions', 'fp32', '--preset', 'ultrafast')
+    assert result.returncode == 0, result.stderr
+    rows = json_lines(result.stdout)
+    assert [(r['what'], r['precision']) for r in rows] == [('model', 'fp32'), ('pipeline', 'fp32'), ('codec', '-')]
+    assert all(r['in'] == '32x18' and r['out'] == '96x54' and r['fps'] > 0 for r in rows)
+    assert rows[0]['frames'] == 2 and rows[1]['frames'] == rows[2]['frames'] == 3

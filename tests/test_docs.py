@@ -7,7 +7,7 @@ from conftest import REPO_ROOT, run_script
 
 
 @pytest.mark.parametrize('script', ['create_data_lists.py', 'train_srresnet.py', 'train_srgan.py', 'eval.py',
-                                    'test.py', 'export.py'])
+                                    'test.py', 'export.py', 'app.py'])
 def test_every_flag_of_every_script_is_in_readme(script):
     result = run_script(script, '--help')
     assert result.returncode == 0, result.stderr

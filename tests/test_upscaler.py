@@ -245,6 +245,25 @@ def test_tiny_budget_warns_and_still_works():
     assert out.shape == ref.shape and psnr01(out, ref) >= 40.
 
 
+def test_progress_is_called_after_every_tile():
+    model = tiny_model('espcn', scale=2)
+    lr = smooth_image(28, 40)
+    tiled = Upscaler(model, 'espcn', 2, 'cpu', tile=16, tile_overlap=4)
+    calls = []
+    out = tiled.upscale_uint8(lr, progress=lambda done, total: calls.append((done, total)))
+    # windows of at most 16 px sharing at least 4: ceil((40 - 4) / 12) = 3 across, ceil((28 - 4) / 12) = 2 down
+    assert calls == [(k, 6) for k in range(1, 7)]
+    assert torch.equal(out, tiled.upscale_uint8(lr))  # the callback changes nothing
+    calls.clear()
+    tiled.upscale(lr, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 6) for k in range(1, 7)]
+    whole = Upscaler(model, 'espcn', 2, 'cpu')
+    calls.clear()
+    whole.upscale_uint8(lr, progress=lambda done, total: calls.append((done, total)))
+    whole.upscale(lr, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 1), (1, 1)]
+
+
 @pytest.mark.parametrize('arch,tile', [('srresnet', None), ('srresnet', 16), ('espcn', 16)])
 def test_upscale_uint8_matches_rounded_float(arch, tile):
     model = tiny_model(arch)

@@ -1,0 +1,481 @@
+"""A web page on this machine to upscale images with any model of the suite: drop in one or more images, pick a
+checkpoint (or bicubic), compare bicubic and SR with a before/after slider, download the PNGs.
+
+    python app.py                                   # http://127.0.0.1:7860 (or: make app)
+    python app.py --port 8080 --device cpu
+    python app.py --checkpoint-dir results/my_runs  # list the checkpoints found there (and in its sub-folders)
+    python app.py --max-pixels 2000000 --max-file-size 10MB --max-jobs 1
+    python app.py --host 0.0.0.0                    # reachable from other machines: trusted networks only
+    python app.py --share                           # a public *.gradio.live link: goes through Gradio's servers
+
+Everything the page needs is served by this process: no telemetry or version check, no CDN, no web fonts (the
+browser's system fonts), no share link unless --share; it works with no network at all. The upscaling is
+inference.Upscaler's (tiles within the memory budget, self-ensemble, precision), as in test.py; the page runs one
+job at a time per model (other users' jobs on that model wait, jobs on other models run alongside, up to
+--max-jobs), and every browser tab is its own session: its files live in a private temporary folder, deleted when
+the tab closes and when the server stops.
+
+Bad input gets a one-line message in the page (never a stack trace): a file that is not an image, an image over
+--max-pixels, an upload over --max-file-size (refused by the browser and by the server), a checkpoint that does
+not load, an option the device cannot run. Unexpected errors show one line and leave the traceback in the server
+log.
+"""
+import atexit
+import collections
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+import uuid
+from typing import NamedTuple
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+import inference
+import models
+from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, is_out_of_memory, load_image, make_parser,
+                   parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
+
+BICUBIC = 'bicubic'
+SHIPPED = ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth')  # listed first; the first one found is the default
+SCALES = (2, 3, 4, 8)
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+PREVIEW_MAX_SIDE = 2048  # the slider's images are scaled down to this; the downloads are full size
+MODEL_CACHE_SIZE = 4  # loaded checkpoints kept in memory
+QUEUE_SIZE = 20  # jobs waiting in gradio's queue before new ones are refused
+SYSTEM_FONTS = (['ui-sans-serif', 'system-ui', 'sans-serif'], ['ui-monospace', 'Consolas', 'monospace'])
+
+
+def build_parser():
+    parser = make_parser(__doc__, data=False)
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='address to serve on (0.0.0.0: every interface; the checkpoint-path box is then off)')
+    parser.add_argument('--port', type=positive_int, default=7860, help='port to serve on')
+    parser.add_argument('--checkpoint-dir', default='results',
+                        help='folder searched (with its sub-folders) for .pth checkpoints to offer')
+    parser.add_argument('--max-pixels', type=positive_int, default=2048 * 2048,
+                        help='largest input image (width x height) the page accepts')
+    parser.add_argument('--max-file-size', default='20MB',
+                        help='largest upload per file, e.g. 20MB or 512KB (1MB = 2**20 bytes)')
+    parser.add_argument('--max-jobs', type=positive_int, default=2,
+                        help='jobs run at once, each on another model (a model runs one job at a time)')
+    parser.add_argument('--share', action='store_true',
+                        help="also publish a temporary public link through Gradio's share servers (needs internet)")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# Models: what the page offers, loaded once, one job at a time each
+# ----------------------------------------------------------------------------------------------
+
+
+def find_checkpoints(folder):
+    """Paths of the .pth files under ``folder`` (recursively): the shipped ESPCN and SRCNN first, then the others
+    in sorted order. [] when the folder does not exist."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        found += [os.path.join(root, f) for f in files if f.endswith('.pth') and not f.startswith('.')]
+    rank = {name: i for i, name in enumerate(SHIPPED)}
+    return sorted(found, key=lambda p: (rank.get(os.path.basename(p), len(SHIPPED)), p))
+
+
+def model_choices(checkpoints, folder):
+    """Dropdown (label, value) pairs: each checkpoint named by its path inside ``folder``, then bicubic."""
+    return [(os.path.relpath(p, folder), p) for p in checkpoints] + [('bicubic (no model)', BICUBIC)]
+
+
+def is_loopback(host):
+    """True when ``host`` only accepts connections from this machine."""
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def image_stems(names):
+    """Output name stem per uploaded file name (in order): the name without its extension; with the extension too
+    when two uploads share a stem (a.png, a.jpg -> a_png, a_jpg, as test.py does), and a count when the whole name
+    repeats (two photo.jpg from two folders -> photo, photo_2)."""
+    stems = [os.path.splitext(n)[0] for n in names]
+    out, used = [], set()
+    for name, stem in zip(names, stems):
+        base = stem if stems.count(stem) == 1 else f"{stem}_{os.path.splitext(name)[1][1:].lower()}"
+        candidate, k = base, 1
+        while candidate in used:
+            k += 1
+            candidate = f"{base}_{k}"
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def read_image(path, name, max_pixels):
+    """The uploaded file as a PIL RGB or RGBA image (utils.load_image's rules), or UserError naming the file as
+    the user knows it (``name``) when it is not an image, is over ``max_pixels`` or is below 2x2 px. The size is
+    checked from the header, before decoding."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:  # not an image: load_image below says what is wrong
+        width = height = 0
+    if width * height > max_pixels:
+        raise UserError(f"{name}: {width}x{height} px is over this page's limit of {max_pixels:,} px "
+                        f"(the server's --max-pixels)")
+    try:
+        img = load_image(path, keep_alpha=True)
+    except UserError as e:
+        raise UserError(str(e).replace(path, name)) from None
+    if min(img.size) < 2:
+        raise UserError(f"{name}: {img.width}x{img.height} px is too small (at least 2x2)")
+    return img
+
+
+class Settings(NamedTuple):
+    """What the server was started with (from the flags): the device, where checkpoints are listed from, the input
+    limits, whether the checkpoint-path box is on, and the folder holding every session's files."""
+    device: torch.device
+    checkpoint_dir: str
+    max_pixels: int
+    allow_paths: bool
+    work_root: str
+
+
+class Result(NamedTuple):
+    """One upscaled image: its upload name, sizes (w, h), model seconds, the full-size PNG, the slider's pair."""
+    name: str
+    in_size: tuple
+    out_size: tuple
+    seconds: float
+    png: str
+    before: str
+    after: str
+
+
+class SRService:
+    """The page's work, without the page: checkpoints loaded once (a small LRU cache), one lock per model, jobs that
+    check every input first and then upscale through inference.Upscaler, and per-session folders."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._models = collections.OrderedDict()  # (realpath, mtime, size, device) -> inference.LoadedModel
+        self._locks = {}  # model key -> threading.Lock
+        self._guard = threading.Lock()
+
+    # -- models ----------------------------------------------------------------------------------------------
+
+    def resolve(self, choice, path=''):
+        """The model a job uses: the checkpoint-path box when filled in (and allowed), else the dropdown's choice.
+        Returns BICUBIC or a checkpoint path."""
+        path = (path or '').strip()
+        if path:
+            if not self.settings.allow_paths:
+                raise UserError("checkpoint paths are off on this server (it is not bound to 127.0.0.1): pick a "
+                                "model from the list")
+            return path
+        if not choice:
+            raise UserError("pick a model")
+        if choice != BICUBIC and choice not in find_checkpoints(self.settings.checkpoint_dir):
+            raise UserError(f"{choice} is not one of this server's checkpoints any more: reload the page")
+        return choice
+
+    def load(self, model):
+        """inference.LoadedModel of a checkpoint path (UserError when it does not load), from the cache when the
+        file has not changed since."""
+        try:
+            stat = os.stat(model)
+        except OSError:
+            raise UserError(f"checkpoint {model}: no such file") from None
+        key = (os.path.realpath(model), stat.st_mtime_ns, stat.st_size, str(self.settings.device))
+        with self._guard:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        loaded = inference.load_sr_model(model, self.settings.device)
+        with self._guard:
+            self._models[key] = loaded
+            while len(self._models) > MODEL_CACHE_SIZE:
+                self._models.popitem(last=False)
+        return loaded
+
+    def describe(self, model):
+        """(one line about the model for the page, its scale; None for bicubic, whose scale the user picks)."""
+        if model == BICUBIC:
+            return "MATLAB-style bicubic (the papers' baseline): pick the scale", None
+        loaded = self.load(model)
+        scale = int(loaded.config['scaling_factor'])
+        params = sum(p.numel() for p in loaded.model.parameters())
+        colour = 'RGB' if models.ARCHS[loaded.arch].color == 'rgb' else 'Y channel (Cb/Cr by bicubic)'
+        return f"{loaded.label} x{scale}, {params:,} parameters, {colour}, on {self.settings.device}", scale
+
+    def lock(self, model):
+        """The lock that lets one job at a time run on ``model``."""
+        key = model if model == BICUBIC else os.path.realpath(model)
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+
+    def upscaler(self, model, self_ensemble, precision, memory):
+        """(inference.Upscaler or None for bicubic, label for file names, scale) for a job's options."""
+        loaded = self.load(model)
+        try:
+            budget = inference.auto_memory_budget(self.settings.device) if str(memory).strip() in ('', 'auto') \
+                else parse_memory(memory)
+        except ValueError as e:
+            raise UserError(f"memory budget: {e}") from None
+        scale = int(loaded.config['scaling_factor'])
+        upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, self.settings.device, max_memory=budget,
+                                      precision=precision, self_ensemble=bool(self_ensemble), channels_last=True,
+                                      fuse=True)
+        return upscaler, loaded.label, scale
+
+    def job(self, files, choice, path, scale, self_ensemble, precision, memory, session, progress):
+        """Upscale the uploaded ``files`` (paths; their base names are what the user uploaded) for ``session``.
+
+        Every input and option is checked before any work (UserError otherwise). The job then waits for its
+        model's lock (``progress(0, 'waiting: ...')`` while another job holds it), upscales image by image with
+        ``progress(fraction, text)`` after every tile, and writes into a new folder of the session's; once it has
+        succeeded, the session's earlier results are removed (on failure, its own). Returns (list of Result, text
+        for the page).
+        """
+        if not files:
+            raise UserError("upload at least one image first")
+        model = self.resolve(choice, path)
+        if precision not in PRECISIONS:
+            raise UserError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        if model == BICUBIC:
+            if int(scale or 0) not in SCALES:
+                raise UserError(f"scale {scale}: choose {', '.join(map(str, SCALES))}")
+            upscaler, label, scale = None, BICUBIC, int(scale)
+        else:
+            upscaler, label, scale = self.upscaler(model, self_ensemble, precision, memory)
+        names = [os.path.basename(f) for f in files]
+        images = [read_image(f, n, self.settings.max_pixels) for f, n in zip(files, names)]
+        folder = os.path.join(self.session_folder(session), uuid.uuid4().hex)
+        os.makedirs(folder)
+        lock = self.lock(model)
+        try:
+            if not lock.acquire(blocking=False):
+                progress(0., f"waiting: {label} is busy with another job")
+                lock.acquire()
+            try:
+                start, results = timer(), []
+                for k, (name, stem, img) in enumerate(zip(names, image_stems(names), images)):
+                    def on_tile(done, total, k=k, name=name):
+                        progress((k + done / total) / len(images), f"{name}: tile {done}/{total}")
+
+                    out_stem = os.path.join(folder, f"{stem}_{label}")
+                    results.append(upscale_image(upscaler, img, scale, name, out_stem, on_tile))
+                seconds = timer() - start
+            finally:
+                lock.release()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        for older in os.listdir(self.session_folder(session)):  # the results this session showed before
+            if older != os.path.basename(folder):
+                shutil.rmtree(os.path.join(self.session_folder(session), older), ignore_errors=True)
+        options = '' if upscaler is None else f", {precision}" + (', self-ensemble' if self_ensemble else '')
+        lines = [f"{len(results)} image(s) with {label} x{scale}{options} on {self.settings.device} in "
+                 f"{seconds:.2f} s"]
+        lines += [f"{r.name}: {r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]} in {r.seconds:.2f} s"
+                  for r in results]
+        print(f"job done: session {session[:8]}, {label} x{scale}, {len(results)} image(s), {seconds:.2f} s",
+              flush=True)
+        return results, '\n'.join(lines)
+
+    # -- session folders ---------------------------------------------------------------------------------------
+
+    def session_folder(self, session):
+        """Where a session's jobs write (one sub-folder each); the session id reduced to letters, digits, - and _."""
+        safe = ''.join(c for c in str(session) if c.isalnum() or c in '-_') or 'anonymous'
+        return os.path.join(self.settings.work_root, safe)
+
+    def cleanup(self, session):
+        """Remove a session's files (its tab was closed)."""
+        shutil.rmtree(self.session_folder(session), ignore_errors=True)
+
+
+def to_pil(chw):
+    """(C, H, W) uint8 tensor -> PIL RGB (C = 3) or RGBA (C = 4)."""
+    return Image.fromarray(np.ascontiguousarray(chw.permute(1, 2, 0).numpy()))
+
+
+def preview(img, path):
+    """``img`` scaled down to PREVIEW_MAX_SIDE on its long side (kept when smaller), saved as a fast PNG."""
+    if max(img.size) > PREVIEW_MAX_SIDE:
+        f = PREVIEW_MAX_SIDE / max(img.size)
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.Resampling.LANCZOS)
+    img.save(path, format='PNG', compress_level=1)
+    return path
+
+
+def upscale_image(upscaler, img, scale, name, out_stem, progress):
+    """One image: SR with ``upscaler`` (None: MATLAB-style bicubic, utils.bicubic_upscale), the alpha channel (if
+    any) by MATLAB-style bicubic as test.py does, the SR PNG at out_stem.png, and the slider's two previews.
+    The slider's 'before' is Pillow's bicubic (the same cubic kernel, a = -0.5, without MATLAB's rounding between
+    the passes; 50x faster than bicubic_upscale on large images). Returns a Result."""
+    lr = pil_to_tensor(img)  # (C, h, w) uint8, C = 3 or 4
+    start = timer()
+    if upscaler is None:
+        sr = bicubic_upscale(lr[:3], scale)  # (3, s*h, s*w) uint8
+        progress(1, 1)
+    else:
+        try:
+            sr = upscaler.upscale_uint8(lr[None, :3].float().div_(255.), progress=progress)[0]  # (3, s*h, s*w)
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise UserError(f"{name}: out of memory: set a smaller memory budget (e.g. 256MB)") from None
+    seconds = timer() - start
+    if lr.shape[0] == 4:
+        sr = torch.cat([sr, bicubic_upscale(lr[3:], scale)])  # (4, s*h, s*w): the transparency, by bicubic
+    result = to_pil(sr)
+    png = out_stem + '.png'
+    result.save(png, format='PNG')
+    before = preview(img.resize(result.size, Image.Resampling.BICUBIC), out_stem + '.before.png')
+    after = png if max(result.size) <= PREVIEW_MAX_SIDE else preview(result, out_stem + '.after.png')
+    return Result(name, img.size, result.size, seconds, png, before, after)
+
+
+# ----------------------------------------------------------------------------------------------
+# The page
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def page_errors(what):
+    """UserError -> gr.Error (a message in the page, no traceback anywhere); anything else -> the traceback in the
+    server log and one line in the page."""
+    try:
+        yield
+    except UserError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception as e:  # unexpected: the details stay in the server's log
+        traceback.print_exc()
+        raise gr.Error(f"{what} failed ({type(e).__name__}); the server's log has the details",
+                       print_exception=False) from None
+
+
+def build_app(service, default_model):
+    """The gr.Blocks page wired to ``service`` (an SRService)."""
+    settings = service.settings
+    choices = model_choices(find_checkpoints(settings.checkpoint_dir), settings.checkpoint_dir)
+
+    def describe(choice, path):
+        with page_errors('loading the model'):
+            text, scale = service.describe(service.resolve(choice, path))
+        if scale is None:
+            return text, gr.update(interactive=True)
+        return text, gr.update(value=scale, interactive=False)
+
+    def upscale(files, choice, path, scale, self_ensemble, precision, memory, request: gr.Request,
+                progress=gr.Progress()):
+        session = getattr(request, 'session_hash', None) or 'anonymous'
+        with page_errors('upscaling'):
+            results, text = service.job(files, choice, path, scale, self_ensemble, precision, memory, session,
+                                        lambda fraction, desc: progress(fraction, desc=desc))
+        first = results[0]
+        picker = gr.update(choices=[r.name for r in results], value=first.name, interactive=len(results) > 1)
+        return (first.before, first.after), text, [r.png for r in results], picker, results
+
+    def show(name, results):
+        for r in results or []:
+            if r.name == name:
+                return r.before, r.after
+        return gr.skip()
+
+    def cleanup(request: gr.Request):
+        service.cleanup(getattr(request, 'session_hash', None) or 'anonymous')
+
+    with gr.Blocks(title='SR suite: upscale images', analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## Upscale images\nDrop one or more images, pick a model, press **Upscale**. The slider "
+                    "compares bicubic (left) with the model (right); the PNGs are below it.")
+        results = gr.State()  # per browser tab: this session's Results
+        with gr.Row():
+            with gr.Column():
+                files = gr.File(label='Images (drag and drop; several at once)', file_count='multiple',
+                                file_types=list(IMAGE_EXTENSIONS), elem_id='inputs')
+                model = gr.Dropdown(choices, value=default_model, label='Model (checkpoints found under '
+                                    f'{settings.checkpoint_dir}/)', elem_id='model')
+                path = gr.Textbox(label='or a checkpoint path on the server', placeholder='results/checkpoint.pth',
+                                  elem_id='path', visible=settings.allow_paths)
+                info = gr.Markdown(elem_id='model-info')
+                with gr.Row():
+                    scale = gr.Dropdown(list(SCALES), value=4, label='Scale', elem_id='scale')
+                    precision = gr.Dropdown(list(PRECISIONS), value='fp32', label='Precision', elem_id='precision')
+                with gr.Row():
+                    memory = gr.Textbox('auto', label="Memory budget (e.g. 512MB; 'auto')", elem_id='memory')
+                    ensemble = gr.Checkbox(False, label='Self-ensemble (8x slower)', elem_id='ensemble')
+                run = gr.Button('Upscale', variant='primary', elem_id='run')
+            with gr.Column():
+                slider = gr.ImageSlider(label='bicubic | SR', type='filepath', format='png', interactive=False,
+                                        elem_id='slider')
+                picker = gr.Dropdown(label='Show', choices=[], elem_id='picker', interactive=False)
+                report = gr.Textbox(label='Result', interactive=False, lines=2, elem_id='report')
+                downloads = gr.File(label='Downloads (PNG)', file_count='multiple', interactive=False,
+                                    elem_id='downloads')
+        for event in (model.change, path.submit, demo.load):
+            event(describe, [model, path], [info, scale], queue=False, api_visibility='private')
+        run.click(upscale, [files, model, path, scale, ensemble, precision, memory],
+                  [slider, report, downloads, picker, results], api_name='upscale', show_progress_on=[report])
+        picker.change(show, [picker, results], slider, queue=False, api_visibility='private')
+        demo.unload(cleanup)
+    return demo
+
+
+def launch_options(args, max_file_size):
+    """Keywords for gr.Blocks.launch: this machine only unless --host, no share link unless --share, no error
+    details, the upload limit, nothing that phones home or loads from outside (system fonts, no footer links to
+    the API page or settings, no run history, no monitoring, no server-side rendering, no PWA, no MCP)."""
+    theme = gr.themes.Default(font=SYSTEM_FONTS[0], font_mono=SYSTEM_FONTS[1])
+    return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+                max_file_size=max_file_size, footer_links=[], run_history=False, enable_monitoring=False,
+                ssr_mode=False, pwa=False, mcp_server=False, inbrowser=False, theme=theme)
+
+
+def offline_environment():
+    """Environment for a page that never leaves this machine: Gradio's analytics off, Hugging Face's hub
+    offline, and no proxy for 127.0.0.1 (launch() checks the server through httpx, which honours *_PROXY)."""
+    os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'
+    os.environ['HF_HUB_OFFLINE'] = '1'
+    os.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'
+    for var in ('NO_PROXY', 'no_proxy'):
+        os.environ[var] = ','.join(filter(None, [os.environ.get(var), '127.0.0.1', 'localhost']))
+
+
+def main():
+    args = build_parser().parse_args()
+    try:
+        max_file_size = parse_memory(args.max_file_size)
+    except ValueError as e:
+        raise UserError(f"--max-file-size: {e}") from None
+    offline_environment()
+    work_root = tempfile.mkdtemp(prefix='sr_app_')
+    atexit.register(shutil.rmtree, work_root, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ends like Ctrl-C, so the files go (atexit)
+    settings = Settings(pick_device(args.device), args.checkpoint_dir, args.max_pixels, is_loopback(args.host),
+                        work_root)
+    service = SRService(settings)
+    checkpoints = find_checkpoints(args.checkpoint_dir)
+    print(f"{len(checkpoints)} checkpoint(s) under {args.checkpoint_dir}/, device {settings.device}", flush=True)
+    demo = build_app(service, checkpoints[0] if checkpoints else BICUBIC)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=args.max_jobs)
+    demo.launch(**launch_options(args, max_file_size))
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))
