@@ -314,7 +314,7 @@ def test_bad_inputs_get_one_line_in_the_page(browser, server, tmp_path):
     torch.save({'epoch': 3}, broken)  # a torch file, but no weights in it
     set_text(browser, 'path', str(broken))
     browser.find_element(By.CSS_SELECTOR, '#run').click()
-    wait_toast(browser, f"{broken} holds no 'model' or 'generator' weights: not an SR checkpoint")
+    wait_toast(browser, f"{broken} holds no model weights: not an SR checkpoint")
 
     open_page(browser, server.url)
     huge = tmp_path / 'huge.png'
