@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 import models
-from utils import (FORMAT_VERSION, IMAGE_EXTENSIONS, UserError, atomic_path, autocast, check_precision, convert_image,
-                   gray_uint8, imresize, imresize_up, load_checkpoint, modcrop, parse_memory, psnr, rgb_to_y_uint8,
-                   rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer, to_uint8, ycbcr_to_rgb)
+from utils import (FORMAT_VERSION, IMAGE_EXTENSIONS, UserError, atomic_path, auto_precision, autocast,
+                   check_precision, convert_image, gray_uint8, imresize, imresize_up, load_checkpoint, modcrop,
+                   parse_memory, psnr, rgb_to_y_uint8, rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer, to_uint8,
+                   ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
@@ -689,7 +690,8 @@ class Upscaler:
       max_memory: working-memory budget in bytes (or '2GB'): when tile is None and the estimate of a whole-image
         pass (memory_per_pixel() x pixels) exceeds it, the largest tile that fits is chosen. The result buffer
         itself comes on top (4 bytes x 3 x s^2 per LR px for upscale(), 1 byte for upscale_uint8()).
-      precision: 'fp32', 'bf16' (CPU or CUDA) or 'fp16' (CUDA or MPS): autocast around the network only; the
+      precision: 'fp32', 'bf16' (CPU or CUDA) or 'fp16' (CUDA or MPS): autocast around the network only ('auto':
+        utils.auto_precision's pick, with its reason in ``precision_reason``); the
         input and output conversions stay in fp32.
       self_ensemble: average the outputs of the 8 flips/rotations of the input (EDSR's x8 geometric ensemble).
       channels_last: run the network in channels_last memory format (converts ``model`` in place, or the copy
@@ -717,6 +719,9 @@ class Upscaler:
             self.max_memory = parse_memory(max_memory)
         except ValueError as e:
             raise UserError(f"max memory: {e}") from None
+        self.precision_reason = None
+        if precision == 'auto':
+            precision, self.precision_reason = auto_precision(self.device, self.spec.precisions)
         self.precision = check_precision(precision, self.device)
         if self.precision not in self.spec.precisions:
             raise UserError(f"--precision {self.precision}: {self.spec.name} runs in {', '.join(self.spec.precisions)} "

@@ -45,8 +45,9 @@ otherwise a quarter of the available RAM and at most 1 GiB). When a whole-image 
 is processed in overlapping tiles blended seamlessly; --tile forces a tile size. The output is built in 8-bit,
 so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of RAM in all on a CPU (measured
 with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by default
-(about 2x on a CPU, same output up to float rounding); --precision bf16 helps
-only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
+(about 2x on a CPU, same output up to float rounding). --precision auto (the default) runs bf16 on CPUs with
+native bf16 (AMX / AVX512-BF16), where it is faster and its output stays above 50 dB PSNR of fp32's on Set5 and
+Set14 (benchmarks/bench_precision.py), and fp32 elsewhere (emulated bf16 is slower); it prints what it picked.
 
 Videos: when --image is a video file (a video extension, or a file PyAV reads as one; inference.is_video_file),
 every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
@@ -91,8 +92,9 @@ def build_parser():
     parser.add_argument('--tile-overlap', type=int, default=16, help='input px shared by neighbouring tiles')
     parser.add_argument('--max-memory', default='auto',
                         help="working-memory budget for the model, e.g. 2GB or 512MB (1GB = 2**30 bytes), or 'auto'")
-    parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
-                        help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                        help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA; auto: bf16 on CPUs that '
+                             'run it natively (AMX/AVX512-BF16), else fp32')
     parser.add_argument('--self-ensemble', action='store_true', help='average over 8 flips/rotations (8x slower)')
     parser.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True,
                         help='channels_last memory format')
@@ -128,6 +130,8 @@ def load_upscaler(args, device):
                                   tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
                                   self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse,
                                   name=args.checkpoint)
+    if upscaler.precision_reason:
+        print(f"precision: {upscaler.precision} ({upscaler.precision_reason}; --precision picks another)")
     return upscaler, loaded.label, scale
 
 
