@@ -30,6 +30,10 @@ Baselines (no checkpoint): --arch bicubic is the papers' bicubic row, computed o
 same uint8 RGB LR the models get, like for like with RGB models. In the tutorial protocol both are the PIL
 bicubic upscale of the PIL LR. Baselines always run on the CPU in float64, whatever --device says.
 
+Models run in fp32, whatever the CPU: a reported PSNR is a reference number, and bf16 autocast moved Set5's by
+-0.024 dB (shipped ESPCN; benchmarks/bench_precision.py), more than the 0.01 dB it may move (test.py's
+--precision auto may use bf16: its images stay within 50 dB of fp32's).
+
 Metrics are averaged per image, then per dataset. ms/image is the mean time of one forward pass (model
 or bicubic upscale of one image in one protocol, with the LR's move to the device), without data loading,
 LR creation or metric computation.
