@@ -83,9 +83,14 @@ def test_generator_shapes_and_tanh_range(scale):
 
 @pytest.mark.parametrize('h, w', [(48, 48), (45, 37), (7, 9)])
 def test_discriminator_gives_one_probability_per_image_at_any_size(h, w):
+    d = tiny_discriminator().eval()
+    x = torch.rand(3, 3, h, w) * 2 - 1
     with torch.no_grad():
-        out = tiny_discriminator().eval()(torch.rand(3, 3, h, w) * 2 - 1)
+        out = d(x)
+        d.fc2.bias.fill_(3.)  # the N(0, 0.02) weights leave the last dense layer's output near its bias
+        shifted = d(x)
     assert out.shape == (3, 1) and ((out > 0) & (out < 1)).all()
+    assert torch.allclose(shifted, torch.full((3, 1), 1 / (1 + math.exp(-3))), atol=1e-3)  # sigmoid(3), not 3
 
 
 # ----------------------------------------------------------------------------------------------
