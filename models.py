@@ -4,7 +4,9 @@ weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
 EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``), the names
-the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's.
+the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's. Seed 001's Keras
+SRGAN (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator) follows Keras's conventions instead
+(BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
 
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
