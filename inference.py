@@ -419,6 +419,21 @@ def _suite_info(label, arch, config, state, source, notes, path):
     return CheckpointInfo(label, arch, dict(config), state, spec, source, tuple(notes))
 
 
+def _srgan_variant_info(ckpt, path):
+    """CheckpointInfo of the generator of an SRGAN run of another variant than the tutorial's (train_srgan.py
+    --variant, recorded as 'variant'): a models.ARCHS architecture of its own, its weights under its own keys."""
+    variant = ckpt['variant']
+    arch = models.SRGAN_VARIANT_ARCHS.get(variant)
+    if arch is None:
+        raise UserError(f"{path}: unknown SRGAN variant {variant!r} (this version knows "
+                        f"{', '.join(['tutorial', *models.SRGAN_VARIANT_ARCHS])})")
+    if not ckpt.get('generator_config'):
+        raise UserError(f"{path}: an SRGAN checkpoint of variant {variant!r} without its generator_config")
+    source = ckpt.get('source') or f"this suite (SRGAN generator, variant {variant})"
+    return _suite_info(arch, arch, ckpt['generator_config'], strip_prefixes(ckpt['generator']), source,
+                       ckpt.get('notes') or (), path)
+
+
 def _check_assumptions(info, assume, path):
     """A --res-scale / --rgb-range nobody used must agree with what the file says (or be meaningless for it)."""
     for key, value in assume.items():
@@ -435,8 +450,9 @@ def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None):
     read from ``path``, whose format version it checked).
 
     - this suite's checkpoints (any architecture; SRGAN gives its generator, label 'srgan', with the generator's
-      SRResNet weights), also as safetensors, and the tutorial's own SRResNet/SRGAN checkpoints, whose
-      configuration is read off the weights;
+      SRResNet weights, or for another recorded 'variant' its own architecture: 'keras' gives 'srgan_keras'), also
+      as safetensors, and the tutorial's own SRResNet/SRGAN checkpoints, whose configuration is read off the
+      weights;
     - bare state_dicts and BasicSR checkpoints ({'params', 'params_ema'}: EMA preferred), in the layouts of
       EDSR-PyTorch's EDSR / EDSR-baseline, the official RCAN release (the suite's own key names), BasicSR's EDSR,
       RCAN (renamed to the suite's) and MSRResNet (the suite's 'msrresnet'): configuration read off the shapes;
@@ -447,7 +463,9 @@ def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None):
     """
     assume = {k: v for k, v in (('res_scale', res_scale), ('rgb_range', rgb_range)) if v is not None}
     notes = []
-    if 'generator' in ckpt:
+    if 'generator' in ckpt and ckpt.get('variant', 'tutorial') != 'tutorial':
+        info = _srgan_variant_info(ckpt, path)
+    elif 'generator' in ckpt:
         state = strip_prefixes(ckpt['generator'])
         config = ckpt.get('generator_config') or _srresnet_config(state, 'net.', path)
         state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}

@@ -4,7 +4,9 @@ weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
 EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``), the names
-the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's.
+the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's. Seed 001's Keras
+SRGAN (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator) follows Keras's conventions instead
+(BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
 
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
@@ -633,6 +635,161 @@ class MSRResNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# Seed 001: the Keras SRGAN (bubbliiiing/srgan-keras, nets/srgan.py), layer for layer in PyTorch terms
+# ----------------------------------------------------------------------------------------------
+
+KERAS_BN_MOMENTUM = 0.5  # the seed's BatchNormalization(momentum=0.5), in Keras's convention
+KERAS_BN_EPSILON = 1e-3  # Keras's default epsilon (PyTorch's is 1e-5)
+KERAS_INIT_STD = 0.02  # the seed's kernel_initializer=random_normal(stddev=0.02)
+
+
+def keras_batch_norm(channels, momentum=KERAS_BN_MOMENTUM):
+    """nn.BatchNorm2d that behaves as Keras's BatchNormalization(momentum=momentum) with its default epsilon 1e-3.
+
+    Keras keeps ``momentum`` of the old statistic (moving = m * moving + (1 - m) * batch); PyTorch's momentum is
+    the weight of the new one (running = (1 - p) * running + p * batch), so p = 1 - m: 0.5 both ways only because
+    the seed's 0.5 is symmetric. (Keras's moving variance takes the batch variance times n / (n - 1 - eps),
+    PyTorch's times n / (n - 1): a relative difference of about 1e-3 / n.)"""
+    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPSILON, momentum=1. - momentum)
+
+
+def keras_normal_(layer, std=KERAS_INIT_STD):
+    """Keras's random_normal(stddev=std) kernel and its default zero bias, in place; returns the layer."""
+    nn.init.normal_(layer.weight, 0., std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def keras_glorot_uniform_(layer):
+    """Keras's default kernel_initializer (glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)) with fans
+    counted over the kernel's taps, as torch's xavier_uniform_) and its zero bias, in place; returns the layer."""
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def keras_same_padding(size, kernel_size, stride):
+    """(before, after) zero padding of TensorFlow's padding='same' along one axis: the output has ceil(size /
+    stride) samples and the odd pixel of an odd total goes after (bottom/right). A 3x3 stride-2 conv on an even
+    size pads (0, 1): its windows start on even pixels, where PyTorch's padding=1 starts them on odd ones."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
+class KerasSameConv2d(nn.Conv2d):
+    """nn.Conv2d with TensorFlow's padding='same' at any stride and input size (keras_same_padding)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+
+    def forward(self, x):
+        top, bottom = keras_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = keras_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(F.pad(x, (left, right, top, bottom)))  # (N, out, ceil(h / s), ceil(w / s))
+
+
+class DepthToSpace(nn.Module):
+    """TensorFlow's depth_to_space (the seed's SubpixelConv2D) on NCHW tensors: output channel c at sub-position
+    (i, j) of each r x r block is input channel (i * r + j) * C + c (nn.PixelShuffle takes c * r^2 + i * r + j).
+    The same family of networks either way; this order keeps the seed's conv weights where Keras has them."""
+
+    def __init__(self, r):
+        super().__init__()
+        self.r = int(r)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        r = self.r
+        x = x.reshape(n, r, r, c // (r * r), h, w)  # (N, i, j, C, h, w)
+        return x.permute(0, 3, 4, 1, 5, 2).reshape(n, c // (r * r), h * r, w * r)  # (N, C, h*r, w*r)
+
+
+def _keras_prelu(channels):
+    """Keras PReLU(shared_axes=[1, 2]): one slope per channel, shared over height and width, initialised to 0
+    (Keras's alpha_initializer='zeros'; PyTorch's default is 0.25)."""
+    return nn.PReLU(num_parameters=channels, init=0.)
+
+
+class KerasResidualBlock(nn.Module):
+    """The seed's residual_block: conv-BN-PReLU-conv-BN plus the identity."""
+
+    def __init__(self, n_channels=64, kernel_size=3, bn_momentum=KERAS_BN_MOMENTUM):
+        super().__init__()
+        self.body = nn.Sequential(
+            keras_normal_(nn.Conv2d(n_channels, n_channels, kernel_size, padding=kernel_size // 2)),
+            keras_batch_norm(n_channels, bn_momentum), _keras_prelu(n_channels),
+            keras_normal_(nn.Conv2d(n_channels, n_channels, kernel_size, padding=kernel_size // 2)),
+            keras_batch_norm(n_channels, bn_momentum))
+
+    def forward(self, x):
+        return self.body(x) + x  # (N, n_channels, h, w)
+
+
+class KerasSRGANGenerator(nn.Module):
+    """Seed 001's build_generator: 9x9 conv + PReLU, n_blocks residual blocks, conv-BN and the long skip,
+    log2(s) x (conv to 4 * n_channels (the seed's 256), depth_to_space(2), PReLU), a 9x9 conv to RGB with tanh.
+
+    Convolutions stride 1 with odd kernels, so Keras's 'same' is PyTorch's padding=k//2. Every conv kernel
+    N(0, 0.02) except the last, which the seed leaves at Keras's default glorot_uniform; zero biases; BatchNorm as
+    keras_batch_norm; PReLU slopes per channel, from 0. 1,550,659 parameters at the defaults (x4).
+    Input: RGB in [-1, 1] (N, 3, h, w) (the seed's (x / 255 - 0.5) / 0.5). Output: RGB in [-1, 1] (N, 3, s*h, s*w).
+    """
+
+    def __init__(self, scaling_factor=4, n_channels=64, n_blocks=16, large_kernel_size=9, small_kernel_size=3,
+                 bn_momentum=KERAS_BN_MOMENTUM):
+        super().__init__()
+        scaling_factor = int(scaling_factor)
+        if scaling_factor not in {2, 4, 8}:
+            raise ValueError(f"the Keras SRGAN's scaling factor must be 2, 4 or 8, not {scaling_factor}")
+        c, k, small = n_channels, large_kernel_size, small_kernel_size
+        self.head = nn.Sequential(keras_normal_(nn.Conv2d(3, c, k, padding=k // 2)), _keras_prelu(c))
+        self.body = nn.Sequential(*[KerasResidualBlock(c, small, bn_momentum) for _ in range(n_blocks)])
+        self.body_end = nn.Sequential(keras_normal_(nn.Conv2d(c, c, small, padding=small // 2)),
+                                      keras_batch_norm(c, bn_momentum))
+        self.upsample = nn.Sequential(*[
+            nn.Sequential(keras_normal_(nn.Conv2d(c, 4 * c, small, padding=small // 2)), DepthToSpace(2),
+                          _keras_prelu(c))
+            for _ in range(int(math.log2(scaling_factor)))])
+        self.tail = keras_glorot_uniform_(nn.Conv2d(c, 3, k, padding=k // 2))
+
+    def forward(self, lr_imgs):
+        x = self.head(lr_imgs)  # (N, C, h, w)
+        x = self.body_end(self.body(x)) + x  # (N, C, h, w)
+        x = self.upsample(x)  # (N, C, s*h, s*w)
+        return torch.tanh(self.tail(x))  # (N, 3, s*h, s*w), in [-1, 1]
+
+
+class KerasSRGANDiscriminator(nn.Module):
+    """Seed 001's build_discriminator: conv + LeakyReLU(0.2), then conv-BN-LeakyReLU(0.2) blocks (widths and
+    strides as the tutorial's Discriminator: 64, 64/2, 128, 128/2, 256, 256/2, 512, 512/2 at the defaults), global
+    average pooling, dense fc_size, LeakyReLU(0.2), dense 1 with sigmoid.
+
+    Convolutions pad as Keras's 'same' (KerasSameConv2d: the stride-2 ones pad bottom/right only on even sizes);
+    every kernel N(0, 0.02), zero biases, BatchNorm as keras_batch_norm. 5,215,425 parameters at the defaults.
+    Input: RGB (N, 3, H, W) in [-1, 1], any size. Returns the probability of "real" (N, 1), not logits.
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024, bn_momentum=KERAS_BN_MOMENTUM):
+        super().__init__()
+        blocks, in_channels = [], 3
+        for i in range(n_blocks):
+            out_channels = (n_channels if i == 0 else in_channels * 2) if i % 2 == 0 else in_channels
+            layers = [keras_normal_(KerasSameConv2d(in_channels, out_channels, kernel_size, stride=1 + i % 2))]
+            layers += [keras_batch_norm(out_channels, bn_momentum)] if i else []
+            blocks.append(nn.Sequential(*layers, nn.LeakyReLU(0.2)))
+            in_channels = out_channels
+        self.conv_blocks = nn.Sequential(*blocks)
+        self.fc1 = keras_normal_(nn.Linear(in_channels, fc_size))
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.fc2 = keras_normal_(nn.Linear(fc_size, 1))
+
+    def forward(self, imgs):
+        x = self.conv_blocks(imgs).mean(dim=(2, 3))  # (N, C): GlobalAveragePooling2D
+        x = self.leaky_relu(self.fc1(x))  # (N, fc_size)
+        return torch.sigmoid(self.fc2(x))  # (N, 1), probability of "real"
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry: how each architecture is built, fed and trained
 # ----------------------------------------------------------------------------------------------
 
@@ -715,7 +872,16 @@ ARCHS = {
         'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',
         train=_recipe(loss='l1', lr=2e-4, lr_schedule='cosine', lr_crop_size=32, batch_size=16,
                       patches_per_image=20, epochs=1000)),
+    # Seed 001's Keras SRGAN generator: trained only as a GAN, from scratch (train_srgan.py --variant keras), so
+    # no train_srresnet.py recipe.
+    'srgan_keras': ArchSpec(
+        'srgan_keras', KerasSRGANGenerator, 'Ledig et al. CVPR 2017, as seed 001 builds it in Keras '
+        '(bubbliiiing/srgan-keras)', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
 }
+
+# train_srgan.py --variant other than the tutorial's -> the ARCHS name of its generator (its checkpoints record it as
+# 'variant'; the tutorial's generator is a Generator holding an SRResNet).
+SRGAN_VARIANT_ARCHS = {'keras': 'srgan_keras'}
 
 
 def arch_spec(arch, config=None):
