@@ -304,31 +304,27 @@ def backbone_help(arch, flag):
 
 def backbone_state(arch, weights, flag):
     """The ``features`` state_dict (keys '0.weight', ...) of torchvision's ``arch`` ('vgg19', 'vgg16', 'alexnet'):
-    ``weights`` = 'imagenet' (torchvision's weights API names the file: read from the torch hub cache, downloaded
-    there once when online) or a path to a state_dict file (a whole torchvision model or ``features.*`` keys); read
-    with weights_only. BackboneWeightsError of one line (naming both ways and ``flag``) when they cannot be had."""
+    ``weights`` = 'imagenet' (torchvision's weights API: read from the torch hub cache, downloaded there once when
+    online) or a path to a state_dict file (a whole torchvision model or ``features.*`` keys); read with
+    weights_only. BackboneWeightsError of one line (naming both ways and ``flag``) when they cannot be had."""
     if weights == 'imagenet':
-        imagenet, path = _imagenet_weights(arch)
-        what = f"the torch hub cache's {os.path.basename(path)}"
-        if not os.path.isfile(path):  # downloaded here: torch.hub would first print a line, even offline
-            print(f"downloading the {arch} ImageNet weights into the torch hub cache ({path}), once")
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                torch.hub.download_url_to_file(imagenet.url, path, progress=True)  # a temp file, then renamed
-            except Exception as e:  # offline: URLError, OSError...
-                raise BackboneWeightsError(f"{backbone_help(arch, flag)} ({type(e).__name__})") from None
+        imagenet, _ = _imagenet_weights(arch)
+        try:  # reads the hub cache; downloads into it once when online (torch.hub says so on stdout)
+            state = imagenet.get_state_dict(progress=True, map_location='cpu', weights_only=True)
+        except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
+            raise BackboneWeightsError(f"{backbone_help(arch, flag)} ({type(e).__name__})") from None
     else:
-        path, what = weights, f"{flag} {weights}"
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise BackboneWeightsError(f"{what}: no such file. {backbone_help(arch, flag)}") from None
-    except Exception as e:
-        raise BackboneWeightsError(f"{what}: not a loadable state_dict ({type(e).__name__})") from None
-    if isinstance(state, dict) and 'state_dict' in state:
-        state = state['state_dict']
+        try:
+            state = torch.load(weights, map_location='cpu', weights_only=True)
+        except FileNotFoundError:
+            raise BackboneWeightsError(f"{flag} {weights}: no such file. {backbone_help(arch, flag)}") from None
+        except Exception as e:
+            raise BackboneWeightsError(f"{flag} {weights}: not a loadable state_dict ({type(e).__name__})") \
+                from None
+        if isinstance(state, dict) and 'state_dict' in state:
+            state = state['state_dict']
     if not isinstance(state, dict):
-        raise BackboneWeightsError(f"{what}: not a state_dict")
+        raise BackboneWeightsError(f"{flag} {weights}: not a state_dict")
     return {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
 
 

@@ -149,7 +149,7 @@ def test_bad_backbone_files_are_one_line_errors(tmp_path):
     garbage.write_bytes(b'not a checkpoint at all')
     torch.save({'features.0.weight': torch.zeros(2, 3, 3, 3)}, foreign)
     for path, message in ((tmp_path / 'absent.pth', 'no such file'), (garbage, 'not a loadable state_dict'),
-                          (foreign, "not a state_dict of torchvision's alexnet")):
+                          (foreign, r"not a state_dict of torchvision's alexnet \(no 0\.bias\)")):
         with pytest.raises(models.BackboneWeightsError, match=message) as err:
             models.build_lpips('alex', str(path))
         assert '\n' not in str(err.value) and '--lpips-backbone-weights' in str(err.value)
