@@ -17,7 +17,9 @@ import copy
 import dataclasses
 import inspect
 import math
+import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -275,13 +277,57 @@ class Discriminator(nn.Module):
         return self.fc2(output)  # (N, 1) logits
 
 
-class VGGWeightsError(RuntimeError):
-    """The ImageNet VGG19 weights are not available."""
+class BackboneWeightsError(RuntimeError):
+    """The ImageNet weights of a torchvision backbone (VGG19 of the SRGAN loss, AlexNet / VGG16 of LPIPS) are not
+    available."""
 
 
-VGG_WEIGHTS_HELP = ("VGG19 ImageNet weights are not available: connect once to the internet so torchvision "
-                    "downloads them into the torch hub cache (TORCH_HOME, default ~/.cache/torch), or pass "
-                    "--vgg-weights PATH to a vgg19 state_dict file (e.g. vgg19-dcbb9e9d.pth)")
+VGGWeightsError = BackboneWeightsError  # the name train_srgan.py catches
+
+# torchvision's weights enum of each backbone whose ``features`` the suite uses.
+BACKBONE_WEIGHTS = {'vgg19': 'VGG19_Weights', 'vgg16': 'VGG16_Weights', 'alexnet': 'AlexNet_Weights'}
+
+
+def _imagenet_weights(arch):
+    """(torchvision's ImageNet weights entry of ``arch``, the file it is read from in the torch hub cache)."""
+    import torchvision
+    weights = getattr(torchvision.models, BACKBONE_WEIGHTS[arch]).IMAGENET1K_V1
+    return weights, os.path.join(torch.hub.get_dir(), 'checkpoints', weights.url.rsplit('/', 1)[-1])
+
+
+def backbone_help(arch, flag):
+    """One sentence naming both ways to get ``arch``'s ImageNet weights offline: the file in the torch hub cache
+    (where torchvision's weights API reads it, and downloads it to once when online), or ``flag`` PATH."""
+    _, cached = _imagenet_weights(arch)
+    return (f"{arch} ImageNet weights are not available: torchvision reads them from the torch hub cache, "
+            f"{cached} (it downloads them there once when online; TORCH_HOME moves the cache): put that file "
+            f"there, or pass {flag} PATH to a state_dict file of torchvision's {arch}")
+
+
+def backbone_state(arch, weights, flag):
+    """The ``features`` state_dict (keys '0.weight', ...) of torchvision's ``arch`` ('vgg19', 'vgg16', 'alexnet'):
+    ``weights`` = 'imagenet' (torchvision's weights API: read from the torch hub cache, downloaded there once when
+    online) or a path to a state_dict file (a whole torchvision model or ``features.*`` keys); read with
+    weights_only. BackboneWeightsError of one line (naming both ways and ``flag``) when they cannot be had."""
+    if weights == 'imagenet':
+        imagenet, _ = _imagenet_weights(arch)
+        try:  # reads the hub cache; downloads into it once when online (torch.hub says so on stdout)
+            state = imagenet.get_state_dict(progress=True, map_location='cpu', weights_only=True)
+        except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
+            raise BackboneWeightsError(f"{backbone_help(arch, flag)} ({type(e).__name__})") from None
+    else:
+        try:
+            state = torch.load(weights, map_location='cpu', weights_only=True)
+        except FileNotFoundError:
+            raise BackboneWeightsError(f"{flag} {weights}: no such file. {backbone_help(arch, flag)}") from None
+        except Exception as e:
+            raise BackboneWeightsError(f"{flag} {weights}: not a loadable state_dict ({type(e).__name__})") \
+                from None
+        if isinstance(state, dict) and 'state_dict' in state:
+            state = state['state_dict']
+    if not isinstance(state, dict):
+        raise BackboneWeightsError(f"{flag} {weights}: not a state_dict")
+    return {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
 
 
 def _vgg19_features():
@@ -294,30 +340,12 @@ def _vgg19_features():
 def load_vgg19_features(weights='imagenet'):
     """torchvision's vgg19 ``features`` with ``weights`` = 'imagenet' (torchvision weights API, hub cache),
     a path to a vgg19 state_dict (full model or ``features.*`` keys), or 'random' (tests and smoke runs only)."""
-    import torchvision
     features = _vgg19_features()
     if weights == 'random':
         print("WARNING: --vgg-weights random: the VGG content loss uses RANDOM weights. This is for tests and "
               "smoke runs only; an SRGAN trained like this is meaningless.", file=sys.stderr)
         return features
-    if weights == 'imagenet':
-        try:  # downloads into the torch hub cache once, then reads it from there
-            state = torchvision.models.VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
-            raise VGGWeightsError(f"{VGG_WEIGHTS_HELP} ({type(e).__name__})") from None
-    else:
-        try:
-            state = torch.load(weights, map_location='cpu', weights_only=True)
-        except FileNotFoundError:
-            raise VGGWeightsError(f"--vgg-weights {weights}: no such file. {VGG_WEIGHTS_HELP}") from None
-        except Exception as e:
-            raise VGGWeightsError(f"--vgg-weights {weights}: not a loadable state_dict ({type(e).__name__})") \
-                from None
-        if isinstance(state, dict) and 'state_dict' in state:
-            state = state['state_dict']
-    if not isinstance(state, dict):
-        raise VGGWeightsError(f"--vgg-weights {weights}: not a state_dict")
-    state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
+    state = backbone_state('vgg19', weights, '--vgg-weights')
     try:
         features.load_state_dict(state)
     except RuntimeError as e:
@@ -357,6 +385,57 @@ class TruncatedVGG19(nn.Module):
 
     def forward(self, x):
         return self.truncated_vgg19(x)  # (N, 512, H / 16, W / 16) for i=5
+
+
+# ----------------------------------------------------------------------------------------------
+# LPIPS (eval.py --metrics lpips): the lpips package's network, its weights loaded here so nothing downloads
+# ----------------------------------------------------------------------------------------------
+
+LPIPS_BACKBONES = {'alex': 'alexnet', 'vgg': 'vgg16'}  # lpips's net name -> torchvision backbone
+LPIPS_VERSION = '0.1'  # the lpips package's default and latest linear layers
+# Smallest image side each backbone takes: AlexNet's stride-4 11x11 conv and two 3x3 stride-2 max-pools before
+# its last features need 31 px; VGG16's four 2x2 max-pools need 16.
+LPIPS_MIN_SIDE = {'alex': 31, 'vgg': 16}
+
+
+def build_lpips(net='alex', backbone_weights='imagenet', flag='--lpips-backbone-weights'):
+    """lpips.LPIPS (version 0.1) with the ``net`` backbone ('alex' or 'vgg'), frozen, in eval mode, on the CPU.
+
+    It is built with a random backbone and without its linear layers (so the package downloads nothing), then
+    given the backbone's torchvision ImageNet weights (``backbone_weights``: 'imagenet' for the torch hub cache, or
+    a state_dict file; see backbone_state) and the linear layers shipped inside the lpips package.
+    Input: two RGB images (N, 3, H, W) in [-1, 1], sides >= LPIPS_MIN_SIDE[net]. Output: (N, 1, 1, 1) distances.
+    BackboneWeightsError of one line when weights are missing or do not fit.
+    """
+    import lpips  # here, not at the top: only eval.py --metrics lpips needs it (and it imports torchvision)
+    arch = LPIPS_BACKBONES[net]
+    state = backbone_state(arch, backbone_weights, flag)
+    with warnings.catch_warnings():  # lpips builds torchvision's model with the deprecated pretrained=False
+        warnings.simplefilter('ignore', UserWarning)
+        metric = lpips.LPIPS(net=net, version=LPIPS_VERSION, pretrained=False, pnet_rand=True, verbose=False)
+    lin_path = os.path.join(os.path.dirname(lpips.__file__), 'weights', f'v{LPIPS_VERSION}', f'{net}.pth')
+    try:
+        lin = torch.load(lin_path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise BackboneWeightsError(f"the lpips package's {net} linear layers ({lin_path}) do not load "
+                                   f"({type(e).__name__}): reinstall lpips") from None
+    # lpips keeps torchvision's layer indices inside its slices: net.slice<k>.<i>.<param> is features.<i>.<param>
+    backbone = {key: state.get('.'.join(key.split('.')[2:])) for key in metric.state_dict() if key.startswith('net.')}
+    absent = [key.split('.', 2)[2] for key, value in backbone.items() if value is None]
+    if absent:
+        raise BackboneWeightsError(f"{flag} {backbone_weights}: not a state_dict of torchvision's {arch} "
+                                   f"(no {absent[0]})")
+    try:
+        missing, unexpected = metric.load_state_dict({**backbone, **lin}, strict=False)
+    except RuntimeError as e:
+        raise BackboneWeightsError(f"{flag} {backbone_weights}: not a state_dict of torchvision's {arch} "
+                                   f"({str(e).splitlines()[-1].strip()[:160]})") from None
+    # lins.<k> are the same modules as lin<k>; scaling_layer holds constants
+    left = [k for k in missing if not k.startswith(('lins.', 'scaling_layer.'))]
+    if left or unexpected:
+        raise BackboneWeightsError(f"the lpips package's {net} linear layers ({lin_path}) do not fit its network "
+                                   f"({', '.join(left + unexpected)[:160]}): reinstall lpips")
+    return metric.requires_grad_(False).eval()
 
 
 # ----------------------------------------------------------------------------------------------

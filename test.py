@@ -13,15 +13,18 @@
     python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_ESRGAN.png
     python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_espcn.mp4
     python test.py --image clip.mkv --checkpoint results/espcn_x3_t91.pth --video-crf 14 --video-preset slow
+    python test.py --image photo.png --checkpoint results/checkpoint_srgan.pth --weights raw   # not its EMA weights
 
 For every input image, writes under --output-dir:
     <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
     <stem>_<arch>.png    the super-resolved image (arch: srresnet, srgan, edsr, rcan, espcn or srcnn)
     <stem>_compare.png   bicubic | SR side by side, labelled, scaled down to at most --compare-max-width px
 and prints the time the model took per image. --image may be a folder: every image in it (same-size images are
-batched by --batch-size). All inputs are checked before anything is written, so an error (exit code 2, one
-line) leaves no output; each image's three files are written all or nothing (temp files renamed into place
-once all three are written), so a full disk leaves every image complete or absent.
+batched by --batch-size). A checkpoint holding an exponential moving average of its weights (the trainers'
+--ema-decay) upscales with it, as a 'note:' line says; --weights raw takes the trained ones. All inputs are
+checked before anything is written, so an error (exit code 2, one line) leaves no output; each image's three
+files are written all or nothing (temp files renamed into place once all three are written), so a full disk
+leaves every image complete or absent.
 
 Names: <stem> is the input's file name without its extension. When inputs would share output names (letter
 case ignored, as on macOS and Windows: a.png and a.jpg, or a.png and a.PNG), each of them adds its extension
@@ -108,6 +111,7 @@ def build_parser():
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
     inference.add_assumption_args(parser)
+    inference.add_weights_arg(parser)
     parser.add_argument('--video-crf', type=int, default=18,
                         help='videos: H.264 quality, 0 (lossless) to 51 (worst); 18 looks like the source')
     parser.add_argument('--video-preset', choices=X264_PRESETS, default='medium',
@@ -118,7 +122,7 @@ def build_parser():
 def load_upscaler(args, device):
     """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
     loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range)
+                                     rgb_range=args.rgb_range, weights=args.weights)
     for note in loaded.notes:
         print(f"note: {note}")
     try:

@@ -658,6 +658,26 @@ def tutorial_metrics(sr, hr):
             float(structural_similarity(hr_y, sr_y, data_range=255.)))
 
 
+def lpips_distance(metric, sr, hr, border=0, data_range=255.):
+    """LPIPS (Zhang et al. 2018, lower is better, 0 for identical images) of RGB images with values in
+    [0, data_range], after removing ``border`` pixels per side; ``metric`` is the network (models.build_lpips),
+    fed the RGB in [-1, 1] it expects, in float32 on its own device.
+
+    sr, hr: (3, H, W) or (N, 3, H, W), any dtype (eval.py gives uint8). Returns a float, or a (N,) tensor: one
+    distance per image (lpips averages over the image's positions).
+    """
+    if sr.shape != hr.shape:
+        raise ValueError(f"images differ in shape: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+    if sr.dim() not in (3, 4) or sr.shape[-3] != 3:
+        raise ValueError(f"expected RGB (3, H, W) or (N, 3, H, W), got shape {tuple(sr.shape)}")
+    device = next(metric.parameters()).device
+    squeeze = sr.dim() == 3
+    sr, hr = (shave(t.reshape(-1, *t.shape[-3:]), border).to(device, torch.float32) for t in (sr, hr))
+    with torch.no_grad():
+        out = metric(sr / data_range * 2 - 1, hr / data_range * 2 - 1).flatten().double().cpu()  # (N,)
+    return out.item() if squeeze else out
+
+
 # ----------------------------------------------------------------------------------------------
 # Training-time transforms and small helpers from the tutorial
 # ----------------------------------------------------------------------------------------------
