@@ -57,16 +57,16 @@ def test_ema_after_each_step_is_the_recurrence_from_the_init_from_weights(tmp_pa
     data, results = tiny_dataset['data'], tmp_path / 'run'
     w0 = initial_weights(tmp_path / 'init.pth')
     ckpt_path = results / 'checkpoint_srresnet.pth'
-    ema_args = ['--ema-decay', 0.5, '--lr', 1e-2, '--epochs', 1]  # big steps: every step moves the EMA visibly
+    ema_args = ['--ema-decay', 0.75, '--lr', 1e-2, '--epochs', 1]  # big steps: every step moves the EMA visibly
     previous = w0  # --init-from: the EMA starts at the initial weights
     for step, extra in enumerate([['--init-from', tmp_path / 'init.pth', '--max-steps', 1],
                                   ['--resume', '--max-steps', 2], ['--resume']], start=1):
         train(results, data, *ema_args, *extra)
         ckpt = load_checkpoint(ckpt_path)
         assert ckpt['step'] == step
-        assert ckpt['ema_decay'] == 0.5 and ckpt['ema_n_averaged'] == 1 + step
+        assert ckpt['ema_decay'] == 0.75 and ckpt['ema_n_averaged'] == 1 + step
         assert {k: v.shape for k, v in ckpt['model_ema'].items()} == {k: v.shape for k, v in ckpt['model'].items()}
-        assert_ema_step(ckpt['model_ema'], previous, ckpt['model'], 0.5)
+        assert_ema_step(ckpt['model_ema'], previous, ckpt['model'], 0.75)
         previous = ckpt['model_ema']
     model = models.build_model('srresnet', ckpt['model_config'])
     model.load_state_dict(ckpt['model_ema'])  # loads strictly into the architecture, as eval.py would
@@ -89,9 +89,13 @@ def test_ema_resume_is_bit_exact(tmp_path, tiny_dataset):
 
 def test_default_is_off_and_resume_refuses_another_decay(tmp_path, tiny_dataset):
     data, plain, with_ema = tiny_dataset['data'], tmp_path / 'plain', tmp_path / 'ema'
-    train(plain, data, '--epochs', 1, '--max-steps', 1)
-    assert not EMA_KEYS & set(load_checkpoint(plain / 'checkpoint_srresnet.pth'))
-    train(with_ema, data, '--epochs', 1, '--max-steps', 1, '--ema-decay', 0.5)
+    train(plain, data, '--epochs', 1, '--max-steps', 2)
+    plain_ckpt = load_checkpoint(plain / 'checkpoint_srresnet.pth')
+    assert not EMA_KEYS & set(plain_ckpt)
+    train(with_ema, data, '--epochs', 1, '--max-steps', 2, '--ema-decay', 0.5)
+    ema_ckpt = load_checkpoint(with_ema / 'checkpoint_srresnet.pth')
+    assert_same(ema_ckpt['model'], plain_ckpt['model'])  # the EMA only watches: the training is the same
+    assert any(not torch.equal(ema_ckpt['model_ema'][k], v) for k, v in plain_ckpt['model'].items())
     for results, extra, message in [
             (with_ema, ['--ema-decay', 0.9], 'was trained with --ema-decay 0.5: resume it with --ema-decay 0.5'),
             (with_ema, [], 'was trained with --ema-decay 0.5'),
