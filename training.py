@@ -470,8 +470,8 @@ def load_ema(ema, ckpt, key, path):
     wanted = None if ema is None else ema.decay
     if recorded != wanted:
         if recorded is None:
-            raise UserError(f"{path} has no EMA weights: resume it without --ema-decay, or start a new run from it "
-                            f"(train_srresnet.py --init-from) with --ema-decay {wanted}")
+            raise UserError(f"{path} has no EMA weights: resume it without --ema-decay (an EMA cannot join a run "
+                            f"halfway; train_srresnet.py --init-from FILE --ema-decay {wanted} starts a new run)")
         raise UserError(f"{path} was trained with --ema-decay {recorded}: resume it with --ema-decay {recorded} "
                         f"(another decay, or none, would not continue the same run)")
     if ema is None:

@@ -105,9 +105,8 @@ def test_default_is_off_and_resume_refuses_another_decay(tmp_path, tiny_dataset)
                             results / 'runs', *TINY, '--epochs', 2, '--resume', *extra)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert result.stderr.strip().count('\n') == 0
-    for value in (1, -0.1, 'x'):
-        result = run_script('train_srresnet.py', '--ema-decay', value)
-        assert result.returncode == 2 and '--ema-decay' in result.stderr
+    result = run_script('train_srresnet.py', '--ema-decay', 1)  # would freeze the EMA at the initial weights
+    assert result.returncode == 2 and '--ema-decay: must be in [0, 1)' in result.stderr
 
 
 def psnr_of(state, hr_images):
