@@ -280,6 +280,43 @@ def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
                           np.asarray(read(tmp_path / 'out_srresnet' / 'in_srresnet.png')))
 
 
+def skimage_y_model_sr(model, rgb_u8, scale, pre_upsample):
+    """A Y-channel model's RGB output by hand, in float64: BT.601 YCbCr by scikit-image (MATLAB's rgb2ycbcr), the
+    model on Y (bicubic-upscaled first for SRCNN), Cb/Cr upscaled with MATLAB bicubic, back to RGB by scikit-image,
+    rounded to uint8. (H, W, 3) numpy."""
+    from skimage.color import rgb2ycbcr, ycbcr2rgb
+    ycbcr = torch.from_numpy(rgb2ycbcr(rgb_u8 / 255.)).permute(2, 0, 1)[None] / 255.  # (1, 3, h, w) in [0, 1]
+    y = utils.imresize(ycbcr[:, :1], scale) if pre_upsample else ycbcr[:, :1]
+    with torch.no_grad():
+        sr_y = model.double()(y)  # (1, 1, s*h, s*w)
+        model.float()
+    cbcr = utils.imresize(ycbcr[:, 1:], scale)  # (1, 2, s*h, s*w)
+    out = torch.cat([sr_y, cbcr], dim=1)[0].permute(1, 2, 0).numpy() * 255.  # (s*h, s*w, 3), YCbCr in [0, 255]
+    return np.floor(np.clip(ycbcr2rgb(out), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize('arch', ['espcn', 'srcnn'])
+def test_y_channel_models_give_their_y_with_bicubic_cb_cr(script, monkeypatch, capsys, tmp_path, arch):
+    """README: Y-channel models see the BT.601 luma; test.py upscales Cb/Cr with bicubic and the Y with the model.
+    Saturated colours, so that Cb and Cr swapped (or left out) change the picture by far more than rounding."""
+    torch.manual_seed(5)
+    config = models.model_config(arch, 3, channels=[8, 4])
+    model = models.build_model(arch, config).eval()
+    ckpt, image, out = tmp_path / f"{arch}.pth", tmp_path / 'in.png', tmp_path / 'out'
+    utils.save_checkpoint({'format_version': 1, 'arch': arch, 'model_config': config, 'epoch': 1,
+                           'model': model.state_dict()}, str(ckpt))
+    lr = pattern(13, 15, 3, 4)
+    Image.fromarray(lr).save(image)
+    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image, '--output-dir', out,
+                            '--device', 'cpu')
+    assert code == 0, err
+    sr = np.asarray(read(out / f"in_{arch}.png")).astype(int)
+    expected = skimage_y_model_sr(model, lr, 3, pre_upsample=arch == 'srcnn').astype(int)
+    assert sr.shape == expected.shape == (39, 45, 3)
+    diff = np.abs(sr - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.02  # float32 and fused convolutions against float64
+
+
 # ----------------------------------------------------------------------------------------------
 # All or nothing, names, earlier outputs, inputs that are not files (issue 12, sections 3 and 4)
 # ----------------------------------------------------------------------------------------------
