@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import models
+import train_srgan
 from conftest import run_script
 from utils import load_checkpoint
 
@@ -108,3 +109,30 @@ def test_srgan_d_first_order_and_missing_warm_start(tmp_path, tiny_dataset):
     result = train(tmp_path, tiny_dataset['data'], '--vgg-weights', 'random', '--srresnet-checkpoint',
                    tmp_path / 'absent.pth', script='train_srgan.py')
     assert result.returncode == 2 and 'train SRResNet first' in result.stderr
+
+
+@pytest.mark.parametrize('order, expected', [('g-first', 'GDGD'), ('d-first', 'DGDG')])
+def test_srgan_update_order_is_the_order_of_the_optimizer_steps(tmp_path, tiny_dataset, monkeypatch, order,
+                                                                 expected):
+    """--update-order: per step, the generator's Adam step then the discriminator's (tutorial), or the reverse
+    (seed 001's Keras SRGAN), recorded from the optimizers' own step calls in train_srgan.main."""
+    steps, d_optimizers = [], set()
+    adam_step, d_step = torch.optim.Adam.step, train_srgan.discriminator_step
+
+    def recording_adam_step(self, *args, **kwargs):
+        steps.append(id(self))
+        return adam_step(self, *args, **kwargs)
+
+    def recording_d_step(discriminator, optimizer_d, *args, **kwargs):
+        d_optimizers.add(id(optimizer_d))
+        return d_step(discriminator, optimizer_d, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, 'step', recording_adam_step)
+    monkeypatch.setattr(train_srgan, 'discriminator_step', recording_d_step)
+    code = train_srgan.main(['--data-folder', str(tiny_dataset['data']), '--results-dir', str(tmp_path / 'results'),
+                             '--runs-dir', str(tmp_path / 'runs'), '--vgg-weights', 'random', '--srresnet-checkpoint',
+                             'none', '--n-blocks', '2', '--n-channels', '8', *map(str, TINY_D), '--epochs', '1',
+                             '--batch-size', '3', '--crop-size', '32', '--workers', '0', '--device', 'cpu', '--amp',
+                             'off', '--update-order', order])
+    assert code == 0
+    assert len(d_optimizers) == 1 and len(set(steps)) == 2  # one Adam per network
+    assert ''.join('D' if s in d_optimizers else 'G' for s in steps) == expected  # 6 images / 3: two steps
