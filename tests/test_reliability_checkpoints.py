@@ -34,14 +34,19 @@ def assert_plain(obj, where='checkpoint'):
 def test_training_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path, tiny_dataset):
     result = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path,
                         '--runs-dir', tmp_path / 'runs', '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32,
-                        '--batch-size', 3, '--workers', 0, '--epochs', 1)
+                        '--batch-size', 3, '--workers', 0, '--epochs', 1, '--device', 'cpu', '--amp', 'off')
     assert result.returncode == 0, result.stderr
     ckpt = torch.load(tmp_path / 'checkpoint_srresnet.pth', weights_only=True, map_location='cpu')
     assert_plain(ckpt)
     assert ckpt['format_version'] == utils.FORMAT_VERSION
     assert {'python', 'numpy', 'torch', 'cuda'} <= set(ckpt['rng'])
-    assert ckpt['args']['arch'] == 'srresnet' and ckpt['scheduler'] is not None and 'scale' in ckpt['scaler'] or \
-        ckpt['scaler'] == {} or isinstance(ckpt['scaler'], dict)
+    assert ckpt['args']['arch'] == 'srresnet'
+    model = models.build_model('srresnet', ckpt['model_config'])
+    assert ckpt['model'].keys() == model.state_dict().keys()  # the state_dicts themselves, not wrapped objects
+    assert {'state', 'param_groups'} <= set(ckpt['optimizer']) and len(ckpt['optimizer']['state']) == len(
+        list(model.parameters()))
+    assert isinstance(ckpt['scheduler'], dict) and ckpt['scheduler']['last_epoch'] == 1  # one epoch's step
+    assert ckpt['scaler'] == {}  # fp32 (--amp off): the GradScaler is disabled, and a disabled one has no state
 
 
 class _Payload:
