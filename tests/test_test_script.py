@@ -141,14 +141,15 @@ def test_folder_gray_and_16bit(setup):
     assert np.array_equal(np.asarray(read(out / 'deep_bicubic.png')), imresize_np(np.stack([eight] * 3, -1), 4))
     sr = np.asarray(read(out / 'deep_srresnet.png')).astype(np.float64)
     expected = expected_sr(setup['model'], np.stack([eight] * 3, -1)).astype(np.float64)
-    assert 10 * np.log10(255. ** 2 / max(np.mean((sr - expected) ** 2), 1e-12)) >= 45.  # tiled run
+    # tiled with a 6-px overlap, in 8 bits: measured 50.5 dB (the default overlap: test_upscaler.py)
+    assert 10 * np.log10(255. ** 2 / max(np.mean((sr - expected) ** 2), 1e-12)) >= 48.
 
 
 def test_tiled_folder_run_matches_single_run(setup):
     a = np.asarray(read(setup['root'] / 'out_single' / 'rgb_srresnet.png')).astype(np.float64)
     b = np.asarray(read(setup['root'] / 'out_folder' / 'rgb_srresnet.png')).astype(np.float64)
     psnr = 10 * np.log10(255. ** 2 / max(np.mean((a - b) ** 2), 1e-12))
-    assert psnr >= 45.
+    assert psnr >= 48.  # 16-px tiles, 6-px overlap, 8-bit output: measured 51.1 dB
 
 
 def test_error_through_cli_exit_2_one_line_no_files(setup):

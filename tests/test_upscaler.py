@@ -99,10 +99,14 @@ def test_blend_weights_partition_of_unity(length, tile, overlap, scale):
     torch.testing.assert_close(total, torch.ones_like(total))
 
 
-TILE_CASES = [  # (h, w, tile, overlap): odd sizes, several windows per axis, overlap > 0
-    (37, 29, 24, 8),
+TILE_CASES = [  # (h, w, tile, overlap): odd sizes, several windows per axis
+    (45, 37, 32, 16),  # test.py's default --tile-overlap 16: README's "PSNR > 60 dB" (measured 73.6-180 dB)
+    (61, 53, 32, 16),
+    (37, 29, 24, 8),  # narrower overlaps than the default: less (measured 59.0-149 dB)
     (45, 31, 20, 12),
 ]
+DEFAULT_OVERLAP_PSNR = 60.  # README, Upscaling: tiled output equals untiled within PSNR > 60 dB
+NARROW_OVERLAP_PSNR = 55.
 
 
 @pytest.mark.parametrize('arch', sorted(TINY))
@@ -115,10 +119,11 @@ def test_tiled_equals_untiled(arch, h, w, tile, overlap):
     assert inference.tile_starts(h, tile, overlap) != [0]  # really tiled
     out, out_y = Upscaler(model, arch, s, 'cpu', tile=tile, tile_overlap=overlap).upscale(lr)
     assert out.shape == ref.shape == (2, 3, h * s, w * s)
-    assert psnr01(out, ref) >= 50.
+    least = DEFAULT_OVERLAP_PSNR if overlap >= 16 else NARROW_OVERLAP_PSNR
+    assert psnr01(out, ref) > least
     if ref_y is not None:  # Y-models also return their own luma
         assert out_y.shape == ref_y.shape == (2, h * s, w * s)
-        assert psnr01(out_y, ref_y) >= 50.
+        assert psnr01(out_y, ref_y) > least
     assert not torch.equal(out, ref) or arch == 'srcnn'  # tiles really changed the computation
 
 
@@ -232,7 +237,7 @@ def test_max_memory_triggers_tiling_and_matches(arch):
     small = Upscaler(model, arch, s, 'cpu', tile_overlap=8, max_memory=budget)
     assert small.plan_tile(1, 48, 44) == 40  # the largest multiple of 8 that fits
     out, _ = small.upscale(lr)
-    assert psnr01(out, ref) >= 50.
+    assert psnr01(out, ref) > NARROW_OVERLAP_PSNR  # 8-px overlap (measured 56.9-125 dB)
 
 
 def test_tiny_budget_warns_and_still_works():
