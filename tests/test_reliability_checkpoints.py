@@ -109,14 +109,20 @@ while True:
 
 def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / 'checkpoint.pth'
-    for attempt in range(4):
+    kills, mid_write = 0, 0
+    while kills < 4 or (not mid_write and kills < 12):  # until at least one kill landed inside a save
         proc = subprocess.Popen([sys.executable, '-c', WRITER, REPO, str(path)], stdout=subprocess.PIPE, text=True)
         proc.stdout.readline()  # at least one complete save
-        time.sleep(0.05 + 0.07 * attempt)  # land somewhere inside a later save
+        time.sleep(0.05 + 0.07 * (kills % 4))  # land somewhere inside a later save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        kills += 1
+        temps = [name for name in os.listdir(tmp_path) if name != 'checkpoint.pth']
+        assert all(name.startswith('.checkpoint.pth.') and name.endswith('.tmp') for name in temps), temps
+        mid_write += bool(temps)  # the killed writer left its half-written temp file
         ckpt = utils.load_checkpoint(str(path))
         assert torch.equal(ckpt['weights'], torch.full((4_000_000,), float(ckpt['version'])))
+    assert mid_write, f"none of {kills} kills landed inside a save: the temp-file clean-up below proves nothing"
     # The next save removes temp files left by killed writers.
     utils.save_checkpoint({'version': 0}, str(path))
     assert sorted(os.listdir(tmp_path)) == ['checkpoint.pth']
