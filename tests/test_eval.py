@@ -263,6 +263,51 @@ def test_shipped_checkpoints_give_readmes_numbers(arch):
         assert abs(result['standard_ssim'] - float(ssim_text)) <= 0.00005, (name, result['standard_ssim'])
 
 
+def readme_bicubic(dataset, scale):
+    """(PSNR, SSIM) text of README's bicubic table, row '<dataset>, this suite', column x<scale>; for BSD100 (not
+    in that table) the bicubic row of the shipped checkpoints' x3 table."""
+    if dataset == 'BSD100':
+        assert scale == 3
+        return tuple(readme_row('| bicubic (`--arch bicubic`)')[3].split(' / '))
+    header = readme_row('| bicubic (standard) |')
+    return tuple(readme_row(f"| {dataset}, this suite |")[header.index(f"x{scale}")].split(' / '))
+
+
+def test_readme_bicubic_rows_agree():
+    """The x3 column of the bicubic table is the bicubic row of the shipped checkpoints' table, and README's Set5
+    row is what test_bicubic_set5_matches_the_papers asserts."""
+    shipped = readme_row('| bicubic (`--arch bicubic`)')
+    assert shipped[1] == ' / '.join(readme_bicubic('Set5', 3)) and shipped[2] == ' / '.join(readme_bicubic('Set14', 3))
+    assert readme_bicubic('Set5', 2) == ('33.66', '0.9299') and readme_bicubic('Set5', 3) == ('30.39', '0.8682')
+    assert readme_bicubic('Set5', 4) == ('28.42', '0.8104')  # test_cli_bicubic_set5_x4_prints_the_papers_row
+
+
+@requires_shared_data
+@pytest.mark.parametrize('dataset, scale', [('Set14', 2), ('Set14', 3), ('Set14', 4), ('BSD100', 3)])
+def test_bicubic_matches_readme(dataset, scale):
+    psnr_text, ssim_text = readme_bicubic(dataset, scale)
+    paths = list_image_files(str(SHARED_DATA / dataset))
+    result = eval_script.evaluate_dataset(eval_script.BicubicMethod('bicubic', scale, 'cpu'), dataset, paths,
+                                          ('standard',))
+    assert f"{result['standard_psnr']:.2f}" == psnr_text and f"{result['standard_ssim']:.4f}" == ssim_text
+
+
+@requires_shared_data
+def test_bicubic_rgb_is_a_little_below_the_luma_baseline_and_tutorial_bicubic_matches_readme():
+    """README: bicubic-rgb is under 0.02 dB below bicubic; bicubic x4 under the tutorial protocol: Set5 28.43 /
+    0.8230."""
+    paths = list_image_files(str(SHARED_DATA / 'Set5'))
+    for scale in (2, 4):
+        luma, rgb = (eval_script.evaluate_dataset(eval_script.BicubicMethod(arch, scale, 'cpu'), 'Set5', paths,
+                                                  ('standard',))['standard_psnr'] for arch in ('bicubic', 'bicubic-rgb'))
+        assert 0 < luma - rgb < 0.02, (scale, luma, rgb)
+    tutorial = eval_script.evaluate_dataset(eval_script.BicubicMethod('bicubic', 4, 'cpu'), 'Set5', paths,
+                                            ('tutorial',))
+    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    claim = re.search(r"Under the tutorial protocol bicubic x4 gives Set5 (\d+\.\d+) / (\d+\.\d+)", readme).groups()
+    assert (f"{tutorial['tutorial_psnr']:.2f}", f"{tutorial['tutorial_ssim']:.4f}") == claim
+
+
 # ----------------------------------------------------------------------------------------------
 # A file that stores one grey channel is its own Y (standard protocol), as the papers' MATLAB scripts
 # ----------------------------------------------------------------------------------------------
