@@ -61,3 +61,30 @@ def test_every_test_needing_the_benchmark_images_goes_through_the_one_helper():
             assert not re.search(r"skipif\([^)]*SHARED_DATA", text), path.name
             assert 'requires_shared_data' in text or 'shared_data_or_skip' in text, path.name
     assert SHARED_DATA.name == 'data' and SHARED_DATA.parent.name == 'shared'
+
+
+def test_every_test_the_reliability_table_names_exists():
+    """Each test README's Reliability table cites is a test function of its file: `file.py::test_name`; `...::name`
+    or `::name` for the file named last before it in the row or, first in a row, for the file the row above starts
+    with. A whole file cited must exist."""
+    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    table = readme.split('| guarantee | proved by |', 1)[1].split('\n\n', 1)[0].splitlines()[2:]
+    assert len(table) >= 30
+    cited, primary = 0, None
+    for row in table:
+        proof = row.rstrip('|').rsplit('|', 1)[1]
+        current, first = primary, None
+        for ref in re.findall(r"`([^`]+)`", proof):
+            file, _, name = ref.partition('::')
+            if file.endswith('.py'):
+                current = file
+            elif file not in ('...', ''):
+                continue  # not a test reference
+            assert current is not None, row
+            first = first or current
+            text = (REPO_ROOT / 'tests' / current).read_text(encoding='utf-8')
+            if name:
+                assert re.search(rf"^def {re.escape(name)}\(", text, flags=re.M), f"{current}::{name} (row: {row[:60]})"
+                cited += 1
+        primary = first or primary
+    assert cited >= 50
