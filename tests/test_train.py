@@ -210,3 +210,29 @@ def test_keep_best_keeps_the_weights_of_the_best_validation_psnr(tmp_path, tiny_
     # off by default
     assert train_srresnet.main(argv + ['--epochs', '1', '--results-dir', str(tmp_path / 'plain')]) == 0
     assert sorted(os.listdir(tmp_path / 'plain')) == ['checkpoint_espcn.pth']
+
+
+def test_srgan_learning_rate_decays_once_at_half_the_epochs_also_when_resumed_inside_that_epoch(tmp_path,
+                                                                                               tiny_dataset):
+    """The tutorial's x0.1 at epoch == epochs / 2 (README, Differences 18): applied when epoch 2 of 4 starts, and
+    not again when a run stopped inside epoch 2 is resumed there. 6 images, batch 3: 2 steps per epoch."""
+    srgan = ['--vgg-weights', 'random', '--srresnet-checkpoint', 'none', '--n-blocks', 2, '--n-channels', 8, *TINY_D,
+             '--batch-size', 3, '--crop-size', 32, '--workers', 0, '--device', 'cpu', '--amp', 'off', '--epochs', 4,
+             '--lr', 1e-3]
+    path = tmp_path / 'results' / 'checkpoint_srgan.pth'
+
+    def learning_rates():
+        ckpt = load_checkpoint(path)
+        return ({g['lr'] for g in ckpt['optimizer_g']['param_groups']} |
+                {g['lr'] for g in ckpt['optimizer_d']['param_groups']}), ckpt
+    first = train(tmp_path, tiny_dataset['data'], *srgan, '--max-steps', 1, script='train_srgan.py')
+    assert first.returncode == 0, first.stderr
+    assert learning_rates()[0] == {1e-3}  # epoch 1: no decay yet
+    second = train(tmp_path, tiny_dataset['data'], *srgan, '--resume', '--max-steps', 3, script='train_srgan.py')
+    assert second.returncode == 0 and 'stopped at epoch 2, step 1' in second.stdout, second.stderr
+    rates, ckpt = learning_rates()
+    assert sorted(rates) == pytest.approx([1e-4]) and ckpt['resume_step'] == 1  # decayed when epoch 2 began
+    third = train(tmp_path, tiny_dataset['data'], *srgan, '--resume', '--max-steps', 4, script='train_srgan.py')
+    assert third.returncode == 0, third.stderr
+    rates, ckpt = learning_rates()
+    assert ckpt['step'] == 4 and sorted(rates) == pytest.approx([1e-4])  # resumed inside epoch 2: not decayed again
