@@ -236,3 +236,25 @@ def test_srgan_learning_rate_decays_once_at_half_the_epochs_also_when_resumed_in
     assert third.returncode == 0, third.stderr
     rates, ckpt = learning_rates()
     assert ckpt['step'] == 4 and sorted(rates) == pytest.approx([1e-4])  # resumed inside epoch 2: not decayed again
+
+
+def test_tensorboard_logs_the_epoch_mean_per_step_losses_and_first_batch_grids(tmp_path, tiny_dataset, capsys):
+    """README, Differences 11: the epoch's loss is the mean of its steps' (the tutorial logged the last batch's),
+    every step is logged, and every epoch gets LR/SR/HR grids (the tutorial's came at batch n_iter - 2 only)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    argv = ['--data-folder', str(tiny_dataset['data']), '--results-dir', str(tmp_path / 'results'), '--runs-dir',
+            str(tmp_path / 'runs'), *map(str, TINY_SRRESNET[:-4]), '--batch-size', '2', '--workers', '0',
+            '--device', 'cpu', '--amp', 'off', '--epochs', '2']
+    assert train_srresnet.main(argv) == 0
+    printed = [float(v) for v in re.findall(r"^epoch \d/2: loss ([\d.e+-]+)", capsys.readouterr().out, flags=re.M)]
+    events = EventAccumulator(str(tmp_path / 'runs' / 'srresnet'), size_guidance={'images': 0, 'scalars': 0})
+    events.Reload()
+    steps = [e.value for e in sorted(events.Scalars('srresnet/loss_step'), key=lambda e: e.step)]
+    epochs = [e.value for e in sorted(events.Scalars('srresnet/loss'), key=lambda e: e.step)]
+    assert len(steps) == 6 and len(epochs) == len(printed) == 2  # 6 images, batch 2: 3 steps per epoch
+    for i in range(2):
+        mean = sum(steps[3 * i:3 * i + 3]) / 3  # equal batches: the plain mean
+        assert epochs[i] == pytest.approx(mean, rel=1e-6) and printed[i] == pytest.approx(mean, rel=1e-4)
+        assert abs(epochs[i] - steps[3 * i + 2]) > 1e-6  # not the last batch's loss
+    images = set(events.Tags()['images'])
+    assert {f"srresnet/epoch_{e}/{k}" for e in (1, 2) for k in ('1_lr', '2_sr', '3_hr')} <= images
