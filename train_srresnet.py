@@ -32,7 +32,7 @@ from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_st
 
 def build_parser():
     parser = make_parser(__doc__, training=True)
-    training.add_training_args(parser, archs=sorted(models.ARCHS))
+    training.add_training_args(parser, archs=sorted(a for a, spec in models.ARCHS.items() if spec.train))
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
     g.add_argument('--large-kernel-size', type=positive_int, default=9, help='srresnet: first/last conv kernel')
     g.add_argument('--small-kernel-size', type=positive_int, default=3, help='srresnet: inner conv kernel')

@@ -174,7 +174,7 @@ def test_bad_options_and_checkpoints_are_one_line_errors(service, tmp_path):
     torch.save({'epoch': 1}, text_file)
     cases = [
         (([], ESPCN, ''), {}, 'upload at least one image first'),
-        (([src], ESPCN, str(text_file)), {}, "notes.pth holds no 'model' or 'generator' weights"),
+        (([src], ESPCN, str(text_file)), {}, "notes.pth holds no model weights: not an SR checkpoint"),
         (([src], ESPCN, str(tmp_path / 'missing.pth')), {}, 'missing.pth: no such file'),
         (([src], os.path.join(REPO, 'results', 'other.pth'), ''), {}, 'not one of this server'),
         (([src], ESPCN, ''), {'precision': 'fp16'}, 'fp16 needs a CUDA GPU'),
