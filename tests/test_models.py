@@ -393,6 +393,9 @@ def test_readme_parameter_counts_are_the_models_and_the_formulas():
     expected = {
         '`srresnet`': ('1,549,462 (x4)', models.SRResNet(), 1_549_462),
         'SRGAN generator': ('1,549,462 (x4); D 23,565,505', models.Generator(), 1_549_462),
+        # seed 001's Keras layers: a PReLU slope per channel in each of the 19 PReLUs (PyTorch's: one)
+        '`srgan_keras` (SRGAN generator, `--variant keras`)': ('1,550,659 (x4); D 5,215,425',
+                                                               models.KerasSRGANGenerator(), 1_549_462 + 19 * 63),
         '`srcnn` 9-1-5': ('8,129', models.SRCNN(), conv_params(1, 64, 9) + conv_params(64, 32, 1)
                           + conv_params(32, 1, 5)),
         '`espcn`': ('22,729 (x3)', models.ESPCN(3), conv_params(1, 64, 5) + conv_params(64, 32, 3)
@@ -407,4 +410,7 @@ def test_readme_parameter_counts_are_the_models_and_the_formulas():
         assert rows[name] == cell, name
         assert models.count_parameters(model) == count == int(cell.split()[0].replace(',', '')), name
     assert models.count_parameters(models.Discriminator()) == 23_565_505
+    # Keras's discriminator: global average pooling into dense 1024, not 6x6 x 512 into fc 1024
+    keras_d = 23_565_505 - conv_params(6 * 6 * 512, 1024, 1) + conv_params(512, 1024, 1)
+    assert models.count_parameters(models.KerasSRGANDiscriminator()) == keras_d == 5_215_425
     assert set(rows) == set(expected)  # every row of the table checked
