@@ -2,7 +2,8 @@
 image folders made from scikit-image's photos, and a runner for the scripts' command lines.
 
 The benchmark images are never copied into the repository; tests that need them use ``requires_shared_data``
-and are skipped, with the reason, when ``../shared/data`` (next to the repository) is absent.
+(or call ``shared_data_or_skip``): when ``../shared/data`` (next to the repository) is absent they are skipped,
+with the reason, except in CI (``CI=true``), where they fail, since CI promises to run them all.
 """
 import errno
 import os
@@ -23,9 +24,29 @@ SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 if REPO not in sys.path:  # the suite's modules live at the top level
     sys.path.insert(0, REPO)
 
-requires_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / 'Set5').is_dir(),
-    reason="benchmark images not found: expected Set5 under ../shared/data next to the repository")
+
+def shared_data_or_skip(folder=None, environ=None):
+    """The benchmark images' folder (``SHARED_DATA`` unless ``folder``), for a test that needs them. When it holds
+    no Set5 the test is skipped with the reason, or failed where ``CI`` is ``true`` (the environment variable CI
+    services set; ``environ`` defaults to os.environ): there a missing folder is a broken setup, not a reason to
+    pass quietly."""
+    folder = SHARED_DATA if folder is None else Path(folder)
+    environ = os.environ if environ is None else environ
+    if (folder / 'Set5').is_dir():
+        return folder
+    reason = f"benchmark images not found: expected Set5 under ../shared/data next to the repository ({folder})"
+    if environ.get('CI', '').strip().lower() in ('true', '1', 'yes'):
+        pytest.fail(f"{reason} (CI=true: the tests that need them must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def shared_data():
+    """The benchmark images' folder; skips (fails under CI=true) without it, see shared_data_or_skip."""
+    return shared_data_or_skip()
+
+
+requires_shared_data = pytest.mark.usefixtures('shared_data')
 
 
 def pytest_configure(config):

@@ -206,3 +206,26 @@ def test_create_data_lists_writes_its_lists_and_log_all_or_nothing(tmp_path, cap
                                                tmp_path / 'Test', '--output-folder', out, '--min-size', 10], capsys)
     assert code == 2 and 'No space left on device' in err and err.count('\n') == 1, err
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_random_crops_take_every_offset_from_zero_and_an_image_of_the_crop_size():
+    """README, Differences 1: crops start at any offset from 0 to size - crop (the tutorial's randint(1, ...) never
+    took 0 and crashed on an image of exactly the crop size)."""
+    import random
+    from utils import ImageTransforms
+    crop, scale = 24, 4
+    coords = np.arange(crop + 1, dtype=np.uint8)  # pixel value = its column, and 100 + its row
+    image = Image.fromarray(np.stack([np.tile(coords, (crop + 1, 1)), 100 + np.tile(coords[:, None], (1, crop + 1)),
+                                      np.zeros((crop + 1, crop + 1), np.uint8)], axis=-1))
+    transform = ImageTransforms('train', crop, scale, '[0, 1]', '[0, 1]')
+    offsets = set()
+    rng = random.Random(0)
+    for _ in range(40):
+        _, hr = transform(image, rng)  # (3, crop, crop) in [0, 1]
+        hr = torch.round(hr * 255).to(torch.uint8)
+        offsets.add((int(hr[1, 0, 0]) - 100, int(hr[0, 0, 0])))  # (top, left)
+    assert offsets == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    exact = image.crop((0, 0, crop, crop))
+    lr, hr = transform(exact, rng)
+    assert hr.shape == (3, crop, crop) and lr.shape == (3, crop // scale, crop // scale)
+    assert torch.equal(torch.round(hr * 255).to(torch.uint8), torch.from_numpy(np.array(exact)).permute(2, 0, 1))

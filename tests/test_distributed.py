@@ -1,6 +1,7 @@
 """torchrun / DDP on CPU (gloo): same weights as one process over the same global batch, rank 0 alone writes,
 multi-node rendezvous on localhost, a failing rank ends the job, and DDP checkpoints resume anywhere."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -162,12 +163,40 @@ def test_ngpu_and_torchrun_together_is_an_error(tmp_path, tiny_dataset):
     assert result.returncode != 0 and '--ngpu (DataParallel) and torchrun (DDP) cannot be combined' in result.stderr
 
 
+RECORD_SRGAN = os.path.join('tests', 'record_train_srgan.py')
+
+
 def test_srgan_under_ddp_wraps_generator_and_discriminator_and_resumes(tmp_path, tiny_dataset):
+    """G and D in DDP, the frozen VGG not; D's (and G's) weights the same on both ranks after training; the losses every rank
+    logs and prints are the mean of the ranks' own losses (recorded by tests/record_train_srgan.py, which runs
+    train_srgan.py's main); then a resume under torchrun."""
     args = ['--data-folder', tiny_dataset['data'], '--vgg-weights', 'random', '--srresnet-checkpoint', 'none',
             '--n-blocks', 2, '--n-channels', 8, '--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16,
-            '--crop-size', 32, '--batch-size', 4, '--workers', 0, '--device', 'cpu', *dirs(tmp_path)]
-    first = torchrun(*args, '--epochs', 1, script='train_srgan.py')
+            '--crop-size', 32, '--batch-size', 4, '--workers', 0, '--device', 'cpu', '--amp', 'off', *dirs(tmp_path)]
+    first = torchrun(tmp_path / 'record', *args, '--epochs', 1, script=RECORD_SRGAN)
     assert first.returncode == 0, first.stderr
+    ranks = [torch.load(tmp_path / f"record.{r}", weights_only=True) for r in (0, 1)]
+    for record in ranks:
+        assert record['wrapped'] == {'generator': 'DistributedDataParallel',
+                                     'discriminator': 'DistributedDataParallel', 'vgg': 'TruncatedVGG19'}
+        assert record['vgg_trainable'] == 0
+    for net in ('discriminator', 'generator'):
+        assert ranks[0][net].keys() == ranks[1][net].keys()
+        for k in ranks[0][net]:
+            assert torch.equal(ranks[0][net][k], ranks[1][net][k]), (net, k)
+    saved = load_checkpoint(tmp_path / 'results' / 'checkpoint_srgan.pth')
+    assert all(torch.equal(saved['discriminator'][k], v) for k, v in ranks[0]['discriminator'].items())
+    steps = list(zip(ranks[0]['steps'], ranks[1]['steps']))
+    assert len(steps) == 2  # 6 patches, global batch 4: a batch of 2 + 2, then 1 + 1
+    for a, b in steps:
+        assert a['mean'] == b['mean']  # every rank sees the same numbers
+        assert a['local'] != b['local']  # the ranks trained on different patches
+        for name in ('content', 'adversarial', 'discriminator'):
+            assert a['mean'][name] == pytest.approx((a['local'][name] + b['local'][name]) / 2, rel=1e-6)
+    printed = dict(re.findall(r"(\w+) ([\d.e+-]+)", first.stdout.split('epoch 1/1: ')[1].splitlines()[0]))
+    for name in ('content', 'adversarial', 'discriminator'):  # the epoch's mean over local batches of 2 and 1
+        expected = (2 * steps[0][0]['mean'][name] + steps[1][0]['mean'][name]) / 3
+        assert float(printed[name]) == pytest.approx(expected, rel=1e-4)  # printed to 5 significant digits
     second = torchrun(*args, '--epochs', 2, '--resume', script='train_srgan.py')
     assert second.returncode == 0, second.stderr
     assert 'resumed' in second.stdout and second.stdout.count('epoch 2/2') == 1

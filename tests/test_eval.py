@@ -229,6 +229,124 @@ def test_bicubic_set5_matches_the_papers(scale, psnr, ssim):
     assert round(result['standard_ssim'], 4) == ssim
 
 
+def readme_row(prefix):
+    """The cells of README's table row starting with ``prefix``."""
+    text = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    line = next(line for line in text.splitlines() if line.startswith(prefix))
+    return [cell.strip() for cell in line.strip('|').split('|')]
+
+
+# The shipped checkpoints' rows of README's x3 table: dataset columns, and how long each takes on 2 cores here
+# (SRCNN on Set14 takes 17 s and BSD100 takes 15 s / 90 s: left to benchmarks/bench_cpu_quality.py).
+SHIPPED = {'espcn': ('| ESPCN, `results/espcn_x3_t91.pth`', ['Set5', 'Set14']),
+           'srcnn': ('| SRCNN, `results/srcnn_x3_t91.pth`', ['Set5'])}
+
+
+@requires_shared_data
+@pytest.mark.parametrize('arch', sorted(SHIPPED))
+def test_shipped_checkpoints_give_readmes_numbers(arch):
+    """README's PSNR / SSIM of results/<arch>_x3_t91.pth (standard protocol, x3), to their printed precision,
+    in both of README's tables (Architectures and the shipped checkpoints' table)."""
+    prefix, datasets = SHIPPED[arch]
+    row = readme_row(prefix)
+    assert row[0] == prefix.strip('| ')
+    assert f"x3 {row[1]}" in readme_row(f"| `{arch}`")[5]  # the Architectures table quotes the same Set5 pair
+    from inference import load_sr_model
+    checkpoint = str(REPO_ROOT / 'results' / f"{arch}_x3_t91.pth")
+    loaded = load_sr_model(checkpoint, 'cpu')
+    method = eval_script.ModelMethod(loaded.model, loaded.arch, loaded.config, checkpoint, 'cpu', loaded.spec)
+    for column, name in enumerate(datasets, start=1):
+        psnr_text, ssim_text = row[column].split(' / ')
+        result = eval_script.evaluate_dataset(method, name, list_image_files(str(SHARED_DATA / name)),
+                                              ('standard',))
+        assert abs(result['standard_psnr'] - float(psnr_text)) <= 0.005, (name, result['standard_psnr'])
+        assert abs(result['standard_ssim'] - float(ssim_text)) <= 0.00005, (name, result['standard_ssim'])
+
+
+def readme_bicubic(dataset, scale):
+    """(PSNR, SSIM) text of README's bicubic table, row '<dataset>, this suite', column x<scale>; for BSD100 (not
+    in that table) the bicubic row of the shipped checkpoints' x3 table."""
+    if dataset == 'BSD100':
+        assert scale == 3
+        return tuple(readme_row('| bicubic (`--arch bicubic`)')[3].split(' / '))
+    header = readme_row('| bicubic (standard) |')
+    return tuple(readme_row(f"| {dataset}, this suite |")[header.index(f"x{scale}")].split(' / '))
+
+
+def test_readme_bicubic_rows_agree():
+    """The x3 column of the bicubic table is the bicubic row of the shipped checkpoints' table, and README's Set5
+    row is what test_bicubic_set5_matches_the_papers asserts."""
+    shipped = readme_row('| bicubic (`--arch bicubic`)')
+    assert shipped[1] == ' / '.join(readme_bicubic('Set5', 3)) and shipped[2] == ' / '.join(readme_bicubic('Set14', 3))
+    assert readme_bicubic('Set5', 2) == ('33.66', '0.9299') and readme_bicubic('Set5', 3) == ('30.39', '0.8682')
+    assert readme_bicubic('Set5', 4) == ('28.42', '0.8104')  # test_cli_bicubic_set5_x4_prints_the_papers_row
+
+
+@requires_shared_data
+@pytest.mark.parametrize('dataset, scale', [('Set14', 2), ('Set14', 3), ('Set14', 4), ('BSD100', 3)])
+def test_bicubic_matches_readme(dataset, scale):
+    psnr_text, ssim_text = readme_bicubic(dataset, scale)
+    paths = list_image_files(str(SHARED_DATA / dataset))
+    result = eval_script.evaluate_dataset(eval_script.BicubicMethod('bicubic', scale, 'cpu'), dataset, paths,
+                                          ('standard',))
+    assert f"{result['standard_psnr']:.2f}" == psnr_text and f"{result['standard_ssim']:.4f}" == ssim_text
+
+
+@requires_shared_data
+def test_bicubic_rgb_is_a_little_below_the_luma_baseline_and_tutorial_bicubic_matches_readme():
+    """README: bicubic-rgb is under 0.02 dB below bicubic; bicubic x4 under the tutorial protocol: Set5 28.43 /
+    0.8230."""
+    paths = list_image_files(str(SHARED_DATA / 'Set5'))
+    for scale in (2, 4):
+        luma, rgb = (eval_script.evaluate_dataset(eval_script.BicubicMethod(arch, scale, 'cpu'), 'Set5', paths,
+                                                  ('standard',))['standard_psnr'] for arch in ('bicubic', 'bicubic-rgb'))
+        assert 0 < luma - rgb < 0.02, (scale, luma, rgb)
+    tutorial = eval_script.evaluate_dataset(eval_script.BicubicMethod('bicubic', 4, 'cpu'), 'Set5', paths,
+                                            ('tutorial',))
+    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    claim = re.search(r"Under the tutorial protocol bicubic x4 gives Set5 (\d+\.\d+) / (\d+\.\d+)", readme).groups()
+    assert (f"{tutorial['tutorial_psnr']:.2f}", f"{tutorial['tutorial_ssim']:.4f}") == claim
+
+
+# ----------------------------------------------------------------------------------------------
+# A file that stores one grey channel is its own Y (standard protocol), as the papers' MATLAB scripts
+# ----------------------------------------------------------------------------------------------
+
+
+def psnr_by_hand(a, b, border):
+    """PSNR with peak 255 between two (H, W) arrays, ``border`` pixels removed per side."""
+    a = np.asarray(a, dtype=np.float64)[border:-border, border:-border]
+    b = np.asarray(b, dtype=np.float64)[border:-border, border:-border]
+    return 10 * math.log10(255 ** 2 / np.mean((a - b) ** 2))
+
+
+@pytest.mark.parametrize('arch', ['bicubic', 'bicubic-rgb'])
+def test_grey_file_is_its_own_y_and_the_same_pixels_stored_as_rgb_are_not(tmp_path, arch):
+    from conftest import photo_crops
+    scale = 3
+    grey = np.asarray(Image.fromarray(photo_crops(51, 1)[0][:50]).convert('L'))  # (50, 51): mod-cropped to (48, 51)
+    Image.fromarray(grey).save(tmp_path / 'grey.png')  # mode L: one channel
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / 'grey_as_rgb.png')  # the same pixels, RGB
+    hr = grey[:48, :51]
+
+    def bicubic(channel):  # (H, W) uint8-valued -> the baseline's SR of it, rounded
+        if arch == 'bicubic':  # the luma baseline: float64 down and up, rounded once
+            sr = imresize(imresize(torch.from_numpy(channel.astype(np.float64)), 1 / scale), scale)
+            return np.floor(np.clip(sr.numpy(), 0, 255) + 0.5)
+        lr = imresize(torch.from_numpy(channel.astype(np.uint8)), 1 / scale).double() / 255  # from the uint8 LR
+        return np.floor(np.clip(imresize(lr, scale).numpy(), 0, 1) * 255 + 0.5)
+
+    method = eval_script.BicubicMethod(arch, scale, 'cpu')
+    as_grey = eval_script.evaluate_dataset(method, 'G', [str(tmp_path / 'grey.png')], ('standard',))
+    assert as_grey['standard_psnr'] == pytest.approx(psnr_by_hand(bicubic(hr), hr, scale), abs=1e-9)
+    # stored as RGB, the same pixels go through the BT.601 formula (Y in [16, 235]): another, higher PSNR
+    as_rgb = eval_script.evaluate_dataset(method, 'G', [str(tmp_path / 'grey_as_rgb.png')], ('standard',))
+    hr_y = y_uint8(np.stack([hr] * 3, axis=-1))
+    sr_y = bicubic(hr_y) if arch == 'bicubic' else y_uint8(np.stack([bicubic(hr)] * 3, axis=-1))
+    assert as_rgb['standard_psnr'] == pytest.approx(psnr_by_hand(sr_y, hr_y, scale), abs=1e-9)
+    assert as_rgb['standard_psnr'] > as_grey['standard_psnr'] + 0.5
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end through the command line. Every command line (one Python start-up each, mostly importing
 # torch) is run once, concurrently, by the `cli` fixture; the tests below check one run each.

@@ -85,7 +85,7 @@ def test_onnx_of_every_architecture_matches_pytorch_in_onnxruntime(tmp_path, cap
     assert props['arch'] == ('srgan' if srgan else arch) and props['scaling_factor'] == str(scale)
     # Sizes unlike export.py's own check and trace; the fused graph against the plain PyTorch model.
     worst, inside = onnx_vs_upscaler(onnx_path, inference.load_sr_model(str(path)), [(1, 9, 14), (3, 16, 11)])
-    assert worst <= 1e-4 and inside > 0.5
+    assert worst <= 1e-5 and inside > 0.5  # README: 1e-7 to a few 1e-6 (export.py refuses over 1e-4)
 
 
 def test_onnx_check_catches_a_wrong_graph(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import models
+from conftest import REPO_ROOT
 
 
 def test_srresnet_x4_matches_tutorial_parameter_count_and_keys():
@@ -375,3 +376,41 @@ def test_arch_spec_follows_edsrs_value_range():
     assert spec.in_type == spec.out_type == '[0, 1]' and spec.name == 'rcan'
     with pytest.raises(ValueError, match='rgb_range 2'):
         models.arch_spec('edsr', {'rgb_range': 2})
+
+
+def rcan_params(f=64, r=16, groups=10, blocks=20):
+    rcab = 2 * conv_params(f, f, 3) + conv_params(f, f // r, 1) + conv_params(f // r, f, 1)
+    return (conv_params(3, f, 3) + groups * (blocks * rcab + conv_params(f, f, 3)) + conv_params(f, f, 3)
+            + 2 * conv_params(f, 4 * f, 3) + conv_params(f, 3, 3) + 2 * conv_params(3, 3, 1))
+
+
+def test_readme_parameter_counts_are_the_models_and_the_formulas():
+    """README's Architectures table: every parameter count it prints is the model's and the layer-by-layer
+    formula's (the tutorial's SRResNet and Discriminator counts: the tutorial's own numbers, tested above)."""
+    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    table = readme.split('| arch | paper | parameters |', 1)[1].split('\n\n', 1)[0].splitlines()[2:]
+    rows = {line.split('|')[1].strip(): line.split('|')[3].strip() for line in table}
+    expected = {
+        '`srresnet`': ('1,549,462 (x4)', models.SRResNet(), 1_549_462),
+        'SRGAN generator': ('1,549,462 (x4); D 23,565,505', models.Generator(), 1_549_462),
+        # seed 001's Keras layers: a PReLU slope per channel in each of the 19 PReLUs (PyTorch's: one)
+        '`srgan_keras` (SRGAN generator, `--variant keras`)': ('1,550,659 (x4); D 5,215,425',
+                                                               models.KerasSRGANGenerator(), 1_549_462 + 19 * 63),
+        '`srcnn` 9-1-5': ('8,129', models.SRCNN(), conv_params(1, 64, 9) + conv_params(64, 32, 1)
+                          + conv_params(32, 1, 5)),
+        '`espcn`': ('22,729 (x3)', models.ESPCN(3), conv_params(1, 64, 5) + conv_params(64, 32, 3)
+                    + conv_params(32, 9, 3)),
+        '`edsr` baseline': ('1,517,595 (x4)', models.EDSR(4), edsr_params(16, 64, 4)),
+        '`edsr` full (`--model-opt n_resblocks=32 n_feats=256 res_scale=0.1`)':
+            ('43,089,947 (x4)', models.EDSR(4, 32, 256, 0.1), edsr_params(32, 256, 4)),
+        '`rcan`': ('15,592,379 (x4)', models.RCAN(4), rcan_params()),
+        '`msrresnet`': ('1,517,571 (x4)', models.MSRResNet(4), msrresnet_params(16, 64, 4)),
+    }
+    for name, (cell, model, count) in expected.items():
+        assert rows[name] == cell, name
+        assert models.count_parameters(model) == count == int(cell.split()[0].replace(',', '')), name
+    assert models.count_parameters(models.Discriminator()) == 23_565_505
+    # Keras's discriminator: global average pooling into dense 1024, not 6x6 x 512 into fc 1024
+    keras_d = 23_565_505 - conv_params(6 * 6 * 512, 1024, 1) + conv_params(512, 1024, 1)
+    assert models.count_parameters(models.KerasSRGANDiscriminator()) == keras_d == 5_215_425
+    assert set(rows) == set(expected)  # every row of the table checked

@@ -34,14 +34,19 @@ def assert_plain(obj, where='checkpoint'):
 def test_training_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path, tiny_dataset):
     result = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path,
                         '--runs-dir', tmp_path / 'runs', '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32,
-                        '--batch-size', 3, '--workers', 0, '--epochs', 1)
+                        '--batch-size', 3, '--workers', 0, '--epochs', 1, '--device', 'cpu', '--amp', 'off')
     assert result.returncode == 0, result.stderr
     ckpt = torch.load(tmp_path / 'checkpoint_srresnet.pth', weights_only=True, map_location='cpu')
     assert_plain(ckpt)
     assert ckpt['format_version'] == utils.FORMAT_VERSION
     assert {'python', 'numpy', 'torch', 'cuda'} <= set(ckpt['rng'])
-    assert ckpt['args']['arch'] == 'srresnet' and ckpt['scheduler'] is not None and 'scale' in ckpt['scaler'] or \
-        ckpt['scaler'] == {} or isinstance(ckpt['scaler'], dict)
+    assert ckpt['args']['arch'] == 'srresnet'
+    model = models.build_model('srresnet', ckpt['model_config'])
+    assert ckpt['model'].keys() == model.state_dict().keys()  # the state_dicts themselves, not wrapped objects
+    assert {'state', 'param_groups'} <= set(ckpt['optimizer']) and len(ckpt['optimizer']['state']) == len(
+        list(model.parameters()))
+    assert isinstance(ckpt['scheduler'], dict) and ckpt['scheduler']['last_epoch'] == 1  # one epoch's step
+    assert ckpt['scaler'] == {}  # fp32 (--amp off): the GradScaler is disabled, and a disabled one has no state
 
 
 class _Payload:
@@ -104,14 +109,20 @@ while True:
 
 def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / 'checkpoint.pth'
-    for attempt in range(4):
+    kills, mid_write = 0, 0
+    while kills < 4 or (not mid_write and kills < 12):  # until at least one kill landed inside a save
         proc = subprocess.Popen([sys.executable, '-c', WRITER, REPO, str(path)], stdout=subprocess.PIPE, text=True)
         proc.stdout.readline()  # at least one complete save
-        time.sleep(0.05 + 0.07 * attempt)  # land somewhere inside a later save
+        time.sleep(0.05 + 0.07 * (kills % 4))  # land somewhere inside a later save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        kills += 1
+        temps = [name for name in os.listdir(tmp_path) if name != 'checkpoint.pth']
+        assert all(name.startswith('.checkpoint.pth.') and name.endswith('.tmp') for name in temps), temps
+        mid_write += bool(temps)  # the killed writer left its half-written temp file
         ckpt = utils.load_checkpoint(str(path))
         assert torch.equal(ckpt['weights'], torch.full((4_000_000,), float(ckpt['version'])))
+    assert mid_write, f"none of {kills} kills landed inside a save: the temp-file clean-up below proves nothing"
     # The next save removes temp files left by killed writers.
     utils.save_checkpoint({'version': 0}, str(path))
     assert sorted(os.listdir(tmp_path)) == ['checkpoint.pth']

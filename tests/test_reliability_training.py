@@ -1,4 +1,6 @@
 """Training survives interruption: exact resume, Ctrl-C / SIGTERM saves and exits 0, NaN/inf stops cleanly."""
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,41 +53,65 @@ def test_max_steps_saves_position_inside_the_epoch(tmp_path, tiny_dataset):
     assert (ckpt['epoch'], ckpt['resume_step'], ckpt['step']) == (1, 1, 4)
 
 
+def start_endless_run(tmp_path, data, workers, **popen):
+    cmd = [sys.executable, f"{REPO}/train_srresnet.py", '--data-folder', data, '--results-dir', tmp_path,
+           '--runs-dir', tmp_path / 'runs', *TINY, '--epochs', 100000, '--workers', workers]
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')  # as run_script: the same float results
+    return subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **popen)
+
+
+def wait_for_line(proc, prefix):
+    """Read the run's stdout up to the first line starting with ``prefix``; returns the lines read."""
+    lines = [proc.stdout.readline()]
+    while lines[-1] and not lines[-1].startswith(prefix):
+        lines.append(proc.stdout.readline())
+    assert lines[-1], proc.stderr.read()
+    return lines
+
+
+def assert_saved_where_it_stopped(out, seen, checkpoint, steps_per_epoch=3):
+    """The stop's line names epoch E and step S (steps of E done); the checkpoint holds exactly that position, past
+    the last end-of-epoch save: E - 1 epochs complete, S steps into E, global step (E - 1) * steps + S. Returns E."""
+    match = re.search(r"stopped at epoch (\d+), step (\d+); saved ", out)
+    assert match, out
+    epoch, step = map(int, match.groups())
+    ends = [int(m) for m in re.findall(r"^epoch (\d+)/", ''.join(seen) + out, flags=re.M)]
+    assert ends == list(range(1, epoch)), ends  # every earlier epoch ended (and saved), this one did not
+    assert 1 <= step <= steps_per_epoch  # the step being trained when the signal landed was finished
+    ckpt = load_checkpoint(checkpoint)
+    assert (ckpt['epoch'], ckpt['resume_step'], ckpt['step']) == (epoch - 1, step,
+                                                                  (epoch - 1) * steps_per_epoch + step)
+    return epoch
+
+
 def test_sigterm_finishes_step_saves_and_exits_zero(tmp_path, tiny_dataset):
-    cmd = [sys.executable, f"{REPO}/train_srresnet.py", '--data-folder', tiny_dataset['data'], '--results-dir',
-           tmp_path, '--runs-dir', tmp_path / 'runs', *map(str, TINY), '--epochs', 100000, '--workers', 0]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    line = proc.stdout.readline()
-    while line and not line.startswith('epoch 2/'):
-        line = proc.stdout.readline()
-    assert line, proc.stderr.read()
+    data = tiny_dataset['data']  # 6 images, batch 2: 3 steps per epoch
+    proc = start_endless_run(tmp_path / 'stopped', data, 0)
+    seen = wait_for_line(proc, 'epoch 2/')  # printed after epoch 2 was saved: the signal lands in a later epoch
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert 'SIGTERM received' in err and 'Resume with:' in out and '--resume' in out
-    ckpt = load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
-    assert ckpt['epoch'] >= 2 and ckpt['step'] >= 6
-    resumed = train(tmp_path, tiny_dataset['data'], '--workers', 0, '--epochs', 100000, '--resume',
-                    '--max-steps', ckpt['step'] + 1)
-    assert resumed.returncode == 0 and 'resumed' in resumed.stdout
+    epoch = assert_saved_where_it_stopped(out, seen, tmp_path / 'stopped' / 'checkpoint_srresnet.pth')
+    # resumed to the end of that epoch: bit for bit the run that was never stopped
+    resumed = train(tmp_path / 'stopped', data, '--workers', 0, '--epochs', epoch, '--resume')
+    assert resumed.returncode == 0 and 'resumed' in resumed.stdout, resumed.stderr
+    straight = train(tmp_path / 'straight', data, '--workers', 0, '--epochs', epoch)
+    assert straight.returncode == 0, straight.stderr
+    assert_same_weights(weights(tmp_path / 'stopped' / 'checkpoint_srresnet.pth'),
+                        weights(tmp_path / 'straight' / 'checkpoint_srresnet.pth'))
 
 
 def test_sigint_during_data_loading_workers_also_saves(tmp_path, tiny_dataset):
-    cmd = [sys.executable, f"{REPO}/train_srresnet.py", '--data-folder', tiny_dataset['data'], '--results-dir',
-           tmp_path, '--runs-dir', tmp_path / 'runs', *map(str, TINY), '--epochs', 100000, '--workers', 2]
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    line = proc.stdout.readline()
-    while line and not line.startswith('epoch 1/'):
-        line = proc.stdout.readline()
+    proc = start_endless_run(tmp_path, tiny_dataset['data'], 2, start_new_session=True)
+    seen = wait_for_line(proc, 'epoch 1/')
     time.sleep(0.5)
-    import os
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert 'Resume with:' in out
-    load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
+    assert_saved_where_it_stopped(out, seen, tmp_path / 'checkpoint_srresnet.pth')
 
 
 def test_diverging_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, tiny_dataset):

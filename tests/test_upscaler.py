@@ -100,10 +100,14 @@ def test_blend_weights_partition_of_unity(length, tile, overlap, scale):
     torch.testing.assert_close(total, torch.ones_like(total))
 
 
-TILE_CASES = [  # (h, w, tile, overlap): odd sizes, several windows per axis, overlap > 0
-    (37, 29, 24, 8),
+TILE_CASES = [  # (h, w, tile, overlap): odd sizes, several windows per axis
+    (45, 37, 32, 16),  # test.py's default --tile-overlap 16: README's "PSNR > 60 dB" (measured 73.6-180 dB)
+    (61, 53, 32, 16),
+    (37, 29, 24, 8),  # narrower overlaps than the default: less (measured 59.0-149 dB)
     (45, 31, 20, 12),
 ]
+DEFAULT_OVERLAP_PSNR = 60.  # README, Upscaling: tiled output equals untiled within PSNR > 60 dB
+NARROW_OVERLAP_PSNR = 55.
 
 
 @pytest.mark.parametrize('arch', sorted(TINY))
@@ -116,10 +120,11 @@ def test_tiled_equals_untiled(arch, h, w, tile, overlap):
     assert inference.tile_starts(h, tile, overlap) != [0]  # really tiled
     out, out_y = Upscaler(model, arch, s, 'cpu', tile=tile, tile_overlap=overlap).upscale(lr)
     assert out.shape == ref.shape == (2, 3, h * s, w * s)
-    assert psnr01(out, ref) >= 50.
+    least = DEFAULT_OVERLAP_PSNR if overlap >= 16 else NARROW_OVERLAP_PSNR
+    assert psnr01(out, ref) > least
     if ref_y is not None:  # Y-models also return their own luma
         assert out_y.shape == ref_y.shape == (2, h * s, w * s)
-        assert psnr01(out_y, ref_y) >= 50.
+        assert psnr01(out_y, ref_y) > least
     assert not torch.equal(out, ref) or arch == 'srcnn'  # tiles really changed the computation
 
 
@@ -233,7 +238,7 @@ def test_max_memory_triggers_tiling_and_matches(arch):
     small = Upscaler(model, arch, s, 'cpu', tile_overlap=8, max_memory=budget)
     assert small.plan_tile(1, 48, 44) == 40  # the largest multiple of 8 that fits
     out, _ = small.upscale(lr)
-    assert psnr01(out, ref) >= 50.
+    assert psnr01(out, ref) > NARROW_OVERLAP_PSNR  # 8-px overlap (measured 56.9-125 dB)
 
 
 def test_tiny_budget_warns_and_still_works():
@@ -509,3 +514,50 @@ def test_inputs_are_padded_to_the_spec_and_outputs_cropped():
     assert Upscaler(net, spec, 2, 'cpu').memory_per_pixel() > 0  # the probe respects the requirements
     with pytest.raises(UserError, match='--precision bf16: needs8 runs in fp32 only'):
         Upscaler(net, spec, 2, 'cpu', precision='bf16')
+
+
+# ----------------------------------------------------------------------------------------------
+# --max-memory auto (README, Upscaling: half the free GPU memory on CUDA, else a quarter of the available RAM,
+# at most 1 GiB)
+# ----------------------------------------------------------------------------------------------
+
+
+def fake_meminfo(monkeypatch, available_kib):
+    """/proc/meminfo as inference reads it, with MemAvailable = available_kib (None: the file cannot be read)."""
+    import io
+
+    def fake_open(path, *args, **kwargs):
+        if path != '/proc/meminfo':
+            return open(path, *args, **kwargs)
+        if available_kib is None:
+            raise FileNotFoundError(2, 'No such file or directory', path)
+        return io.StringIO(f"MemTotal:       99999999 kB\nMemFree:          123456 kB\n"
+                           f"MemAvailable:   {available_kib:8d} kB\nBuffers:           1000 kB\n")
+    monkeypatch.setattr(inference, 'open', fake_open, raising=False)
+
+
+@pytest.mark.parametrize('available_gib, budget', [(2, 2 ** 29), (3.5, 7 * 2 ** 27), (4, 2 ** 30), (64, 2 ** 30)])
+def test_auto_memory_budget_is_a_quarter_of_available_ram_at_most_1_gib(monkeypatch, available_gib, budget):
+    fake_meminfo(monkeypatch, int(available_gib * 2 ** 20))
+    assert inference.auto_memory_budget('cpu') == budget
+
+
+def test_auto_memory_budget_without_proc_meminfo(monkeypatch):
+    fake_meminfo(monkeypatch, None)
+    pages = {'SC_AVPHYS_PAGES': 2 ** 18, 'SC_PAGE_SIZE': 4096}  # 1 GiB available
+    monkeypatch.setattr(os, 'sysconf', lambda name: pages[name])
+    assert inference.auto_memory_budget('cpu') == 2 ** 28
+    monkeypatch.setattr(os, 'sysconf', lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert inference.auto_memory_budget('cpu') == 2 ** 30  # nothing known: 4 GiB assumed, a quarter of it
+
+
+def test_auto_memory_budget_on_cuda_is_half_the_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device: (6 * 2 ** 30 + 2, 80 * 2 ** 30))
+    assert inference.auto_memory_budget('cuda') == 3 * 2 ** 30 + 1  # no 1 GiB cap on a GPU
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/meminfo'), reason='no /proc/meminfo on this OS')
+def test_auto_memory_budget_of_this_machine():
+    with open('/proc/meminfo') as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    assert 0 < inference.auto_memory_budget('cpu') <= min(2 ** 30, available // 4 + 2 ** 26)  # RAM moves a little
