@@ -22,12 +22,16 @@ import inference
 import models
 import training
 from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate, autocast, convert_image,
-                   get_rng_state, keep_freed_memory, load_checkpoint, make_parser, positive_int, run_cli,
-                   seed_everything, set_determinism, strip_prefixes, unwrap_model)
+                   get_rng_state, given_flags, keep_freed_memory, load_checkpoint, make_parser, odd_positive_int,
+                   positive_int, run_cli, seed_everything, set_determinism, strip_prefixes, unwrap_model)
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
                     rot90=False, patches_per_image=1)
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
+# What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint); the
+# generator's configuration comes from the checkpoint's generator_config.
+RESUMED_FLAGS = training.RESUMED_FLAGS + ('kernel_size_d', 'n_channels_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i',
+                                          'vgg19_j', 'beta', 'update_order')
 
 
 def build_parser():
@@ -37,9 +41,9 @@ def build_parser():
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
                         "'none': a random generator)")
-    g.add_argument('--large-kernel-size', type=positive_int, help='generator first/last kernel (default: the '
+    g.add_argument('--large-kernel-size', type=odd_positive_int, help='generator first/last kernel (default: the '
                    "SRResNet checkpoint's, else 9)")
-    g.add_argument('--small-kernel-size', type=positive_int,
+    g.add_argument('--small-kernel-size', type=odd_positive_int,
                    help='generator inner kernel (default: checkpoint, else 3)')
     g.add_argument('--n-channels', type=positive_int, help='generator channels (default: checkpoint, else 64)')
     g.add_argument('--n-blocks', type=positive_int, help='generator residual blocks (default: checkpoint, else 16)')
@@ -60,6 +64,15 @@ def build_parser():
 def resolve_args(parser, argv=None):
     """Parse flags; the generator's configuration defaults to the warm-start SRResNet's."""
     args = parser.parse_args(argv)
+    resumed = None
+    if args.resume:  # a resumed run continues with the settings of its checkpoint
+        path = os.path.join(args.results_dir, 'checkpoint_srgan.pth') if args.resume == 'auto' else args.resume
+        resumed = load_checkpoint(path)
+        training.settings_from_checkpoint(resumed, path, args, given_flags(parser, argv), RESUMED_FLAGS)
+    try:
+        models.check_vgg19_layer(args.vgg19_i, args.vgg19_j)
+    except ValueError as e:
+        parser.error(f"--vgg19-i {args.vgg19_i} --vgg19-j {args.vgg19_j}: {e}")
     for key, value in SRGAN_RECIPE.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -74,7 +87,9 @@ def resolve_args(parser, argv=None):
     given = {k: getattr(args, k) for k in GENERATOR_FLAGS + ('scale',) if getattr(args, k) is not None}
     given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
     config = models.model_config('srresnet', 4, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16)
-    if args.srresnet_checkpoint.lower() != 'none' and not args.resume:
+    if resumed is not None and isinstance(resumed.get('generator_config'), dict):
+        config = dict(resumed['generator_config'])  # flags given now that differ are refused by load_resume
+    elif args.srresnet_checkpoint.lower() != 'none' and not args.resume:
         path = args.srresnet_checkpoint
         if not os.path.isfile(path):
             raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
@@ -212,6 +227,8 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
     if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
         raise UserError(f"{path} is not an SRGAN checkpoint")
     training.check_resume_compatible('srgan', ckpt.get('generator_config'), 'srgan', args.generator_config, path)
+    training.check_resume_compatible('srgan', ckpt.get('discriminator_config'), 'srgan', args.discriminator_config,
+                                     path)
     if 'optimizer_d' not in ckpt:
         raise UserError(f"{path} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
                         f"resumed exactly; start a new run from its generator instead")
@@ -224,8 +241,8 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
 
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
-    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout,
-                               max_steps=args.max_steps) as ctx:
+    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout, max_steps=args.max_steps,
+                               checkpoint=args.checkpoint_path, resume=args.resume, restart=args.restart) as ctx:
         speed = training.speed_of(args, ctx.device)
         if not speed.faithful:
             keep_freed_memory()
