@@ -472,8 +472,10 @@ class TrainContext:
         *values, stop = packed.tolist()  # the one host sync of the step
         for name, value in zip(names, values):
             if not math.isfinite(value):
+                kept = (f"so {checkpoint_path} still holds the last good state" if os.path.exists(checkpoint_path)
+                        else "and this run had saved nothing yet")
                 raise UserError(f"{name} loss became {value} at epoch {epoch}, step {step}; stopped without saving, "
-                                f"so {checkpoint_path} still holds the last good state (try a lower --lr or --amp off)")
+                                f"{kept} (try a lower --lr or --amp off)")
         values = dict(zip(names, values))
 
         def write(writer):
