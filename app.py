@@ -47,7 +47,7 @@ from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, is_out_of_memor
 BICUBIC = 'bicubic'
 SHIPPED = ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth')  # listed first; the first one found is the default
 SCALES = (2, 3, 4, 8)
-PRECISIONS = ('fp32', 'bf16', 'fp16')
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 PREVIEW_MAX_SIDE = 2048  # the slider's images are scaled down to this; the downloads are full size
 MODEL_CACHE_SIZE = 4  # loaded checkpoints kept in memory
 QUEUE_SIZE = 20  # jobs waiting in gradio's queue before new ones are refused
@@ -286,7 +286,7 @@ class SRService:
         for older in os.listdir(self.session_folder(session)):  # the results this session showed before
             if older != os.path.basename(folder):
                 shutil.rmtree(os.path.join(self.session_folder(session), older), ignore_errors=True)
-        options = '' if upscaler is None else f", {precision}" + (', self-ensemble' if self_ensemble else '')
+        options = '' if upscaler is None else f", {upscaler.precision}" + (', self-ensemble' if self_ensemble else '')
         lines = [f"{len(results)} image(s) with {label} x{scale}{options} on {self.settings.device} in "
                  f"{seconds:.2f} s"]
         lines += [f"{r.name}: {r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]} in {r.seconds:.2f} s"
@@ -416,7 +416,7 @@ def build_app(service, default_model):
                 info = gr.Markdown(elem_id='model-info')
                 with gr.Row():
                     scale = gr.Dropdown(list(SCALES), value=4, label='Scale', elem_id='scale')
-                    precision = gr.Dropdown(list(PRECISIONS), value='fp32', label='Precision', elem_id='precision')
+                    precision = gr.Dropdown(list(PRECISIONS), value='auto', label='Precision', elem_id='precision')
                 with gr.Row():
                     memory = gr.Textbox('auto', label="Memory budget (e.g. 512MB; 'auto')", elem_id='memory')
                     ensemble = gr.Checkbox(False, label='Self-ensemble (8x slower)', elem_id='ensemble')

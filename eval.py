@@ -1,4 +1,4 @@
-"""Evaluate a super-resolution checkpoint, or the bicubic baseline, on test sets: PSNR / SSIM on luma.
+"""Evaluate a super-resolution checkpoint, or the bicubic baseline, on test sets: PSNR / SSIM on luma, LPIPS on RGB.
 
     python eval.py                                   # results/checkpoint_srresnet.pth on Set5, Set14, BSD100
     python eval.py --checkpoint results/checkpoint_srgan.pth --device cuda
@@ -8,6 +8,9 @@
     python eval.py --convert-legacy OLD.pth NEW.pth  # the tutorial's pickled checkpoints (trusted files only)
     python eval.py --checkpoint edsr_baseline_x2-1bc95232.pt --test-folders data/Set5 --protocol standard
     python eval.py --checkpoint EDSR_Lx4_f256b32_DIV2K_official-76ee1c8f.pth --res-scale 0.1 --datasets Set5
+    python eval.py --checkpoint results/checkpoint_srgan.pth --metrics psnr ssim lpips     # + LPIPS (AlexNet)
+    python eval.py --arch bicubic --metrics psnr ssim lpips --lpips-net vgg --lpips-backbone-weights vgg16.pth
+    python eval.py --checkpoint results/checkpoint_srresnet.pth --weights raw    # not the EMA weights it holds
 
 The checkpoint says which network to rebuild (any architecture of models.ARCHS, SRGAN generators, the
 tutorial's own checkpoints holding only 'model' or 'generator', safetensors files written by export.py, and
@@ -29,6 +32,24 @@ Baselines (no checkpoint): --arch bicubic is the papers' bicubic row, computed o
 (Y of the HR, imresize by 1/scale then by scale, rounded once at the end); --arch bicubic-rgb upscales the
 same uint8 RGB LR the models get, like for like with RGB models. In the tutorial protocol both are the PIL
 bicubic upscale of the PIL LR. Baselines always run on the CPU in float64, whatever --device says.
+
+Models run in fp32, whatever the CPU: a reported PSNR is a reference number, and bf16 autocast moved Set5's by
+-0.024 dB (shipped ESPCN; benchmarks/bench_precision.py), more than the 0.01 dB it may move (test.py's
+--precision auto may use bf16: its images stay within 50 dB of fp32's).
+
+--metrics (default psnr ssim) picks the columns; lpips adds LPIPS v0.1 of the lpips package (AlexNet, or VGG16
+with --lpips-net vgg; lower is better) in the standard protocol only: computed on RGB in [-1, 1] (what lpips
+expects) from the standard protocol's uint8 SR image and the mod-cropped HR, with the same `scale`-pixel border
+removed as for PSNR/SSIM (all three measure the same pixels), in float32, on --device. For --arch bicubic the
+RGB SR image is the same float64 bicubic on RGB, rounded once. Its backbone's ImageNet weights come from
+torchvision's weights API (the torch hub cache: torchvision downloads them there once when online) or
+--lpips-backbone-weights PATH; without either, one line says both ways (exit code 2). Its linear layers ship
+inside the lpips package.
+
+Weights: a checkpoint that holds an exponential moving average of its weights (the trainers' --ema-decay:
+'model_ema' / 'generator_ema'; BasicSR's 'params_ema') is evaluated with it, as the trainer validated it;
+--weights raw evaluates the trained weights, --weights ema insists on the average. Which was used is printed as a
+'note:' line and written in the report.
 
 Metrics are averaged per image, then per dataset. ms/image is the mean time of one forward pass (model
 or bicubic upscale of one image in one protocol, with the LR's move to the device), without data loading,
@@ -58,11 +79,14 @@ import datasets
 import inference
 import models
 from utils import (ImageTransforms, UserError, atomic_write_many, check_output_folder, convert_image, dataset_name,
-                   gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, make_parser, modcrop,
-                   pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim, timer,
+                   gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance, make_parser,
+                   modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim, timer,
                    tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
+METRICS = ('psnr', 'ssim', 'lpips')
+DEFAULT_METRICS = ('psnr', 'ssim')
+PROTOCOL_METRICS = {'standard': METRICS, 'tutorial': ('psnr', 'ssim')}  # LPIPS: on the standard protocol's images
 BASELINES = ('bicubic', 'bicubic-rgb')
 SCALES = (2, 3, 4, 8)
 DEFAULT_CHECKPOINT = os.path.join('results', 'checkpoint_srresnet.pth')
@@ -77,6 +101,8 @@ PROTOCOL_TEXT = {
     'tutorial': "tutorial's eval.py: centre crop, PIL-bicubic LR, unrounded Y with a 4-px border, "
                 "scikit-image default PSNR/SSIM (7x7 uniform window)",
 }
+LPIPS_TEXT = ("LPIPS v{version} ({net}; lower is better) on RGB in [-1, 1] of the standard protocol's uint8 SR and "
+              "mod-cropped HR, border = scale removed (the pixels PSNR/SSIM measure)")
 
 
 def build_parser():
@@ -94,6 +120,15 @@ def build_parser():
                              f"(default: {' '.join(DEFAULT_DATASETS)})")
     parser.add_argument('--test-folders', nargs='+', metavar='DIR',
                         help='evaluate these image folders directly instead of the data lists')
+    parser.add_argument('--metrics', nargs='+', choices=METRICS, default=list(DEFAULT_METRICS),
+                        help="lpips: the perceptual distance of the lpips package (lower is better), in the standard "
+                             "protocol only; it needs ImageNet weights of its backbone (--lpips-backbone-weights)")
+    parser.add_argument('--lpips-net', choices=tuple(models.LPIPS_BACKBONES),
+                        help="LPIPS's backbone: alex (AlexNet, the default: the lpips authors' choice for a metric) "
+                             "or vgg (VGG16)")
+    parser.add_argument('--lpips-backbone-weights', metavar='PATH',
+                        help="a torchvision AlexNet / VGG16 state_dict file for --lpips-net (default: torchvision's "
+                             "ImageNet weights from the torch hub cache)")
     parser.add_argument('--results-dir', default='results', help='where the reports go')
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
@@ -101,6 +136,7 @@ def build_parser():
                         help="convert a tutorial checkpoint holding pickled models (UNPICKLES it: trusted files "
                              "only) into this suite's format, then exit")
     inference.add_assumption_args(parser)
+    inference.add_weights_arg(parser)
     return parser
 
 
@@ -118,7 +154,16 @@ def resolve_args(parser, argv=None):
         args.checkpoint = DEFAULT_CHECKPOINT
     if baseline and args.scale is None:
         args.scale = 4
-    args.protocols = PROTOCOLS if args.protocol == 'both' else (args.protocol,)
+    if baseline and args.weights:
+        parser.error(f"--weights picks a checkpoint's weights: --arch {args.arch} has none")
+    args.metrics = tuple(m for m in METRICS if m in args.metrics)  # the table's order, each once
+    if (args.lpips_net or args.lpips_backbone_weights) and 'lpips' not in args.metrics:
+        parser.error("--lpips-net and --lpips-backbone-weights are for --metrics ... lpips")
+    args.lpips_net = args.lpips_net or 'alex'
+    if 'lpips' in args.metrics and args.protocol == 'tutorial':
+        parser.error("LPIPS is computed on the standard protocol's images: use --protocol standard or both")
+    protocols = PROTOCOLS if args.protocol == 'both' else (args.protocol,)
+    args.protocols = tuple(p for p in protocols if set(PROTOCOL_METRICS[p]) & set(args.metrics))
     return args
 
 
@@ -169,17 +214,22 @@ class TimedUpscaler:
             return self.upscaler.upscale(lr)
 
 
+def bicubic_float(img, scale, stopwatch=None):
+    """imresize by 1/scale and back by scale in float64 without rounding in between, rounded (and clamped to
+    [0, 255]) at the end. img: (..., H', W') with values in [0, 255], sides multiples of the scale."""
+    with stopwatch or Stopwatch():
+        out = imresize(imresize(img.to(torch.float64), 1. / scale), scale)  # (..., H', W'), float64, unrounded
+    return torch.floor(out.clamp(0, 255) + 0.5)
+
+
 def bicubic_y(hr, scale, stopwatch=None, gray=False):
     """The papers' bicubic baseline on luma. hr: (3, H, W) uint8 RGB (a grey file as R = G = B).
 
-    Y of the mod-cropped HR (rounded, as MATLAB's rgb2ycbcr on uint8; a grey file is its own Y), imresize by
-    1/scale and back by scale in float64 without rounding in between, rounded (and clamped to [0, 255]) at the end.
-    Returns (sr_y, hr_y): float64 (H', W') with integer values.
+    Y of the mod-cropped HR (rounded, as MATLAB's rgb2ycbcr on uint8; a grey file is its own Y), then
+    bicubic_float. Returns (sr_y, hr_y): float64 (H', W') with integer values.
     """
     hr_y = (gray_uint8 if gray else rgb_to_y_uint8)(modcrop(hr, scale))  # (H', W'), float64
-    with stopwatch or Stopwatch():
-        sr_y = imresize(imresize(hr_y, 1. / scale), scale)  # (H', W'), float64, unrounded
-    return torch.floor(sr_y.clamp(0, 255) + 0.5), hr_y
+    return bicubic_float(hr_y, scale, stopwatch), hr_y
 
 
 def pil_bicubic_upscale(lr01, scale):
@@ -191,8 +241,9 @@ def pil_bicubic_upscale(lr01, scale):
 
 
 class Method:
-    """Something to evaluate. standard(hr) -> (sr_y, hr_y) of the standard protocol; tutorial(lr01) -> SR in
-    [-1, 1]; ``stopwatch`` holds the time of the forward passes only."""
+    """Something to evaluate. standard(hr, gray, rgb) -> (sr_y, hr_y, sr_rgb) of the standard protocol (sr_rgb: the
+    (3, H', W') uint8 SR image, for LPIPS; with rgb=False it may be None); tutorial(lr01) -> SR in [-1, 1];
+    ``stopwatch`` holds the time of the forward passes only."""
 
     label = arch = source = None
     notes = ()
@@ -215,12 +266,14 @@ class BicubicMethod(Method):
         super().__init__(scale, 'cpu')
         self.label = self.arch = arch
 
-    def standard(self, hr, gray=False):
+    def standard(self, hr, gray=False, rgb=False):
+        """bicubic: its SR image for LPIPS is the same computation on RGB (float64, rounded once), untimed."""
         if self.arch == 'bicubic':
-            return bicubic_y(hr.to(self.device), self.scale, self.stopwatch, gray)
+            sr_y, hr_y = bicubic_y(hr.to(self.device), self.scale, self.stopwatch, gray)
+            sr_rgb = bicubic_float(modcrop(hr, self.scale), self.scale).to(torch.uint8) if rgb else None
+            return sr_y, hr_y, sr_rgb  # sr_rgb: (3, H', W') uint8 or None
         upscaler = TimedUpscaler(BicubicUpscaler(self.scale, self.device), self.stopwatch)
-        sr_y, hr_y, _ = inference.standard_protocol(upscaler, hr, self.scale, gray)
-        return sr_y, hr_y
+        return inference.standard_protocol(upscaler, hr, self.scale, gray)
 
     def tutorial(self, lr01):
         with self.stopwatch:
@@ -232,10 +285,11 @@ class ModelMethod(Method):
 
     min_lr_size = 2  # inference.Upscaler.min_input_size()
 
-    def __init__(self, model, arch, config, checkpoint, device, spec=None, source=None, notes=()):
+    def __init__(self, model, arch, config, checkpoint, device, spec=None, source=None, notes=(), selected=None):
         super().__init__(config['scaling_factor'], device)
         self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
         self.spec, self.source, self.notes = spec or models.ARCHS[arch], source, list(notes)
+        self.selected = selected  # 'ema' / 'raw' when the checkpoint holds both (inference.CheckpointInfo)
         self.upscaler = inference.Upscaler(model, self.spec, self.scale, device, name=checkpoint)
         self.label = report_name(checkpoint, arch)
 
@@ -244,10 +298,8 @@ class ModelMethod(Method):
         if self.device.type != 'cpu':
             self.upscaler.upscale(torch.rand(1, 3, 16, 16, device=self.device))
 
-    def standard(self, hr, gray=False):
-        sr_y, hr_y, _ = inference.standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale,
-                                                    gray)
-        return sr_y, hr_y
+    def standard(self, hr, gray=False, rgb=False):
+        return inference.standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale, gray)
 
     @torch.no_grad()
     def tutorial(self, lr01):
@@ -266,12 +318,23 @@ def load_method(args, device):
     if args.arch in BASELINES:
         return BicubicMethod(args.arch, args.scale, device)
     loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range)
+                                     rgb_range=args.rgb_range, weights=args.weights)
     named = 'srresnet' if args.arch == 'srgan' else args.arch  # an SRGAN generator is an SRResNet
     if named is not None and named != loaded.arch:
         raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {loaded.arch} model")
     return ModelMethod(loaded.model, loaded.arch, loaded.config, args.checkpoint, device, loaded.spec, loaded.source,
-                       loaded.notes)
+                       loaded.notes, loaded.selected)
+
+
+def load_lpips(args, device):
+    """The LPIPS network for --metrics lpips on ``device`` (None without it); UserError of one line when the
+    backbone's weights are missing (naming the torch hub cache file and --lpips-backbone-weights)."""
+    if 'lpips' not in args.metrics:
+        return None
+    try:
+        return models.build_lpips(args.lpips_net, args.lpips_backbone_weights or 'imagenet').to(device)
+    except models.BackboneWeightsError as e:
+        raise UserError(str(e)) from None
 
 
 def report_name(checkpoint, arch):
@@ -307,40 +370,51 @@ def resolve_test_sets(args):
     return sets
 
 
-def min_side(scale, protocols, min_lr_size=1):
-    """Smallest image side (after cropping to a multiple of the scale) the protocols can measure."""
+def min_side(scale, protocols, min_lr_size=1, metrics=DEFAULT_METRICS, lpips_net='alex'):
+    """Smallest image side (after cropping to a multiple of the scale) the protocols and metrics can measure."""
     need = [min_lr_size * scale]
-    if 'standard' in protocols:
+    if 'standard' in protocols and 'ssim' in metrics:
         need.append(SSIM_WINDOW + 2 * scale)  # SSIM window after removing `scale` pixels per side
+    if 'standard' in protocols and 'lpips' in metrics:
+        need.append(models.LPIPS_MIN_SIDE[lpips_net] + 2 * scale)  # the backbone's input, same border
     if 'tutorial' in protocols:
         need.append(SKIMAGE_WINDOW + 2 * TUTORIAL_BORDER)
     return max(need)
 
 
-def check_size(path, img, scale, protocols, min_lr_size=1):
+def check_size(path, img, scale, protocols, min_lr_size=1, metrics=DEFAULT_METRICS, lpips_net='alex'):
     """UserError when ``img`` (PIL) is too small to be evaluated at ``scale``."""
-    need = min_side(scale, protocols, min_lr_size)
+    need = min_side(scale, protocols, min_lr_size, metrics, lpips_net)
     w, h = img.width - img.width % scale, img.height - img.height % scale
     if min(w, h) < need:
         raise UserError(f"{path}: {img.width}x{img.height} is too small for x{scale} "
                         f"(needs at least {need} px per side after cropping to a multiple of {scale})")
 
 
-def evaluate_image(method, img, protocols, gray=False):
-    """Metrics of one PIL RGB image: {'standard_psnr': ..., 'standard_ssim': ..., 'tutorial_psnr': ..., ...}.
+def evaluate_image(method, img, protocols, gray=False, metrics=DEFAULT_METRICS, lpips_net=None):
+    """Metrics of one PIL RGB image: {'standard_psnr': ..., 'standard_ssim': ..., 'standard_lpips': ...,
+    'tutorial_psnr': ..., ...}, those of ``metrics`` that each protocol has (PROTOCOL_METRICS).
 
     gray: the file stored one grey channel, which is then its own Y in the standard protocol (as the papers'
-    MATLAB scripts); the tutorial protocol always uses the RGB formula, as the tutorial does."""
+    MATLAB scripts); the tutorial protocol always uses the RGB formula, as the tutorial does. lpips_net: the
+    LPIPS network (load_lpips) for 'lpips', computed on RGB: the standard protocol's uint8 SR image and the
+    mod-cropped HR (a grey file's R = G = B), with the same `scale`-pixel border removed as for PSNR/SSIM."""
     row, scale = {}, method.scale
     if 'standard' in protocols:
-        sr_y, hr_y = method.standard(pil_to_tensor(img), gray)  # (H', W') float64 luma, integer values
-        row['standard_psnr'] = psnr(sr_y, hr_y, border=scale)
-        row['standard_ssim'] = ssim(sr_y, hr_y, border=scale)
+        hr = pil_to_tensor(img)  # (3, H, W) uint8
+        sr_y, hr_y, sr_rgb = method.standard(hr, gray, rgb='lpips' in metrics)  # (H', W') float64 luma
+        if 'psnr' in metrics:
+            row['standard_psnr'] = psnr(sr_y, hr_y, border=scale)
+        if 'ssim' in metrics:
+            row['standard_ssim'] = ssim(sr_y, hr_y, border=scale)
+        if 'lpips' in metrics:
+            row['standard_lpips'] = lpips_distance(lpips_net, sr_rgb, modcrop(hr, scale), border=scale)
     if 'tutorial' in protocols:
         transform = ImageTransforms('test', 0, scale, lr_img_type='[0, 1]', hr_img_type='[-1, 1]', downsample='pil')
         lr01, hr = transform(img)  # (3, h, w) in [0, 1]; (3, s*h, s*w) in [-1, 1]
         sr = method.tutorial(lr01)  # (3, s*h, s*w) in [-1, 1]
-        row['tutorial_psnr'], row['tutorial_ssim'] = tutorial_metrics(sr, hr)
+        values = dict(zip(('psnr', 'ssim'), tutorial_metrics(sr, hr)))
+        row.update({f'tutorial_{m}': values[m] for m in metrics if m in values})
     return row
 
 
@@ -349,23 +423,24 @@ def mean(values):
     return sum(values) / len(values)
 
 
-def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=None):
+def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=None, metrics=DEFAULT_METRICS,
+                     lpips_net=None, lpips_backbone='alex'):
     """Evaluate every image; returns {'name', 'source', 'images', <metric>: mean, 'ms_per_image', 'per_image'}.
-    max_pixels: the decompression-bomb limit (default PIL's)."""
+    max_pixels: the decompression-bomb limit (default PIL's); lpips_net (its backbone name lpips_backbone): the
+    LPIPS network for 'lpips' in metrics (load_lpips)."""
     per_image = []
     for path in paths:
         img = load_image(path, max_pixels=max_pixels)
-        check_size(path, img, method.scale, protocols, method.min_lr_size)
+        check_size(path, img, method.scale, protocols, method.min_lr_size, metrics, lpips_backbone)
         before = method.stopwatch.seconds
-        row = evaluate_image(method, img, protocols, gray=is_grayscale_file(path))
+        row = evaluate_image(method, img, protocols, gray=is_grayscale_file(path), metrics=metrics,
+                             lpips_net=lpips_net)
         ms = 1000. * (method.stopwatch.seconds - before) / len(protocols)
         per_image.append({'image': os.path.basename(path), 'width': img.width, 'height': img.height, **row,
                           'ms': ms})
     summary = {'name': name, 'source': source, 'images': len(per_image)}
-    for protocol in protocols:
-        for metric in ('psnr', 'ssim'):
-            key = f"{protocol}_{metric}"
-            summary[key] = mean(r[key] for r in per_image)
+    for key in table_columns(protocols, metrics):
+        summary[key] = mean(r[key] for r in per_image)
     summary['ms_per_image'] = mean(r['ms'] for r in per_image)
     summary['per_image'] = per_image
     return summary
@@ -376,29 +451,30 @@ def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=Non
 # ----------------------------------------------------------------------------------------------
 
 
-def table_columns(protocols):
-    return [f"{p}_{m}" for p in protocols for m in ('psnr', 'ssim')]
+def table_columns(protocols, metrics=DEFAULT_METRICS):
+    """Summary keys ('standard_psnr', ...): per protocol, the metrics of ``metrics`` it has, PSNR, SSIM, LPIPS."""
+    return [f"{p}_{m}" for p in protocols for m in METRICS if m in metrics and m in PROTOCOL_METRICS[p]]
 
 
 def fmt(key, value):
-    """PSNR with 2 decimals, SSIM with 4, as the papers quote them."""
+    """PSNR with 2 decimals, SSIM and LPIPS with 4, as the papers quote them."""
     return f"{value:.2f}" if key.endswith('psnr') else f"{value:.4f}"
 
 
 def column_title(key):
     protocol, metric = key.split('_')
-    return f"{protocol} {metric.upper()}"
+    return f"{protocol} {metric.upper()}" + (' (lower is better)' if metric == 'lpips' else '')
 
 
-def format_row(result, protocols):
-    return [result['name'], str(result['images'])] + [fmt(k, result[k]) for k in table_columns(protocols)] + \
-        [f"{result['ms_per_image']:.1f}"]
+def format_row(result, protocols, metrics=DEFAULT_METRICS):
+    return [result['name'], str(result['images'])] + [fmt(k, result[k]) for k in table_columns(protocols, metrics)] \
+        + [f"{result['ms_per_image']:.1f}"]
 
 
-def console_table(results, protocols):
-    """Plain-text table: dataset, images, PSNR/SSIM per protocol, ms/image."""
-    header = ['dataset', 'images'] + [column_title(k) for k in table_columns(protocols)] + ['ms/image']
-    rows = [header] + [format_row(r, protocols) for r in results]
+def console_table(results, protocols, metrics=DEFAULT_METRICS):
+    """Plain-text table: dataset, images, PSNR/SSIM(/LPIPS) per protocol, ms/image."""
+    header = ['dataset', 'images'] + [column_title(k) for k in table_columns(protocols, metrics)] + ['ms/image']
+    rows = [header] + [format_row(r, protocols, metrics) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ['  '.join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -411,20 +487,24 @@ def describe(meta):
 
 
 def markdown_report(meta, results):
-    protocols = meta['protocols']
-    header = ['dataset', 'images'] + [column_title(k) for k in table_columns(protocols)] + ['ms/image']
+    protocols, metrics = meta['protocols'], meta['metrics']
+    header = ['dataset', 'images'] + [column_title(k) for k in table_columns(protocols, metrics)] + ['ms/image']
     lines = [f"# Evaluation: {meta['name']} x{meta['scale']}", '',
              f"- model: {meta['model']}" + (f" (checkpoint `{meta['checkpoint']}`)" if meta['checkpoint'] else ''),
              f"- scale: x{meta['scale']}",
              f"- protocol(s): {', '.join(protocols)}"]
     if meta.get('weights'):
-        lines.append(f"- weights: {meta['weights']}")
+        lines.append(f"- weights: {meta['weights']}" + (f" ({meta['weights_selected']} weights)"
+                                                         if meta.get('weights_selected') else ''))
     lines += [f"  - {note}" for note in meta.get('notes') or ()]
     lines += [f"  - {p}: {PROTOCOL_TEXT[p]}" for p in protocols]
     lines += [f"- device: {meta['device']}", f"- date: {meta['date']}",
-              "- PSNR (dB) and SSIM on luma, averaged per image; ms/image: model time of one forward pass", '',
-              '| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
-    lines += ['| ' + ' | '.join(format_row(r, protocols)) + ' |' for r in results]
+              "- PSNR (dB) and SSIM on luma, averaged per image; ms/image: model time of one forward pass"]
+    if meta.get('lpips'):
+        lines.append(f"- {meta['lpips']['definition']}; averaged per image; backbone weights: "
+                     f"{meta['lpips']['backbone_weights']}")
+    lines += ['', '| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
+    lines += ['| ' + ' | '.join(format_row(r, protocols, metrics)) + ' |' for r in results]
     return '\n'.join(lines) + '\n'
 
 
@@ -444,15 +524,28 @@ def csv_report(meta, results):
     """One row per image and protocol, each naming the model, checkpoint, scale and date."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator='\n')
-    writer.writerow(['dataset', 'image', 'width', 'height', 'protocol', 'psnr', 'ssim', 'model_ms', 'scale',
+    metrics = [m for m in METRICS if m in meta['metrics']]
+    writer.writerow(['dataset', 'image', 'width', 'height', 'protocol', *metrics, 'model_ms', 'scale',
                      'model', 'checkpoint', 'date'])
     for r in results:
         for row in r['per_image']:
-            for p in meta['protocols']:
-                writer.writerow([r['name'], row['image'], row['width'], row['height'], p,
-                                 f"{row[p + '_psnr']:.6f}", f"{row[p + '_ssim']:.6f}", f"{row['ms']:.3f}",
-                                 meta['scale'], meta['model'], meta['checkpoint'] or '', meta['date']])
+            for p in meta['protocols']:  # a metric the protocol does not have (tutorial LPIPS) stays empty
+                values = [f"{row[f'{p}_{m}']:.6f}" if f'{p}_{m}' in row else '' for m in metrics]
+                writer.writerow([r['name'], row['image'], row['width'], row['height'], p, *values,
+                                 f"{row['ms']:.3f}", meta['scale'], meta['model'], meta['checkpoint'] or '',
+                                 meta['date']])
     return buf.getvalue()
+
+
+def lpips_meta(args):
+    """What the report says about LPIPS (None without it)."""
+    if 'lpips' not in args.metrics:
+        return None
+    return {'net': args.lpips_net, 'version': models.LPIPS_VERSION, 'better': 'lower',
+            'backbone_weights': args.lpips_backbone_weights or "torchvision's ImageNet weights (torch hub cache)",
+            'definition': LPIPS_TEXT.format(version=models.LPIPS_VERSION, net=args.lpips_net)
+            + ("; bicubic's RGB SR image: the same float64 bicubic on RGB, rounded once" if args.arch == 'bicubic'
+               else '')}
 
 
 def report_paths(results_dir, name, scale):
@@ -496,20 +589,24 @@ def main(argv=None):
     check_output_folder(args.results_dir, '--results-dir')
     device = pick_device(args.device)
     test_sets = resolve_test_sets(args)
+    lpips_net = load_lpips(args, device)
     method = load_method(args, device)
     meta = {'name': method.label, 'model': method.arch, 'checkpoint': getattr(method, 'checkpoint', None),
-            'scale': method.scale, 'protocols': list(args.protocols), 'device': str(method.device),
-            'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-            'weights': method.source, 'notes': list(method.notes)}
-    print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(args.protocols)}", flush=True)
+            'scale': method.scale, 'protocols': list(args.protocols), 'metrics': list(args.metrics),
+            'device': str(method.device), 'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+            'weights': method.source, 'weights_selected': getattr(method, 'selected', None),
+            'notes': list(method.notes), 'lpips': lpips_meta(args)}
+    print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(args.protocols)}; metrics: {', '.join(args.metrics)}",
+          flush=True)
     for note in meta['notes']:
         print(f"note: {note}")
     method.warm_up()
     results = []
     for name, source, paths in test_sets:
         print(f"evaluating {name} ({len(paths)} images)", flush=True)
-        results.append(evaluate_dataset(method, name, paths, args.protocols, source, args.max_image_pixels))
-    print(console_table(results, args.protocols))
+        results.append(evaluate_dataset(method, name, paths, args.protocols, source, args.max_image_pixels,
+                                        args.metrics, lpips_net, args.lpips_net))
+    print(console_table(results, args.protocols, args.metrics))
     paths = write_reports(args.results_dir, meta, results)
     print(f"wrote {paths['md']}, {paths['json']}, {paths['csv']}")
     return 0

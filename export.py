@@ -7,12 +7,15 @@ weights without pickle, or this suite's own checkpoint format.
     python export.py --checkpoint edsr_baseline_x2-1bc95232.pt --format pth --output results/edsr_baseline_x2.pth
     python export.py --checkpoint EDSR_Lx4_f256b32_DIV2K_official-76ee1c8f.pth --res-scale 0.1 --format safetensors
     python export.py --checkpoint RealESRGAN_x4plus.pth --format onnx --overwrite  # spandrel's ESRGAN
+    python export.py --checkpoint results/checkpoint_srgan.pth --format onnx --weights raw  # not its EMA weights
 
 --checkpoint takes whatever eval.py and test.py read (inference.describe_checkpoint): this suite's checkpoints of any
 architecture, SRGAN generators, the tutorial's files, safetensors written here, EDSR-PyTorch's EDSR, the official
 RCAN release, BasicSR's EDSR / RCAN / MSRResNet, and anything spandrel (optional) recognises. What published weights
 do not say (EDSR's res_scale, BasicSR's img_range) follows the official release unless --res-scale / --rgb-range
-say otherwise, and is printed as 'note:' lines.
+say otherwise, and is printed as 'note:' lines. A checkpoint holding an exponential moving average of its weights
+(the trainers' --ema-decay) exports the average, what the trainer validated (a 'note:' line says so; --weights raw
+exports the trained weights); the exported file holds that one set.
 
 --format onnx: one graph, the same for every architecture: input 'lr', float32 (N, 3, H, W), RGB in [0, 1]; output
 'sr', float32 (N, 3, s*H, s*W), RGB in [0, 1], clamped; N, H and W are dynamic (H, W >= 2). The conventions are inside
@@ -77,6 +80,7 @@ def build_parser():
     parser.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,
                         help='ONNX: export the fused network (BatchNorm folded, last conv before the last shuffle)')
     inference.add_assumption_args(parser)
+    inference.add_weights_arg(parser)
     return parser
 
 
@@ -178,7 +182,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = output_path(args.checkpoint, args.format, args.output)
     check_writable(out, args.overwrite)
-    info = inference.read_checkpoint(args.checkpoint, res_scale=args.res_scale, rgb_range=args.rgb_range)
+    info = inference.read_checkpoint(args.checkpoint, res_scale=args.res_scale, rgb_range=args.rgb_range,
+                                     weights=args.weights)
     for note in info.notes:
         print(f"note: {note}")
     scale = int(info.config['scaling_factor'])

@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 import models
-from utils import (FORMAT_VERSION, IMAGE_EXTENSIONS, UserError, atomic_path, autocast, check_precision, convert_image,
-                   gray_uint8, imresize, imresize_up, load_checkpoint, modcrop, parse_memory, psnr, rgb_to_y_uint8,
-                   rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer, to_uint8, ycbcr_to_rgb)
+from utils import (FORMAT_VERSION, IMAGE_EXTENSIONS, UserError, atomic_path, auto_precision, autocast,
+                   check_precision, convert_image, gray_uint8, imresize, imresize_up, load_checkpoint, modcrop,
+                   parse_memory, psnr, rgb_to_y_uint8, rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer, to_uint8,
+                   ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
@@ -69,6 +70,8 @@ EDSR_PAPER_SIZE = (32, 256)  # (n_resblocks, n_feats) of the paper's EDSR: train
 RGB_RANGE = 255  # EDSR-PyTorch's, RCAN's and BasicSR's default value range (BasicSR's img_range)
 # A BasicSR checkpoint ({'params': ..., 'params_ema': ...}) tests with the EMA weights; then other wrappers.
 WRAPPER_KEYS = ('params_ema', 'params-ema', 'params', 'model_state_dict', 'state_dict', 'model', 'net')
+EMA_WRAPPER_KEYS = ('params_ema', 'params-ema')
+WEIGHT_CHOICES = ('ema', 'raw')  # --weights: a checkpoint's exponential moving average, or its trained weights
 
 
 class CheckpointInfo(NamedTuple):
@@ -84,6 +87,9 @@ class CheckpointInfo(NamedTuple):
     source: where the weights come from, in words.
     notes: what was read off the weights and what was assumed, one sentence each (the scripts print them).
     network: the module already built, for spandrel files (building it is how spandrel reads them), else None.
+    selected: 'ema' or 'raw' when the file holds an exponential moving average of the weights (this suite's
+      'model_ema' / 'generator_ema', BasicSR's 'params_ema') and which of them ``state`` is; None when it holds one
+      set of weights only.
     """
     label: str
     arch: str
@@ -93,13 +99,14 @@ class CheckpointInfo(NamedTuple):
     source: str
     notes: tuple = ()
     network: torch.nn.Module = None
+    selected: str = None
 
 
 class LoadedModel(NamedTuple):
     """A network rebuilt from a checkpoint: ``model`` (eval mode, on the device), ``arch`` (a models.ARCHS name,
     'srresnet' also for an SRGAN generator, or spandrel's architecture id), ``config`` (constructor keywords),
     ``label`` (what it is called in file names and reports: 'srgan' for an SRGAN generator, else arch), ``spec``
-    (how to feed it: pass it to Upscaler), ``source`` and ``notes`` (as in CheckpointInfo)."""
+    (how to feed it: pass it to Upscaler), ``source``, ``notes`` and ``selected`` (as in CheckpointInfo)."""
     model: torch.nn.Module
     arch: str
     config: dict
@@ -107,6 +114,7 @@ class LoadedModel(NamedTuple):
     spec: models.ArchSpec = None
     source: str = ''
     notes: tuple = ()
+    selected: str = None
 
 
 def add_assumption_args(parser):
@@ -123,6 +131,31 @@ def add_assumption_args(parser):
     return g
 
 
+def add_weights_arg(parser):
+    """--weights ema|raw (eval.py, test.py, export.py): which weights of a checkpoint that holds both."""
+    parser.add_argument('--weights', choices=WEIGHT_CHOICES,
+                        help="'ema': the exponential moving average of the weights that the trainer kept "
+                             "(--ema-decay; BasicSR's params_ema), which it validates and ships; 'raw': the trained "
+                             "weights themselves. Default: ema when the checkpoint has them, else its one set")
+
+
+def _select_weights(ckpt, key, weights, path):
+    """(state_dict, selected, notes) of ckpt[key] or of its moving average ckpt[key + '_ema'] (this suite's
+    trainers with --ema-decay), after the file's own notes: ``weights`` 'ema', 'raw', or None for the average when
+    there is one. UserError for 'ema' on a checkpoint without one."""
+    ema_key, notes = f'{key}_ema', list(ckpt.get('notes') or ())
+    if not isinstance(ckpt.get(ema_key), dict):
+        if weights == 'ema':
+            raise UserError(f"--weights ema: {path} holds no EMA weights (no {ema_key!r}: trained without "
+                            f"--ema-decay); drop the flag or pass --weights raw")
+        return ckpt[key], None, notes
+    decay = ckpt.get('ema_decay')
+    average = f"{ema_key!r}" + (f", decay {decay:g}" if isinstance(decay, (int, float)) else '')
+    if weights == 'raw':
+        return ckpt[key], 'raw', notes + [f"raw weights ({key!r}), not the file's EMA weights ({average})"]
+    return ckpt[ema_key], 'ema', notes + [f"EMA weights ({average}), not the raw ones ({key!r})"]
+
+
 def _srresnet_config(state, prefix, path):
     """models.infer_srresnet_config as a UserError naming the file."""
     try:
@@ -136,27 +169,35 @@ def _first_keys(state, n=4):
     return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
 
 
-def _unwrap(ckpt, path):
-    """(bare state_dict, note or None): the weights inside a publishing project's wrapper (BasicSR's params_ema
-    before params, then state_dict, model, net...; a dict with one entry), without 'module.' / '_orig_mod.' /
-    'netG.' prefixes. UserError when there are no weights."""
-    state, note = ckpt, None
-    for key in WRAPPER_KEYS:
-        if isinstance(ckpt.get(key), dict):
-            others = [k for k in WRAPPER_KEYS if k != key and isinstance(ckpt.get(k), dict)]
-            note = f"weights from {key!r}" + (f" (also in the file: {', '.join(others)})" if others else '')
-            state = ckpt[key]
-            break
-    else:
-        if len(ckpt) == 1 and isinstance(next(iter(ckpt.values())), dict):
-            state = next(iter(ckpt.values()))
+def _unwrap(ckpt, path, weights=None):
+    """(bare state_dict, note or None, selected): the weights inside a publishing project's wrapper (BasicSR's
+    params_ema before params unless ``weights`` is 'raw', then state_dict, model, net...; a dict with one entry),
+    without 'module.' / '_orig_mod.' / 'netG.' prefixes; ``selected`` as in CheckpointInfo. UserError when there
+    are no weights, or no EMA weights for ``weights`` 'ema'."""
+    state, note, selected = ckpt, None, None
+    present = [k for k in WRAPPER_KEYS if isinstance(ckpt.get(k), dict)]
+    averages = [k for k in present if k in EMA_WRAPPER_KEYS]
+    if weights == 'ema' and not averages:
+        raise UserError(f"--weights ema: {path} holds no EMA weights (no {' / '.join(EMA_WRAPPER_KEYS)}); drop "
+                        f"the flag or pass --weights raw")
+    usable = [k for k in present if not (weights == 'raw' and k in EMA_WRAPPER_KEYS)]
+    if weights == 'raw' and averages and not usable:
+        raise UserError(f"--weights raw: {path} holds only EMA weights ({', '.join(averages)}); drop the flag")
+    if usable:
+        key = usable[0]
+        others = [k for k in present if k != key]
+        note = f"weights from {key!r}" + (f" (also in the file: {', '.join(others)})" if others else '')
+        state = ckpt[key]
+        selected = 'ema' if key in EMA_WRAPPER_KEYS else 'raw' if averages else None
+    elif len(ckpt) == 1 and isinstance(next(iter(ckpt.values())), dict):
+        state = next(iter(ckpt.values()))
     if not state or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path} holds no model weights: not an SR checkpoint (top-level keys: "
                         f"{_first_keys(ckpt, 6)})")
     state = strip_prefixes(state)
     if all(k.startswith('netG.') for k in state):
         state = {k[len('netG.'):]: v for k, v in state.items()}
-    return state, note
+    return state, note, selected
 
 
 def _layout(state):
@@ -418,6 +459,23 @@ def _suite_info(label, arch, config, state, source, notes, path):
     return CheckpointInfo(label, arch, dict(config), state, spec, source, tuple(notes))
 
 
+def _srgan_variant_info(ckpt, path, weights=None):
+    """CheckpointInfo of the generator of an SRGAN run of another variant than the tutorial's (train_srgan.py
+    --variant, recorded as 'variant'): a models.ARCHS architecture of its own, its weights under its own keys (or
+    their moving average, chosen by ``weights`` as for every checkpoint: _select_weights)."""
+    variant = ckpt['variant']
+    arch = models.SRGAN_VARIANT_ARCHS.get(variant)
+    if arch is None:
+        raise UserError(f"{path}: unknown SRGAN variant {variant!r} (this version knows "
+                        f"{', '.join(['tutorial', *models.SRGAN_VARIANT_ARCHS])})")
+    if not ckpt.get('generator_config'):
+        raise UserError(f"{path}: an SRGAN checkpoint of variant {variant!r} without its generator_config")
+    source = ckpt.get('source') or f"this suite (SRGAN generator, variant {variant})"
+    generator, selected, notes = _select_weights(ckpt, 'generator', weights, path)
+    return _suite_info(arch, arch, ckpt['generator_config'], strip_prefixes(generator), source, notes,
+                       path)._replace(selected=selected)
+
+
 def _check_assumptions(info, assume, path):
     """A --res-scale / --rgb-range nobody used must agree with what the file says (or be meaningless for it)."""
     for key, value in assume.items():
@@ -429,13 +487,14 @@ def _check_assumptions(info, assume, path):
                             f"published weights that do not say)")
 
 
-def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None):
+def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None, weights=None):
     """CheckpointInfo of the SR network in a checkpoint of any supported kind (``ckpt``: what utils.load_checkpoint
     read from ``path``, whose format version it checked).
 
     - this suite's checkpoints (any architecture; SRGAN gives its generator, label 'srgan', with the generator's
-      SRResNet weights), also as safetensors, and the tutorial's own SRResNet/SRGAN checkpoints, whose
-      configuration is read off the weights;
+      SRResNet weights, or for another recorded 'variant' its own architecture: 'keras' gives 'srgan_keras'), also
+      as safetensors, and the tutorial's own SRResNet/SRGAN checkpoints, whose configuration is read off the
+      weights;
     - bare state_dicts and BasicSR checkpoints ({'params', 'params_ema'}: EMA preferred), in the layouts of
       EDSR-PyTorch's EDSR / EDSR-baseline, the official RCAN release (the suite's own key names), BasicSR's EDSR,
       RCAN (renamed to the suite's) and MSRResNet (the suite's 'msrresnet'): configuration read off the shapes;
@@ -443,49 +502,62 @@ def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None):
       ``res_scale`` / ``rgb_range`` say otherwise, and is stated in ``notes``;
     - anything else spandrel (optional) recognises, as a spandrel network.
     Anything else is a UserError of one line saying what was seen.
+    ``weights``: 'ema' or 'raw' for a file that holds an exponential moving average of the weights too (this
+    suite's 'model_ema' / 'generator_ema', BasicSR's 'params_ema'), None for the average when there is one; which
+    was used is ``selected`` and a note.
     """
+    if weights not in (None,) + WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {WEIGHT_CHOICES} or None, not {weights!r}")
     assume = {k: v for k, v in (('res_scale', res_scale), ('rgb_range', rgb_range)) if v is not None}
     notes = []
-    if 'generator' in ckpt:
-        state = strip_prefixes(ckpt['generator'])
+    if 'generator' in ckpt and ckpt.get('variant', 'tutorial') != 'tutorial':
+        info = _srgan_variant_info(ckpt, path, weights)
+    elif 'generator' in ckpt:
+        generator, selected, ema_notes = _select_weights(ckpt, 'generator', weights, path)
+        state = strip_prefixes(generator)
         config = ckpt.get('generator_config') or _srresnet_config(state, 'net.', path)
         state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
         source = ckpt.get('source') or ('this suite (SRGAN generator)' if 'generator_config' in ckpt
                                         else "the tutorial's SRGAN generator")
-        info = _suite_info('srgan', 'srresnet', config, state, source, ckpt.get('notes') or (), path)
+        info = _suite_info('srgan', 'srresnet', config, state, source, ema_notes, path)._replace(selected=selected)
     elif ckpt.get('arch') == 'spandrel' and 'model' in ckpt:
         recorded = (ckpt.get('model_config') or {}).get('architecture')
-        info = _spandrel_info(ckpt['model'], path, [], recorded)
-        if ckpt.get('notes'):  # what was noted when the file was first read (its wrapper, say), not noted twice
-            info = info._replace(notes=tuple(ckpt['notes']))
+        model, selected, ema_notes = _select_weights(ckpt, 'model', weights, path)
+        info = _spandrel_info(model, path, [], recorded)._replace(selected=selected)
+        if ema_notes:  # what was noted when the file was first read (its wrapper, say), not noted twice
+            info = info._replace(notes=tuple(ema_notes))
     elif 'model' in ckpt and ('arch' in ckpt or 'model_config' in ckpt or _tutorial_srresnet(ckpt['model'])):
-        state = strip_prefixes(ckpt['model'])
+        model, selected, ema_notes = _select_weights(ckpt, 'model', weights, path)
+        state = strip_prefixes(model)
         arch = ckpt.get('arch', 'srresnet')
         if arch not in models.ARCHS:
             raise UserError(f"{path}: unknown architecture {arch!r}")
         config = ckpt.get('model_config') or _srresnet_config(state, '', path)
         source = ckpt.get('source') or ('this suite' if 'arch' in ckpt else "the tutorial's SRResNet")
-        info = _suite_info(arch, arch, config, state, source, ckpt.get('notes') or (), path)
+        info = _suite_info(arch, arch, config, state, source, ema_notes, path)._replace(selected=selected)
     else:
-        state, wrapper = _unwrap(ckpt, path)
+        state, wrapper, selected = _unwrap(ckpt, path, weights)
         notes += [wrapper] if wrapper else []
         layout = _layout(state)
         if layout == 'srgan':  # a bare Generator state_dict (net.* keys)
             return describe_checkpoint({'generator': state, 'source': "the tutorial's SRGAN generator",
-                                        'notes': notes}, path, res_scale=res_scale, rgb_range=rgb_range)
+                                        'notes': notes}, path, res_scale=res_scale,
+                                       rgb_range=rgb_range)._replace(selected=selected)
         if layout is None:
             info = _spandrel_info(state, path, notes)
         else:
             arch, config, state, source = _published(state, layout, path, assume, notes)
             info = _suite_info(arch, arch, models.model_config(arch, config.pop('scaling_factor'), **config), state,
                                source, notes, path)
+        info = info._replace(selected=selected)
     _check_assumptions(info, assume, path)
     return info
 
 
-def read_checkpoint(path, *, res_scale=None, rgb_range=None):
+def read_checkpoint(path, *, res_scale=None, rgb_range=None, weights=None):
     """describe_checkpoint of the file at ``path`` (read with utils.load_checkpoint: weights_only or safetensors)."""
-    return describe_checkpoint(load_checkpoint(path), path, res_scale=res_scale, rgb_range=rgb_range)
+    return describe_checkpoint(load_checkpoint(path), path, res_scale=res_scale, rgb_range=rgb_range,
+                               weights=weights)
 
 
 def build_network(info, path):
@@ -501,21 +573,22 @@ def build_network(info, path):
     return model.eval()
 
 
-def load_sr_model(path, device='cpu', expect_scale=None, *, res_scale=None, rgb_range=None):
+def load_sr_model(path, device='cpu', expect_scale=None, *, res_scale=None, rgb_range=None, weights=None):
     """Rebuild the SR network recorded in a checkpoint file (any kind describe_checkpoint accepts): a LoadedModel
     (model in eval mode on ``device``).
 
     ``expect_scale`` turns a scale mismatch into a UserError naming both scales; ``res_scale`` and ``rgb_range``
-    set what published weights do not say (see describe_checkpoint).
+    set what published weights do not say; ``weights`` picks the EMA ('ema', the default when the file has them)
+    or the raw weights ('raw'); see describe_checkpoint.
     """
-    info = read_checkpoint(path, res_scale=res_scale, rgb_range=rgb_range)
+    info = read_checkpoint(path, res_scale=res_scale, rgb_range=rgb_range, weights=weights)
     scale = int(info.config['scaling_factor'])
     if expect_scale is not None and int(expect_scale) != scale:
         raise UserError(f"{path} was trained for x{scale}, not x{expect_scale}: pass --scale {scale} "
                         f"or a x{expect_scale} checkpoint")
     model = build_network(info, path)
     return LoadedModel(model.to(device).eval(), info.arch, info.config, info.label, info.spec, info.source,
-                       info.notes)
+                       info.notes, info.selected)
 
 
 def suite_checkpoint(info):
@@ -689,7 +762,8 @@ class Upscaler:
       max_memory: working-memory budget in bytes (or '2GB'): when tile is None and the estimate of a whole-image
         pass (memory_per_pixel() x pixels) exceeds it, the largest tile that fits is chosen. The result buffer
         itself comes on top (4 bytes x 3 x s^2 per LR px for upscale(), 1 byte for upscale_uint8()).
-      precision: 'fp32', 'bf16' (CPU or CUDA) or 'fp16' (CUDA or MPS): autocast around the network only; the
+      precision: 'fp32', 'bf16' (CPU or CUDA) or 'fp16' (CUDA or MPS): autocast around the network only ('auto':
+        utils.auto_precision's pick, with its reason in ``precision_reason``); the
         input and output conversions stay in fp32.
       self_ensemble: average the outputs of the 8 flips/rotations of the input (EDSR's x8 geometric ensemble).
       channels_last: run the network in channels_last memory format (converts ``model`` in place, or the copy
@@ -717,6 +791,9 @@ class Upscaler:
             self.max_memory = parse_memory(max_memory)
         except ValueError as e:
             raise UserError(f"max memory: {e}") from None
+        self.precision_reason = None
+        if precision == 'auto':
+            precision, self.precision_reason = auto_precision(self.device, self.spec.precisions)
         self.precision = check_precision(precision, self.device)
         if self.precision not in self.spec.precisions:
             raise UserError(f"--precision {self.precision}: {self.spec.name} runs in {', '.join(self.spec.precisions)} "

@@ -4,7 +4,9 @@ weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
 EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``), the names
-the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's.
+the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's. Seed 001's Keras
+SRGAN (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator) follows Keras's conventions instead
+(BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
 
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
@@ -15,7 +17,9 @@ import copy
 import dataclasses
 import inspect
 import math
+import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -273,13 +277,57 @@ class Discriminator(nn.Module):
         return self.fc2(output)  # (N, 1) logits
 
 
-class VGGWeightsError(RuntimeError):
-    """The ImageNet VGG19 weights are not available."""
+class BackboneWeightsError(RuntimeError):
+    """The ImageNet weights of a torchvision backbone (VGG19 of the SRGAN loss, AlexNet / VGG16 of LPIPS) are not
+    available."""
 
 
-VGG_WEIGHTS_HELP = ("VGG19 ImageNet weights are not available: connect once to the internet so torchvision "
-                    "downloads them into the torch hub cache (TORCH_HOME, default ~/.cache/torch), or pass "
-                    "--vgg-weights PATH to a vgg19 state_dict file (e.g. vgg19-dcbb9e9d.pth)")
+VGGWeightsError = BackboneWeightsError  # the name train_srgan.py catches
+
+# torchvision's weights enum of each backbone whose ``features`` the suite uses.
+BACKBONE_WEIGHTS = {'vgg19': 'VGG19_Weights', 'vgg16': 'VGG16_Weights', 'alexnet': 'AlexNet_Weights'}
+
+
+def _imagenet_weights(arch):
+    """(torchvision's ImageNet weights entry of ``arch``, the file it is read from in the torch hub cache)."""
+    import torchvision
+    weights = getattr(torchvision.models, BACKBONE_WEIGHTS[arch]).IMAGENET1K_V1
+    return weights, os.path.join(torch.hub.get_dir(), 'checkpoints', weights.url.rsplit('/', 1)[-1])
+
+
+def backbone_help(arch, flag):
+    """One sentence naming both ways to get ``arch``'s ImageNet weights offline: the file in the torch hub cache
+    (where torchvision's weights API reads it, and downloads it to once when online), or ``flag`` PATH."""
+    _, cached = _imagenet_weights(arch)
+    return (f"{arch} ImageNet weights are not available: torchvision reads them from the torch hub cache, "
+            f"{cached} (it downloads them there once when online; TORCH_HOME moves the cache): put that file "
+            f"there, or pass {flag} PATH to a state_dict file of torchvision's {arch}")
+
+
+def backbone_state(arch, weights, flag):
+    """The ``features`` state_dict (keys '0.weight', ...) of torchvision's ``arch`` ('vgg19', 'vgg16', 'alexnet'):
+    ``weights`` = 'imagenet' (torchvision's weights API: read from the torch hub cache, downloaded there once when
+    online) or a path to a state_dict file (a whole torchvision model or ``features.*`` keys); read with
+    weights_only. BackboneWeightsError of one line (naming both ways and ``flag``) when they cannot be had."""
+    if weights == 'imagenet':
+        imagenet, _ = _imagenet_weights(arch)
+        try:  # reads the hub cache; downloads into it once when online (torch.hub says so on stdout)
+            state = imagenet.get_state_dict(progress=True, map_location='cpu', weights_only=True)
+        except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
+            raise BackboneWeightsError(f"{backbone_help(arch, flag)} ({type(e).__name__})") from None
+    else:
+        try:
+            state = torch.load(weights, map_location='cpu', weights_only=True)
+        except FileNotFoundError:
+            raise BackboneWeightsError(f"{flag} {weights}: no such file. {backbone_help(arch, flag)}") from None
+        except Exception as e:
+            raise BackboneWeightsError(f"{flag} {weights}: not a loadable state_dict ({type(e).__name__})") \
+                from None
+        if isinstance(state, dict) and 'state_dict' in state:
+            state = state['state_dict']
+    if not isinstance(state, dict):
+        raise BackboneWeightsError(f"{flag} {weights}: not a state_dict")
+    return {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
 
 
 def _vgg19_features():
@@ -292,30 +340,12 @@ def _vgg19_features():
 def load_vgg19_features(weights='imagenet'):
     """torchvision's vgg19 ``features`` with ``weights`` = 'imagenet' (torchvision weights API, hub cache),
     a path to a vgg19 state_dict (full model or ``features.*`` keys), or 'random' (tests and smoke runs only)."""
-    import torchvision
     features = _vgg19_features()
     if weights == 'random':
         print("WARNING: --vgg-weights random: the VGG content loss uses RANDOM weights. This is for tests and "
               "smoke runs only; an SRGAN trained like this is meaningless.", file=sys.stderr)
         return features
-    if weights == 'imagenet':
-        try:  # downloads into the torch hub cache once, then reads it from there
-            state = torchvision.models.VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as e:  # offline download failure surfaces as URLError, OSError, RuntimeError...
-            raise VGGWeightsError(f"{VGG_WEIGHTS_HELP} ({type(e).__name__})") from None
-    else:
-        try:
-            state = torch.load(weights, map_location='cpu', weights_only=True)
-        except FileNotFoundError:
-            raise VGGWeightsError(f"--vgg-weights {weights}: no such file. {VGG_WEIGHTS_HELP}") from None
-        except Exception as e:
-            raise VGGWeightsError(f"--vgg-weights {weights}: not a loadable state_dict ({type(e).__name__})") \
-                from None
-        if isinstance(state, dict) and 'state_dict' in state:
-            state = state['state_dict']
-    if not isinstance(state, dict):
-        raise VGGWeightsError(f"--vgg-weights {weights}: not a state_dict")
-    state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')} or state
+    state = backbone_state('vgg19', weights, '--vgg-weights')
     try:
         features.load_state_dict(state)
     except RuntimeError as e:
@@ -367,6 +397,57 @@ class TruncatedVGG19(nn.Module):
 
     def forward(self, x):
         return self.truncated_vgg19(x)  # (N, 512, H / 16, W / 16) for i=5
+
+
+# ----------------------------------------------------------------------------------------------
+# LPIPS (eval.py --metrics lpips): the lpips package's network, its weights loaded here so nothing downloads
+# ----------------------------------------------------------------------------------------------
+
+LPIPS_BACKBONES = {'alex': 'alexnet', 'vgg': 'vgg16'}  # lpips's net name -> torchvision backbone
+LPIPS_VERSION = '0.1'  # the lpips package's default and latest linear layers
+# Smallest image side each backbone takes: AlexNet's stride-4 11x11 conv and two 3x3 stride-2 max-pools before
+# its last features need 31 px; VGG16's four 2x2 max-pools need 16.
+LPIPS_MIN_SIDE = {'alex': 31, 'vgg': 16}
+
+
+def build_lpips(net='alex', backbone_weights='imagenet', flag='--lpips-backbone-weights'):
+    """lpips.LPIPS (version 0.1) with the ``net`` backbone ('alex' or 'vgg'), frozen, in eval mode, on the CPU.
+
+    It is built with a random backbone and without its linear layers (so the package downloads nothing), then
+    given the backbone's torchvision ImageNet weights (``backbone_weights``: 'imagenet' for the torch hub cache, or
+    a state_dict file; see backbone_state) and the linear layers shipped inside the lpips package.
+    Input: two RGB images (N, 3, H, W) in [-1, 1], sides >= LPIPS_MIN_SIDE[net]. Output: (N, 1, 1, 1) distances.
+    BackboneWeightsError of one line when weights are missing or do not fit.
+    """
+    import lpips  # here, not at the top: only eval.py --metrics lpips needs it (and it imports torchvision)
+    arch = LPIPS_BACKBONES[net]
+    state = backbone_state(arch, backbone_weights, flag)
+    with warnings.catch_warnings():  # lpips builds torchvision's model with the deprecated pretrained=False
+        warnings.simplefilter('ignore', UserWarning)
+        metric = lpips.LPIPS(net=net, version=LPIPS_VERSION, pretrained=False, pnet_rand=True, verbose=False)
+    lin_path = os.path.join(os.path.dirname(lpips.__file__), 'weights', f'v{LPIPS_VERSION}', f'{net}.pth')
+    try:
+        lin = torch.load(lin_path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise BackboneWeightsError(f"the lpips package's {net} linear layers ({lin_path}) do not load "
+                                   f"({type(e).__name__}): reinstall lpips") from None
+    # lpips keeps torchvision's layer indices inside its slices: net.slice<k>.<i>.<param> is features.<i>.<param>
+    backbone = {key: state.get('.'.join(key.split('.')[2:])) for key in metric.state_dict() if key.startswith('net.')}
+    absent = [key.split('.', 2)[2] for key, value in backbone.items() if value is None]
+    if absent:
+        raise BackboneWeightsError(f"{flag} {backbone_weights}: not a state_dict of torchvision's {arch} "
+                                   f"(no {absent[0]})")
+    try:
+        missing, unexpected = metric.load_state_dict({**backbone, **lin}, strict=False)
+    except RuntimeError as e:
+        raise BackboneWeightsError(f"{flag} {backbone_weights}: not a state_dict of torchvision's {arch} "
+                                   f"({str(e).splitlines()[-1].strip()[:160]})") from None
+    # lins.<k> are the same modules as lin<k>; scaling_layer holds constants
+    left = [k for k in missing if not k.startswith(('lins.', 'scaling_layer.'))]
+    if left or unexpected:
+        raise BackboneWeightsError(f"the lpips package's {net} linear layers ({lin_path}) do not fit its network "
+                                   f"({', '.join(left + unexpected)[:160]}): reinstall lpips")
+    return metric.requires_grad_(False).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -645,6 +726,161 @@ class MSRResNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# Seed 001: the Keras SRGAN (bubbliiiing/srgan-keras, nets/srgan.py), layer for layer in PyTorch terms
+# ----------------------------------------------------------------------------------------------
+
+KERAS_BN_MOMENTUM = 0.5  # the seed's BatchNormalization(momentum=0.5), in Keras's convention
+KERAS_BN_EPSILON = 1e-3  # Keras's default epsilon (PyTorch's is 1e-5)
+KERAS_INIT_STD = 0.02  # the seed's kernel_initializer=random_normal(stddev=0.02)
+
+
+def keras_batch_norm(channels, momentum=KERAS_BN_MOMENTUM):
+    """nn.BatchNorm2d that behaves as Keras's BatchNormalization(momentum=momentum) with its default epsilon 1e-3.
+
+    Keras keeps ``momentum`` of the old statistic (moving = m * moving + (1 - m) * batch); PyTorch's momentum is
+    the weight of the new one (running = (1 - p) * running + p * batch), so p = 1 - m: 0.5 both ways only because
+    the seed's 0.5 is symmetric. (Keras's moving variance takes the batch variance times n / (n - 1 - eps),
+    PyTorch's times n / (n - 1): a relative difference of about 1e-3 / n.)"""
+    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPSILON, momentum=1. - momentum)
+
+
+def keras_normal_(layer, std=KERAS_INIT_STD):
+    """Keras's random_normal(stddev=std) kernel and its default zero bias, in place; returns the layer."""
+    nn.init.normal_(layer.weight, 0., std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def keras_glorot_uniform_(layer):
+    """Keras's default kernel_initializer (glorot_uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)) with fans
+    counted over the kernel's taps, as torch's xavier_uniform_) and its zero bias, in place; returns the layer."""
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def keras_same_padding(size, kernel_size, stride):
+    """(before, after) zero padding of TensorFlow's padding='same' along one axis: the output has ceil(size /
+    stride) samples and the odd pixel of an odd total goes after (bottom/right). A 3x3 stride-2 conv on an even
+    size pads (0, 1): its windows start on even pixels, where PyTorch's padding=1 starts them on odd ones."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
+class KerasSameConv2d(nn.Conv2d):
+    """nn.Conv2d with TensorFlow's padding='same' at any stride and input size (keras_same_padding)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+
+    def forward(self, x):
+        top, bottom = keras_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = keras_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(F.pad(x, (left, right, top, bottom)))  # (N, out, ceil(h / s), ceil(w / s))
+
+
+class DepthToSpace(nn.Module):
+    """TensorFlow's depth_to_space (the seed's SubpixelConv2D) on NCHW tensors: output channel c at sub-position
+    (i, j) of each r x r block is input channel (i * r + j) * C + c (nn.PixelShuffle takes c * r^2 + i * r + j).
+    The same family of networks either way; this order keeps the seed's conv weights where Keras has them."""
+
+    def __init__(self, r):
+        super().__init__()
+        self.r = int(r)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        r = self.r
+        x = x.reshape(n, r, r, c // (r * r), h, w)  # (N, i, j, C, h, w)
+        return x.permute(0, 3, 4, 1, 5, 2).reshape(n, c // (r * r), h * r, w * r)  # (N, C, h*r, w*r)
+
+
+def _keras_prelu(channels):
+    """Keras PReLU(shared_axes=[1, 2]): one slope per channel, shared over height and width, initialised to 0
+    (Keras's alpha_initializer='zeros'; PyTorch's default is 0.25)."""
+    return nn.PReLU(num_parameters=channels, init=0.)
+
+
+class KerasResidualBlock(nn.Module):
+    """The seed's residual_block: conv-BN-PReLU-conv-BN plus the identity."""
+
+    def __init__(self, n_channels=64, kernel_size=3, bn_momentum=KERAS_BN_MOMENTUM):
+        super().__init__()
+        self.body = nn.Sequential(
+            keras_normal_(nn.Conv2d(n_channels, n_channels, kernel_size, padding=kernel_size // 2)),
+            keras_batch_norm(n_channels, bn_momentum), _keras_prelu(n_channels),
+            keras_normal_(nn.Conv2d(n_channels, n_channels, kernel_size, padding=kernel_size // 2)),
+            keras_batch_norm(n_channels, bn_momentum))
+
+    def forward(self, x):
+        return self.body(x) + x  # (N, n_channels, h, w)
+
+
+class KerasSRGANGenerator(nn.Module):
+    """Seed 001's build_generator: 9x9 conv + PReLU, n_blocks residual blocks, conv-BN and the long skip,
+    log2(s) x (conv to 4 * n_channels (the seed's 256), depth_to_space(2), PReLU), a 9x9 conv to RGB with tanh.
+
+    Convolutions stride 1 with odd kernels, so Keras's 'same' is PyTorch's padding=k//2. Every conv kernel
+    N(0, 0.02) except the last, which the seed leaves at Keras's default glorot_uniform; zero biases; BatchNorm as
+    keras_batch_norm; PReLU slopes per channel, from 0. 1,550,659 parameters at the defaults (x4).
+    Input: RGB in [-1, 1] (N, 3, h, w) (the seed's (x / 255 - 0.5) / 0.5). Output: RGB in [-1, 1] (N, 3, s*h, s*w).
+    """
+
+    def __init__(self, scaling_factor=4, n_channels=64, n_blocks=16, large_kernel_size=9, small_kernel_size=3,
+                 bn_momentum=KERAS_BN_MOMENTUM):
+        super().__init__()
+        scaling_factor = int(scaling_factor)
+        if scaling_factor not in {2, 4, 8}:
+            raise ValueError(f"the Keras SRGAN's scaling factor must be 2, 4 or 8, not {scaling_factor}")
+        c, k, small = n_channels, large_kernel_size, small_kernel_size
+        self.head = nn.Sequential(keras_normal_(nn.Conv2d(3, c, k, padding=k // 2)), _keras_prelu(c))
+        self.body = nn.Sequential(*[KerasResidualBlock(c, small, bn_momentum) for _ in range(n_blocks)])
+        self.body_end = nn.Sequential(keras_normal_(nn.Conv2d(c, c, small, padding=small // 2)),
+                                      keras_batch_norm(c, bn_momentum))
+        self.upsample = nn.Sequential(*[
+            nn.Sequential(keras_normal_(nn.Conv2d(c, 4 * c, small, padding=small // 2)), DepthToSpace(2),
+                          _keras_prelu(c))
+            for _ in range(int(math.log2(scaling_factor)))])
+        self.tail = keras_glorot_uniform_(nn.Conv2d(c, 3, k, padding=k // 2))
+
+    def forward(self, lr_imgs):
+        x = self.head(lr_imgs)  # (N, C, h, w)
+        x = self.body_end(self.body(x)) + x  # (N, C, h, w)
+        x = self.upsample(x)  # (N, C, s*h, s*w)
+        return torch.tanh(self.tail(x))  # (N, 3, s*h, s*w), in [-1, 1]
+
+
+class KerasSRGANDiscriminator(nn.Module):
+    """Seed 001's build_discriminator: conv + LeakyReLU(0.2), then conv-BN-LeakyReLU(0.2) blocks (widths and
+    strides as the tutorial's Discriminator: 64, 64/2, 128, 128/2, 256, 256/2, 512, 512/2 at the defaults), global
+    average pooling, dense fc_size, LeakyReLU(0.2), dense 1 with sigmoid.
+
+    Convolutions pad as Keras's 'same' (KerasSameConv2d: the stride-2 ones pad bottom/right only on even sizes);
+    every kernel N(0, 0.02), zero biases, BatchNorm as keras_batch_norm. 5,215,425 parameters at the defaults.
+    Input: RGB (N, 3, H, W) in [-1, 1], any size. Returns the probability of "real" (N, 1), not logits.
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024, bn_momentum=KERAS_BN_MOMENTUM):
+        super().__init__()
+        blocks, in_channels = [], 3
+        for i in range(n_blocks):
+            out_channels = (n_channels if i == 0 else in_channels * 2) if i % 2 == 0 else in_channels
+            layers = [keras_normal_(KerasSameConv2d(in_channels, out_channels, kernel_size, stride=1 + i % 2))]
+            layers += [keras_batch_norm(out_channels, bn_momentum)] if i else []
+            blocks.append(nn.Sequential(*layers, nn.LeakyReLU(0.2)))
+            in_channels = out_channels
+        self.conv_blocks = nn.Sequential(*blocks)
+        self.fc1 = keras_normal_(nn.Linear(in_channels, fc_size))
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.fc2 = keras_normal_(nn.Linear(fc_size, 1))
+
+    def forward(self, imgs):
+        x = self.conv_blocks(imgs).mean(dim=(2, 3))  # (N, C): GlobalAveragePooling2D
+        x = self.leaky_relu(self.fc1(x))  # (N, fc_size)
+        return torch.sigmoid(self.fc2(x))  # (N, 1), probability of "real"
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry: how each architecture is built, fed and trained
 # ----------------------------------------------------------------------------------------------
 
@@ -727,7 +963,16 @@ ARCHS = {
         'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',
         train=_recipe(loss='l1', lr=2e-4, lr_schedule='cosine', lr_crop_size=32, batch_size=16,
                       patches_per_image=20, epochs=1000)),
+    # Seed 001's Keras SRGAN generator: trained only as a GAN, from scratch (train_srgan.py --variant keras), so
+    # no train_srresnet.py recipe.
+    'srgan_keras': ArchSpec(
+        'srgan_keras', KerasSRGANGenerator, 'Ledig et al. CVPR 2017, as seed 001 builds it in Keras '
+        '(bubbliiiing/srgan-keras)', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
 }
+
+# train_srgan.py --variant other than the tutorial's -> the ARCHS name of its generator (its checkpoints record it as
+# 'variant'; the tutorial's generator is a Generator holding an SRResNet).
+SRGAN_VARIANT_ARCHS = {'keras': 'srgan_keras'}
 
 
 def arch_spec(arch, config=None):

@@ -13,15 +13,18 @@
     python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_ESRGAN.png
     python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_espcn.mp4
     python test.py --image clip.mkv --checkpoint results/espcn_x3_t91.pth --video-crf 14 --video-preset slow
+    python test.py --image photo.png --checkpoint results/checkpoint_srgan.pth --weights raw   # not its EMA weights
 
 For every input image, writes under --output-dir:
     <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
     <stem>_<arch>.png    the super-resolved image (arch: srresnet, srgan, edsr, rcan, espcn or srcnn)
     <stem>_compare.png   bicubic | SR side by side, labelled, scaled down to at most --compare-max-width px
 and prints the time the model took per image. --image may be a folder: every image in it (same-size images are
-batched by --batch-size). All inputs are checked before anything is written, so an error (exit code 2, one
-line) leaves no output; each image's three files are written all or nothing (temp files renamed into place
-once all three are written), so a full disk leaves every image complete or absent.
+batched by --batch-size). A checkpoint holding an exponential moving average of its weights (the trainers'
+--ema-decay) upscales with it, as a 'note:' line says; --weights raw takes the trained ones. All inputs are
+checked before anything is written, so an error (exit code 2, one line) leaves no output; each image's three
+files are written all or nothing (temp files renamed into place once all three are written), so a full disk
+leaves every image complete or absent.
 
 Names: <stem> is the input's file name without its extension. When inputs would share output names (letter
 case ignored, as on macOS and Windows: a.png and a.jpg, or a.png and a.PNG), each of them adds its extension
@@ -45,8 +48,9 @@ otherwise a quarter of the available RAM and at most 1 GiB). When a whole-image 
 is processed in overlapping tiles blended seamlessly; --tile forces a tile size. The output is built in 8-bit,
 so a 2048x2048 photo upscaled x4 (8192x8192) by SRResNet needs about 1.8 GB of RAM in all on a CPU (measured
 with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by default
-(about 2x on a CPU, same output up to float rounding); --precision bf16 helps
-only on CPUs with native bf16 (AMX / AVX512-BF16), elsewhere it is slower than fp32.
+(about 2x on a CPU, same output up to float rounding). --precision auto (the default) runs bf16 on CPUs with
+native bf16 (AMX / AVX512-BF16), where it is faster and its output stays above 50 dB PSNR of fp32's on Set5 and
+Set14 (benchmarks/bench_precision.py), and fp32 elsewhere (emulated bf16 is slower); it prints what it picked.
 
 Videos: when --image is a video file (a video extension, or a file PyAV reads as one; inference.is_video_file),
 every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
@@ -91,8 +95,9 @@ def build_parser():
     parser.add_argument('--tile-overlap', type=int, default=16, help='input px shared by neighbouring tiles')
     parser.add_argument('--max-memory', default='auto',
                         help="working-memory budget for the model, e.g. 2GB or 512MB (1GB = 2**30 bytes), or 'auto'")
-    parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
-                        help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA')
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                        help='autocast for the network: bf16 on CPU or CUDA, fp16 on CUDA; auto: bf16 on CPUs that '
+                             'run it natively (AMX/AVX512-BF16), else fp32')
     parser.add_argument('--self-ensemble', action='store_true', help='average over 8 flips/rotations (8x slower)')
     parser.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True,
                         help='channels_last memory format')
@@ -106,6 +111,7 @@ def build_parser():
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
     inference.add_assumption_args(parser)
+    inference.add_weights_arg(parser)
     parser.add_argument('--video-crf', type=int, default=18,
                         help='videos: H.264 quality, 0 (lossless) to 51 (worst); 18 looks like the source')
     parser.add_argument('--video-preset', choices=X264_PRESETS, default='medium',
@@ -116,7 +122,7 @@ def build_parser():
 def load_upscaler(args, device):
     """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
     loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range)
+                                     rgb_range=args.rgb_range, weights=args.weights)
     for note in loaded.notes:
         print(f"note: {note}")
     try:
@@ -128,6 +134,8 @@ def load_upscaler(args, device):
                                   tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
                                   self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse,
                                   name=args.checkpoint)
+    if upscaler.precision_reason:
+        print(f"precision: {upscaler.precision} ({upscaler.precision_reason}; --precision picks another)")
     return upscaler, loaded.label, scale
 
 

@@ -7,15 +7,20 @@ a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learni
     python train_srgan.py --resume                     # continue results/checkpoint_srgan.pth
     python train_srgan.py --vgg-weights vgg19-dcbb9e9d.pth     # VGG19 weights from a file instead of the hub cache
     python train_srgan.py --update-order d-first       # discriminator step before generator step (seed 001, Keras)
+    python train_srgan.py --variant keras              # seed 001's Keras SRGAN from scratch (no SRResNet needed):
+                                                       # x4, batch 4, 384-px HR crops, 200 epochs, Adam 2e-4
     torchrun --nproc-per-node 4 train_srgan.py --batch-size 128  # DDP: --batch-size is the global batch
 
 VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub cache) or --vgg-weights PATH;
---vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch.
+--vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch, with the
+variant, which --resume, eval.py and test.py read from it.
 """
+import contextlib
 import os
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import inference
@@ -27,6 +32,15 @@ from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
                     rot90=False, patches_per_image=1)
+# Seed 001 (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version): 96-px
+# LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
+KERAS_RECIPE = dict(crop_size=384, batch_size=4, epochs=200, lr=2e-4, downsample='pil', hflip=True, vflip=False,
+                    rot90=False, patches_per_image=1)
+RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE}
+KERAS_LR_DECAY = 0.98  # the seed multiplies both learning rates by 0.98 after every epoch
+KERAS_VGG_WEIGHT = 2e-6  # the seed's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
+KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # the seed's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
+KERAS_BCE_EPSILON = 1e-7  # Keras clips probabilities to [1e-7, 1 - 1e-7] in binary_crossentropy
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
 # What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint); the
 # generator's configuration comes from the checkpoint's generator_config.
@@ -38,6 +52,11 @@ def build_parser():
     parser = make_parser(__doc__, training=True)
     training.add_training_args(parser)
     g = parser.add_argument_group('SRGAN')
+    g.add_argument('--variant', choices=('tutorial', 'keras'),
+                   help="tutorial (default): the tutorial's SRGAN, its generator warm-started from an SRResNet; keras: "
+                        "seed 001's Keras SRGAN (its own generator and discriminator, pixel + VGG + adversarial loss, "
+                        "discriminator updated first) trained from scratch as the seed does, so it needs no SRResNet "
+                        "checkpoint. --resume takes the variant from the checkpoint")
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
                         "'none': a random generator)")
@@ -56,37 +75,70 @@ def build_parser():
     g.add_argument('--vgg-weights', default='imagenet',
                    help="'imagenet' (torchvision, hub cache), a PATH to vgg19 weights, or 'random' (tests only)")
     g.add_argument('--beta', type=float, default=1e-3, help='adversarial loss weight')
-    g.add_argument('--update-order', choices=('g-first', 'd-first'), default='g-first',
-                   help='per step: generator then discriminator (tutorial) or the reverse (seed 001)')
+    g.add_argument('--update-order', choices=('g-first', 'd-first'),
+                   help='per step: generator then discriminator (tutorial, the default) or the reverse (seed 001); '
+                        'the keras variant is always d-first')
     return parser
 
 
+def resolve_variant(flag, resume):
+    """--variant, else the variant recorded in the SRGAN checkpoint being resumed (a flag may not contradict it),
+    else 'tutorial'."""
+    recorded = None
+    if resume and os.path.isfile(resume):
+        ckpt = load_checkpoint(resume)
+        recorded = ckpt.get('variant', 'tutorial') if 'generator' in ckpt else None
+    if recorded is not None and recorded not in RECIPES:
+        raise UserError(f"{resume} is a run of the SRGAN variant {recorded!r}, which this version does not know")
+    if recorded is not None and flag is not None and flag != recorded:
+        raise UserError(f"--variant {flag}: {resume} is a run of the {recorded} variant; drop --variant to resume "
+                        f"it, or start the new run in another --results-dir")
+    return flag or recorded or 'tutorial'
+
+
+def check_keras_flags(parser, args):
+    """What seed 001 fixes: a generator trained from scratch (not an SRResNet: no warm start) and D updated first."""
+    if args.srresnet_checkpoint is not None and args.srresnet_checkpoint.lower() != 'none':
+        parser.error("--srresnet-checkpoint: the keras variant trains its generator from scratch, as seed 001 does "
+                     "(it is not an SRResNet); drop the flag")
+    if args.update_order == 'g-first':
+        parser.error("--update-order g-first: the keras variant updates the discriminator first, as seed 001 does")
+    args.srresnet_checkpoint, args.update_order = 'none', 'd-first'
+
+
 def resolve_args(parser, argv=None):
-    """Parse flags; the generator's configuration defaults to the warm-start SRResNet's."""
+    """Parse flags; the variant comes from --variant or the checkpoint being resumed, the recipe from the variant,
+    and the tutorial generator's configuration defaults to the warm-start SRResNet's."""
     args = parser.parse_args(argv)
+    args.checkpoint_path = os.path.join(args.results_dir, 'checkpoint_srgan.pth')
+    if args.resume == 'auto':
+        args.resume = args.checkpoint_path
     resumed = None
     if args.resume:  # a resumed run continues with the settings of its checkpoint
-        path = os.path.join(args.results_dir, 'checkpoint_srgan.pth') if args.resume == 'auto' else args.resume
-        resumed = load_checkpoint(path)
-        training.settings_from_checkpoint(resumed, path, args, given_flags(parser, argv), RESUMED_FLAGS)
+        resumed = load_checkpoint(args.resume)
+        training.settings_from_checkpoint(resumed, args.resume, args, given_flags(parser, argv), RESUMED_FLAGS)
     try:
         models.check_vgg19_layer(args.vgg19_i, args.vgg19_j)
     except ValueError as e:
         parser.error(f"--vgg19-i {args.vgg19_i} --vgg19-j {args.vgg19_j}: {e}")
-    for key, value in SRGAN_RECIPE.items():
+    args.variant = resolve_variant(args.variant, args.resume)
+    for key, value in RECIPES[args.variant].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.keep_best and not args.val_folder:
         parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
-    args.checkpoint_path = os.path.join(args.results_dir, 'checkpoint_srgan.pth')
-    if args.resume == 'auto':
-        args.resume = args.checkpoint_path
+    keras = args.variant == 'keras'
+    if keras:
+        check_keras_flags(parser, args)
+    args.update_order = args.update_order or 'g-first'
+    args.generator_arch = models.SRGAN_VARIANT_ARCHS.get(args.variant, 'srresnet')
     args.srresnet_state = None
     if args.srresnet_checkpoint is None:
         args.srresnet_checkpoint = os.path.join(args.results_dir, 'checkpoint_srresnet.pth')
     given = {k: getattr(args, k) for k in GENERATOR_FLAGS + ('scale',) if getattr(args, k) is not None}
     given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
-    config = models.model_config('srresnet', 4, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16)
+    config = models.model_config('srgan_keras', 4) if keras else models.model_config(
+        'srresnet', 4, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16)
     if resumed is not None and isinstance(resumed.get('generator_config'), dict):
         config = dict(resumed['generator_config'])  # flags given now that differ are refused by load_resume
     elif args.srresnet_checkpoint.lower() != 'none' and not args.resume:
@@ -106,7 +158,7 @@ def resolve_args(parser, argv=None):
     config.update(given)
     args.scale = int(config['scaling_factor'])
     try:
-        models.check_scale('srresnet', args.scale)
+        models.check_scale(args.generator_arch, args.scale)
     except ValueError as e:
         parser.error(f"--scale: {e}")
     if args.crop_size % args.scale:
@@ -136,46 +188,132 @@ def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, de
     return total
 
 
+def tutorial_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr, hr, device, speed, args):
+    """One step of the tutorial's SRGAN on lr, hr RGB in [0, 1]: the generator (VGG content loss + beta * BCE), then
+    the discriminator (the reverse with --update-order d-first). The caller updates the scaler.
+    Returns ((lr, sr, hr, their kind) to show, {content, adversarial, discriminator: loss})."""
+    mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
+    d_first = args.update_order == 'd-first'
+    lr = convert_image(lr, '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
+    hr = convert_image(hr, '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
+    if speed.channels_last:
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    with autocast(device, speed.precision):
+        sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
+    sr = convert_image(sr.float(), '[-1, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w), imagenet-normed
+    if d_first:
+        d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+    with autocast(device, speed.precision):
+        sr_features = vgg(sr)  # (N, 512, s*h / 16, s*w / 16)
+        hr_features = vgg(hr).detach()
+        sr_logits = discriminator(sr)  # (N, 1)
+    content_loss = mse(sr_features.float(), hr_features.float())
+    adversarial_loss = bce(sr_logits.float(), torch.ones_like(sr_logits, dtype=torch.float32))
+    perceptual_loss = content_loss + args.beta * adversarial_loss
+    optimizer_g.zero_grad(set_to_none=True)
+    scaler.scale(perceptual_loss).backward()
+    scaler.step(optimizer_g)
+    if not d_first:
+        d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+    return (lr, sr, hr, 'imagenet-norm'), {'content': content_loss, 'adversarial': adversarial_loss,
+                                           'discriminator': d_loss}
+
+
+def keras_binary_crossentropy(probability, label):
+    """Keras's binary_crossentropy of sigmoid outputs (N, 1) against a constant ``label``: the probabilities clipped to
+    [1e-7, 1 - 1e-7], then -(t log p + (1 - t) log(1 - p)) averaged over the batch."""
+    p = probability.clamp(KERAS_BCE_EPSILON, 1. - KERAS_BCE_EPSILON)
+    return F.binary_cross_entropy(p, torch.full_like(p, label))
+
+
+@contextlib.contextmanager
+def batch_statistics_only(module):
+    """Within: the BatchNorm layers of ``module`` (in training mode) normalise with each batch's statistics and leave
+    their running statistics alone, as a Keras model frozen with trainable=False does inside another model."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+def keras_discriminator_update(discriminator, optimizer_d, scaler, images, label, device, speed):
+    """One D_model.train_on_batch of the seed: a forward pass in training mode, Keras's BCE against ``label``, one
+    Adam step, then the scaler's update (so the next update may step optimizer_d again). Returns the loss."""
+    optimizer_d.zero_grad(set_to_none=True)
+    with autocast(device, speed.precision):
+        validity = discriminator(images)  # (N, 1), probability of "real"
+    loss = keras_binary_crossentropy(validity.float(), label)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer_d)
+    scaler.update()
+    return loss.detach()
+
+
+def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr, hr, device, speed, args):
+    """One step of seed 001's fit_one_epoch on lr, hr RGB in [0, 1], everything in [-1, 1] as the seed feeds it:
+
+    1. fakes from the generator in inference mode (G_model.predict: BatchNorm on running statistics, no gradient);
+    2. the discriminator first: one Adam step on the real batch (label 1), then one on the fakes (label 0), each
+       its own forward pass in training mode (D_model.train_on_batch twice); hard labels, as the seed;
+    3. the generator, against the discriminator just updated: pixel MSE + beta * BCE(D(SR), 1) + 2e-6 * MSE of the
+       VGG19 features of SR and HR (the seed's VGG takes the [-1, 1] images as they are), the discriminator frozen
+       (Keras's trainable=False: BatchNorm on batch statistics, its running ones left alone; the gradients it gets
+       are cleared by its next update). The caller updates the scaler.
+    Returns ((lr, sr, hr, '[-1, 1]') to show, {pixel, content, adversarial, discriminator: loss})."""
+    lr = convert_image(lr, '[0, 1]', '[-1, 1]')  # (N, 3, h, w)
+    hr = convert_image(hr, '[0, 1]', '[-1, 1]')  # (N, 3, s*h, s*w)
+    if speed.channels_last:
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    generator.eval()
+    with torch.no_grad(), autocast(device, speed.precision):
+        fake = generator(lr).float()  # (N, 3, s*h, s*w), in [-1, 1]
+    generator.train()
+    d_real = keras_discriminator_update(discriminator, optimizer_d, scaler, hr, 1., device, speed)
+    d_fake = keras_discriminator_update(discriminator, optimizer_d, scaler, fake, 0., device, speed)
+    with autocast(device, speed.precision):
+        sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
+        with batch_statistics_only(discriminator):
+            validity = discriminator(sr)  # (N, 1)
+        sr_features = vgg(sr)  # (N, 512, s*h / 16, s*w / 16)
+        hr_features = vgg(hr).detach()
+    pixel_loss = F.mse_loss(sr.float(), hr)
+    content_loss = F.mse_loss(sr_features.float(), hr_features.float())
+    adversarial_loss = keras_binary_crossentropy(validity.float(), 1.)
+    loss = pixel_loss + args.beta * adversarial_loss + KERAS_VGG_WEIGHT * content_loss
+    optimizer_g.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer_g)
+    return (lr, sr.detach().float(), hr, '[-1, 1]'), {'pixel': pixel_loss, 'content': content_loss,
+                                                      'adversarial': adversarial_loss,
+                                                      'discriminator': (d_real + d_fake) / 2}
+
+
+STEPS = {'tutorial': tutorial_step, 'keras': keras_step}
+
+
 def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, loader, dataset, ctx, speed,
                     args, epoch, start_step):
-    """One SRGAN epoch. Returns ({content, adversarial, discriminator: mean loss}, next step, stopped early?)."""
+    """One SRGAN epoch of the variant's steps. Returns ({loss name: mean loss}, next step, stopped early?)."""
     generator.train()
     discriminator.train()
-    device, d_first = ctx.device, args.update_order == 'd-first'
-    meters = {k: AverageMeter() for k in ('content', 'adversarial', 'discriminator')}
-    mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
+    device, train_step = ctx.device, STEPS[args.variant]
+    meters = {}
     start, n_patches, step = time.perf_counter(), 0, start_step
     bar = ctx.progress(loader, desc=f"epoch {epoch}")
     for step, batch in enumerate(bar, start=start_step):
         lr, hr = training.batch_to_device(batch, device, args.scale, args.downsample)  # RGB in [0, 1]
-        lr = convert_image(lr, '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
-        hr = convert_image(hr, '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
-        if speed.channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-        with autocast(device, speed.precision):
-            sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
-        sr = convert_image(sr.float(), '[-1, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w), imagenet-normed
-        if d_first:
-            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
-        with autocast(device, speed.precision):
-            sr_features = vgg(sr)  # (N, 512, s*h / 16, s*w / 16)
-            hr_features = vgg(hr).detach()
-            sr_logits = discriminator(sr)  # (N, 1)
-        content_loss = mse(sr_features.float(), hr_features.float())
-        adversarial_loss = bce(sr_logits.float(), torch.ones_like(sr_logits, dtype=torch.float32))
-        perceptual_loss = content_loss + args.beta * adversarial_loss
-        optimizer_g.zero_grad(set_to_none=True)
-        scaler.scale(perceptual_loss).backward()
-        scaler.step(optimizer_g)
-        if not d_first:
-            d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+        (lr, sr, hr, kind), losses = train_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr,
+                                                hr, device, speed, args)
         scaler.update()
         if step == start_step:
-            ctx.log_images(f"epoch_{epoch}", epoch, lr, sr, hr, 'imagenet-norm', 'imagenet-norm')
-        values, stop = ctx.end_step({'content': content_loss, 'adversarial': adversarial_loss,
-                                     'discriminator': d_loss}, epoch, step, args.checkpoint_path)
-        for k, m in meters.items():
-            m.update(values[k], lr.size(0))
+            ctx.log_images(f"epoch_{epoch}", epoch, lr, sr, hr, kind, kind)
+        values, stop = ctx.end_step(losses, epoch, step, args.checkpoint_path)
+        for k, value in values.items():
+            meters.setdefault(k, AverageMeter()).update(value, lr.size(0))
         n_patches += lr.size(0) * ctx.dist.world_size
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(c=f"{meters['content'].avg:.4g}", d=f"{meters['discriminator'].avg:.3g}",
@@ -188,9 +326,11 @@ def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, sca
 
 def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler, global_step, args, speed, epoch,
                      resume_step, best_psnr):
-    """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs."""
+    """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs
+    and the variant (which eval.py, test.py and --resume read)."""
     return {
-        'format_version': FORMAT_VERSION, 'arch': 'srgan', 'generator_config': args.generator_config,
+        'format_version': FORMAT_VERSION, 'arch': 'srgan', 'variant': args.variant,
+        'generator_config': args.generator_config,
         'discriminator_config': args.discriminator_config, 'epoch': epoch, 'resume_step': resume_step,
         'step': global_step,
         'generator': strip_prefixes(unwrap_model(generator).state_dict()),
@@ -202,21 +342,25 @@ def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler,
 
 
 def build_networks(args, speed, device):
-    """VGG (fails fast when its weights are missing), generator (warm-started), discriminator, optimizers and
-    the GradScaler they share."""
+    """VGG (fails fast when its weights are missing), the variant's generator (the tutorial's warm-started) and
+    discriminator, their Adam optimizers (the keras variant's with the seed's betas and Keras's epsilon) and the
+    GradScaler they share."""
     try:
         vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(device)
     except models.VGGWeightsError as e:
         raise UserError(str(e)) from None
-    generator = models.Generator(**args.generator_config).to(device)
-    discriminator = models.Discriminator(**args.discriminator_config).to(device)
+    keras = args.variant == 'keras'
+    generator = (models.KerasSRGANGenerator if keras else models.Generator)(**args.generator_config).to(device)
+    discriminator = (models.KerasSRGANDiscriminator if keras else models.Discriminator)(
+        **args.discriminator_config).to(device)
     if args.srresnet_state is not None:
         generator.net.load_state_dict(args.srresnet_state)
     generator = training.apply_speed(generator, speed)
     if speed.channels_last:
         discriminator = discriminator.to(memory_format=torch.channels_last)
-    optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr)
-    optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr)
+    adam = KERAS_ADAM if keras else {}
+    optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr, **adam)
+    optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr, **adam)
     return vgg, generator, discriminator, optimizer_g, optimizer_d, training.make_scaler(device, speed)
 
 
@@ -237,6 +381,25 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
     optimizer_g.load_state_dict(ckpt['optimizer_g'])
     optimizer_d.load_state_dict(ckpt['optimizer_d'])
     return training.restore_training_state(ckpt, path, scaler, ctx)
+
+
+def schedule_learning_rate(optimizers, args, epoch, start_step):
+    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or seed
+    001's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
+    if args.variant == 'keras':
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group['lr'] = args.lr * KERAS_LR_DECAY ** (epoch - 1)
+    elif epoch == int(args.epochs / 2) and start_step == 0:
+        for optimizer in optimizers:
+            adjust_learning_rate(optimizer, 0.1)
+
+
+def sr_network(generator):
+    """The super-resolution network inside a (wrapped) generator: the tutorial Generator's SRResNet (.net), or the
+    keras variant's generator itself."""
+    generator = unwrap_model(generator)
+    return generator.net if isinstance(generator, models.Generator) else generator
 
 
 def main(argv=None):
@@ -269,9 +432,7 @@ def main(argv=None):
                                     epoch, resume_step, best_psnr)
 
         for epoch in range(start_epoch, args.epochs + 1):
-            if epoch == int(args.epochs / 2) and start_step == 0:  # the tutorial's single decay, not again on resume
-                adjust_learning_rate(optimizer_g, 0.1)
-                adjust_learning_rate(optimizer_d, 0.1)
+            schedule_learning_rate((optimizer_g, optimizer_d), args, epoch, start_step)
             sampler.set_epoch(epoch, start_step * loader.batch_size)
             losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, scaler, loader,
                                                          dataset, ctx, speed, args, epoch, start_step)
@@ -282,7 +443,8 @@ def main(argv=None):
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
                                                                                        args.epochs):
-                val_psnr = training.validate(unwrap_model(g_net).net, 'srresnet', args.scale, ctx.device, val_images)
+                val_psnr = training.validate(sr_network(g_net), args.generator_arch, args.scale, ctx.device,
+                                             val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr)

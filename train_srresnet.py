@@ -36,7 +36,7 @@ RESUMED_FLAGS = training.RESUMED_FLAGS + ('loss', 'lr_schedule', 'lr_milestones'
 
 def build_parser():
     parser = make_parser(__doc__, training=True)
-    training.add_training_args(parser, archs=sorted(models.ARCHS))
+    training.add_training_args(parser, archs=sorted(a for a, spec in models.ARCHS.items() if spec.train))
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
     g.add_argument('--large-kernel-size', type=odd_positive_int, default=9, help='srresnet: first/last conv kernel')
     g.add_argument('--small-kernel-size', type=odd_positive_int, default=3, help='srresnet: inner conv kernel')

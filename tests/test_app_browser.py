@@ -278,7 +278,9 @@ def test_set5_image_with_the_shipped_espcn_and_nothing_leaves_this_machine(brows
     sr = download(browser, 'butterfly_espcn.png', tmp_path)
     assert sr.size == (768, 768) and sr.mode == 'RGB'
     loaded = inference.load_sr_model(os.path.join(REPO, 'results', 'espcn_x3_t91.pth'))
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, 3, 'cpu', fuse=True, channels_last=True)
+    # the page's default precision is auto: the same pick as here, on the same machine (and said in the page)
+    upscaler = inference.Upscaler(loaded.model, loaded.arch, 3, 'cpu', fuse=True, channels_last=True, precision='auto')
+    assert f"with espcn x3, {upscaler.precision} on cpu" in text, text
     with Image.open(SHARED_DATA / 'Set5' / 'butterfly.png') as img:
         lr = torch.from_numpy(np.asarray(img.convert('RGB')).copy()).permute(2, 0, 1)[None].float() / 255.
     expected = upscaler.upscale_uint8(lr)[0].permute(1, 2, 0).numpy().astype(int)

@@ -1,5 +1,6 @@
 """Architectures: the tutorial's parameter counts and state_dict keys, shapes, VGG truncation and weights."""
 import math
+import os
 import urllib.error
 
 import pytest
@@ -86,15 +87,16 @@ def test_vgg_weights_from_a_file(tmp_path):
 def test_vgg_weights_missing_file_or_offline_give_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(models.VGGWeightsError, match='--vgg-weights'):
         models.TruncatedVGG19(weights=str(tmp_path / 'absent.pth'))
-    import torchvision
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError('no network')
-    monkeypatch.setattr(torchvision.models.VGG19_Weights.IMAGENET1K_V1.__class__, 'get_state_dict', offline)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))  # an empty torch hub cache
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
     with pytest.raises(models.VGGWeightsError) as err:
         models.TruncatedVGG19()
     message = str(err.value)
     assert '\n' not in message and 'torch hub cache' in message and '--vgg-weights PATH' in message
+    assert os.path.join(str(tmp_path / 'torch'), 'hub', 'checkpoints', 'vgg19-dcbb9e9d.pth') in message
 
 
 # ---- a state_dict written by the tutorial's own classes loads unchanged --------------------------------

@@ -536,7 +536,7 @@ def test_published_weights_upscale_through_test_py_and_score_through_eval_py(tmp
     rgb = np.asarray(Image.open(photo_path()).convert('RGB'))[:24, :28]
     Image.fromarray(rgb).save(photo)
     up = run_script('test.py', '--checkpoint', path, '--image', photo, '--output-dir', tmp_path / 'out',
-                    '--device', 'cpu')
+                    '--device', 'cpu', '--precision', 'fp32')
     assert up.returncode == 0, up.stderr
     assert 'note:' in up.stdout
     lr = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255

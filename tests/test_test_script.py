@@ -24,10 +24,17 @@ import utils  # noqa: E402
 CONFIG = models.model_config('srresnet', 4, n_blocks=2, n_channels=8)
 
 
+def pinned(args):
+    """ARGS as strings, with --precision fp32 unless they name one: --precision auto is bf16 on CPUs with native
+    bf16, and these tests compare pixels."""
+    args = [str(a) for a in args]
+    return args if '--precision' in args else [*args, '--precision', 'fp32']
+
+
 def run_cli(*args):
-    """python test.py ARGS in the repository root; returns the CompletedProcess."""
+    """python test.py ARGS in the repository root, fp32 unless ARGS name a precision; the CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS='1')  # see conftest.one_thread
-    return subprocess.run([sys.executable, 'test.py', *map(str, args)], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, 'test.py', *pinned(args)], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env=env)
 
 
@@ -174,7 +181,7 @@ def script():
 
 def run_main(script, monkeypatch, capsys, *args):
     """(exit code, stdout, stderr) of test.py's main() under utils.run_cli, as the CLI would run it."""
-    monkeypatch.setattr(sys, 'argv', ['test.py', *map(str, args)])
+    monkeypatch.setattr(sys, 'argv', ['test.py', *pinned(args)])
     try:
         utils.run_cli(script.main)
         code = 0
@@ -474,3 +481,23 @@ def test_max_image_pixels_allows_a_big_photo_and_refuses_above_it(script, setup,
     code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--max-image-pixels', 120)
     assert code == 0, err
     assert read(out / 'big_srresnet.png').size == (48, 40)
+
+
+def test_precision_auto_is_the_default_and_says_what_it_picked(setup, tmp_path):
+    """test.py's default --precision auto runs what utils.auto_precision picks here (bf16 on native-bf16 CPUs) and
+    says so; the output is that precision's, pixel for pixel."""
+    picked, reason = utils.auto_precision('cpu')
+    image = setup['inputs'] / 'rgb.png'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    auto = subprocess.run([sys.executable, 'test.py', '--checkpoint', str(setup['ckpt']), '--image', str(image),
+                           '--output-dir', str(tmp_path / 'auto'), '--device', 'cpu'], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)  # no --precision: the default
+    assert auto.returncode == 0, auto.stderr
+    assert f"precision: {picked} ({reason}; --precision picks another)" in auto.stdout
+    explicit = run_cli('--checkpoint', setup['ckpt'], '--image', image, '--output-dir', tmp_path / 'explicit',
+                       '--device', 'cpu', '--precision', picked)
+    assert explicit.returncode == 0, explicit.stderr
+    assert 'precision:' not in explicit.stdout  # a precision asked for is not announced
+    with Image.open(tmp_path / 'auto' / 'rgb_srresnet.png') as a, \
+            Image.open(tmp_path / 'explicit' / 'rgb_srresnet.png') as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -3,6 +3,7 @@
 Tiny random-weight models (2 blocks, 8-16 channels) on 24-48 px images, CPU only. Reference results are computed
 here independently (whole-image passes, hand-written transforms), so every check can fail.
 """
+import dataclasses
 import math
 import os
 import sys
@@ -382,6 +383,22 @@ def test_bf16_y_model_and_tiles():
     out, out_y = Upscaler(model, 'espcn', 4, 'cpu', precision='bf16', tile=16, tile_overlap=6).upscale(lr)
     assert out_y.dtype == torch.float32
     assert 40. < psnr01(out_y, ref_y) < math.inf and 40. < psnr01(out, ref) < math.inf
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    model = tiny_model('srresnet')
+    lr = smooth_image(24, 20)
+    outputs = {p: Upscaler(model, 'srresnet', 4, 'cpu', precision=p).upscale(lr)[0] for p in ('fp32', 'bf16')}
+    assert not torch.equal(outputs['fp32'], outputs['bf16'])  # so that the comparisons below tell them apart
+    for native, expected in ((True, 'bf16'), (False, 'fp32')):
+        monkeypatch.setattr(utils, 'native_bf16', lambda device, native=native: native)
+        auto = Upscaler(model, 'srresnet', 4, 'cpu', precision='auto')
+        assert auto.precision == expected and 'native' in auto.precision_reason
+        assert torch.equal(auto.upscale(lr)[0], outputs[expected])  # it really runs what it says
+    monkeypatch.setattr(utils, 'native_bf16', lambda device: True)
+    fp32_only = dataclasses.replace(models.ARCHS['srresnet'], precisions=('fp32',))
+    assert Upscaler(model, fp32_only, 4, 'cpu', precision='auto').precision == 'fp32'  # never what the net can't
+    assert utils.auto_precision('cuda') == ('fp32', 'bf16 on cuda is not measured yet')
 
 
 def test_precision_errors():

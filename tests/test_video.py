@@ -129,7 +129,7 @@ def test_cli_upscales_every_frame_keeps_timing_and_copies_the_audio(tiny, tmp_pa
     src = make_video(tmp_path / 'clip.mp4', frames=8)
     out = tmp_path / 'out'
     result = run_script('test.py', '--image', src, '--checkpoint', tiny['checkpoint'], '--output-dir', out,
-                        '--device', 'cpu', '--tile', 24, '--tile-overlap', 4, '--video-crf', 0)
+                        '--device', 'cpu', '--tile', 24, '--tile-overlap', 4, '--video-crf', 0, '--precision', 'fp32')
     assert result.returncode == 0, result.stderr
     assert os.listdir(out) == ['clip_espcn.mp4']
     dst = out / 'clip_espcn.mp4'
@@ -161,7 +161,7 @@ def script():
 
 def run_main(script, monkeypatch, capsys, *args):
     """(exit code, stdout, stderr) of test.py's main() under utils.run_cli, as the command line runs it."""
-    monkeypatch.setattr(sys, 'argv', ['test.py', *map(str, args)])
+    monkeypatch.setattr(sys, 'argv', ['test.py', *map(str, args), '--precision', 'fp32'])  # pixels compared
     try:
         utils.run_cli(script.main)
         code = 0
