@@ -119,7 +119,7 @@ def test_second_trainer_on_the_same_checkpoint_refuses_naming_the_first(tmp_path
         assert line, first.stderr.read()
         with pytest.raises(utils.UserError, match=f"in use by another training run \\(pid {first.pid}\\)"):
             utils.RunLock(str(tmp_path / 'checkpoint_srresnet.pth')).acquire()
-        second = train(tmp_path, five_images, '--epochs', 100000, '--resume')
+        second = train(tmp_path, five_images, '--epochs', 100000, '--resume', '--max-steps', 1)  # bounded if it ran
         assert f"pid {first.pid}" in one_error_line(second)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=120) == 0, first.stderr.read()
