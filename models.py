@@ -957,7 +957,8 @@ ARCHS = {
     # BasicSR's options/train/SRResNet_SRGAN/train_MSRResNet_x4.yml: DIV2K, 32-px LR patches (gt_size 128), batch
     # 16, L1, Adam 2e-4, 1M iterations (here 1000 epochs of 800 images x 20 patches / 16), flips and rotations.
     # BasicSR decays with four cosine cycles of 250k iterations to 1e-7 and Adam betas (0.9, 0.99) and keeps an EMA
-    # of the weights; here one cosine decay to lr/100 over the run, torch's default betas, no EMA.
+    # of the weights; here one cosine decay to lr/100 over the run, torch's default betas, an EMA only with
+    # --ema-decay 0.999.
     'msrresnet': ArchSpec(
         'msrresnet', MSRResNet, 'Ledig et al. CVPR 2017, modified in BasicSR (no BatchNorm, as ESRGAN: Wang et al., '
         'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',

@@ -9,11 +9,13 @@ a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learni
     python train_srgan.py --update-order d-first       # discriminator step before generator step (seed 001, Keras)
     python train_srgan.py --variant keras              # seed 001's Keras SRGAN from scratch (no SRResNet needed):
                                                        # x4, batch 4, 384-px HR crops, 200 epochs, Adam 2e-4
+    python train_srgan.py --ema-decay 0.999            # also keep an EMA of the generator (generator_ema)
     torchrun --nproc-per-node 4 train_srgan.py --batch-size 128  # DDP: --batch-size is the global batch
 
 VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub cache) or --vgg-weights PATH;
 --vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch, with the
-variant, which --resume, eval.py and test.py read from it.
+variant, which --resume, eval.py and test.py read from it. The tutorial variant's generator starts from the
+SRResNet checkpoint's EMA weights (model_ema) when it has them, else its weights.
 """
 import contextlib
 import os
@@ -108,7 +110,8 @@ def check_keras_flags(parser, args):
 
 def resolve_args(parser, argv=None):
     """Parse flags; the variant comes from --variant or the checkpoint being resumed, the recipe from the variant,
-    and the tutorial generator's configuration defaults to the warm-start SRResNet's."""
+    and the tutorial generator's configuration defaults to the warm-start SRResNet's, its weights to that
+    checkpoint's EMA (model_ema) when it has one, as BasicSR and Real-ESRGAN start their GANs from params_ema."""
     args = parser.parse_args(argv)
     args.checkpoint_path = os.path.join(args.results_dir, 'checkpoint_srgan.pth')
     if args.resume == 'auto':
@@ -146,10 +149,12 @@ def resolve_args(parser, argv=None):
         if not os.path.isfile(path):
             raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
                             f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
-        info = inference.describe_checkpoint(load_checkpoint(path), path)
+        ckpt = load_checkpoint(path)
+        info = inference.describe_checkpoint(ckpt, path)
         if info.arch != 'srresnet':
             raise UserError(f"--srresnet-checkpoint {path} holds a {info.label}, not an SRResNet")
-        ckpt_config, state = info.config, info.state
+        ckpt_config = info.config
+        state = info.state  # the checkpoint's EMA weights (model_ema) when it has them: describe_checkpoint's default
         diffs = [f"{k} {v} (checkpoint: {ckpt_config[k]})" for k, v in given.items() if ckpt_config.get(k) != v]
         if diffs:
             raise UserError(f"generator flags disagree with {path}: {', '.join(diffs)}; drop them to use the "
@@ -296,8 +301,9 @@ STEPS = {'tutorial': tutorial_step, 'keras': keras_step}
 
 
 def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, loader, dataset, ctx, speed,
-                    args, epoch, start_step):
-    """One SRGAN epoch of the variant's steps. Returns ({loss name: mean loss}, next step, stopped early?)."""
+                    args, epoch, start_step, ema=None):
+    """One SRGAN epoch of the variant's steps, updating the generator's ``ema`` (if any) after each step.
+    Returns ({loss name: mean loss}, next step, stopped early?)."""
     generator.train()
     discriminator.train()
     device, train_step = ctx.device, STEPS[args.variant]
@@ -309,6 +315,7 @@ def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, sca
         (lr, sr, hr, kind), losses = train_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr,
                                                 hr, device, speed, args)
         scaler.update()
+        training.update_ema(ema, generator)
         if step == start_step:
             ctx.log_images(f"epoch_{epoch}", epoch, lr, sr, hr, kind, kind)
         values, stop = ctx.end_step(losses, epoch, step, args.checkpoint_path)
@@ -325,9 +332,10 @@ def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, sca
 
 
 def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler, global_step, args, speed, epoch,
-                     resume_step, best_psnr):
-    """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs
-    and the variant (which eval.py, test.py and --resume read)."""
+                     resume_step, best_psnr, ema=None):
+    """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs,
+    the variant (which eval.py, test.py and --resume read) and, with --ema-decay, generator_ema (under the same keys
+    as generator), ema_decay and ema_n_averaged."""
     return {
         'format_version': FORMAT_VERSION, 'arch': 'srgan', 'variant': args.variant,
         'generator_config': args.generator_config,
@@ -337,7 +345,7 @@ def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler,
         'discriminator': strip_prefixes(unwrap_model(discriminator).state_dict()),
         'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
         'scaler': scaler.state_dict(), 'rng': get_rng_state(), 'args': training.run_record(args, speed),
-        'best_psnr': best_psnr,
+        'best_psnr': best_psnr, **training.ema_state(ema, 'generator_ema'),
     }
 
 
@@ -364,9 +372,9 @@ def build_networks(args, speed, device):
     return vgg, generator, discriminator, optimizer_g, optimizer_d, training.make_scaler(device, speed)
 
 
-def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimizer_d, scaler):
-    """Load an SRGAN checkpoint into the networks and optimizers; refuse anything else.
-    Returns (start_epoch, start_step, best_psnr)."""
+def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimizer_d, scaler, ema=None):
+    """Load an SRGAN checkpoint into the networks, optimizers and the generator's ``ema`` (same --ema-decay
+    required); refuse anything else. Returns (start_epoch, start_step, best_psnr)."""
     ckpt = load_checkpoint(path, map_location=ctx.device)
     if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
         raise UserError(f"{path} is not an SRGAN checkpoint")
@@ -377,6 +385,7 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
         raise UserError(f"{path} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
                         f"resumed exactly; start a new run from its generator instead")
     generator.load_state_dict(strip_prefixes(ckpt['generator']))
+    training.load_ema(ema, ckpt, 'generator_ema', path)
     discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
     optimizer_g.load_state_dict(ckpt['optimizer_g'])
     optimizer_d.load_state_dict(ckpt['optimizer_d'])
@@ -412,10 +421,11 @@ def main(argv=None):
         seed_everything(args.seed + ctx.dist.rank)
         set_determinism(args.deterministic)
         vgg, generator, discriminator, optimizer_g, optimizer_d, scaler = build_networks(args, speed, ctx.device)
+        ema = training.make_ema(generator, args.ema_decay, ctx.dist)  # at the warm start; resume restores it
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.resume:
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, generator, discriminator,
-                                                             optimizer_g, optimizer_d, scaler)
+                                                             optimizer_g, optimizer_d, scaler, ema)
         val_images = training.load_val_images(args.val_folder) if args.val_folder else None
         dataset, collate = training.dataset_of(args, log=ctx.log)
         ctx.open_writer(os.path.join(args.runs_dir, 'srgan'), tag='srgan')
@@ -429,13 +439,13 @@ def main(argv=None):
 
         def state(epoch, resume_step):
             return checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
-                                    epoch, resume_step, best_psnr)
+                                    epoch, resume_step, best_psnr, ema)
 
         for epoch in range(start_epoch, args.epochs + 1):
             schedule_learning_rate((optimizer_g, optimizer_d), args, epoch, start_step)
             sampler.set_epoch(epoch, start_step * loader.batch_size)
             losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, scaler, loader,
-                                                         dataset, ctx, speed, args, epoch, start_step)
+                                                         dataset, ctx, speed, args, epoch, start_step, ema)
             start_step = 0
             if stopped:
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
@@ -443,11 +453,11 @@ def main(argv=None):
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
                                                                                        args.epochs):
-                val_psnr = training.validate(sr_network(g_net), args.generator_arch, args.scale, ctx.device,
-                                             val_images)
+                val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), args.generator_arch,
+                                             args.scale, ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
             saver.save(state(epoch, 0), improved)
-            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr)
+            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
         ctx.log(f"done: {args.checkpoint_path}")
     return 0
 

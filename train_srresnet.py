@@ -6,6 +6,7 @@
     python train_srresnet.py --batch-size 64 --epochs 10 --device cuda
     python train_srresnet.py --resume                 # continue results/checkpoint_srresnet.pth
     python train_srresnet.py --arch espcn --scale 3 --val-folder data/Set5 --keep-best
+    python train_srresnet.py --arch edsr --scale 2 --ema-decay 0.999   # also keep an EMA of the weights (model_ema)
     python train_srresnet.py --arch msrresnet --init-from msrresnet_x4.safetensors   # new run from those weights
     python train_srresnet.py --ngpu 2                 # the tutorial's DataParallel, one process
     torchrun --nproc-per-node 4 train_srresnet.py --batch-size 400      # DDP: --batch-size is the global batch
@@ -113,8 +114,10 @@ def resolve_args(parser, argv=None):
     return args
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, speed, spec, args, epoch, start_step):
-    """One pass over the loader (from ``start_step``). Returns ({'loss': mean loss}, next step, stopped early?)."""
+def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, speed, spec, args, epoch, start_step,
+                    ema=None):
+    """One pass over the loader (from ``start_step``), updating ``ema`` (if any) after each step.
+    Returns ({'loss': mean loss}, next step, stopped early?)."""
     model.train()
     meter, device, scale = AverageMeter(), ctx.device, args.scale
     start, n_patches, step = time.perf_counter(), 0, start_step
@@ -132,6 +135,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, s
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        training.update_ema(ema, model)
         if step == start_step:
             ctx.log_images(f"epoch_{epoch}", epoch, x, sr, target, spec.in_type, spec.out_type)
         values, stop = ctx.end_step({'loss': loss}, epoch, step, args.checkpoint_path)
@@ -145,14 +149,16 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, s
     return {'loss': meter.avg}, step + 1, False
 
 
-def checkpoint_state(model, optimizer, scheduler, scaler, global_step, args, speed, epoch, resume_step, best_psnr):
-    """Everything needed to resume exactly, as state_dicts and plain data."""
+def checkpoint_state(model, optimizer, scheduler, scaler, global_step, args, speed, epoch, resume_step, best_psnr,
+                     ema=None):
+    """Everything needed to resume exactly, as state_dicts and plain data (with --ema-decay: model_ema, the EMA
+    weights under the same keys as model, ema_decay and ema_n_averaged)."""
     return {
         'format_version': FORMAT_VERSION, 'arch': args.arch, 'model_config': args.model_config,
         'epoch': epoch, 'resume_step': resume_step, 'step': global_step,
         'model': strip_prefixes(unwrap_model(model).state_dict()), 'optimizer': optimizer.state_dict(),
         'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'rng': get_rng_state(),
-        'args': training.run_record(args, speed), 'best_psnr': best_psnr,
+        'args': training.run_record(args, speed), 'best_psnr': best_psnr, **training.ema_state(ema, 'model_ema'),
     }
 
 
@@ -180,13 +186,14 @@ def load_init(path, args, model, log):
     log(f"initial weights from {path} ({info.source}; weights only: a new run)")
 
 
-def load_resume(path, ctx, args, model, optimizer, scheduler, scaler):
-    """Continue from a checkpoint of the same architecture and configuration (checked before any data is read).
-    Returns (start_epoch, start_step, best_psnr)."""
+def load_resume(path, ctx, args, model, optimizer, scheduler, scaler, ema=None):
+    """Continue from a checkpoint of the same architecture and configuration (checked before any data is read),
+    and the same --ema-decay (``ema``: restored too). Returns (start_epoch, start_step, best_psnr)."""
     ckpt = load_checkpoint(path, map_location=ctx.device)
     training.check_resume_compatible(ckpt.get('arch', 'srresnet'), ckpt.get('model_config'), args.arch,
                                      args.model_config, path)
     model.load_state_dict(strip_prefixes(ckpt['model']))
+    training.load_ema(ema, ckpt, 'model_ema', path)
     optimizer.load_state_dict(ckpt['optimizer'])
     if ckpt.get('scheduler'):
         scheduler.load_state_dict(ckpt['scheduler'])
@@ -206,9 +213,10 @@ def main(argv=None):
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.init_from:
             load_init(args.init_from, args, model, ctx.log)
+        ema = training.make_ema(model, args.ema_decay, ctx.dist)  # at the initial weights; resume restores it
         if args.resume:
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, model, optimizer, scheduler,
-                                                             scaler)
+                                                             scaler, ema)
         val_images = training.load_val_images(args.val_folder) if args.val_folder else None
         dataset, collate = training.dataset_of(args, log=ctx.log)
         ctx.open_writer(os.path.join(args.runs_dir, args.arch), tag=args.arch)
@@ -222,12 +230,12 @@ def main(argv=None):
 
         def state(epoch, resume_step):
             return checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
-                                    resume_step, best_psnr)
+                                    resume_step, best_psnr, ema)
 
         for epoch in range(start_epoch, args.epochs + 1):
             sampler.set_epoch(epoch, start_step * loader.batch_size)
             losses, next_step, stopped = train_one_epoch(net, criterion, optimizer, scaler, loader, dataset, ctx,
-                                                         speed, spec, args, epoch, start_step)
+                                                         speed, spec, args, epoch, start_step, ema)
             start_step = 0
             if stopped:
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
@@ -236,10 +244,11 @@ def main(argv=None):
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
                                                                                        args.epochs):
-                val_psnr = training.validate(unwrap_model(net), spec, args.scale, ctx.device, val_images)
+                val_psnr = training.validate(training.shipped_model(net, ema), spec, args.scale, ctx.device,
+                                             val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
             saver.save(state(epoch, 0), improved)
-            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr)
+            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
         ctx.log(f"done: {args.checkpoint_path}")
     return 0
 

@@ -10,7 +10,8 @@
 
 Here: the process group (DDP under torchrun, DataParallel for --ngpu), speed settings, the training dataset and
 loader, Ctrl-C / SIGTERM / --max-steps handling, TensorBoard logging, the per-step bookkeeping (one host sync per
-step), checkpoint saving (latest and best) and resuming, and the flags both trainers share.
+step), the EMA of the weights (--ema-decay), checkpoint saving (latest and best) and resuming, and the flags both
+trainers share.
 Imports utils, models, datasets and inference.
 """
 import argparse
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -33,7 +35,7 @@ import inference
 import models
 from utils import (Interrupted, RunLock, UserError, check_precision, convert_image, list_image_files, load_image,
                    native_bf16, non_negative_float, pick_device, pil_to_tensor, plain_args, positive_int,
-                   save_checkpoint, set_rng_state)
+                   save_checkpoint, set_rng_state, strip_prefixes, unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -496,20 +498,21 @@ class TrainContext:
                                                                        nrow=4), epoch)
         self._write_logs(write)
 
-    def log_epoch(self, epoch, epochs, losses, val_psnr=None, best_psnr=None):
-        """The epoch's line on rank 0 (mean losses, validation PSNR) and its TensorBoard scalars. An epoch without
-        a step in this process (resumed after its last step) has no losses to report."""
+    def log_epoch(self, epoch, epochs, losses, val_psnr=None, best_psnr=None, ema=False):
+        """The epoch's line on rank 0 (mean losses, validation PSNR) and its TensorBoard scalars. ``ema``: the
+        validation judged the EMA weights (line 'val PSNR (EMA)', scalar '<tag>/val_psnr_ema'). An epoch without a
+        step in this process (resumed after its last step) has no losses to report."""
         if not self.epoch_steps:
             losses = {}
         self.epoch_steps = 0
         line = f"epoch {epoch}/{epochs}: " + (', '.join(f"{k} {v:.5g}" for k, v in losses.items()) or
                                                "its steps were done before the resume")
         if val_psnr is not None:
-            line += f", val PSNR {val_psnr:.3f} dB (best {best_psnr:.3f})"
+            line += f", val PSNR{' (EMA)' if ema else ''} {val_psnr:.3f} dB (best {best_psnr:.3f})"
 
         def write(writer):
             if val_psnr is not None:
-                writer.add_scalar(f"{self.tag}/val_psnr", val_psnr, epoch)
+                writer.add_scalar(f"{self.tag}/val_psnr{'_ema' if ema else ''}", val_psnr, epoch)
             for k, v in losses.items():
                 writer.add_scalar(f"{self.tag}/{k}", v, epoch)
         self._write_logs(write)
@@ -519,6 +522,87 @@ class TrainContext:
 def patches_per_second(n_patches, start):
     """Throughput for the progress bar (no GPU sync: the step's loss read already waited for the GPU)."""
     return f"{n_patches / max(time.perf_counter() - start, 1e-9):.0f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# EMA of the weights (--ema-decay): what validation judges and what eval.py / test.py ship when it is on
+# ----------------------------------------------------------------------------------------------
+
+
+def ema_multi_avg_fn(decay):
+    """torch's EMA update (get_ema_multi_avg_fn: ema = decay * ema + (1 - decay) * w, as one foreach lerp) for
+    floating-point parameters and buffers; integer buffers (BatchNorm's num_batches_tracked, SRResNet's tail index)
+    are counts and indices, copied from the model instead of averaged and truncated."""
+    lerp = get_ema_multi_avg_fn(decay)
+
+    def update(ema_tensors, model_tensors, n_averaged):
+        if ema_tensors[0].is_floating_point():  # AveragedModel groups tensors by dtype: one kind per call
+            lerp(ema_tensors, model_tensors, n_averaged)
+        else:
+            for e, m in zip(ema_tensors, model_tensors, strict=True):
+                e.copy_(m)
+    return update
+
+
+def make_ema(model, decay, dist=None):
+    """The EMA of ``model`` (the bare module, after its training rewrites and warm start / --init-from), started at
+    its current weights: a torch AveragedModel over parameters and buffers (BatchNorm's running statistics
+    averaged too), in no_grad; None when ``decay`` is None or 0 (off). Update it after every optimizer step with
+    update_ema; its ``.module`` has the model's exact state_dict keys and layout (channels_last strides included).
+
+    Under torchrun (``dist`` enabled) every rank's EMA starts at rank 0's weights, as DDP starts the model (the
+    ranks initialise with different seeds): call it on every rank, before wrap_model."""
+    if not decay:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    ema.module.requires_grad_(False)
+    ema.decay = float(decay)
+    ema.update_parameters(model)  # the first update copies: the EMA starts at the initial weights
+    if dist is not None and dist.enabled:
+        for tensor in ema.module.state_dict().values():
+            torch.distributed.broadcast(tensor, 0)
+    return ema
+
+
+def update_ema(ema, model):
+    """After an optimizer step: fold the weights of ``model`` (any wrapper: DDP, DataParallel, torch.compile) into
+    ``ema`` (no-op when None). The parameters are the same on every rank after a step, so is their EMA; BatchNorm's
+    running statistics are each rank's own between DDP's broadcasts, and rank 0's EMA of them is the one saved."""
+    if ema is not None:
+        ema.update_parameters(unwrap_model(model))
+
+
+def shipped_model(model, ema):
+    """What validation and --keep-best judge: the EMA weights when there is an EMA, else the bare training model."""
+    return unwrap_model(model) if ema is None else ema.module
+
+
+def ema_state(ema, key):
+    """The checkpoint entries of an EMA: ``key`` (model_ema / generator_ema: the same keys and layout as the
+    model's own entry), ema_decay (float) and ema_n_averaged (weight sets averaged so far: 1 + steps). {} when off."""
+    if ema is None:
+        return {}
+    return {key: strip_prefixes(ema.module.state_dict()), 'ema_decay': ema.decay,
+            'ema_n_averaged': int(ema.n_averaged)}
+
+
+def load_ema(ema, ckpt, key, path):
+    """On --resume: restore ``ema`` (make_ema of this run's --ema-decay, or None) from the checkpoint exactly.
+    The run must keep the checkpoint's --ema-decay: another value, EMA switched on or off, is refused in one line."""
+    recorded = ckpt.get('ema_decay') or None
+    wanted = None if ema is None else ema.decay
+    if recorded != wanted:
+        if recorded is None:
+            raise UserError(f"{path} has no EMA weights: resume it without --ema-decay (an EMA cannot join a run "
+                            f"halfway; train_srresnet.py --init-from FILE --ema-decay {wanted} starts a new run)")
+        raise UserError(f"{path} was trained with --ema-decay {recorded}: resume it with --ema-decay {recorded} "
+                        f"(another decay, or none, would not continue the same run)")
+    if ema is None:
+        return
+    if key not in ckpt or 'ema_n_averaged' not in ckpt:
+        raise UserError(f"{path} records ema_decay but lacks {key}/ema_n_averaged: not a complete checkpoint")
+    ema.module.load_state_dict(strip_prefixes(ckpt[key]))
+    ema.n_averaged.fill_(int(ckpt['ema_n_averaged']))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,12 +767,27 @@ def add_training_args(parser, archs=None):
     g.add_argument('--val-every', type=positive_int, default=1, help='validate every N epochs (with --val-folder)')
     g.add_argument('--keep-best', action='store_true',
                    help='also keep results/checkpoint_<arch>_best.pth, best by validation PSNR (needs --val-folder)')
+    g.add_argument('--ema-decay', type=ema_decay, metavar='D',
+                   help='keep an exponential moving average of the weights, ema = D * ema + (1 - D) * w after each '
+                        'step (e.g. 0.999), saved next to them; validation and --keep-best judge it, eval.py and '
+                        'test.py use it (default: off, as the tutorial; 0 is off too)')
     g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
     g.add_argument('--max-steps', type=positive_int,
                    help='stop after this many optimizer steps in total, save and exit 0 (as Ctrl-C does)')
     g.add_argument('--deterministic', action='store_true',
                    help='deterministic algorithms (bit-exact resume on CPU; slower on GPU)')
     return g
+
+
+def ema_decay(text):
+    """argparse type of --ema-decay: a float in [0, 1) (0 means off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (e.g. 0.999; 0 is off), got {value}")
+    return value
 
 
 def speed_of(args, device):

@@ -97,3 +97,12 @@ def test_bench_video_measures_model_pipeline_and_codec():
     assert [(r['what'], r['precision']) for r in rows] == [('model', 'fp32'), ('pipeline', 'fp32'), ('codec', '-')]
     assert all(r['in'] == '32x18' and r['out'] == '96x54' and r['fps'] > 0 for r in rows)
     assert rows[0]['frames'] == 2 and rows[1]['frames'] == rows[2]['frames'] == 3
+
+
+def test_bench_ema_reports_both_sides_and_the_run_without_ema_matches(tmp_path, tiny_dataset):
+    result = run_script('benchmarks/bench_ema.py', '--train-folder', tiny_dataset['train'], '--val-folder',
+                        tiny_dataset['test'], '--epochs', 1, '--patches-per-image', 8, '--check-without')
+    assert result.returncode == 0, result.stderr
+    (res,) = json_lines(result.stdout)
+    assert res['steps'] == 3 and res['without_run_matches_raw_weights'] is True  # 6 images x 8 / batch 16
+    assert res['set5_psnr_ema'] != res['set5_psnr_without_ema'] and 'with EMA 0.99 ' in result.stdout
