@@ -39,10 +39,10 @@ demo: $(STAMP)
 	@echo "== 1/4 data lists (scikit-image photos$(if $(TRAIN), + $(TRAIN))$(if $(TEST), + $(TEST)))"
 	$(PY) create_data_lists.py --from-skimage $(DEMO)/photos $(if $(TRAIN),--train-folders $(TRAIN)) \
 		$(if $(TEST),--test-folders $(TEST)) --min-size 96 --output-folder $(DEMO)/data
-	@echo "== 2/4 train a small SRResNet x4 on the CPU (a few minutes)"
+	@echo "== 2/4 train a small SRResNet x4 on the CPU in fp32 (a few minutes; an earlier demo checkpoint is kept aside)"
 	$(PY) train_srresnet.py --data-folder $(DEMO)/data --results-dir $(DEMO) --runs-dir $(DEMO)/runs \
 		--n-blocks 4 --n-channels 32 --batch-size 16 --crop-size 64 --patches-per-image 64 --lr 1e-3 \
-		--lr-schedule cosine --epochs $(DEMO_EPOCHS) --downsample matlab
+		--lr-schedule cosine --epochs $(DEMO_EPOCHS) --downsample matlab --device cpu --amp off --restart
 	@echo "== 3/4 evaluate next to bicubic (standard protocol)"
 	$(PY) eval.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --test-folders $(DEMO)/photos/test $(TEST) \
 		--protocol standard --results-dir $(DEMO)

@@ -207,7 +207,9 @@ class EpochSampler(Sampler):
     rank r of world w takes positions r, r + w, r + 2w, ... of the permutation (as DistributedSampler), so
     local batches b of all ranks together are exactly global batch b of a single-process run.
     The permutation is padded by wrapping so every rank gets the same count. ``start`` skips that many
-    of this rank's samples (to resume mid-epoch); call set_epoch before each epoch.
+    of this rank's samples (to resume mid-epoch); call set_epoch before each epoch. A start at or past the end (a
+    run stopped after the epoch's last step, whose last batch was partial: steps x batch size > samples) leaves
+    nothing of the epoch, whose end-of-epoch work the trainer then does.
     """
 
     def __init__(self, n, seed=0, shuffle=True, rank=0, world_size=1):
@@ -215,10 +217,17 @@ class EpochSampler(Sampler):
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch, start=0):
-        self.epoch, self.start = epoch, start
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.epoch, self.start = epoch, min(start, self.per_rank)
+
+    @property
+    def per_rank(self):
+        """Samples of each rank per epoch (the permutation is padded by wrapping to a multiple of world_size)."""
+        return -(-self.n // self.world_size)
 
     def __len__(self):
-        return -(-self.n // self.world_size) - self.start
+        return self.per_rank - self.start
 
     def __iter__(self):
         if self.shuffle:
@@ -226,7 +235,7 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        per_rank = -(-self.n // self.world_size)
+        per_rank = self.per_rank
         order += order[:per_rank * self.world_size - self.n]
         mine = order[self.rank::self.world_size]
         return iter([(self.epoch, i) for i in mine[self.start:]])

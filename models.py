@@ -353,6 +353,18 @@ def load_vgg19_features(weights='imagenet'):
     return features
 
 
+VGG19_BLOCK_CONVS = (2, 2, 4, 4, 4)  # convolutions in each of VGG19's 5 blocks (a max-pool after each)
+
+
+def check_vgg19_layer(i, j):
+    """ValueError unless (i, j) names a VGG19 convolution: the j-th of block i (TruncatedVGG19's i, j)."""
+    if not 1 <= i <= len(VGG19_BLOCK_CONVS):
+        raise ValueError(f"VGG19 has {len(VGG19_BLOCK_CONVS)} blocks: i must be 1 to {len(VGG19_BLOCK_CONVS)}")
+    if not 1 <= j <= VGG19_BLOCK_CONVS[i - 1]:
+        raise ValueError(f"block {i} of VGG19 has {VGG19_BLOCK_CONVS[i - 1]} convolutions: j must be 1 to "
+                         f"{VGG19_BLOCK_CONVS[i - 1]}")
+
+
 class TruncatedVGG19(nn.Module):
     """VGG19 ``features`` up to and including the ReLU of the j-th conv before the i-th max-pool.
 

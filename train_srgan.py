@@ -29,8 +29,8 @@ import inference
 import models
 import training
 from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate, autocast, convert_image,
-                   get_rng_state, keep_freed_memory, load_checkpoint, make_parser, positive_int, run_cli,
-                   seed_everything, set_determinism, strip_prefixes, unwrap_model)
+                   get_rng_state, given_flags, keep_freed_memory, load_checkpoint, make_parser, odd_positive_int,
+                   positive_int, run_cli, seed_everything, set_determinism, strip_prefixes, unwrap_model)
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
                     rot90=False, patches_per_image=1)
@@ -44,6 +44,10 @@ KERAS_VGG_WEIGHT = 2e-6  # the seed's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, a
 KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # the seed's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
 KERAS_BCE_EPSILON = 1e-7  # Keras clips probabilities to [1e-7, 1 - 1e-7] in binary_crossentropy
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
+# What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint); the
+# generator's configuration comes from the checkpoint's generator_config.
+RESUMED_FLAGS = training.RESUMED_FLAGS + ('kernel_size_d', 'n_channels_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i',
+                                          'vgg19_j', 'beta', 'update_order')
 
 
 def build_parser():
@@ -58,9 +62,9 @@ def build_parser():
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
                         "'none': a random generator)")
-    g.add_argument('--large-kernel-size', type=positive_int, help='generator first/last kernel (default: the '
+    g.add_argument('--large-kernel-size', type=odd_positive_int, help='generator first/last kernel (default: the '
                    "SRResNet checkpoint's, else 9)")
-    g.add_argument('--small-kernel-size', type=positive_int,
+    g.add_argument('--small-kernel-size', type=odd_positive_int,
                    help='generator inner kernel (default: checkpoint, else 3)')
     g.add_argument('--n-channels', type=positive_int, help='generator channels (default: checkpoint, else 64)')
     g.add_argument('--n-blocks', type=positive_int, help='generator residual blocks (default: checkpoint, else 16)')
@@ -112,6 +116,14 @@ def resolve_args(parser, argv=None):
     args.checkpoint_path = os.path.join(args.results_dir, 'checkpoint_srgan.pth')
     if args.resume == 'auto':
         args.resume = args.checkpoint_path
+    resumed = None
+    if args.resume:  # a resumed run continues with the settings of its checkpoint
+        resumed = load_checkpoint(args.resume)
+        training.settings_from_checkpoint(resumed, args.resume, args, given_flags(parser, argv), RESUMED_FLAGS)
+    try:
+        models.check_vgg19_layer(args.vgg19_i, args.vgg19_j)
+    except ValueError as e:
+        parser.error(f"--vgg19-i {args.vgg19_i} --vgg19-j {args.vgg19_j}: {e}")
     args.variant = resolve_variant(args.variant, args.resume)
     for key, value in RECIPES[args.variant].items():
         if getattr(args, key) is None:
@@ -130,7 +142,9 @@ def resolve_args(parser, argv=None):
     given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
     config = models.model_config('srgan_keras', 4) if keras else models.model_config(
         'srresnet', 4, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16)
-    if args.srresnet_checkpoint.lower() != 'none' and not args.resume:
+    if resumed is not None and isinstance(resumed.get('generator_config'), dict):
+        config = dict(resumed['generator_config'])  # flags given now that differ are refused by load_resume
+    elif args.srresnet_checkpoint.lower() != 'none' and not args.resume:
         path = args.srresnet_checkpoint
         if not os.path.isfile(path):
             raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
@@ -365,6 +379,8 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
     if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
         raise UserError(f"{path} is not an SRGAN checkpoint")
     training.check_resume_compatible('srgan', ckpt.get('generator_config'), 'srgan', args.generator_config, path)
+    training.check_resume_compatible('srgan', ckpt.get('discriminator_config'), 'srgan', args.discriminator_config,
+                                     path)
     if 'optimizer_d' not in ckpt:
         raise UserError(f"{path} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
                         f"resumed exactly; start a new run from its generator instead")
@@ -397,8 +413,8 @@ def sr_network(generator):
 
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
-    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout,
-                               max_steps=args.max_steps) as ctx:
+    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout, max_steps=args.max_steps,
+                               checkpoint=args.checkpoint_path, resume=args.resume, restart=args.restart) as ctx:
         speed = training.speed_of(args, ctx.device)
         if not speed.faithful:
             keep_freed_memory()

@@ -26,17 +26,21 @@ from torch import nn
 import inference
 import models
 import training
-from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_state, keep_freed_memory,
-                   load_checkpoint, make_parser, positive_int, run_cli, seed_everything, set_determinism,
-                   strip_prefixes, unwrap_model)
+from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_state, given_flags, keep_freed_memory,
+                   load_checkpoint, make_parser, odd_positive_int, positive_int, run_cli, seed_everything,
+                   set_determinism, strip_prefixes, unwrap_model)
+
+# What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint).
+RESUMED_FLAGS = training.RESUMED_FLAGS + ('loss', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'large_kernel_size',
+                                          'small_kernel_size', 'n_channels', 'n_blocks', 'model_opt')
 
 
 def build_parser():
     parser = make_parser(__doc__, training=True)
     training.add_training_args(parser, archs=sorted(a for a, spec in models.ARCHS.items() if spec.train))
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
-    g.add_argument('--large-kernel-size', type=positive_int, default=9, help='srresnet: first/last conv kernel')
-    g.add_argument('--small-kernel-size', type=positive_int, default=3, help='srresnet: inner conv kernel')
+    g.add_argument('--large-kernel-size', type=odd_positive_int, default=9, help='srresnet: first/last conv kernel')
+    g.add_argument('--small-kernel-size', type=odd_positive_int, default=3, help='srresnet: inner conv kernel')
     g.add_argument('--n-channels', type=positive_int, default=64, help='srresnet: inner channels')
     g.add_argument('--n-blocks', type=positive_int, default=16, help='srresnet: residual blocks')
     g.add_argument('--model-opt', action='append', default=[], metavar='KEY=VALUE',
@@ -70,6 +74,16 @@ def parse_model_opts(opts, parser):
 def resolve_args(parser, argv=None):
     """Parse flags, fill the architecture's defaults, and reject impossible combinations before any work."""
     args = parser.parse_args(argv)
+    if args.init_from and args.resume:
+        parser.error("--init-from starts a new run from weights, --resume continues one: give only one")
+    if args.resume:  # a resumed run continues with the settings of its checkpoint
+        path = (os.path.join(args.results_dir, f"checkpoint_{args.arch}.pth") if args.resume == 'auto'
+                else args.resume)
+        ckpt, given = load_checkpoint(path), given_flags(parser, argv)
+        if 'arch' not in given and args.resume != 'auto' and ckpt.get('arch') in models.ARCHS:
+            args.arch = ckpt['arch']
+        training.settings_from_checkpoint(ckpt, path, args, given, RESUMED_FLAGS)
+        del ckpt
     args.scale = 4 if args.scale is None else args.scale
     try:
         models.check_scale(args.arch, args.scale)
@@ -84,8 +98,6 @@ def resolve_args(parser, argv=None):
         parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
     if not 0 <= args.max_bad_fraction < 1:
         parser.error("--max-bad-fraction must be in [0, 1)")
-    if args.init_from and args.resume:
-        parser.error("--init-from starts a new run from weights, --resume continues one: give only one")
     overrides = parse_model_opts(args.model_opt, parser)
     if args.arch == 'srresnet':
         overrides = dict(large_kernel_size=args.large_kernel_size, small_kernel_size=args.small_kernel_size,
@@ -190,8 +202,8 @@ def load_resume(path, ctx, args, model, optimizer, scheduler, scaler, ema=None):
 
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
-    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout,
-                               max_steps=args.max_steps) as ctx:
+    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout, max_steps=args.max_steps,
+                               checkpoint=args.checkpoint_path, resume=args.resume, restart=args.restart) as ctx:
         speed = training.speed_of(args, ctx.device)
         if not speed.faithful:
             keep_freed_memory()

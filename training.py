@@ -18,6 +18,7 @@ import argparse
 import datetime
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -32,9 +33,9 @@ from tqdm import tqdm
 import datasets
 import inference
 import models
-from utils import (UserError, check_precision, convert_image, list_image_files, load_image, native_bf16,
-                   pick_device, pil_to_tensor, plain_args, positive_int, save_checkpoint, set_rng_state,
-                   strip_prefixes, unwrap_model)
+from utils import (Interrupted, RunLock, UserError, check_precision, convert_image, list_image_files, load_image,
+                   native_bf16, non_negative_float, pick_device, pil_to_tensor, plain_args, positive_int,
+                   save_checkpoint, set_rng_state, strip_prefixes, unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -264,10 +265,12 @@ def validation_due(epoch, val_every, epochs):
 
 
 class StopRequest:
-    """Turns Ctrl-C / SIGTERM into a flag the training loop checks after each step (a second Ctrl-C aborts)."""
+    """Turns Ctrl-C / SIGTERM into a flag the training loop checks after each step, once ``armed`` (after the first
+    step of the run). Before that there is nothing to save: either interrupts at once (KeyboardInterrupt), as does a
+    second Ctrl-C."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = self.armed = False
         self._previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -276,7 +279,7 @@ class StopRequest:
                 pass
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
+        if not self.armed or (self.requested and signum == signal.SIGINT):
             raise KeyboardInterrupt
         self.requested = True
         print(f"\n{signal.Signals(signum).name} received: finishing this step, then saving", file=sys.stderr)
@@ -286,13 +289,71 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def resume_command():
-    """The command line that resumes this run (argv with --resume added when missing)."""
-    argv = [a for a in sys.argv]
-    if '--resume' not in argv and not any(a.startswith('--resume=') for a in argv):
-        argv.append('--resume')
+# Flags of a run's command line that the command resuming it must not repeat: --max-steps N would stop it again at
+# once (N steps are counted from the start of the run), --restart would set the checkpoint aside, --init-from is a
+# new run's; each is the flag and the number of values it takes.
+NOT_RESUMED = {'--max-steps': 1, '--restart': 0, '--init-from': 1}
+
+
+def resume_command(argv=None):
+    """The command line that resumes this run: its argv (default sys.argv) without NOT_RESUMED's flags, with
+    --resume added when missing."""
+    argv, out = list(sys.argv if argv is None else argv), []
+    while argv:
+        arg = argv.pop(0)
+        flag = arg.split('=', 1)[0]
+        if flag in NOT_RESUMED:
+            if '=' not in arg:
+                del argv[:NOT_RESUMED[flag]]
+            continue
+        out.append(arg)
+    if '--resume' not in out and not any(a.startswith('--resume=') for a in out):
+        out.append('--resume')
     launcher = 'torchrun ...' if 'RANK' in os.environ else 'python'
-    return f"{launcher} {' '.join(argv)}"
+    return f"{launcher} {shlex.join(out)}"
+
+
+def best_path_of(path):
+    """The --keep-best file of the run writing ``path``: <path stem>_best.pth."""
+    return os.path.splitext(path)[0] + '_best.pth'
+
+
+def set_aside_name(path, stamp):
+    """``path`` with ``stamp`` before its extension, and a counter when that name is taken: the name --restart
+    keeps an old checkpoint under (checkpoint_srresnet.pth -> checkpoint_srresnet.20260101-120000.pth)."""
+    stem, ext = os.path.splitext(path)
+    name, n = f"{stem}.{stamp}{ext}", 1
+    while os.path.lexists(name):
+        n += 1
+        name = f"{stem}.{stamp}-{n}{ext}"
+    return name
+
+
+def claim_run_files(path, resume, restart, log=print):
+    """Make ``path`` (a run's checkpoint) and its --keep-best file this run's to write, before any work.
+
+    A run that continues ``path`` (--resume naming it) writes them; otherwise files already there belong to an
+    earlier run: refused with one line naming --resume and --restart, or with ``restart`` renamed aside (each with
+    a timestamp, said in a printed line) so that nothing is lost. --restart together with --resume of ``path``
+    itself is refused (one continues the file, the other starts over)."""
+    continues = bool(resume) and os.path.exists(resume) and os.path.exists(path) and os.path.samefile(resume, path)
+    if continues and restart:
+        raise UserError(f"--resume continues {path} and --restart starts over: give one of them")
+    existing = [p for p in (path, best_path_of(path)) if os.path.lexists(p)]
+    if continues or not existing:
+        return
+    if not restart:
+        raise UserError(f"{path} exists (an earlier run): pass --resume to continue it, or --restart to start over "
+                        f"(the old file is then kept as {os.path.basename(set_aside_name(path, 'DATE-TIME'))})")
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for old in existing:
+        aside = set_aside_name(old, stamp)
+        try:
+            os.rename(old, aside)
+        except OSError as e:
+            raise UserError(f"--restart: cannot rename {old} to {aside} ({e.strerror or e}); nothing was "
+                            f"changed") from None
+        log(f"--restart: the earlier {old} is kept as {aside}")
 
 
 def to_display(img, kind):
@@ -311,24 +372,65 @@ class TrainContext:
     non-finite losses, the stop decision shared by all ranks), log_epoch, and printing on rank 0 (log).
     """
 
-    def __init__(self, device='auto', *, ngpu=1, dist_timeout=600, max_steps=None):
+    def __init__(self, device='auto', *, ngpu=1, dist_timeout=600, max_steps=None, checkpoint=None, resume=None,
+                 restart=False):
         self.device_name, self.ngpu, self.dist_timeout, self.max_steps = device, ngpu, dist_timeout, max_steps
-        self.dist = self.device = self.stop = self.writer = None
-        self.tag, self.global_step = '', 0
+        self.checkpoint, self.resume, self.restart = checkpoint, resume, restart
+        self.dist = self.device = self.stop = self.writer = self.lock = None
+        self.tag, self.global_step, self.epoch_steps = '', 0, 0
 
     def __enter__(self):
+        """Join the process group; on rank 0 lock the run's checkpoint for the whole run (a second trainer on it
+        refuses, naming this one) and claim its files (claim_run_files); then handle Ctrl-C / SIGTERM."""
         tqdm.monitor_interval = 0  # no tqdm monitor thread: nothing but the main thread is left to stop at exit
-        self.dist = init_distributed(self.device_name, self.ngpu, self.dist_timeout)
-        self.device = self.dist.device
-        self.stop = StopRequest()
+        self.stop = StopRequest()  # from here on, Ctrl-C is this run's (before the first step: interrupts at once)
+        try:
+            self.dist = init_distributed(self.device_name, self.ngpu, self.dist_timeout)
+            self.device = self.dist.device
+            if self.checkpoint is not None and self.dist.is_main:
+                self.lock = RunLock(self.checkpoint).acquire()
+                claim_run_files(self.checkpoint, self.resume, self.restart, log=self.log)
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.stop.restore()
-        if self.writer is not None:
-            self.writer.close()
+        self._close_writer()
         close_distributed()
+        if self.lock is not None:
+            self.lock.release()
+        if exc_type is KeyboardInterrupt:  # Ctrl-C / SIGTERM before the first step ended, or a second Ctrl-C
+            where = f"{self.checkpoint} is as it was" if self.checkpoint else "nothing was saved"
+            raise Interrupted(("interrupted again: stopped without saving; " if self.stop.armed else
+                               "interrupted during start-up, before the first training step ended: nothing was "
+                               "saved; ") + where) from None
         return False
+
+    def _close_writer(self):
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception as e:  # its last events could not be written: the run itself is saved
+                print(f"warning: TensorBoard logs under {writer.log_dir} may be incomplete: {e}", file=sys.stderr)
+
+    def _write_logs(self, write):
+        """Call ``write(writer)`` (rank 0, writer open); a failing log write (disk full...) stops TensorBoard
+        logging with one warning line, and training goes on: the logs are not worth a run."""
+        if self.writer is None:
+            return
+        try:
+            write(self.writer)
+        except Exception as e:
+            print(f"warning: TensorBoard logging stopped, cannot write {self.writer.log_dir} "
+                  f"({getattr(e, 'strerror', None) or e}); training goes on", file=sys.stderr)
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except Exception:
+                pass
 
     def log(self, *text, **kwargs):
         """print on rank 0 only."""
@@ -339,7 +441,11 @@ class TrainContext:
         """The TensorBoard writer, on rank 0 only (elsewhere ``writer`` stays None); ``tag`` prefixes every tag."""
         self.tag = tag
         if self.dist.is_main:
-            self.writer = SummaryWriter(log_dir=log_dir)
+            try:
+                self.writer = SummaryWriter(log_dir=log_dir)
+            except Exception as e:  # OSError (a file in the way, no space, no permission) or tensorboard's own
+                raise UserError(f"cannot write TensorBoard logs to {log_dir} ({getattr(e, 'strerror', None) or e}):"
+                                f" give another --runs-dir") from None
 
     def progress(self, loader, desc):
         """A tqdm bar over the loader on rank 0 when stderr is a terminal; plain iteration otherwise."""
@@ -356,6 +462,8 @@ class TrainContext:
         '<tag>/<name>_loss_step').
         """
         self.global_step += 1
+        self.epoch_steps += 1
+        self.stop.armed = True  # a step is done: from now on Ctrl-C / SIGTERM finish the step and save
         wants_stop = self.stop.requested or (self.max_steps is not None and self.global_step >= self.max_steps)
         names = list(losses)
         packed = torch.stack([losses[k].detach().float() for k in names] +
@@ -366,33 +474,48 @@ class TrainContext:
         *values, stop = packed.tolist()  # the one host sync of the step
         for name, value in zip(names, values):
             if not math.isfinite(value):
+                kept = (f"so {checkpoint_path} still holds the last good state" if os.path.exists(checkpoint_path)
+                        else "and this run had saved nothing yet")
                 raise UserError(f"{name} loss became {value} at epoch {epoch}, step {step}; stopped without saving, "
-                                f"so {checkpoint_path} still holds the last good state (try a lower --lr or --amp off)")
+                                f"{kept} (try a lower --lr or --amp off)")
         values = dict(zip(names, values))
-        if self.writer is not None:
+
+        def write(writer):
             for name, value in values.items():
                 label = name if name.endswith('loss') else f"{name}_loss"
-                self.writer.add_scalar(f"{self.tag}/{label}_step", value, self.global_step)
+                writer.add_scalar(f"{self.tag}/{label}_step", value, self.global_step)
+        self._write_logs(write)
         return values, stop > 0
 
     def log_images(self, tag, epoch, lr, sr, hr, lr_kind, out_kind):
         """TensorBoard grids of the first 4 LR / SR / HR images of a batch, each mapped to [0, 1] (rank 0)."""
         if self.writer is None:
             return
-        for name, img, kind in (('1_lr', lr, lr_kind), ('2_sr', sr, out_kind), ('3_hr', hr, out_kind)):
-            self.writer.add_image(f"{self.tag}/{tag}/{name}", make_grid(to_display(img[:4].detach().cpu(), kind), nrow=4), epoch)
+
+        def write(writer):
+            for name, img, kind in (('1_lr', lr, lr_kind), ('2_sr', sr, out_kind), ('3_hr', hr, out_kind)):
+                writer.add_image(f"{self.tag}/{tag}/{name}", make_grid(to_display(img[:4].detach().cpu(), kind),
+                                                                       nrow=4), epoch)
+        self._write_logs(write)
 
     def log_epoch(self, epoch, epochs, losses, val_psnr=None, best_psnr=None, ema=False):
         """The epoch's line on rank 0 (mean losses, validation PSNR) and its TensorBoard scalars. ``ema``: the
-        validation judged the EMA weights (line 'val PSNR (EMA)', scalar '<tag>/val_psnr_ema')."""
-        line = f"epoch {epoch}/{epochs}: " + ', '.join(f"{k} {v:.5g}" for k, v in losses.items())
+        validation judged the EMA weights (line 'val PSNR (EMA)', scalar '<tag>/val_psnr_ema'). An epoch without a
+        step in this process (resumed after its last step) has no losses to report."""
+        if not self.epoch_steps:
+            losses = {}
+        self.epoch_steps = 0
+        line = f"epoch {epoch}/{epochs}: " + (', '.join(f"{k} {v:.5g}" for k, v in losses.items()) or
+                                               "its steps were done before the resume")
         if val_psnr is not None:
             line += f", val PSNR{' (EMA)' if ema else ''} {val_psnr:.3f} dB (best {best_psnr:.3f})"
-        if self.writer is not None:
+
+        def write(writer):
             if val_psnr is not None:
-                self.writer.add_scalar(f"{self.tag}/val_psnr{'_ema' if ema else ''}", val_psnr, epoch)
+                writer.add_scalar(f"{self.tag}/val_psnr{'_ema' if ema else ''}", val_psnr, epoch)
             for k, v in losses.items():
-                self.writer.add_scalar(f"{self.tag}/{k}", v, epoch)
+                writer.add_scalar(f"{self.tag}/{k}", v, epoch)
+        self._write_logs(write)
         self.log(line, flush=True)
 
 
@@ -494,7 +617,7 @@ class CheckpointSaver:
 
     def __init__(self, path, dist, keep_best=False):
         self.path, self.dist, self.keep_best = path, dist, keep_best
-        self.best_path = os.path.splitext(path)[0] + '_best.pth'
+        self.best_path = best_path_of(path)
 
     def save(self, state, improved=False):
         """End of an epoch: the latest state, and the best one when ``improved``; then all ranks meet."""
@@ -534,6 +657,34 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
                         f"pass the same flags as when it was created")
 
 
+# What a resumed run takes from its checkpoint (the flags it was made with, recorded in 'args') unless given again:
+# the data pipeline and recipe of both trainers (exact resume needs them), and the settings held by the optimizer and
+# scheduler states, which a resumed run cannot change: given again with another value, those are refused.
+RESUMED_FLAGS = ('scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'patches_per_image',
+                 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed')
+OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma')
+
+
+def flag_name(dest):
+    return '--' + dest.replace('_', '-')
+
+
+def settings_from_checkpoint(ckpt, path, args, given, keys):
+    """A resumed run continues its checkpoint's run: each of ``keys`` (dest names) not in ``given`` (the flags on
+    the command line, utils.given_flags) takes the value the checkpoint's 'args' recorded, so the new checkpoint
+    records what the run really does. A flag of OPTIMIZER_FLAGS given with another value than recorded is refused
+    (the optimizer state holds the recorded one, and the checkpoint would record a change that never happened)."""
+    recorded = ckpt.get('args') or {}
+    for key in OPTIMIZER_FLAGS:
+        if key in given and key in recorded and recorded[key] != getattr(args, key):
+            raise UserError(f"{flag_name(key)} {getattr(args, key)}: {path} was trained with {recorded[key]}, which "
+                            f"its optimizer state holds, and --resume continues that run as it was: drop "
+                            f"{flag_name(key)} (or start a new run from its weights with --init-from)")
+    for key in keys:
+        if key not in given and key in recorded:
+            setattr(args, key, recorded[key])
+
+
 def restore_training_state(ckpt, path, scaler, ctx):
     """Restore the GradScaler, the RNG states (single process) and the step counter from a checkpoint.
 
@@ -566,7 +717,7 @@ def add_training_args(parser, archs=None):
     g.add_argument('--batch-size', type=positive_int, help='GLOBAL batch size (split across torchrun processes); '
                    'default: the arch recipe (srresnet 400, srgan 128)')
     g.add_argument('--epochs', type=positive_int, help='last epoch; default: the arch recipe (srresnet 130)')
-    g.add_argument('--lr', type=float, help='learning rate; default: the arch recipe (srresnet 1e-4)')
+    g.add_argument('--lr', type=non_negative_float, help='learning rate; default: the arch recipe (srresnet 1e-4)')
     g.add_argument('--downsample', choices=('pil', 'matlab'),
                    help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
                         "default: the arch recipe")
@@ -574,7 +725,12 @@ def add_training_args(parser, archs=None):
                    help='random crops taken from each image per epoch; default: the arch recipe (srresnet 1, as '
                         'the tutorial)')
     g.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
-                   help='continue from CHECKPOINT (default when given without a value: the output checkpoint)')
+                   help='continue from CHECKPOINT (default when given without a value: the output checkpoint), '
+                        'with the settings it was made with (flags given now that change none of them: speed, '
+                        '--epochs, --max-steps ... apply)')
+    g.add_argument('--restart', action='store_true',
+                   help='start a new run even though RESULTS_DIR/checkpoint_<arch>.pth exists: the old file is kept '
+                        'under a new name (checkpoint_<arch>.<date-time>.pth); without it such a run is refused')
     g.add_argument('--results-dir', default='results', help='where checkpoints go')
     g.add_argument('--runs-dir', default='runs', help='TensorBoard log folder')
     g.add_argument('--ngpu', type=positive_int, default=1, help='GPUs for the tutorial\'s DataParallel (CUDA only)')

@@ -18,9 +18,13 @@ import re
 import secrets
 import stat
 import sys
-import tempfile
 import time
 import warnings
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (RunLock then locks nothing)
+    fcntl = None
 
 import numpy as np
 import torch
@@ -39,6 +43,12 @@ class UserError(Exception):
     """A problem the user can fix (bad path, bad image, wrong checkpoint...). Printed as one line."""
 
 
+class Interrupted(UserError):
+    """Ctrl-C where nothing can be saved (a trainer before its first step): one line, exit code 130 (as SIGINT)."""
+
+    exit_code = 130
+
+
 def run_cli(main):
     """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2.
 
@@ -49,7 +59,10 @@ def run_cli(main):
         return main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, 'exit_code', 2))
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); files being written were discarded", file=sys.stderr)
+        sys.exit(130)
     finally:
         gc.collect()
 
@@ -69,14 +82,28 @@ def make_parser(doc, *, data=True, device=True, training=False):
     if data:
         parser.add_argument('--data-folder', default='./data/', help='folder holding the JSON data lists')
     if device:
-        parser.add_argument('--device', default='auto',
+        parser.add_argument('--device', default='auto', type=device_name,
                             help="'auto' (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     if training:
-        parser.add_argument('--workers', type=int, default=None,
+        parser.add_argument('--workers', type=non_negative_int, default=None,
                             help="data-loading worker processes (default: 4, the tutorial's; 0 when training on a "
                                  "CPU from the RAM cache, where workers only compete with the model for the cores)")
         parser.add_argument('--seed', type=int, default=0, help='random seed (data order, crops, initialisation)')
     return parser
+
+
+def given_flags(parser, argv=None):
+    """The dest names of the flags given on the command line ``argv`` (default sys.argv[1:]), defaults left out:
+    what a user asked for, told apart from what a default filled in. Parses ``argv`` again with every default
+    suppressed (call it after parser.parse_args(argv), which reported any error)."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
 
 
 def positive_int(text):
@@ -88,6 +115,52 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def odd_positive_int(text):
+    """argparse type: an odd integer >= 1 (a kernel size that keeps the image size with padding k // 2)."""
+    value = positive_int(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd (an even kernel shifts the image by half a pixel and changes "
+                                         f"its size), got {value}")
+    return value
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0 (a learning rate; 0 keeps the initial weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+
+
+def device_name(text):
+    """argparse type of --device: 'auto', cpu, cuda, cuda:N, mps (whether it is there is checked by pick_device)."""
+    name = text.strip().lower()
+    if name == 'auto':
+        return name
+    kind, sep, index = name.partition(':')
+    if kind not in DEVICE_TYPES or (sep and not (index.isdigit() and kind != 'cpu')):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this suite runs on: auto, cpu, cuda, cuda:N or "
+                                         f"mps")
+    return name
 
 
 def parse_memory(value):
@@ -770,9 +843,15 @@ def pick_device(name='auto'):
         if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
             return torch.device('mps')
         return torch.device('cpu')
-    device = torch.device(name)
+    try:
+        device = torch.device(device_name(name))
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"--device {e}") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == 'mps' and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     return device
@@ -954,82 +1033,6 @@ def plain_args(args):
     return {k: plain(v) for k, v in vars(args).items()}
 
 
-def _remove_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """A temp file name in ``path``'s folder to write ``path`` through, for writers that need a name (a muxer):
-    on a clean exit the temp file is fsynced, given the usual permissions and renamed onto ``path`` (atomic), and
-    the folder fsynced; on any exception it is removed and the old file, if any, kept. Temp files of writers killed
-    mid-write (kill -9, power loss) are removed first. Errors of its own file operations raise UserError naming
-    the path; exceptions from the body pass through unchanged.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = '.' + os.path.basename(path) + '.'
-    try:
-        os.makedirs(folder, exist_ok=True)
-        for stale in os.listdir(folder):
-            if stale.startswith(prefix) and stale.endswith('.tmp'):
-                os.unlink(os.path.join(folder, stale))
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix='.tmp', dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        yield tmp
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from None
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write(path, write_fn):
-    """Write a file atomically: ``write_fn(file)`` into a temp file in the same folder, flush, fsync, os.replace
-    (through atomic_path).
-
-    A crash at any moment leaves either the old file or the new one, never a torn one (a killed writer's temp
-    file is removed by the next write). Failures (disk full, permission denied) raise UserError naming the
-    path; the old file is kept and the temp file removed.
-    """
-    try:
-        with atomic_path(path) as tmp:
-            with open(tmp, 'wb') as f:
-                write_fn(f)
-                f.flush()
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; "
-                        f"the previous file, if any, is unchanged") from None
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
 def _fsync_folder(folder):
     """Make renames in ``folder`` durable (a no-op where folders cannot be opened, e.g. on Windows)."""
     try:
@@ -1060,6 +1063,85 @@ def _unlink_quietly(path):
         pass
 
 
+# The one temp-file rule of every atomic writer here (atomic_path, AtomicFileSet): ``.<name>.<pid>.<random>.tmp``
+# next to the target (``.old.tmp`` for AtomicFileSet's rollback links), so a leftover names the process that made it.
+_STALE_TEMP = re.compile(r'\.(.+)\.(\d+)\.[0-9a-f]{8}(?:\.old)?\.tmp')
+
+
+def _temp_name(path, suffix='.tmp'):
+    """A temp file name next to ``path``, unique to this process (pid) and call (random)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+def _remove_stale_temps(path, entries=None):
+    """Remove the temp files of ``path`` left by writers that no longer run (killed mid-write); those of live
+    writers stay. ``entries``: the folder's (name, _STALE_TEMP match) pairs when already listed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if entries is None:
+        entries = [(e, _STALE_TEMP.fullmatch(e)) for e in os.listdir(folder) if e.endswith('.tmp')]
+    for entry, match in entries:
+        if match and match.group(1) == name and not _writer_alive(int(match.group(2))):
+            _unlink_quietly(os.path.join(folder, entry))
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temp file name in ``path``'s folder to write ``path`` through, for writers that need a name (a muxer):
+    on a clean exit the temp file is fsynced and renamed onto ``path`` (atomic), and the folder fsynced; on any
+    exception it is removed and the old file, if any, kept. The temp name follows the one rule of this module's
+    writers (``.<name>.<pid>.<random>.tmp``, see AtomicFileSet): temp files of writers that no longer run (kill -9,
+    power loss) are removed first, those of a live writer (another process writing the same file) never. Errors
+    of its own file operations raise UserError naming the path; exceptions from the body pass through unchanged.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        _remove_stale_temps(path)
+        tmp = _temp_name(path)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 minus the umask: the usual
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        yield tmp
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from None
+    _fsync_folder(folder)  # make the rename itself durable
+
+
+def atomic_write(path, write_fn):
+    """Write a file atomically: ``write_fn(file)`` into a temp file in the same folder, flush, fsync, os.replace
+    (through atomic_path).
+
+    A crash at any moment leaves either the old file or the new one, never a torn one (a killed writer's temp
+    file is removed by the next write). Failures (disk full, permission denied) raise UserError naming the
+    path; the old file is kept and the temp file removed.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, 'wb') as f:
+                write_fn(f)
+                f.flush()
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; "
+                        f"the previous file, if any, is unchanged") from None
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
 class AtomicFileSet:
     """Writes a set of files all or nothing (a commit group): each file goes to a temp file in its own folder as
     it comes (so a big set never sits in memory at once), and only when every one is written and fsync'ed are
@@ -1078,8 +1160,6 @@ class AtomicFileSet:
     it runs, so two writers in one folder do not delete each other's files).
     """
 
-    _STALE = re.compile(r'\.(.+)\.(\d+)\.[0-9a-f]{8}(?:\.old)?\.tmp')
-
     def __init__(self):
         self._pending = []  # (temp path, final path)
         self._listed = {}  # folder -> its entries, listed once per set to find stale temp files
@@ -1094,19 +1174,12 @@ class AtomicFileSet:
             self.discard()
         return False
 
-    @staticmethod
-    def _temp_name(path, suffix='.tmp'):
-        folder, name = os.path.split(os.path.abspath(path))
-        return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
-
     def _remove_stale(self, path):
-        """Remove the temp files of ``path`` left by set writers that no longer run (killed mid-write)."""
-        folder, name = os.path.split(os.path.abspath(path))
+        """Remove the temp files of ``path`` left by writers that no longer run (the folder listed once per set)."""
+        folder = os.path.dirname(os.path.abspath(path))
         if folder not in self._listed:
-            self._listed[folder] = [(e, self._STALE.fullmatch(e)) for e in os.listdir(folder) if e.endswith('.tmp')]
-        for entry, match in self._listed[folder]:
-            if match and match.group(1) == name and not _writer_alive(int(match.group(2))):
-                _unlink_quietly(os.path.join(folder, entry))
+            self._listed[folder] = [(e, _STALE_TEMP.fullmatch(e)) for e in os.listdir(folder) if e.endswith('.tmp')]
+        _remove_stale_temps(path, self._listed[folder])
 
     def write(self, path, write_fn):
         """Write ``write_fn(file)`` into a temp file next to ``path`` (renamed into place by commit())."""
@@ -1114,7 +1187,7 @@ class AtomicFileSet:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._remove_stale(path)
-            tmp = self._temp_name(path)
+            tmp = _temp_name(path)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
             with os.fdopen(fd, 'wb') as f:  # 0o666 minus the umask: the usual permissions
                 write_fn(f)
@@ -1144,7 +1217,7 @@ class AtomicFileSet:
         """A hard link to the file at ``path`` (to restore it on rollback), or None (none there, or no links)."""
         if not os.path.lexists(path) or os.path.isdir(path):
             return None
-        backup = cls._temp_name(path, '.old.tmp')
+        backup = _temp_name(path, '.old.tmp')
         try:
             os.link(path, backup, follow_symlinks=False)
         except (OSError, NotImplementedError):  # no hard links on this filesystem (FAT, some network shares)
@@ -1194,6 +1267,53 @@ def atomic_write_many(writers):
                 files.write(path, what)
 
 
+class RunLock:
+    """An advisory lock (fcntl.flock, non-blocking) on the file ``path`` for as long as a process writes it: a run's
+    checkpoint, so that a second trainer on the same file refuses instead of overwriting the first one's saves.
+
+    The lock is taken on ``.<name>.lock`` next to ``path`` (the checkpoint itself is replaced by each atomic save,
+    a lock on it would go with the old file), which holds the owner's pid for the message; the kernel drops the
+    lock when its process ends, however it ends, so a killed run never blocks the next. Used as a context manager;
+    acquire() raises UserError naming the other process. Where fcntl is missing (Windows) it locks nothing.
+    """
+
+    def __init__(self, path):
+        folder, name = os.path.split(os.path.abspath(path))
+        self.path, self.lock_path, self._fd = path, os.path.join(folder, f".{name}.lock"), None
+
+    def acquire(self):
+        if fcntl is None:
+            return self
+        try:
+            os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write {self.lock_path} (the lock of {self.path}): {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode('ascii', 'replace').strip() or 'unknown'
+            os.close(fd)
+            raise UserError(f"{self.path} is in use by another training run (pid {owner}): wait for it to end, or "
+                            f"give this run another --results-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode('ascii'), 0)
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays (removing it would race with a new owner)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
 def save_checkpoint(state, path):
     """torch.save ``state`` (state_dicts and plain data only) atomically."""
     atomic_write(path, lambda f: torch.save(state, f))
@@ -1201,6 +1321,9 @@ def save_checkpoint(state, path):
 
 LEGACY_HELP = ("if it is the tutorial's old format (whole pickled models) and you trust its source, convert it "
                "once with: python eval.py --convert-legacy {path} NEW.pth")
+# The modules whose classes the tutorial pickled whole into its checkpoints (its models.py, torch's modules and
+# optimizers): only a file refused for one of these is its old format, and only that one is told of the converter.
+LEGACY_GLOBALS = ('models.', 'torch.', '__main__.SRResNet', '__main__.Generator', '__main__.Discriminator')
 
 
 # The suite's checkpoints as safetensors (export.py --format safetensors): the network's weights, and as metadata
@@ -1276,23 +1399,68 @@ def load_checkpoint(path, map_location='cpu'):
     if is_safetensors_file(path):
         ckpt = _load_safetensors(path, map_location)
         return _check_format_version(ckpt, path)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty (0 bytes), not a checkpoint: an interrupted copy or download? Copy it "
+                        f"again")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         text = str(e)
-        if 'GLOBAL' in text or 'Unsupported global' in text or 'Unsupported operand' in text:
+        refused = re.search(r'GLOBAL ([\w.]+)', text)
+        if refused and refused.group(1).startswith(LEGACY_GLOBALS):
             raise UserError(f"refusing to load {path}: it needs arbitrary unpickling, which can run code; "
                             + LEGACY_HELP.format(path=path)) from None
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
-            from None
+        if refused:
+            raise UserError(f"refusing to load {path}: it needs arbitrary unpickling, which can run code (it names "
+                            f"{refused.group(1)}, not a class of the tutorial's checkpoints); not a checkpoint to "
+                            f"trust") from None
+        first_line = (text.strip().splitlines() or [''])[0][:120]
+        if 'weights_only' in text:  # torch's advice to unpickle does not apply to a damaged file
+            found = re.search(r'Unsupported operand \d+|[^\n]*(?:load key|truncated|EOF)[^\n]*', text)
+            first_line = found.group(0).strip()[:120] if found else ''
+        raise UserError(f"{path} is not a readable checkpoint: corrupt, or not a checkpoint ({type(e).__name__}"
+                        + (f": {first_line})" if first_line else ")")) from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
-    return _check_format_version(ckpt, path)
+    return _check_checkpoint_fields(_check_format_version(ckpt, path), path)
+
+
+# Fields of this suite's checkpoints (and the tutorial's) and what each must hold: load_checkpoint refuses a file
+# where one holds anything else, so no reader (test.py, eval.py, export.py, --resume) meets it half-way through.
+STATE_DICT_FIELDS = ('model', 'generator', 'discriminator')
+DICT_FIELDS = ('optimizer', 'optimizer_g', 'optimizer_d', 'scheduler', 'scaler', 'rng', 'args', 'model_config',
+               'generator_config', 'discriminator_config')
+INT_FIELDS = ('epoch', 'resume_step', 'step')
+
+
+def _check_checkpoint_fields(ckpt, path):
+    """UserError naming the first field of ``ckpt`` that does not hold what this suite writes there (a bare
+    state_dict, all tensors, has none of these fields)."""
+    if all(torch.is_tensor(v) for v in ckpt.values()):
+        return ckpt
+    for key in STATE_DICT_FIELDS:
+        value = ckpt.get(key)
+        if key in ckpt and not (isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v)
+                                                                for k, v in value.items())):
+            raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its {key!r} is a "
+                            f"{type(value).__name__}, not a state_dict of tensors")
+    for key in DICT_FIELDS:
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its {key!r} is a "
+                            f"{type(ckpt[key]).__name__}, not a dict")
+    for key in INT_FIELDS:
+        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int) or ckpt[key] < 0):
+            raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its {key!r} is {ckpt[key]!r}, "
+                            f"not a count")
+    return ckpt
 
 
 def _check_format_version(ckpt, path):
     version = ckpt.get('format_version', 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its format_version is {version!r}, "
+                        f"not a version number")
+    if version > FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format version {version}; this suite reads up to "
                         f"{FORMAT_VERSION}: update the suite")
     return ckpt

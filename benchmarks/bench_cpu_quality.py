@@ -20,8 +20,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 TARGETS = {'espcn': 32.4, 'srcnn': 32.0}
-# The recipes' own defaults (models.ARCHS) are the shipped recipes: --arch and --scale are all they need.
-COMMANDS = {arch: ['--arch', arch, '--scale', '3'] for arch in TARGETS}
+# The recipes' own defaults (models.ARCHS) are the shipped recipes: --arch and --scale are all they need; the
+# numerics are pinned (fp32 on the CPU), since --amp auto would pick bf16 on CPUs with AMX or AVX512-BF16.
+COMMANDS = {arch: ['--arch', arch, '--scale', '3', '--device', 'cpu', '--amp', 'off'] for arch in TARGETS}
 
 
 def sh(script, *args):

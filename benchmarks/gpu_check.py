@@ -188,7 +188,7 @@ def train_and_eval(run, device, data, train_seconds):
             if run.dry else ['--batch-size', '64'])
     cmd = [sys.executable, 'train_srresnet.py', '--device', device, '--data-folder', os.path.join(work, 'data'),
            '--results-dir', os.path.join(work, 'results'), '--runs-dir', os.path.join(work, 'runs'),
-           '--patches-per-image', '16', '--downsample', 'matlab', '--epochs', '100000', *size]
+           '--patches-per-image', '16', '--downsample', 'matlab', '--epochs', '100000', '--restart', *size]
     if status == 'ok':
         status, out = run.command('train', cmd, timeout=train_seconds + 180, stop_after=train_seconds,
                                   start_marker='training images')  # counted from the data being ready

@@ -143,11 +143,13 @@ def test_disk_full_raises_clear_error_and_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_permission_denied_is_a_clear_error(tmp_path, monkeypatch):
-    import tempfile
+    real_open = os.open
 
-    def denied(*args, **kwargs):
-        raise PermissionError(errno.EACCES, 'Permission denied')
-    monkeypatch.setattr(tempfile, 'mkstemp', denied)
+    def denied(path, flags, *args, **kwargs):  # creating the temp file is denied, as in a read-only folder
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, 'Permission denied')
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, 'open', denied)
     with pytest.raises(utils.UserError, match='cannot write .*Permission denied'):
         utils.save_checkpoint({'epoch': 1}, str(tmp_path / 'x.pth'))
 

@@ -163,7 +163,7 @@ def test_files_going_bad_after_listing_are_skipped_during_training(tmp_path, cac
     assert result.returncode == 0, result.stderr
     assert 'warning: skipping training image' in result.stderr and '0.png: no such file' in result.stderr
     assert 'epoch 2/2' in result.stdout
-    result = run_script('train_srresnet.py', *common, '--max-bad-fraction', 0.1)
+    result = run_script('train_srresnet.py', *common, '--max-bad-fraction', 0.1, '--restart')
     assert result.returncode == 2
     assert 'training image loads failed' in result.stderr or 'no training image' in result.stderr
 

@@ -125,7 +125,9 @@ def test_diverging_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp
     before = path.read_bytes()
     # A learning rate of 1e30 blows the weights up after the first update: the next loss is inf or NaN.
     bad = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path,
-                     '--runs-dir', tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, *edsr, '--lr', 1e30)
+                     '--runs-dir', tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, *edsr, '--lr', 1e30,
+                     '--restart')
     assert bad.returncode == 2
-    assert 'loss became' in bad.stderr and 'epoch 1, step 1' in bad.stderr
-    assert path.read_bytes() == before
+    assert 'loss became' in bad.stderr and 'epoch 1, step 1' in bad.stderr and 'saved nothing yet' in bad.stderr
+    (kept,) = tmp_path.glob('checkpoint_edsr.*.pth')  # --restart kept the good run's file; nothing else was saved
+    assert kept.read_bytes() == before and not path.exists()
