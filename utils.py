@@ -1273,7 +1273,8 @@ class RunLock:
 
     The lock is taken on ``.<name>.lock`` next to ``path`` (the checkpoint itself is replaced by each atomic save,
     a lock on it would go with the old file), which holds the owner's pid for the message; the kernel drops the
-    lock when its process ends, however it ends, so a killed run never blocks the next. Used as a context manager;
+    lock when its process ends, however it ends, so a killed run never blocks the next (its file stays, holding a
+    dead pid; a run that ends normally removes it). Used as a context manager;
     acquire() raises UserError naming the other process. Where fcntl is missing (Windows) it locks nothing.
     """
 
@@ -1284,26 +1285,45 @@ class RunLock:
     def acquire(self):
         if fcntl is None:
             return self
-        try:
-            os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise UserError(f"cannot write {self.lock_path} (the lock of {self.path}): {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 32, 0).decode('ascii', 'replace').strip() or 'unknown'
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 32, 0).decode('ascii', 'replace').strip() or 'unknown'
+                os.close(fd)
+                raise UserError(f"{self.path} is in use by another training run (pid {owner}): wait for it to end, "
+                                f"or give this run another --results-dir") from None
+            # The previous owner removes the file when it releases (below): a lock won on a file that is no longer
+            # the one at lock_path guards nothing, so try again on the one that is.
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
             os.close(fd)
-            raise UserError(f"{self.path} is in use by another training run (pid {owner}): wait for it to end, or "
-                            f"give this run another --results-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode('ascii'), 0)
         self._fd = fd
         return self
 
+    def _open(self):
+        try:
+            os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write {self.lock_path} (the lock of {self.path}): {e.strerror or e}") from None
+
     def release(self):
+        """Remove the lock file, then drop the lock: nothing is left behind, and a process that opened the old file
+        meanwhile sees that it is gone once it gets the lock (acquire)."""
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the lock; the file stays (removing it would race with a new owner)
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            os.close(self._fd)
             self._fd = None
 
     def __enter__(self):

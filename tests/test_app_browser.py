@@ -345,6 +345,9 @@ def test_progress_while_tiles_run_and_two_users_at_once(browser, server, tmp_pat
     open_page(browser, server.url)
     upload(browser, pattern_png(tmp_path / 'first.png', 600, 500, seed=1))
     set_text(browser, 'memory', '48MB')  # the Upscaler then runs tiles of about 100 px
+    # self-ensemble: 8 passes per tile, so that the first job is still running when the second tab has started its
+    # own, on a fast machine too (without it the first job once ended before the second was submitted)
+    browser.find_element(By.CSS_SELECTOR, '#ensemble input[type=checkbox]').click()
     browser.find_element(By.CSS_SELECTOR, '#run').click()
     tiles = wait(browser, lambda d: [t for t in progress_texts(d) if re.search(r'first\.png: tile \d+/\d+', t)],
                  'the progress of the first job')
@@ -367,6 +370,7 @@ def test_progress_while_tiles_run_and_two_users_at_once(browser, server, tmp_pat
     assert downloads == ['second_espcn.png'], downloads
     first_text = wait(browser, lambda d: 'first.png' in report(d) and report(d), 'the first result')
     assert 'first.png: 600x500 -> 1800x1500' in first_text and 'second' not in first_text, first_text
+    assert 'self-ensemble' in first_text, first_text
     assert [a.get_attribute('download') for a in browser.find_elements(By.CSS_SELECTOR, '#downloads a[download]')] \
         == ['first_espcn.png']
 

@@ -254,3 +254,35 @@ def test_file_set_removes_temp_files_of_dead_writers_only(tmp_path):
         path.write_bytes(b'half')
     utils.atomic_write_many({str(tmp_path / 'x.png'): 'x'})
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, 'x.png'])
+
+
+@pytest.mark.skipif(utils.fcntl is None, reason='RunLock locks nothing without fcntl (Windows)')
+def test_run_lock_refuses_a_second_owner_and_leaves_no_file(tmp_path):
+    target = str(tmp_path / 'checkpoint_srresnet.pth')
+    lock_file = tmp_path / '.checkpoint_srresnet.pth.lock'
+    with utils.RunLock(target):
+        assert lock_file.read_text().strip() == str(os.getpid())
+        with pytest.raises(utils.UserError, match=f"in use by another training run \\(pid {os.getpid()}\\)"):
+            utils.RunLock(target).acquire()  # flock: another open file description, refused like another process
+    assert not lock_file.exists()  # a run that ends removes its lock file
+    lock_file.write_text('999999999\n')  # left by a killed run: its lock died with it
+    with utils.RunLock(target):
+        assert lock_file.read_text().strip() == str(os.getpid())
+
+
+@pytest.mark.skipif(utils.fcntl is None, reason='RunLock locks nothing without fcntl (Windows)')
+def test_run_lock_won_on_a_removed_file_is_taken_again_on_the_current_one(tmp_path):
+    """A process that opened the lock file just before its owner removed it and let go gets the lock on a file no
+    one else can see: acquire must notice and lock the file now at the path instead."""
+    target = str(tmp_path / 'checkpoint_srresnet.pth')
+    lock = utils.RunLock(target)
+    stale = tmp_path / 'removed.lock'
+    stale.write_text('')
+    opened = [os.open(stale, os.O_RDWR)]
+    os.unlink(stale)  # what the previous owner's release did after this process had opened the file
+    real_open = lock._open
+    lock._open = lambda: opened.pop() if opened else real_open()
+    with lock:
+        assert os.path.samestat(os.fstat(lock._fd), os.stat(tmp_path / '.checkpoint_srresnet.pth.lock'))
+        with pytest.raises(utils.UserError, match='in use by another training run'):
+            utils.RunLock(target).acquire()
