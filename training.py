@@ -34,7 +34,7 @@ import datasets
 import inference
 import models
 from utils import (Interrupted, RunLock, UserError, check_precision, convert_image, list_image_files, load_image,
-                   native_bf16, non_negative_float, pick_device, pil_to_tensor, plain_args, positive_int,
+                   native_bf16, non_negative_float, parse_number, pick_device, pil_to_tensor, plain_args, positive_int,
                    save_checkpoint, set_rng_state, strip_prefixes, unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
@@ -781,10 +781,7 @@ def add_training_args(parser, archs=None):
 
 def ema_decay(text):
     """argparse type of --ema-decay: a float in [0, 1) (0 means off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = parse_number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1) (e.g. 0.999; 0 is off), got {value}")
     return value
