@@ -1032,14 +1032,19 @@ def plain_args(args):
     return {k: plain(v) for k, v in vars(args).items()}
 
 
+def _fsync_path(path):
+    """fsync the file or folder at ``path`` (OSError as it comes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_folder(folder):
     """Make renames in ``folder`` durable (a no-op where folders cannot be opened, e.g. on Windows)."""
     try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_path(folder)
     except OSError:
         pass
 
@@ -1107,11 +1112,7 @@ def atomic_path(path):
         _unlink_quietly(tmp)
         raise
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(tmp)
         os.replace(tmp, path)
     except OSError as e:
         _unlink_quietly(tmp)
