@@ -341,21 +341,25 @@ def test_progress_while_tiles_run_and_two_users_at_once(browser, server, tmp_pat
     """A memory budget that cuts the image into tiles: the progress bar counts them. Meanwhile a second tab (another
     session) starts a job on the same model: it waits for the first (and says so), then each tab shows and offers
     only its own image."""
+    # The second tab is ready (page open, image uploaded) before the first job starts, so that between the first
+    # job's first tile and the second job's request there is only a tab switch and a click: the first job (many
+    # tiles, 8 self-ensemble passes each) is then still running on any machine.
     first = browser.current_window_handle
     open_page(browser, server.url)
     upload(browser, pattern_png(tmp_path / 'first.png', 600, 500, seed=1))
     set_text(browser, 'memory', '48MB')  # the Upscaler then runs tiles of about 100 px
-    # self-ensemble: 8 passes per tile, so that the first job is still running when the second tab has started its
-    # own, on a fast machine too (without it the first job once ended before the second was submitted)
     browser.find_element(By.CSS_SELECTOR, '#ensemble input[type=checkbox]').click()
-    browser.find_element(By.CSS_SELECTOR, '#run').click()
-    tiles = wait(browser, lambda d: [t for t in progress_texts(d) if re.search(r'first\.png: tile \d+/\d+', t)],
-                 'the progress of the first job')
-    assert int(re.search(r'tile \d+/(\d+)', tiles[0]).group(1)) > 4, tiles
     browser.switch_to.new_window('tab')
+    second = browser.current_window_handle
     try:
         open_page(browser, server.url)
         upload(browser, pattern_png(tmp_path / 'second.png', 30, 20, seed=2))
+        browser.switch_to.window(first)
+        browser.find_element(By.CSS_SELECTOR, '#run').click()
+        tiles = wait(browser, lambda d: [t for t in progress_texts(d) if re.search(r'first\.png: tile \d+/\d+', t)],
+                     'the progress of the first job')
+        assert int(re.search(r'tile \d+/(\d+)', tiles[0]).group(1)) > 4, tiles
+        browser.switch_to.window(second)
         browser.find_element(By.CSS_SELECTOR, '#run').click()
         busy = wait(browser, lambda d: [t for t in progress_texts(d) if 'busy with another job' in t],
                     'the second job to wait')
