@@ -209,6 +209,15 @@ def loader_workers(workers, device, dataset):
     return 0 if device.type == 'cpu' and getattr(dataset, 'buffer', None) is not None else TUTORIAL_WORKERS
 
 
+def ignore_ctrl_c(worker_id):
+    """DataLoader ``worker_init_fn``: a worker ignores Ctrl-C. A terminal's Ctrl-C reaches the whole process group;
+    a worker that died of it would take the run down as soon as the main process, which turns it into a save after
+    its current step, asked for a batch past that step (the epoch's end, the next epoch of persistent workers). The
+    main process stops its workers itself. (SIGTERM keeps its default: Python's exit stops leftover workers with
+    it.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False, collate_fn=None):
     """DataLoader over an EpochSampler: the global batch (in patches) is split across ranks; datasets whose items
     hold several crops (PatchDataset) are batched by visits; ``workers`` None picks loader_workers' default.
@@ -226,7 +235,7 @@ def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False
                                     world_size=dist.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank // crops, sampler=sampler,
                                          num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                                         collate_fn=collate_fn)
+                                         collate_fn=collate_fn, worker_init_fn=ignore_ctrl_c)
     return loader, sampler
 
 

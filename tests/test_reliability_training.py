@@ -114,6 +114,34 @@ def test_sigint_during_data_loading_workers_also_saves(tmp_path, tiny_dataset):
     assert_saved_where_it_stopped(out, seen, tmp_path / 'checkpoint_srresnet.pth')
 
 
+class SignalledInWorkers(torch.utils.data.Dataset):
+    """Eight numbers (indexed by EpochSampler's (epoch, index) pairs); the first item a DataLoader worker fetches
+    sends Ctrl-C to that worker, as a terminal does to the whole process group."""
+
+    def __init__(self):
+        self.main_pid = os.getpid()
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, item):
+        if os.getpid() != self.main_pid and not getattr(self, 'signalled', False):
+            self.signalled = True  # this worker's copy
+            os.kill(os.getpid(), signal.SIGINT)
+        return torch.tensor(item[1])
+
+
+def test_training_loader_workers_survive_ctrl_c_sent_to_the_process_group():
+    """The main process turns the signal into a save after its step; a worker killed by it would crash the run at
+    the next batch it owed (the epoch's end, the next epoch of persistent workers). Two epochs, every item each."""
+    from training import Dist, make_train_loader
+    loader, sampler = make_train_loader(SignalledInWorkers(), 2, Dist(), workers=2, seed=0)
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch, 0)
+        assert sorted(torch.cat(list(loader)).tolist()) == list(range(8))
+    del loader  # shuts the persistent workers down
+
+
 def test_diverging_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, tiny_dataset):
     edsr = ['--arch', 'edsr', '--scale', 2, '--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8',
             '--patches-per-image', 1,
