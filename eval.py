@@ -34,7 +34,7 @@ same uint8 RGB LR the models get, like for like with RGB models. In the tutorial
 bicubic upscale of the PIL LR. Baselines always run on the CPU in float64, whatever --device says.
 
 Models run in fp32, whatever the CPU: a reported PSNR is a reference number, and bf16 autocast moved Set5's by
--0.024 dB (shipped ESPCN; benchmarks/bench_precision.py), more than the 0.01 dB it may move (test.py's
+-0.027 dB (shipped ESPCN; benchmarks/bench_precision.py), more than the 0.01 dB it may move (test.py's
 --precision auto may use bf16: its images stay within 50 dB of fp32's).
 
 --metrics (default psnr ssim) picks the columns; lpips adds LPIPS v0.1 of the lpips package (AlexNet, or VGG16

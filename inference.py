@@ -793,7 +793,8 @@ class Upscaler:
             raise UserError(f"max memory: {e}") from None
         self.precision_reason = None
         if precision == 'auto':
-            precision, self.precision_reason = auto_precision(self.device, self.spec.precisions)
+            precision, self.precision_reason = auto_precision(self.device, self.spec.precisions,
+                                                                 self.spec.cpu_bf16_pays)
         self.precision = check_precision(precision, self.device)
         if self.precision not in self.spec.precisions:
             raise UserError(f"--precision {self.precision}: {self.spec.name} runs in {', '.join(self.spec.precisions)} "

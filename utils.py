@@ -919,16 +919,21 @@ def check_precision(precision, device, flag='--precision'):
     return precision
 
 
-def auto_precision(device, supported=('fp32', 'bf16')):
+def auto_precision(device, supported=('fp32', 'bf16'), cpu_bf16_pays=True):
     """What ``--precision auto`` runs inference in on ``device``: bf16 on a CPU that runs it natively (AMX or
-    AVX512-BF16, where bf16 inference measured 2x fp32's speed and its 8-bit output stayed above 50 dB PSNR of
-    fp32's: README, Speed), when the network supports it; fp32 elsewhere (emulated bf16 is slower; on CUDA the
-    speed-up is not measured yet). Returns (precision, reason)."""
+    AVX512-BF16, where bf16 inference measured up to 2.6x fp32's speed and its 8-bit output stayed above 50 dB PSNR
+    of fp32's: README, Speed), when the network supports it and bf16 measured faster for it there
+    (``cpu_bf16_pays``); fp32 elsewhere (emulated bf16 is slower; on CUDA the speed-up is not measured yet).
+    Returns (precision, reason)."""
     kind = torch.device(device).type
-    if kind == 'cpu' and native_bf16(torch.device(device)) and 'bf16' in supported:
-        return 'bf16', 'this CPU runs bf16 natively'
+    if kind == 'cpu' and 'bf16' not in supported:
+        return 'fp32', 'the network runs in fp32 only'
+    if kind == 'cpu' and not native_bf16(torch.device(device)):
+        return 'fp32', 'this CPU has no native bf16'
+    if kind == 'cpu' and not cpu_bf16_pays:
+        return 'fp32', 'bf16 measured no faster than fp32 for this network on a CPU with native bf16'
     if kind == 'cpu':
-        return 'fp32', ('this CPU has no native bf16' if 'bf16' in supported else 'the network runs in fp32 only')
+        return 'bf16', 'this CPU runs bf16 natively'
     return 'fp32', f"bf16 on {kind} is not measured yet"
 
 

@@ -403,6 +403,9 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     monkeypatch.setattr(utils, 'native_bf16', lambda device: True)
     fp32_only = dataclasses.replace(models.ARCHS['srresnet'], precisions=('fp32',))
     assert Upscaler(model, fp32_only, 4, 'cpu', precision='auto').precision == 'fp32'  # never what the net can't
+    espcn = Upscaler(tiny_model('espcn', 3), 'espcn', 3, 'cpu', precision='auto')  # bf16 no faster for it
+    assert espcn.precision == 'fp32' and 'no faster' in espcn.precision_reason
+    assert Upscaler(tiny_model('srcnn', 3), 'srcnn', 3, 'cpu', precision='auto').precision == 'bf16'
     assert utils.auto_precision('cuda') == ('fp32', 'bf16 on cuda is not measured yet')
 
 
