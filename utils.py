@@ -926,15 +926,15 @@ def auto_precision(device, supported=('fp32', 'bf16'), cpu_bf16_pays=True):
     (``cpu_bf16_pays``); fp32 elsewhere (emulated bf16 is slower; on CUDA the speed-up is not measured yet).
     Returns (precision, reason)."""
     kind = torch.device(device).type
-    if kind == 'cpu' and 'bf16' not in supported:
+    if kind != 'cpu':
+        return 'fp32', f"bf16 on {kind} is not measured yet"
+    if 'bf16' not in supported:
         return 'fp32', 'the network runs in fp32 only'
-    if kind == 'cpu' and not native_bf16(torch.device(device)):
+    if not native_bf16(torch.device(device)):
         return 'fp32', 'this CPU has no native bf16'
-    if kind == 'cpu' and not cpu_bf16_pays:
+    if not cpu_bf16_pays:
         return 'fp32', 'bf16 measured no faster than fp32 for this network on a CPU with native bf16'
-    if kind == 'cpu':
-        return 'bf16', 'this CPU runs bf16 natively'
-    return 'fp32', f"bf16 on {kind} is not measured yet"
+    return 'bf16', 'this CPU runs bf16 natively'
 
 
 def autocast(device, precision):
