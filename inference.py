@@ -24,8 +24,8 @@ from PIL import Image
 import models
 from utils import (FORMAT_VERSION, IMAGE_EXTENSIONS, UserError, atomic_path, auto_precision, autocast,
                    check_precision, convert_image, gray_uint8, imresize, imresize_up, load_checkpoint, modcrop,
-                   parse_memory, psnr, rgb_to_y_uint8, rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer, to_uint8,
-                   ycbcr_to_rgb)
+                   parse_memory, psnr, rgb_to_y, rgb_to_y_uint8, rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer,
+                   to_uint8, ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
@@ -38,7 +38,7 @@ def model_input(spec, lr, scale, resize=imresize):
     spec.pre_upsample (SRCNN). ``resize``: the MATLAB bicubic used (utils.imresize_up inside an ONNX graph)."""
     if spec.color == 'rgb':
         return convert_image(lr, '[0, 1]', spec.in_type)
-    y = rgb_to_ycbcr(lr)[:, :1]  # (N, 1, h, w)
+    y = rgb_to_y(lr)  # (N, 1, h, w)
     return resize(y, scale) if spec.pre_upsample else y
 
 
@@ -47,7 +47,7 @@ def model_target(spec, hr):
     spec.out_type, or the luma (N, 1, H, W) in [0, 1] for Y-channel models. The loss is computed there."""
     if spec.color == 'rgb':
         return convert_image(hr, '[0, 1]', spec.out_type)
-    return rgb_to_ycbcr(hr)[:, :1]
+    return rgb_to_y(hr)
 
 
 def model_output(spec, out, lr, scale, resize=imresize):

@@ -367,8 +367,8 @@ def build_networks(args, speed, device):
     if speed.channels_last:
         discriminator = discriminator.to(memory_format=torch.channels_last)
     adam = KERAS_ADAM if keras else {}
-    optimizer_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=args.lr, **adam)
-    optimizer_d = torch.optim.Adam([p for p in discriminator.parameters() if p.requires_grad], lr=args.lr, **adam)
+    optimizer_g = training.make_adam(generator.parameters(), args.lr, speed, **adam)
+    optimizer_d = training.make_adam(discriminator.parameters(), args.lr, speed, **adam)
     return vgg, generator, discriminator, optimizer_g, optimizer_d, training.make_scaler(device, speed)
 
 

@@ -165,7 +165,7 @@ def checkpoint_state(model, optimizer, scheduler, scaler, global_step, args, spe
 def build_training(args, speed, device):
     """Model, optimizer, scheduler, loss and GradScaler for ``args`` (on ``device``)."""
     model = training.apply_speed(models.build_model(args.arch, args.model_config).to(device), speed)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    optimizer = training.make_adam(model.parameters(), args.lr, speed)
     if args.lr_schedule == 'cosine':
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
     else:

@@ -257,6 +257,14 @@ def rgb_to_ycbcr(img):
     return (out + offset) / 255.
 
 
+def rgb_to_y(img):
+    """The Y row of rgb_to_ycbcr alone, bit for bit: (..., 3, H, W) RGB in [0, 1] -> (..., 1, H, W) BT.601 luma
+    in [16, 235] / 255, unrounded (a third of the work, for the Y-channel networks' inputs and targets)."""
+    matrix, offset = _ycbcr_tensors(img)
+    out = torch.einsum('ij,...jhw->...ihw', matrix[:1].to(img.dtype), img)  # (..., 1, H, W), in [0, 255] - 16
+    return (out + offset[:1]) / 255.
+
+
 def ycbcr_to_rgb(img):
     """Exact inverse of rgb_to_ycbcr: (..., 3, H, W) YCbCr in [0, 1] -> RGB in [0, 1] (unclamped)."""
     matrix, offset = _ycbcr_tensors(img)

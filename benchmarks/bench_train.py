@@ -87,7 +87,8 @@ def suite_model(args, device):
     """SRResNet x4 (seed 0) with the suite's speed settings for this device; (model, speed)."""
     torch.manual_seed(0)
     speed = training.resolve_speed(device, amp=args.amp, compile=args.compile,
-                                   tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu)
+                                   tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu,
+                                   fused_adam=args.fused_adam)
     return training.apply_speed(models.SRResNet().to(device), speed), speed
 
 
@@ -103,11 +104,11 @@ def build_side(side, args, device):
         return lambda: tutorial_step(model, optimizer, lr_norm, hr_pm1), {}
     utils.keep_freed_memory()
     model, speed = suite_model(args, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = training.make_adam(model.parameters(), 1e-4, speed)
     net = torch.compile(model) if args.compile else model
     settings = {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile,
                 'tail_before_shuffle': model.tail_before_shuffle,
-                'fast_prelu': speed.fast_prelu, 'allocator': 'keep_freed_memory'}
+                'fast_prelu': speed.fast_prelu, 'fused_adam': speed.fused_adam, 'allocator': 'keep_freed_memory'}
     return lambda: suite_step(net, optimizer, lr01, hr01, speed, device), settings
 
 
@@ -158,7 +159,7 @@ def loader_step_times(args, device):
     The batch is fetched, moved and downscaled on the device as train_srresnet.py does, so the wait covers the
     loader, the copy and the LR making."""
     model, speed = suite_model(args, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = training.make_adam(model.parameters(), 1e-4, speed)
     with tempfile.TemporaryDirectory() as lists:
         datasets.create_data_lists([args.data], [], args.crop_size, lists, workers=2, log=lambda *a: None)
         n_images = len(datasets.read_data_list(lists, 'train'))
@@ -238,7 +239,7 @@ def _materialise(desc):
 def conv_floor(args, device, repeat):
     """(seconds, convolutions) of the suite step's convolutions, each replayed alone and timed (best of repeat)."""
     model, speed = suite_model(args, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = training.make_adam(model.parameters(), 1e-4, speed)
     lr01, hr01 = batches(args, device)
     suite_step(model, optimizer, lr01, hr01, speed, device)  # warm-up: the recorded step is a steady one
     with ConvRecorder() as recorder:
@@ -268,7 +269,7 @@ def spawn(side, args):
                '--warmup', str(args.warmup), '--amp', args.amp] + (['--compile'] if args.compile else [])
     if args.data:
         command += ['--data', args.data] + (['--workers', str(args.workers)] if args.workers is not None else [])
-    for flag in ('tail_before_shuffle', 'fast_prelu'):
+    for flag in ('tail_before_shuffle', 'fast_prelu', 'fused_adam'):
         if getattr(args, flag) is not None:
             command.append(('--' if getattr(args, flag) else '--no-') + flag.replace('_', '-'))
     out = subprocess.run(command, capture_output=True, text=True)
@@ -321,6 +322,8 @@ def main():
     parser.add_argument('--tail-before-shuffle', action=argparse.BooleanOptionalAction,
                         help="the suite side's flag of that name (default: the training scripts' default, on)")
     parser.add_argument('--fast-prelu', action=argparse.BooleanOptionalAction,
+                        help="the suite side's flag of that name (default: the training scripts' default, on)")
+    parser.add_argument('--fused-adam', action=argparse.BooleanOptionalAction,
                         help="the suite side's flag of that name (default: the training scripts' default, on)")
     parser.add_argument('--data', help='image folder: also time the suite side fed by its real data loader')
     parser.add_argument('--workers', type=int, help='loader workers with --data (default: the training default)')

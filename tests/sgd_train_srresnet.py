@@ -20,11 +20,12 @@ from utils import run_cli  # noqa: E402
 
 
 class RecordingSGD(torch.optim.SGD):
-    """Plain SGD in Adam's place (build_training calls torch.optim.Adam(params, lr=args.lr)); records step 1."""
+    """Plain SGD in Adam's place (build_training calls torch.optim.Adam(params, lr=args.lr, ...) through
+    training.make_adam; Adam's options such as fused are dropped); records step 1."""
 
     record_path, names, steps = None, None, 0
 
-    def __init__(self, params, lr):
+    def __init__(self, params, lr, **adam_options):
         super().__init__(params, lr=lr)
 
     def step(self, closure=None):

@@ -63,6 +63,33 @@ def test_training_rewrites_are_on_by_default_and_off_when_faithful(argv, tail, p
     assert len(prelus) == 5 and all(m.fast_backward is prelu for m in prelus)
 
 
+@pytest.mark.parametrize('argv, fused', [((), True), (('--faithful',), False), (('--no-fused-adam',), False)])
+def test_adam_is_fused_by_default_and_torchs_plain_one_when_faithful(argv, fused):
+    args = args_for('--n-blocks', 2, '--n-channels', 8, *argv)
+    _, optimizer, *_ = build_training(args, training.speed_of(args, torch.device('cpu')), torch.device('cpu'))
+    assert type(optimizer) is torch.optim.Adam
+    assert bool(optimizer.defaults['fused']) is fused
+
+
+def test_fused_adam_takes_plain_adams_steps():
+    torch.manual_seed(0)
+    plain, fused = models.ESPCN(3, channels=(8, 8)), models.ESPCN(3, channels=(8, 8))
+    fused.load_state_dict(plain.state_dict())
+    start = [p.detach().clone() for p in plain.parameters()]
+    speed = training.resolve_speed(torch.device('cpu'), amp='off')
+    opts = [torch.optim.Adam(plain.parameters(), lr=1e-2), training.make_adam(fused.parameters(), 1e-2, speed)]
+    assert opts[1].defaults['fused'] and not opts[0].defaults['fused']
+    x, y = torch.rand(4, 1, 12, 12), torch.rand(4, 1, 36, 36)
+    for _ in range(5):
+        for model, opt in zip((plain, fused), opts):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert min((p - p0).abs().max().item() for p, p0 in zip(plain.parameters(), start)) > 1e-3  # 5 steps of lr 1e-2
+    for p, q in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5)
+
+
 def test_training_rewrites_reach_the_srgan_generators_srresnet():
     generator = models.Generator(n_channels=8, n_blocks=2)
     models.apply_training_rewrites(generator, tail_before_shuffle=True, fast_prelu=True)

@@ -106,3 +106,12 @@ def test_bench_ema_reports_both_sides_and_the_run_without_ema_matches(tmp_path, 
     (res,) = json_lines(result.stdout)
     assert res['steps'] == 3 and res['without_run_matches_raw_weights'] is True  # 6 images x 8 / batch 16
     assert res['set5_psnr_ema'] != res['set5_psnr_without_ema'] and 'with EMA 0.99 ' in result.stdout
+
+
+def test_bench_optimizer_times_every_adam_variant():
+    result = run_script('benchmarks/bench_optimizer.py', '--archs', 'espcn', '--steps', 2, '--rounds', 1)
+    assert result.returncode == 0, result.stderr
+    (res,) = json_lines(result.stdout)
+    assert res['arch'] == 'espcn' and res['params'] == 22_729  # ESPCN x3: 64, 32 filters, 9 outputs
+    assert all(res[f"{name}_ms"] > 0 for name in ('plain', 'foreach', 'fused'))
+    assert abs(res['fused_speedup'] - res['plain_ms'] / res['fused_ms']) < 0.01  # rounded to 2 places

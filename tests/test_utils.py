@@ -70,6 +70,17 @@ def test_ycbcr_round_trip_and_gray_has_neutral_chroma():
     assert torch.allclose(ycc[1:], torch.full((2, 2, 2), 128. / 255., dtype=torch.float64), atol=1e-9)
 
 
+@pytest.mark.parametrize('shape', [(16, 3, 17, 17), (16, 3, 51, 51), (2, 3, 120, 77), (3, 9, 5)])
+def test_rgb_to_y_is_the_y_of_rgb_to_ycbcr_bit_for_bit(shape):
+    x = torch.randint(0, 256, shape).float() / 255.
+    y = utils.rgb_to_y(x)
+    assert y.shape == (*shape[:-3], 1, *shape[-2:])
+    assert torch.equal(y, utils.rgb_to_ycbcr(x)[..., :1, :, :])
+    r, g, b = (x[..., i, :, :].double() for i in range(3))  # MATLAB's rgb2ycbcr formula for doubles
+    torch.testing.assert_close(y[..., 0, :, :].double(), (16. + 65.481 * r + 128.553 * g + 24.966 * b) / 255.,
+                               rtol=0, atol=1e-6)
+
+
 def test_rgb_to_y_uint8_rounds_like_matlab():
     img = torch.tensor([[[255]], [[255]], [[255]]], dtype=torch.uint8)
     assert utils.rgb_to_y_uint8(img).item() == 235.
