@@ -134,6 +134,7 @@ class Speed:
     fast_prelu: bool
     compile: bool
     fused_adam: bool
+    fast_tanh: bool
 
     @property
     def amp(self):
@@ -144,21 +145,22 @@ class Speed:
         """The resolved settings under their flag names, as checkpoints record them in 'args'."""
         return {'faithful': self.faithful, 'amp': self.amp, 'channels_last': self.channels_last,
                 'tail_before_shuffle': self.tail_before_shuffle, 'fast_prelu': self.fast_prelu,
-                'compile': self.compile, 'fused_adam': self.fused_adam}
+                'compile': self.compile, 'fused_adam': self.fused_adam, 'fast_tanh': self.fast_tanh}
 
 
 def resolve_speed(device, *, faithful=False, amp='auto', channels_last=None, tail_before_shuffle=None,
-                  fast_prelu=None, compile=False, fused_adam=None):
+                  fast_prelu=None, compile=False, fused_adam=None, fast_tanh=None):
     """The Speed of a run from its flags: 'auto' and None decided for ``device``; --faithful is the tutorial's fp32
     NCHW eager loop and refuses the speed flags. --amp auto picks bf16 where the hardware runs it natively (CUDA
     GPUs that support it, CPUs with AMX or AVX512-BF16), else fp32. fused_adam (None: on for CPU and CUDA) is
-    torch's fused Adam kernel, the same update in one pass over all parameters."""
+    torch's fused Adam kernel, the same update in one pass over all parameters. fast_tanh (None: on) is
+    models.Tanh's fast CPU path, tanh within 2e-7."""
     if faithful:
         if (amp not in ('auto', 'off') or channels_last or compile or tail_before_shuffle or fast_prelu
-                or fused_adam):
+                or fused_adam or fast_tanh):
             raise UserError("--faithful runs the tutorial's fp32 NCHW eager loop: drop --amp/--channels-last/--compile/"
-                            "--tail-before-shuffle/--fast-prelu/--fused-adam")
-        return Speed(True, 'fp32', False, False, False, False, False)
+                            "--tail-before-shuffle/--fast-prelu/--fused-adam/--fast-tanh")
+        return Speed(True, 'fp32', False, False, False, False, False, False)
     if amp == 'auto':
         precision = 'bf16' if native_bf16(device) else 'fp32'
     else:
@@ -166,7 +168,8 @@ def resolve_speed(device, *, faithful=False, amp='auto', channels_last=None, tai
     return Speed(False, precision, device.type in ('cuda', 'cpu') if channels_last is None else channels_last,
                  True if tail_before_shuffle is None else tail_before_shuffle,
                  True if fast_prelu is None else fast_prelu, bool(compile),
-                 device.type in ('cuda', 'cpu') if fused_adam is None else fused_adam)
+                 device.type in ('cuda', 'cpu') if fused_adam is None else fused_adam,
+                 True if fast_tanh is None else fast_tanh)
 
 
 def make_adam(params, lr, speed, **options):
@@ -179,10 +182,10 @@ def make_adam(params, lr, speed, **options):
 
 def apply_speed(model, speed):
     """The model as the speed settings run it: channels_last memory format, and the training rewrites (tail before
-    shuffle, fast PReLU backward) switched on or off. Returns the model (converted in place)."""
+    shuffle, fast PReLU backward, fast tanh) switched on or off. Returns the model (converted in place)."""
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    models.apply_training_rewrites(model, speed.tail_before_shuffle, speed.fast_prelu)
+    models.apply_training_rewrites(model, speed.tail_before_shuffle, speed.fast_prelu, speed.fast_tanh)
     return model
 
 
@@ -680,10 +683,11 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 
 # What a resumed run takes from its checkpoint (the flags it was made with, recorded in 'args') unless given again:
 # the data pipeline and recipe of both trainers (exact resume needs them), and the settings held by the optimizer and
-# scheduler states, which a resumed run cannot change: given again with another value, those are refused.
+# scheduler states, which a resumed run cannot change: given again with another value, those are refused (Adam's
+# param_groups, restored from the checkpoint, keep its fused or plain kernel).
 RESUMED_FLAGS = ('scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'patches_per_image',
-                 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed')
-OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma')
+                 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam')
+OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
 
 
 def flag_name(dest):
@@ -774,6 +778,9 @@ def add_training_args(parser, archs=None):
     g.add_argument('--fused-adam', action=argparse.BooleanOptionalAction, default=None,
                    help="torch's fused Adam kernel, the same update up to rounding (default: on for CPU and CUDA, "
                         "off with --faithful)")
+    g.add_argument('--fast-tanh', action=argparse.BooleanOptionalAction, default=None,
+                   help="tanh on the CPU in fp32 as 2 * sigmoid(2x) - 1, within 2e-7 and ~2.3x faster (ESPCN, "
+                        "SRResNet's output) (default: on, off with --faithful)")
     g.add_argument('--cache-gb', type=float,
                    help='decode the training images once into RAM when they fit in this many GiB '
                         '(default: a quarter of RAM); otherwise decode on each visit')
@@ -815,7 +822,7 @@ def speed_of(args, device):
     """resolve_speed with the speed flags of add_training_args."""
     return resolve_speed(device, faithful=args.faithful, amp=args.amp, channels_last=args.channels_last,
                          tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu,
-                         compile=args.compile, fused_adam=args.fused_adam)
+                         compile=args.compile, fused_adam=args.fused_adam, fast_tanh=args.fast_tanh)
 
 
 def dataset_of(args, log=print):

@@ -6,9 +6,10 @@
 Every run goes through train_srresnet.py with the same seed, so all runs on the fast pipeline see identical
 patches; only the numerics differ, and each run pins them (--amp auto would be bf16 on CPUs with AMX or
 AVX512-BF16 and fp32 elsewhere). Runs: 'defaults' (the speed rewrites in fp32: --amp off, channels_last, tail
-before shuffle, fast PReLU backward), 'fp32' (--amp off --no-channels-last --no-tail-before-shuffle
---no-fast-prelu: the tutorial's numerics), 'bf16' (forced, even where the CPU emulates it), and 'faithful' (the tutorial's own loop and
-PIL-per-patch pipeline: other random crops, so it differs by sampling noise too). Validation PSNR is
+before shuffle, fast PReLU backward, fast tanh), 'fp32' (--amp off --no-channels-last --no-tail-before-shuffle
+--no-fast-prelu --no-fast-tanh: the tutorial's numerics), 'bf16' (forced, even where the CPU emulates it), and
+'faithful' (the tutorial's own loop and PIL-per-patch pipeline: other random crops, so it differs by sampling noise
+too). Validation PSNR is
 the standard protocol on Set5 (Y, border = scale). Goal: |defaults - fp32| <= 0.05 dB.
 """
 import argparse
@@ -24,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 # Each run pins its numerics (--amp auto would mean bf16 on some machines and fp32 on others).
 RUNS = {'defaults': ['--amp', 'off'],
-        'fp32': ['--amp', 'off', '--no-channels-last', '--no-tail-before-shuffle', '--no-fast-prelu'],
+        'fp32': ['--amp', 'off', '--no-channels-last', '--no-tail-before-shuffle', '--no-fast-prelu',
+                 '--no-fast-tanh'],
         'bf16': ['--amp', 'bf16'], 'faithful': ['--faithful']}
 
 

@@ -88,7 +88,7 @@ def suite_model(args, device):
     torch.manual_seed(0)
     speed = training.resolve_speed(device, amp=args.amp, compile=args.compile,
                                    tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu,
-                                   fused_adam=args.fused_adam)
+                                   fused_adam=args.fused_adam, fast_tanh=args.fast_tanh)
     return training.apply_speed(models.SRResNet().to(device), speed), speed
 
 
@@ -108,7 +108,8 @@ def build_side(side, args, device):
     net = torch.compile(model) if args.compile else model
     settings = {'amp': speed.amp, 'channels_last': speed.channels_last, 'compile': args.compile,
                 'tail_before_shuffle': model.tail_before_shuffle,
-                'fast_prelu': speed.fast_prelu, 'fused_adam': speed.fused_adam, 'allocator': 'keep_freed_memory'}
+                'fast_prelu': speed.fast_prelu, 'fused_adam': speed.fused_adam, 'fast_tanh': speed.fast_tanh,
+                'allocator': 'keep_freed_memory'}
     return lambda: suite_step(net, optimizer, lr01, hr01, speed, device), settings
 
 
@@ -269,7 +270,7 @@ def spawn(side, args):
                '--warmup', str(args.warmup), '--amp', args.amp] + (['--compile'] if args.compile else [])
     if args.data:
         command += ['--data', args.data] + (['--workers', str(args.workers)] if args.workers is not None else [])
-    for flag in ('tail_before_shuffle', 'fast_prelu', 'fused_adam'):
+    for flag in ('tail_before_shuffle', 'fast_prelu', 'fused_adam', 'fast_tanh'):
         if getattr(args, flag) is not None:
             command.append(('--' if getattr(args, flag) else '--no-') + flag.replace('_', '-'))
     out = subprocess.run(command, capture_output=True, text=True)
@@ -324,6 +325,8 @@ def main():
     parser.add_argument('--fast-prelu', action=argparse.BooleanOptionalAction,
                         help="the suite side's flag of that name (default: the training scripts' default, on)")
     parser.add_argument('--fused-adam', action=argparse.BooleanOptionalAction,
+                        help="the suite side's flag of that name (default: the training scripts' default, on)")
+    parser.add_argument('--fast-tanh', action=argparse.BooleanOptionalAction,
                         help="the suite side's flag of that name (default: the training scripts' default, on)")
     parser.add_argument('--data', help='image folder: also time the suite side fed by its real data loader')
     parser.add_argument('--workers', type=int, help='loader workers with --data (default: the training default)')

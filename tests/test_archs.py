@@ -63,6 +63,16 @@ def test_training_rewrites_are_on_by_default_and_off_when_faithful(argv, tail, p
     assert len(prelus) == 5 and all(m.fast_backward is prelu for m in prelus)
 
 
+@pytest.mark.parametrize('argv, fast', [((), True), (('--faithful',), False), (('--no-fast-tanh',), False)])
+def test_espcn_tanh_is_fast_by_default_and_torchs_when_faithful(argv, fast):
+    args = args_for('--arch', 'espcn', '--scale', 3, '--model-opt', 'channels=[8,4]', *argv)
+    model, *_ = build_training(args, training.speed_of(args, torch.device('cpu')), torch.device('cpu'))
+    tanhs = [m for m in model.modules() if isinstance(m, models.Tanh)]
+    assert len(tanhs) == 2 and all(m.fast is fast for m in tanhs)
+    out = model(torch.rand(2, 1, 9, 9).contiguous(memory_format=torch.channels_last))
+    assert out.shape == (2, 1, 27, 27)
+
+
 @pytest.mark.parametrize('argv, fused', [((), True), (('--faithful',), False), (('--no-fused-adam',), False)])
 def test_adam_is_fused_by_default_and_torchs_plain_one_when_faithful(argv, fused):
     args = args_for('--n-blocks', 2, '--n-channels', 8, *argv)

@@ -104,7 +104,7 @@ def test_bench_ema_reports_both_sides_and_the_run_without_ema_matches(tmp_path, 
                         tiny_dataset['test'], '--epochs', 1, '--patches-per-image', 8, '--check-without')
     assert result.returncode == 0, result.stderr
     (res,) = json_lines(result.stdout)
-    assert res['steps'] == 3 and res['without_run_matches_raw_weights'] is True  # 6 images x 8 / batch 16
+    assert res['steps'] == 2 and res['without_run_matches_raw_weights'] is True  # 6 images x 8 / batch 32, rounded up
     assert res['set5_psnr_ema'] != res['set5_psnr_without_ema'] and 'with EMA 0.99 ' in result.stdout
 
 

@@ -232,6 +232,54 @@ def test_fast_prelu_is_torch_prelu_where_it_does_not_apply():
     assert prelu(x).grad_fn.name() != '_PReLUFunctionBackward'
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fast_tanh_matches_float64_tanh_forward_and_backward(channels_last):
+    """Output within 2e-7 of tanh computed in float64 (torch's own float32 tanh is within 3e-8), the input gradient
+    g * (1 - tanh(x)^2) within 1e-6, over [-30, 30] and in both memory formats."""
+    x = torch.linspace(-30, 30, 4 * 8 * 25 * 25).reshape(4, 8, 25, 25)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.requires_grad_()
+    tanh = models.Tanh()
+    assert models.use_fast_tanh(tanh) == 1
+    y = tanh(x)
+    assert y.grad_fn.name() == '_TanhFunctionBackward'  # the fast path ran
+    exact = torch.tanh(x.detach().double())
+    assert (y.double() - exact).abs().max() < 2e-7
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad.double(), grad.double() * (1 - exact ** 2), rtol=0, atol=1e-6)
+
+
+def test_fast_tanh_in_bf16_is_tanh_within_2e_7_then_rounded_to_bf16():
+    """bf16 in, bf16 out: within 2e-7 of float64 tanh before the one rounding to bf16 (relative 2^-8), and equal to
+    torch's own bf16 tanh for nearly every value (they differ near 0, where 2e-7 is many bf16 steps)."""
+    x = torch.linspace(-8, 8, 200_001).bfloat16().requires_grad_()
+    tanh = models.Tanh()
+    models.use_fast_tanh(tanh)
+    y = tanh(x)
+    assert y.dtype == torch.bfloat16 and y.grad_fn.name() == '_TanhFunctionBackward'
+    exact = torch.tanh(x.detach().double())
+    assert ((y.detach().double() - exact).abs() <= 2e-7 + 2 ** -8 * exact.abs()).all()  # bf16 unit roundoff 2^-8
+    assert (y.detach() != torch.tanh(x.detach())).float().mean() < 1e-3
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.ops.aten.tanh_backward(grad, y.detach()))
+
+
+def test_fast_tanh_is_torch_tanh_where_it_does_not_apply():
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    tanh = models.Tanh()
+    assert tanh(x).grad_fn.name() == 'TanhBackward0'  # off until use_fast_tanh
+    models.use_fast_tanh(tanh)
+    assert tanh(x.double()).grad_fn.name() == 'TanhBackward0'
+    assert tanh(x.half()).grad_fn.name() == 'TanhBackward0'
+    models.use_fast_tanh(tanh, False)
+    assert torch.equal(tanh(x), torch.tanh(x))
+    espcn = models.ESPCN(3)
+    assert models.use_fast_tanh(espcn) == 2 and list(espcn.state_dict()) == list(models.ESPCN(3).state_dict())
+
+
 def test_tail_before_shuffle_stays_off_when_it_would_change_the_function():
     model = models.SRResNet(n_channels=8, n_blocks=1, scaling_factor=2)
     model.subpixel_convolutional_blocks[-1].prelu = nn.PReLU(8)  # per-channel: does not commute with the shuffle

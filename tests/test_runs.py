@@ -197,6 +197,18 @@ def test_resume_with_another_learning_rate_is_refused_and_the_checkpoint_records
     assert ckpt['args']['lr'] == 1e-3 and ckpt['optimizer']['param_groups'][0]['lr'] == 1e-3
 
 
+def test_resume_keeps_the_runs_adam_kernel_and_refuses_the_other(tmp_path, five_images):
+    assert train(tmp_path, five_images, '--epochs', 1, '--no-fused-adam').returncode == 0
+    path = tmp_path / 'checkpoint_srresnet.pth'
+    before = path.read_bytes()
+    line = one_error_line(train(tmp_path, five_images, '--epochs', 2, '--resume', '--fused-adam'))
+    assert '--fused-adam True' in line and 'trained with False' in line and path.read_bytes() == before
+    assert train(tmp_path, five_images, '--epochs', 2, '--resume').returncode == 0
+    ckpt = utils.load_checkpoint(path)
+    assert ckpt['epoch'] == 2 and ckpt['args']['fused_adam'] is False
+    assert not ckpt['optimizer']['param_groups'][0]['fused']
+
+
 def test_printed_resume_command_leaves_out_flags_a_resumed_run_must_not_repeat():
     argv = ['train_srresnet.py', '--max-steps', '4', '--epochs', '3', '--restart', '--init-from', 'w.pth',
             '--max-steps=9', '--results-dir', 'my runs']
@@ -300,6 +312,6 @@ def test_demo_and_benchmarks_pin_their_numerics():
     words = demo.split()
     assert {'--device cpu', '--amp off'} <= {' '.join(pair) for pair in zip(words, words[1:])} and '--restart' in words
     for command in load_benchmark('bench_cpu_quality').COMMANDS.values():
-        assert command[command.index('--amp') + 1] == 'off' and command[command.index('--device') + 1] == 'cpu'
+        assert command[command.index('--amp') + 1] in ('off', 'bf16') and command[command.index('--device') + 1] == 'cpu'
     for name, flags in load_benchmark('bench_accuracy').RUNS.items():
         assert '--faithful' in flags or '--amp' in flags, name
