@@ -106,7 +106,8 @@ class Tanh(nn.Tanh):
     torch's CPU tanh is slow beside its sigmoid (32x64x17x17 on two threads of an AVX512 CPU: fp32 1.1 ms against
     0.27 ms for the rewrite, bf16 0.60 against 0.39 ms) and ~11% of an ESPCN training step (torch.profiler). With
     ``fast`` (set by use_fast_tanh) fp32 and bf16 CPU tensors take 2 * sigmoid(2x) - 1 in fp32, within 2e-7 of tanh
-    (bf16 then rounded once, as torch's bf16 tanh), and tanh's own backward formula. Everywhere else (CUDA, other dtypes, torch.compile) it is nn.Tanh.
+    (bf16 then rounded once, as torch's bf16 tanh), and tanh's own backward formula. Everywhere else (CUDA, other
+    dtypes, torch.compile) it is nn.Tanh.
     """
     fast = False
 

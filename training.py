@@ -779,8 +779,8 @@ def add_training_args(parser, archs=None):
                    help="torch's fused Adam kernel, the same update up to rounding (default: on for CPU and CUDA, "
                         "off with --faithful)")
     g.add_argument('--fast-tanh', action=argparse.BooleanOptionalAction, default=None,
-                   help="tanh on the CPU in fp32 as 2 * sigmoid(2x) - 1, within 2e-7 and ~2.3x faster (ESPCN, "
-                        "SRResNet's output) (default: on, off with --faithful)")
+                   help="tanh on the CPU (fp32 and bf16) as 2 * sigmoid(2x) - 1 computed in fp32, within 2e-7 "
+                        "and ~2.3x faster (ESPCN, SRResNet's output) (default: on, off with --faithful)")
     g.add_argument('--cache-gb', type=float,
                    help='decode the training images once into RAM when they fit in this many GiB '
                         '(default: a quarter of RAM); otherwise decode on each visit')
