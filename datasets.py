@@ -4,7 +4,8 @@ create_data_lists writes the JSON lists (train_images.json, <name>_test_images.j
 SRDataset is the tutorial's dataset (PIL crops, bicubic LR), made reproducible and robust: indexed by (epoch, i)
 from EpochSampler, every crop is a pure function of (seed, epoch, i), whatever the number of workers, processes or
 resumes; a file that went bad after listing is skipped with a warning and counted, and too many failures stop the
-run. PatchDataset is the fast pipeline (uint8 HR patches from a RAM cache; LR made on the device by make_lr).
+run. PatchDataset is the fast pipeline (uint8 HR patches from a RAM cache; LR made on the device by make_lr, or cut
+from each whole image's LR, made once).
 """
 import functools
 import json
@@ -14,6 +15,7 @@ import random
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
@@ -260,12 +262,21 @@ class PatchDataset(Dataset):
     ceil(n_images * patches_per_image / crops_per_visit) visits, so it sees n_images * patches_per_image
     patches whatever crops_per_visit is; with fewer visits than images, each epoch visits a random subset.
     Images that cannot be read are skipped with a warning and counted (see LoadCounter.check).
+
+    With ``lr_method`` ('matlab' or 'pil', see make_lr) each image's LR is made once from the whole image (cut to a
+    multiple of the scale), as test sets are made, and an item is a pair of aligned crops (BasicSR's paired
+    crops): (lr, hr) with lr (crops_per_visit, 3, c/s, c/s) cut at (i, j) of the LR image and hr at (s*i, s*j), both
+    flipped / rotated alike. The LR crops then hold no patch borders of their own. Without it, items are HR crops
+    only and the LR is made per patch (make_lr on the batch).
     """
 
     def __init__(self, data_folder, crop_size, scaling_factor, seed=0, patches_per_image=1, crops_per_visit=None,
                  hflip=False, vflip=False, rot90=False, cache_bytes=None, max_bad_fraction=0.05, workers=4,
-                 log=print):
+                 lr_method=None, log=print):
         self.crop_size, self.scaling_factor = int(crop_size), int(scaling_factor)
+        if lr_method not in (None, 'matlab', 'pil'):
+            raise ValueError(f"lr_method is None, 'matlab' or 'pil', not {lr_method!r}")
+        self.lr_method = lr_method
         if self.crop_size % self.scaling_factor:
             raise ValueError(f"crop size {self.crop_size} is not divisible by the scale {self.scaling_factor}")
         self.images = read_data_list(data_folder, 'train')
@@ -273,7 +284,7 @@ class PatchDataset(Dataset):
         self.flips, self.patches_per_image = (hflip, vflip, rot90), int(patches_per_image)
         self.loads = LoadCounter(len(self.images), max_bad_fraction)
         self._perm_epoch, self._perm = None, None
-        self.buffer = None
+        self.buffer = self.lr_buffer = None
         if cache_bytes is None:
             cache_bytes = total_memory_bytes() // 4
         needed = self._decoded_bytes()
@@ -301,33 +312,37 @@ class PatchDataset(Dataset):
     def _build_cache(self, workers):
         def decode(path):
             try:
-                img = load_image(path)
+                return path, self._decode(path)
             except UserError as e:
                 return path, str(e)
-            if min(img.size) < self.crop_size:
-                return path, f"{path}: {img.width}x{img.height} is smaller than the crop size {self.crop_size}"
-            return path, pil_to_tensor(img)  # (3, H, W) uint8
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             decoded = list(pool.map(decode, self.images))
         good = []
-        for path, img in decoded:
-            if isinstance(img, str):
-                self.loads.failed(img)
+        for path, item in decoded:
+            if isinstance(item, str):
+                self.loads.failed(item)
             else:
-                good.append(img)
+                good.append(item)
         if not good:
             raise TooManyBadImages("no training image could be loaded")
-        sizes = [img.numel() for img in good]
-        self.buffer = torch.empty(sum(sizes), dtype=torch.uint8)  # one block, shared with worker processes
-        self.offsets, self.shapes, start = [], [], 0
-        for img, size in zip(good, sizes):
-            self.buffer[start:start + size] = img.reshape(-1)
-            self.offsets.append(start)
-            self.shapes.append(tuple(img.shape))
-            start += size
-        self.buffer.share_memory_()
+        if self.lr_method:
+            self.lr_buffer, self.lr_offsets, self.lr_shapes = _pack([lr for _, lr in good])
+            good = [hr for hr, _ in good]
+        self.buffer, self.offsets, self.shapes = _pack(good)
         self.loads.attempted(len(self.images))
+
+    def _decode(self, path):
+        """(3, H, W) uint8 of one image, or the pair (hr, lr) with ``lr_method``; UserError when unusable."""
+        img = load_image(path)
+        if min(img.size) < self.crop_size:
+            raise UserError(f"{path}: {img.width}x{img.height} is smaller than the crop size {self.crop_size}")
+        hr = pil_to_tensor(img)  # (3, H, W) uint8
+        if not self.lr_method:
+            return hr
+        s = self.scaling_factor
+        hr = hr[:, :hr.shape[1] // s * s, :hr.shape[2] // s * s]  # a multiple of the scale, as the test sets
+        return hr, make_lr(hr[None], s, self.lr_method)[0]  # (3, H, W), (3, H / s, W / s) uint8
 
     def set_crops_per_visit(self, crops):
         """Crops per visit; the epoch keeps n_images * patches_per_image patches."""
@@ -348,14 +363,13 @@ class PatchDataset(Dataset):
         return self._perm[j % self.n_images()]
 
     def _load(self, k):
-        if self.buffer is not None:
-            c, h, w = self.shapes[k]
-            return self.buffer[self.offsets[k]:self.offsets[k] + c * h * w].view(c, h, w)
-        self.loads.attempted()
-        img = load_image(self.images[k])
-        if min(img.size) < self.crop_size:
-            raise UserError(f"{self.images[k]}: {img.width}x{img.height} is smaller than the crop size")
-        return pil_to_tensor(img)  # (3, H, W) uint8
+        """Image k as a (3, H, W) uint8 numpy array (a view of the cache), or the pair (hr, lr) of them."""
+        if self.buffer is None:
+            self.loads.attempted()
+            img = self._decode(self.images[k])
+            return tuple(t.numpy() for t in img) if self.lr_method else img.numpy()
+        hr = _unpack(self.buffer, self.offsets[k], self.shapes[k])
+        return (hr, _unpack(self.lr_buffer, self.lr_offsets[k], self.lr_shapes[k])) if self.lr_method else hr
 
     def __getitem__(self, index):
         epoch, j = index if isinstance(index, tuple) else (0, index)
@@ -363,35 +377,68 @@ class PatchDataset(Dataset):
         k = self._image_for(epoch, j)
         for attempt in range(self.n_images()):
             try:
-                img = self._load((k + attempt) % self.n_images())  # (3, H, W) uint8
+                img = self._load((k + attempt) % self.n_images())  # (3, H, W) uint8, or (hr, lr)
                 break
             except UserError as e:
                 self.loads.failed(e)
         else:
             raise TooManyBadImages("no training image could be loaded")
-        _, h, w = img.shape
-        c = self.crop_size
-        hflip, vflip, rot90 = self.flips
-        patches = []
+        # numpy views: slicing, flipping and transposing them costs ~10x less than torch's per-op dispatch
+        hr_img, lr_img = img if self.lr_method else (img, None)
+        _, h, w = hr_img.shape
+        # with an LR image, crops start on the scale's grid: (top, left) = s * (LR top, LR left)
+        s, c = (self.scaling_factor if self.lr_method else 1), self.crop_size
+        hr_patches, lr_patches = [], []
         for _ in range(self.crops_per_visit):
-            top, left = rng.randint(0, h - c), rng.randint(0, w - c)
-            patch = img[:, top:top + c, left:left + c]  # (3, c, c) uint8, a view
-            if hflip and rng.random() < 0.5:
-                patch = patch.flip(-1)
-            if vflip and rng.random() < 0.5:
-                patch = patch.flip(-2)
-            if rot90 and rng.random() < 0.5:
-                patch = patch.transpose(-2, -1)
-            patches.append(patch)
-        return torch.stack(patches)  # (crops_per_visit, 3, c, c), uint8
+            top, left = rng.randint(0, (h - c) // s), rng.randint(0, (w - c) // s)
+            patches = [hr_img[:, s * top:s * top + c, s * left:s * left + c]]  # (3, c, c) uint8, a view
+            if self.lr_method:
+                patches.append(lr_img[:, top:top + c // s, left:left + c // s])  # (3, c/s, c/s) uint8
+            patches = _augment(patches, rng, *self.flips)
+            hr_patches.append(patches[0])
+            lr_patches.extend(patches[1:])
+        hr = torch.from_numpy(np.array(hr_patches))  # (crops_per_visit, 3, c, c) uint8, copied once
+        return (torch.from_numpy(np.array(lr_patches)), hr) if self.lr_method else hr
 
     def check_failures(self):
         """See LoadCounter.check."""
         return self.loads.check()
 
 
+def _pack(images):
+    """(3, h, w) uint8 tensors -> (one flat uint8 buffer in shared memory, offsets, shapes): one block, which
+    worker processes share."""
+    sizes = [img.numel() for img in images]
+    buffer = torch.empty(sum(sizes), dtype=torch.uint8)
+    offsets, start = [], 0
+    for img, size in zip(images, sizes):
+        buffer[start:start + size] = img.reshape(-1)
+        offsets.append(start)
+        start += size
+    return buffer.share_memory_(), offsets, [tuple(img.shape) for img in images]
+
+
+def _unpack(buffer, offset, shape):
+    """The (3, h, w) numpy view of one image packed by _pack."""
+    c, h, w = shape
+    return buffer.numpy()[offset:offset + c * h * w].reshape(c, h, w)
+
+
+def _augment(patches, rng, hflip, vflip, rot90):
+    """The same random flips / transpose applied to each of ``patches`` ((3, h, w) numpy arrays), as views."""
+    if hflip and rng.random() < 0.5:
+        patches = [p[:, :, ::-1] for p in patches]
+    if vflip and rng.random() < 0.5:
+        patches = [p[:, ::-1] for p in patches]
+    if rot90 and rng.random() < 0.5:
+        patches = [p.transpose(0, 2, 1) for p in patches]
+    return patches
+
+
 def collate_patches(items):
-    """Concatenate visits into one (N, 3, c, c) uint8 HR batch."""
+    """Concatenate visits into one (N, 3, c, c) uint8 HR batch, or pairs into (lr, hr) uint8 batches."""
+    if isinstance(items[0], tuple):
+        return tuple(torch.cat(part) for part in zip(*items))
     return torch.cat(items)
 
 

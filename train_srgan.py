@@ -32,12 +32,12 @@ from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate
                    get_rng_state, given_flags, keep_freed_memory, load_checkpoint, make_parser, odd_positive_int,
                    positive_int, run_cli, seed_everything, set_determinism, strip_prefixes, unwrap_model)
 
-SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', hflip=False, vflip=False,
-                    rot90=False, patches_per_image=1)
+SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
+                    hflip=False, vflip=False, rot90=False, patches_per_image=1)
 # Seed 001 (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version): 96-px
 # LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
-KERAS_RECIPE = dict(crop_size=384, batch_size=4, epochs=200, lr=2e-4, downsample='pil', hflip=True, vflip=False,
-                    rot90=False, patches_per_image=1)
+KERAS_RECIPE = dict(crop_size=384, batch_size=4, epochs=200, lr=2e-4, downsample='pil', lr_from='patch',
+                    hflip=True, vflip=False, rot90=False, patches_per_image=1)
 RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE}
 KERAS_LR_DECAY = 0.98  # the seed multiplies both learning rates by 0.98 after every epoch
 KERAS_VGG_WEIGHT = 2e-6  # the seed's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE

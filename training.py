@@ -200,10 +200,16 @@ def make_scaler(device, speed):
 
 
 def build_train_dataset(data_folder, crop_size, scale, *, faithful, downsample, seed, patches_per_image,
-                        crops_per_visit, hflip, vflip, rot90, cache_gb, max_bad_fraction, workers, log=print):
-    """--faithful: the tutorial's SRDataset (PIL decode and bicubic per patch); else the cached PatchDataset.
+                        crops_per_visit, hflip, vflip, rot90, cache_gb, max_bad_fraction, workers, lr_from='patch',
+                        log=print):
+    """--faithful: the tutorial's SRDataset (PIL decode and bicubic per patch); else the cached PatchDataset, whose
+    LR is made per patch on the device (``lr_from`` 'patch') or cut from each image's LR, made once ('image').
 
     Returns (dataset, collate_fn)."""
+    if lr_from not in ('patch', 'image'):
+        raise ValueError(f"lr_from is 'patch' or 'image', not {lr_from!r}")
+    if faithful and lr_from == 'image':
+        raise UserError("--lr-from image: the tutorial's pipeline (--faithful) downscales each patch: drop one of them")
     if faithful:
         return datasets.SRDataset(data_folder, 'train', crop_size, scale, '[0, 1]', '[0, 1]', downsample=downsample,
                                   seed=seed, max_bad_fraction=max_bad_fraction, repeat=patches_per_image), None
@@ -211,7 +217,8 @@ def build_train_dataset(data_folder, crop_size, scale, *, faithful, downsample, 
         data_folder, crop_size, scale, seed=seed, patches_per_image=patches_per_image,
         crops_per_visit=crops_per_visit, hflip=bool(hflip), vflip=bool(vflip), rot90=bool(rot90),
         cache_bytes=None if cache_gb is None else int(cache_gb * 2 ** 30), max_bad_fraction=max_bad_fraction,
-        workers=TUTORIAL_WORKERS if workers is None else workers, log=log)
+        workers=TUTORIAL_WORKERS if workers is None else workers, lr_method=downsample if lr_from == 'image' else None,
+        log=log)
     return dataset, datasets.collate_patches
 
 
@@ -256,12 +263,14 @@ def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False
 
 def batch_to_device(batch, device, scale, downsample):
     """A loader batch -> (lr, hr) float RGB in [0, 1] on ``device``: SRDataset pairs are moved as they are;
-    PatchDataset uint8 HR batches are moved (4x fewer bytes than float) and downscaled there, batched."""
+    PatchDataset uint8 batches are moved (4x fewer bytes than float), and HR-only ones downscaled there, batched."""
     if isinstance(batch, (list, tuple)):
-        lr, hr = batch
-        return lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
-    hr = batch.to(device, non_blocking=True)  # (N, 3, H, W) uint8
-    lr = datasets.make_lr(hr, scale, downsample)  # (N, 3, H / s, W / s) uint8
+        lr, hr = (t.to(device, non_blocking=True) for t in batch)  # (N, 3, H / s, W / s), (N, 3, H, W)
+        if hr.dtype != torch.uint8:  # SRDataset: float already
+            return lr, hr
+    else:
+        hr = batch.to(device, non_blocking=True)  # (N, 3, H, W) uint8
+        lr = datasets.make_lr(hr, scale, downsample)  # (N, 3, H / s, W / s) uint8
     return lr.float().div_(255.), hr.float().div_(255.)
 
 
@@ -685,9 +694,12 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 # the data pipeline and recipe of both trainers (exact resume needs them), and the settings held by the optimizer and
 # scheduler states, which a resumed run cannot change: given again with another value, those are refused (Adam's
 # param_groups, restored from the checkpoint, keep its fused or plain kernel).
-RESUMED_FLAGS = ('scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'patches_per_image',
+RESUMED_FLAGS = ('scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from', 'patches_per_image',
                  'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam')
 OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
+# What checkpoints made before a flag existed did, for a flag whose default has changed since: the plain Adam, and
+# LR made per patch.
+RECORDED_BEFORE = {'fused_adam': False, 'lr_from': 'patch'}
 
 
 def flag_name(dest):
@@ -698,8 +710,11 @@ def settings_from_checkpoint(ckpt, path, args, given, keys):
     """A resumed run continues its checkpoint's run: each of ``keys`` (dest names) not in ``given`` (the flags on
     the command line, utils.given_flags) takes the value the checkpoint's 'args' recorded, so the new checkpoint
     records what the run really does. A flag of OPTIMIZER_FLAGS given with another value than recorded is refused
-    (the optimizer state holds the recorded one, and the checkpoint would record a change that never happened)."""
+    (the optimizer state holds the recorded one, and the checkpoint would record a change that never happened).
+    Checkpoints older than a flag of RECORDED_BEFORE count as having recorded its value there."""
     recorded = ckpt.get('args') or {}
+    if recorded:
+        recorded = {**RECORDED_BEFORE, **recorded}
     for key in OPTIMIZER_FLAGS:
         if key in given and key in recorded and recorded[key] != getattr(args, key):
             raise UserError(f"{flag_name(key)} {getattr(args, key)}: {path} was trained with {recorded[key]}, which "
@@ -746,6 +761,10 @@ def add_training_args(parser, archs=None):
     g.add_argument('--downsample', choices=('pil', 'matlab'),
                    help="how LR patches are made: 'pil' bicubic (the tutorial) or 'matlab' imresize; "
                         "default: the arch recipe")
+    g.add_argument('--lr-from', choices=('patch', 'image'),
+                   help="'patch': each HR crop is downscaled (the tutorial); 'image': each whole training image is "
+                        "downscaled once, as the test sets are, and aligned LR / HR crops are cut from the pair "
+                        "(BasicSR's paired crops; not with --faithful); default: the arch recipe")
     g.add_argument('--patches-per-image', type=positive_int,
                    help='random crops taken from each image per epoch; default: the arch recipe (srresnet 1, as '
                         'the tutorial)')
@@ -831,4 +850,4 @@ def dataset_of(args, log=print):
                                downsample=args.downsample, seed=args.seed, patches_per_image=args.patches_per_image,
                                crops_per_visit=args.crops_per_visit, hflip=args.hflip, vflip=args.vflip,
                                rot90=args.rot90, cache_gb=args.cache_gb, max_bad_fraction=args.max_bad_fraction,
-                               workers=args.workers, log=log)
+                               workers=args.workers, lr_from=args.lr_from, log=log)

@@ -73,6 +73,13 @@ def test_espcn_tanh_is_fast_by_default_and_torchs_when_faithful(argv, fast):
     assert out.shape == (2, 1, 27, 27)
 
 
+@pytest.mark.parametrize('argv, lr_from', [
+    (('--arch', 'espcn'), 'image'), (('--arch', 'espcn', '--faithful'), 'patch'), (('--arch', 'srcnn'), 'patch'),
+    (('--arch', 'espcn', '--lr-from', 'patch'), 'patch')])
+def test_espcn_cuts_its_lr_from_each_image_unless_faithful_or_told(argv, lr_from):
+    assert args_for(*argv).lr_from == lr_from
+
+
 @pytest.mark.parametrize('argv, fused', [((), True), (('--faithful',), False), (('--no-fused-adam',), False)])
 def test_adam_is_fused_by_default_and_torchs_plain_one_when_faithful(argv, fused):
     args = args_for('--n-blocks', 2, '--n-channels', 8, *argv)

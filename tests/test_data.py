@@ -124,6 +124,36 @@ def test_patch_dataset_crops_come_from_the_visited_image_with_flips(tiny_dataset
             assert found
 
 
+def test_patch_dataset_pairs_are_aligned_crops_of_each_whole_images_lr(tmp_path):
+    """--lr-from image: each (lr, hr) pair is an HR crop on the scale's grid of the image cut to a multiple of 3 and
+    the crop of imresize(that image, 1/3) at the same place, with the same flips / transpose; cached = streamed."""
+    from datasets import PatchDataset, collate_patches
+    from utils import imresize, load_image, pil_to_tensor
+    make_folder(tmp_path / 'train', ['a.png', 'b.png'], size=(41, 37))  # neither side a multiple of 3
+    from datasets import create_data_lists
+    create_data_lists([str(tmp_path / 'train')], [], 24, str(tmp_path / 'data'), workers=1, log=lambda *_: None)
+    opts = dict(seed=2, patches_per_image=6, crops_per_visit=3, hflip=True, vflip=True, rot90=True,
+                lr_method='matlab', log=lambda *_: None)
+    cached = PatchDataset(tmp_path / 'data', 24, 3, **opts)
+    streamed = PatchDataset(tmp_path / 'data', 24, 3, cache_bytes=0, **opts)
+    hr_images = [pil_to_tensor(load_image(p))[:, :36, :39] for p in cached.images]  # (3, 36, 39)
+    lr_images = [imresize(img, 1 / 3) for img in hr_images]  # (3, 12, 13)
+    undo = [lambda t: t, lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.flip(-1).flip(-2)]
+    undo += [lambda t, f=f: f(t.transpose(-2, -1)) for f in list(undo)]
+    for index in [(0, 0), (0, 3), (4, 1)]:
+        lr, hr = cached[index]
+        assert lr.shape == (3, 3, 8, 8) and hr.shape == (3, 3, 24, 24) and lr.dtype == hr.dtype == torch.uint8
+        assert all(torch.equal(a, b) for a, b in zip(cached[index], streamed[index]))
+        k = cached._image_for(index[0], index[1])
+        for lr_patch, hr_patch in zip(lr, hr):
+            found = [(f, t, l) for f in undo for t in range(12 - 8 + 1) for l in range(13 - 8 + 1)
+                     if torch.equal(f(hr_patch), hr_images[k][:, 3 * t:3 * t + 24, 3 * l:3 * l + 24])]
+            assert found
+            assert any(torch.equal(f(lr_patch), lr_images[k][:, t:t + 8, l:l + 8]) for f, t, l in found)
+    lr, hr = collate_patches([cached[(0, 0)], cached[(0, 1)]])
+    assert lr.shape == (6, 3, 8, 8) and hr.shape == (6, 3, 24, 24)
+
+
 def test_make_lr_pil_equals_pillow_and_matlab_equals_imresize():
     from PIL import Image as PILImage
     from datasets import make_lr

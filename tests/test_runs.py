@@ -209,6 +209,23 @@ def test_resume_keeps_the_runs_adam_kernel_and_refuses_the_other(tmp_path, five_
     assert not ckpt['optimizer']['param_groups'][0]['fused']
 
 
+def test_resuming_a_checkpoint_older_than_a_flag_keeps_what_that_run_did(tmp_path, five_images):
+    """A checkpoint whose args predate --fused-adam and --lr-from resumes with the plain Adam and LR made per patch
+    (what every run did then), not with today's defaults (fused; ESPCN's recipe: LR from each image)."""
+    tiny_espcn = ['--arch', 'espcn', '--scale', 3, '--crop-size', 24, '--model-opt', 'channels=[8,4]']
+    assert train(tmp_path, five_images, *tiny_espcn, '--epochs', 1, '--no-fused-adam').returncode == 0
+    path = tmp_path / 'checkpoint_espcn.pth'
+    ckpt = utils.load_checkpoint(path)
+    assert ckpt['args']['lr_from'] == 'image' and ckpt['args']['fused_adam'] is False  # the recipe's, and as given
+    for key in ('lr_from', 'fused_adam'):
+        del ckpt['args'][key]
+    utils.save_checkpoint(ckpt, path)
+    assert train(tmp_path, five_images, *tiny_espcn, '--epochs', 2, '--resume').returncode == 0
+    ckpt = utils.load_checkpoint(path)
+    assert ckpt['epoch'] == 2 and ckpt['args']['lr_from'] == 'patch' and ckpt['args']['fused_adam'] is False
+    assert not ckpt['optimizer']['param_groups'][0]['fused']
+
+
 def test_printed_resume_command_leaves_out_flags_a_resumed_run_must_not_repeat():
     argv = ['train_srresnet.py', '--max-steps', '4', '--epochs', '3', '--restart', '--init-from', 'w.pth',
             '--max-steps=9', '--results-dir', 'my runs']

@@ -76,6 +76,7 @@ def test_train_flag_errors_before_any_work(tmp_path, argv, message):
     (['--faithful', '--fast-prelu'], "tutorial's fp32 NCHW eager loop"),
     (['--faithful', '--fused-adam'], "tutorial's fp32 NCHW eager loop"),
     (['--faithful', '--fast-tanh'], "tutorial's fp32 NCHW eager loop"),
+    (['--faithful', '--lr-from', 'image'], 'downscales each patch'),
     (['--amp', 'fp16', '--device', 'cpu'], 'needs a CUDA GPU'),
 ])
 def test_speed_flag_errors(tmp_path, argv, message):
