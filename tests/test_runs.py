@@ -164,6 +164,18 @@ def test_resume_refuses_bad_checkpoints_with_the_inference_loaders_line(tmp_path
     assert line == f"error: {err.value}" and not (tmp_path / 'run' / 'checkpoint_srresnet.pth').exists()
 
 
+def test_both_trainers_train_on_lr_cut_from_each_whole_image(tmp_path, five_images):
+    """--lr-from image through both command lines: the pairs reach the step and the checkpoints record it."""
+    assert train(tmp_path, five_images, '--epochs', 1, '--lr-from', 'image').returncode == 0
+    assert utils.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')['args']['lr_from'] == 'image'
+    gan = run_script('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
+                     tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
+                     '--amp', 'off', *TINY_D, '--epochs', 1, '--lr-from', 'image')
+    assert gan.returncode == 0, gan.stderr
+    ckpt = utils.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
+    assert ckpt['args']['lr_from'] == 'image' and ckpt['epoch'] == 1
+
+
 def test_srgan_printed_resume_command_works_with_a_non_default_generator(tmp_path, five_images):
     assert train(tmp_path, five_images, '--epochs', 1).returncode == 0  # SRResNet with 8 channels, 2 blocks
     gan = run_script('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
