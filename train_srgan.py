@@ -125,6 +125,7 @@ def resolve_args(parser, argv=None):
     except ValueError as e:
         parser.error(f"--vgg19-i {args.vgg19_i} --vgg19-j {args.vgg19_j}: {e}")
     args.variant = resolve_variant(args.variant, args.resume)
+    args.lr_from = training.faithful_lr_from(args.faithful, args.lr_from)
     for key, value in RECIPES[args.variant].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

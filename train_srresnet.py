@@ -89,8 +89,7 @@ def resolve_args(parser, argv=None):
         models.check_scale(args.arch, args.scale)
     except ValueError as e:
         parser.error(f"--scale: {e}")
-    if args.faithful and args.lr_from is None:
-        args.lr_from = 'patch'  # the tutorial's pipeline downscales each patch, whatever the recipe
+    args.lr_from = training.faithful_lr_from(args.faithful, args.lr_from)
     for key, value in models.train_defaults(args.arch, args.scale).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

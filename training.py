@@ -202,14 +202,13 @@ def make_scaler(device, speed):
 def build_train_dataset(data_folder, crop_size, scale, *, faithful, downsample, seed, patches_per_image,
                         crops_per_visit, hflip, vflip, rot90, cache_gb, max_bad_fraction, workers, lr_from='patch',
                         log=print):
-    """--faithful: the tutorial's SRDataset (PIL decode and bicubic per patch); else the cached PatchDataset, whose
-    LR is made per patch on the device (``lr_from`` 'patch') or cut from each image's LR, made once ('image').
+    """--faithful: the tutorial's SRDataset (PIL decode and bicubic per patch; ``lr_from`` is then 'patch', see
+    faithful_lr_from); else the cached PatchDataset, whose LR is made per patch on the device (``lr_from`` 'patch')
+    or cut from each image's LR, made once ('image').
 
     Returns (dataset, collate_fn)."""
     if lr_from not in ('patch', 'image'):
         raise ValueError(f"lr_from is 'patch' or 'image', not {lr_from!r}")
-    if faithful and lr_from == 'image':
-        raise UserError("--lr-from image: the tutorial's pipeline (--faithful) downscales each patch: drop one of them")
     if faithful:
         return datasets.SRDataset(data_folder, 'train', crop_size, scale, '[0, 1]', '[0, 1]', downsample=downsample,
                                   seed=seed, max_bad_fraction=max_bad_fraction, repeat=patches_per_image), None
@@ -220,6 +219,16 @@ def build_train_dataset(data_folder, crop_size, scale, *, faithful, downsample, 
         workers=TUTORIAL_WORKERS if workers is None else workers, lr_method=downsample if lr_from == 'image' else None,
         log=log)
     return dataset, datasets.collate_patches
+
+
+def faithful_lr_from(faithful, lr_from):
+    """--lr-from as the trainers resolve it, before the recipe fills what is unset: under --faithful 'patch' (the
+    tutorial's pipeline downscales each patch, whatever the recipe), and 'image' given with it is refused."""
+    if not faithful:
+        return lr_from
+    if lr_from == 'image':
+        raise UserError("--lr-from image: the tutorial's pipeline (--faithful) downscales each patch: drop one of them")
+    return 'patch'
 
 
 def loader_workers(workers, device, dataset):

@@ -127,10 +127,9 @@ def test_patch_dataset_crops_come_from_the_visited_image_with_flips(tiny_dataset
 def test_patch_dataset_pairs_are_aligned_crops_of_each_whole_images_lr(tmp_path):
     """--lr-from image: each (lr, hr) pair is an HR crop on the scale's grid of the image cut to a multiple of 3 and
     the crop of imresize(that image, 1/3) at the same place, with the same flips / transpose; cached = streamed."""
-    from datasets import PatchDataset, collate_patches
+    from datasets import PatchDataset, collate_patches, create_data_lists
     from utils import imresize, load_image, pil_to_tensor
     make_folder(tmp_path / 'train', ['a.png', 'b.png'], size=(41, 37))  # neither side a multiple of 3
-    from datasets import create_data_lists
     create_data_lists([str(tmp_path / 'train')], [], 24, str(tmp_path / 'data'), workers=1, log=lambda *_: None)
     opts = dict(seed=2, patches_per_image=6, crops_per_visit=3, hflip=True, vflip=True, rot90=True,
                 lr_method='matlab', log=lambda *_: None)

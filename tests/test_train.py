@@ -84,6 +84,17 @@ def test_speed_flag_errors(tmp_path, argv, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+@pytest.mark.parametrize('script', ['train_srresnet.py', 'train_srgan.py'])
+def test_faithful_with_lr_from_image_is_refused_before_any_file_is_touched(tmp_path, tiny_dataset, script):
+    (tmp_path / 'results').mkdir()
+    name = 'checkpoint_srresnet.pth' if script == 'train_srresnet.py' else 'checkpoint_srgan.pth'
+    (tmp_path / 'results' / name).write_bytes(b'an earlier run')
+    result = train(tmp_path, tiny_dataset['data'], '--faithful', '--lr-from', 'image', '--restart', script=script)
+    assert result.returncode == 2 and result.stderr.count('\n') == 1 and 'downscales each patch' in result.stderr
+    assert [p.name for p in (tmp_path / 'results').iterdir()] == [name]  # --restart set nothing aside
+    assert (tmp_path / 'results' / name).read_bytes() == b'an earlier run'
+
+
 def test_faithful_tutorial_pipeline_trains(tmp_path, tiny_dataset):
     result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 1, '--faithful', '--workers', 1)
     assert result.returncode == 0, result.stderr
