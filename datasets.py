@@ -371,7 +371,9 @@ class PatchDataset(Dataset):
         hr = _unpack(self.buffer, self.offsets[k], self.shapes[k])
         return (hr, _unpack(self.lr_buffer, self.lr_offsets[k], self.lr_shapes[k])) if self.lr_method else hr
 
-    def __getitem__(self, index):
+    def _views(self, index):
+        """The crops of item ``index`` as numpy views of the images: ([hr (3, c, c)], [lr (3, c/s, c/s)], empty
+        without lr_method), one per crop of the visit, flipped / transposed alike."""
         epoch, j = index if isinstance(index, tuple) else (0, index)
         rng = random.Random(f"{self.seed}-{epoch}-{j}")
         k = self._image_for(epoch, j)
@@ -397,8 +399,23 @@ class PatchDataset(Dataset):
             patches = _augment(patches, rng, *self.flips)
             hr_patches.append(patches[0])
             lr_patches.extend(patches[1:])
-        hr = torch.from_numpy(np.array(hr_patches))  # (crops_per_visit, 3, c, c) uint8, copied once
-        return (torch.from_numpy(np.array(lr_patches)), hr) if self.lr_method else hr
+        return hr_patches, lr_patches
+
+    def _batch(self, hr_patches, lr_patches):
+        """Lists of views -> the uint8 tensor (n, 3, c, c) of the HR crops, or the pair (lr, hr), copied once."""
+        hr = torch.from_numpy(np.stack(hr_patches))  # np.stack copies strided views ~2.5x faster than np.array
+        return (torch.from_numpy(np.stack(lr_patches)), hr) if self.lr_method else hr
+
+    def __getitem__(self, index):
+        return self._batch(*self._views(index))
+
+    def __getitems__(self, indices):
+        """A whole batch at once (the DataLoader's batched fetch): ``[batch]``, one item holding every crop of
+        ``indices`` in order, so that collate_patches gives the batch of ``[self[i] for i in indices]`` with one
+        copy instead of one per item and another for the concatenation."""
+        views = [self._views(i) for i in indices]
+        return [self._batch([p for hr, _ in views for p in hr], [p for _, lr in views for p in lr])]
+
 
     def check_failures(self):
         """See LoadCounter.check."""
@@ -436,7 +453,10 @@ def _augment(patches, rng, hflip, vflip, rot90):
 
 
 def collate_patches(items):
-    """Concatenate visits into one (N, 3, c, c) uint8 HR batch, or pairs into (lr, hr) uint8 batches."""
+    """Concatenate visits into one (N, 3, c, c) uint8 HR batch, or pairs into (lr, hr) uint8 batches (a single
+    item, as PatchDataset.__getitems__ gives, is its batch already)."""
+    if len(items) == 1:
+        return items[0]
     if isinstance(items[0], tuple):
         return tuple(torch.cat(part) for part in zip(*items))
     return torch.cat(items)

@@ -90,7 +90,8 @@ class _TanhFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = torch.sigmoid(x.float() * 2).mul_(2).sub_(1).to(x.dtype)  # within 2e-7 of tanh(x) before rounding
+        x2 = x.float().mul_(2) if x.dtype != torch.float32 else x * 2  # a new fp32 tensor, then all in place
+        y = x2.sigmoid_().mul_(2).sub_(1).to(x.dtype)  # within 2e-7 of tanh(x) before rounding
         ctx.save_for_backward(y)
         return y
 

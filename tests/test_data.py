@@ -1,8 +1,10 @@
 """create_data_lists.py, SRDataset and EpochSampler."""
 import json
 import os
+from unittest import mock
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -80,7 +82,6 @@ def test_srdataset_crops_depend_only_on_seed_epoch_index(tiny_dataset):
 
 
 def test_srdataset_test_split_and_argument_errors(tiny_dataset):
-    import pytest
     from utils import UserError
     ds = SRDataset(tiny_dataset['data'], 'test', 0, 4, 'imagenet-norm', '[-1, 1]', test_data_name='Tiny')
     lr, hr = ds[0]
@@ -151,6 +152,34 @@ def test_patch_dataset_pairs_are_aligned_crops_of_each_whole_images_lr(tmp_path)
             assert any(torch.equal(f(lr_patch), lr_images[k][:, t:t + 8, l:l + 8]) for f, t, l in found)
     lr, hr = collate_patches([cached[(0, 0)], cached[(0, 1)]])
     assert lr.shape == (6, 3, 8, 8) and hr.shape == (6, 3, 24, 24)
+
+
+@pytest.mark.parametrize('lr_method', [None, 'matlab'])
+def test_patch_dataset_batched_fetch_equals_item_by_item_through_the_loader(tmp_path, lr_method):
+    """The DataLoader fetches a batch through PatchDataset.__getitems__ (one copy for the batch): the batch equals
+    collate_patches of the items fetched one by one, for HR-only items and (lr, hr) pairs, several crops per visit."""
+    from datasets import PatchDataset, collate_patches, create_data_lists
+    make_folder(tmp_path / 'train', ['a.png', 'b.png', 'c.png'], size=(41, 37))
+    create_data_lists([str(tmp_path / 'train')], [], 24, str(tmp_path / 'data'), workers=1, log=lambda *_: None)
+    ds = PatchDataset(tmp_path / 'data', 24, 3, seed=1, patches_per_image=8, crops_per_visit=2, hflip=True,
+                      vflip=True, rot90=True, lr_method=lr_method, log=lambda *_: None)
+    sampler = EpochSampler(len(ds), seed=1)
+    sampler.set_epoch(3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, collate_fn=collate_patches)
+    indices = list(sampler)
+    calls = []
+    fetch = PatchDataset.__getitems__
+    with mock.patch.object(PatchDataset, '__getitems__', autospec=True,
+                      side_effect=lambda self, idx: calls.append(list(idx)) or fetch(self, idx)):
+        batches = list(loader)
+    assert calls == [indices[i:i + 4] for i in range(0, len(indices), 4)]  # the loader took the batched path
+    for n, batch in enumerate(batches):
+        expected = collate_patches([ds[i] for i in indices[4 * n:4 * n + 4]])
+        if lr_method is None:
+            assert batch.shape == (8, 3, 24, 24) and torch.equal(batch, expected)
+        else:
+            assert batch[0].shape == (8, 3, 8, 8) and batch[1].shape == (8, 3, 24, 24)
+            assert all(torch.equal(a, b) for a, b in zip(batch, expected))
 
 
 def test_make_lr_pil_equals_pillow_and_matlab_equals_imresize():
