@@ -285,6 +285,7 @@ class PatchDataset(Dataset):
         self.loads = LoadCounter(len(self.images), max_bad_fraction)
         self._perm_epoch, self._perm = None, None
         self.buffer = self.lr_buffer = None
+        self._arrays = None  # numpy views of the buffers, made on first use in each process (see __getstate__)
         if cache_bytes is None:
             cache_bytes = total_memory_bytes() // 4
         needed = self._decoded_bytes()
@@ -368,8 +369,15 @@ class PatchDataset(Dataset):
             self.loads.attempted()
             img = self._decode(self.images[k])
             return tuple(t.numpy() for t in img) if self.lr_method else img.numpy()
-        hr = _unpack(self.buffer, self.offsets[k], self.shapes[k])
-        return (hr, _unpack(self.lr_buffer, self.lr_offsets[k], self.lr_shapes[k])) if self.lr_method else hr
+        if self._arrays is None:
+            self._arrays = tuple(b.numpy() for b in (self.buffer, self.lr_buffer) if b is not None)
+        hr = _unpack(self._arrays[0], self.offsets[k], self.shapes[k])
+        return (hr, _unpack(self._arrays[1], self.lr_offsets[k], self.lr_shapes[k])) if self.lr_method else hr
+
+    def __getstate__(self):
+        """Pickled for spawned loader workers without the numpy views: they would travel as copies of the whole
+        cache, where the shared-memory buffers travel as handles."""
+        return {**self.__dict__, '_arrays': None}
 
     def _views(self, index):
         """The crops of item ``index`` as numpy views of the images: ([hr (3, c, c)], [lr (3, c/s, c/s)], empty
@@ -435,10 +443,10 @@ def _pack(images):
     return buffer.share_memory_(), offsets, [tuple(img.shape) for img in images]
 
 
-def _unpack(buffer, offset, shape):
-    """The (3, h, w) numpy view of one image packed by _pack."""
+def _unpack(array, offset, shape):
+    """The (3, h, w) view of one image packed by _pack, from ``array``, the numpy view of its buffer."""
     c, h, w = shape
-    return buffer.numpy()[offset:offset + c * h * w].reshape(c, h, w)
+    return array[offset:offset + c * h * w].reshape(c, h, w)
 
 
 def _augment(patches, rng, hflip, vflip, rot90):

@@ -1,5 +1,6 @@
 """create_data_lists.py, SRDataset and EpochSampler."""
 import json
+import multiprocessing
 import os
 from unittest import mock
 
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import run_script
-from datasets import EpochSampler, SRDataset
+from datasets import EpochSampler, PatchDataset, SRDataset, collate_patches, create_data_lists
 
 
 def make_folder(path, names, size=(40, 30)):
@@ -180,6 +181,30 @@ def test_patch_dataset_batched_fetch_equals_item_by_item_through_the_loader(tmp_
         else:
             assert batch[0].shape == (8, 3, 8, 8) and batch[1].shape == (8, 3, 24, 24)
             assert all(torch.equal(a, b) for a, b in zip(batch, expected))
+
+
+class _ReportsSharing(PatchDataset):
+    """A PatchDataset whose batches say whether the process's numpy views of the cache are views of its buffer."""
+
+    def __getitems__(self, indices):
+        batch, = super().__getitems__(indices)
+        return [(np.shares_memory(self._arrays[0], self.buffer.numpy()), batch)]
+
+
+def test_spawned_loader_workers_crop_from_the_shared_cache_not_from_copies(tmp_path, monkeypatch):
+    """A spawned worker (macOS's and Windows' default) gets the dataset pickled. After the main process fetched
+    items (which makes its numpy views of the cache), the worker still crops from the shared buffer it received,
+    not from a copy of the whole cache that travelled with the views, and gives the same batches."""
+    make_folder(tmp_path / 'train', ['a.png', 'b.png'], size=(41, 37))
+    create_data_lists([str(tmp_path / 'train')], [], 24, str(tmp_path / 'data'), workers=1, log=lambda *_: None)
+    monkeypatch.setattr(multiprocessing, 'Value', multiprocessing.get_context('spawn').Value)  # LoadCounter's
+    ds = _ReportsSharing(tmp_path / 'data', 24, 3, patches_per_image=2, log=lambda *_: None)
+    sampler = EpochSampler(len(ds), seed=0, shuffle=False)
+    expected = collate_patches([ds[i] for i in sampler])
+    loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), sampler=sampler, num_workers=1,
+                                         multiprocessing_context='spawn', collate_fn=collate_patches)
+    shared, batch = next(iter(loader))
+    assert shared and torch.equal(batch, expected)
 
 
 def test_make_lr_pil_equals_pillow_and_matlab_equals_imresize():
