@@ -240,13 +240,14 @@ def loader_workers(workers, device, dataset):
     return 0 if device.type == 'cpu' and getattr(dataset, 'buffer', None) is not None else TUTORIAL_WORKERS
 
 
-def ignore_ctrl_c(worker_id):
-    """DataLoader ``worker_init_fn``: a worker ignores Ctrl-C. A terminal's Ctrl-C reaches the whole process group;
-    a worker that died of it would take the run down as soon as the main process, which turns it into a save after
-    its current step, asked for a batch past that step (the epoch's end, the next epoch of persistent workers). The
-    main process stops its workers itself. (SIGTERM keeps its default: Python's exit stops leftover workers with
-    it.)"""
+def ignore_stop_signals(worker_id):
+    """DataLoader ``worker_init_fn``: a worker ignores Ctrl-C and SIGTERM. A terminal's Ctrl-C reaches the whole
+    process group, and so does the SIGTERM of a job scheduler (Slurm's scancel, a timeout on the group); a worker
+    that died of it would take the run down (the loader raises as soon as it sees a worker killed) while the main
+    process, which turns either into a save after its current step, is finishing that step. The main process stops
+    its workers itself, and a worker left alone exits when it sees its parent gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False, collate_fn=None):
@@ -266,7 +267,7 @@ def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False
                                     world_size=dist.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=per_rank // crops, sampler=sampler,
                                          num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                                         collate_fn=collate_fn, worker_init_fn=ignore_ctrl_c)
+                                         collate_fn=collate_fn, worker_init_fn=ignore_stop_signals)
     return loader, sampler
 
 
@@ -703,8 +704,8 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 # the data pipeline and recipe of both trainers (exact resume needs them), and the settings held by the optimizer and
 # scheduler states, which a resumed run cannot change: given again with another value, those are refused (Adam's
 # param_groups, restored from the checkpoint, keep its fused or plain kernel).
-RESUMED_FLAGS = ('scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from', 'patches_per_image',
-                 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam')
+RESUMED_FLAGS = ('faithful', 'scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from',
+                 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam')
 OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
 # What checkpoints made before a flag existed did, for a flag whose default has changed since: the plain Adam, and
 # LR made per patch.
@@ -713,6 +714,13 @@ RECORDED_BEFORE = {'fused_adam': False, 'lr_from': 'patch'}
 
 def flag_name(dest):
     return '--' + dest.replace('_', '-')
+
+
+def flag_text(dest, value):
+    """The flag as typed for ``value``: '--fused-adam' / '--no-fused-adam' for booleans, else '--lr 0.001'."""
+    if isinstance(value, bool):
+        return flag_name(dest if value else 'no_' + dest)
+    return f"{flag_name(dest)} {value}"
 
 
 def settings_from_checkpoint(ckpt, path, args, given, keys):
@@ -724,11 +732,16 @@ def settings_from_checkpoint(ckpt, path, args, given, keys):
     recorded = ckpt.get('args') or {}
     if recorded:
         recorded = {**RECORDED_BEFORE, **recorded}
+    if 'faithful' in given and recorded.get('faithful') is False:
+        raise UserError(f"--faithful: {path} was trained with the suite's pipeline, not the tutorial's, and --resume "
+                        f"continues that run as it was: drop --faithful (or start a new run from its weights with "
+                        f"--init-from)")
     for key in OPTIMIZER_FLAGS:
         if key in given and key in recorded and recorded[key] != getattr(args, key):
-            raise UserError(f"{flag_name(key)} {getattr(args, key)}: {path} was trained with {recorded[key]}, which "
-                            f"its optimizer state holds, and --resume continues that run as it was: drop "
-                            f"{flag_name(key)} (or start a new run from its weights with --init-from)")
+            typed = flag_text(key, getattr(args, key))
+            raise UserError(f"{typed}: {path} was trained with {flag_text(key, recorded[key])}, which its optimizer "
+                            f"state holds, and --resume continues that run as it was: drop {typed.split()[0]} (or "
+                            f"start a new run from its weights with --init-from)")
     for key in keys:
         if key not in given and key in recorded:
             setattr(args, key, recorded[key])

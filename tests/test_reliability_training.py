@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import REPO, run_script
@@ -114,12 +115,25 @@ def test_sigint_during_data_loading_workers_also_saves(tmp_path, tiny_dataset):
     assert_saved_where_it_stopped(out, seen, tmp_path / 'checkpoint_srresnet.pth')
 
 
+def test_sigterm_to_the_whole_process_group_with_workers_also_saves(tmp_path, tiny_dataset):
+    """A job scheduler's SIGTERM (Slurm's scancel) reaches the loader workers too: they ignore it, and the run
+    saves after its step as with a SIGTERM to the main process alone."""
+    proc = start_endless_run(tmp_path, tiny_dataset['data'], 2, start_new_session=True)
+    seen = wait_for_line(proc, 'epoch 1/')
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 'SIGTERM received' in err and 'Resume with:' in out and 'Traceback' not in err
+    assert_saved_where_it_stopped(out, seen, tmp_path / 'checkpoint_srresnet.pth')
+
+
 class SignalledInWorkers(torch.utils.data.Dataset):
     """Eight numbers (indexed by EpochSampler's (epoch, index) pairs); the first item a DataLoader worker fetches
-    sends Ctrl-C to that worker, as a terminal does to the whole process group."""
+    sends ``signum`` to that worker, as a terminal's Ctrl-C or a scheduler's SIGTERM to the whole process group."""
 
-    def __init__(self):
-        self.main_pid = os.getpid()
+    def __init__(self, signum):
+        self.main_pid, self.signum = os.getpid(), signum
 
     def __len__(self):
         return 8
@@ -127,15 +141,16 @@ class SignalledInWorkers(torch.utils.data.Dataset):
     def __getitem__(self, item):
         if os.getpid() != self.main_pid and not getattr(self, 'signalled', False):
             self.signalled = True  # this worker's copy
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
         return torch.tensor(item[1])
 
 
-def test_training_loader_workers_survive_ctrl_c_sent_to_the_process_group():
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_training_loader_workers_survive_stop_signals_sent_to_the_process_group(signum):
     """The main process turns the signal into a save after its step; a worker killed by it would crash the run at
     the next batch it owed (the epoch's end, the next epoch of persistent workers). Two epochs, every item each."""
     from training import Dist, make_train_loader
-    loader, sampler = make_train_loader(SignalledInWorkers(), 2, Dist(), workers=2, seed=0)
+    loader, sampler = make_train_loader(SignalledInWorkers(signum), 2, Dist(), workers=2, seed=0)
     for epoch in (1, 2):
         sampler.set_epoch(epoch, 0)
         assert sorted(torch.cat(list(loader)).tolist()) == list(range(8))

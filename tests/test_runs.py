@@ -214,11 +214,30 @@ def test_resume_keeps_the_runs_adam_kernel_and_refuses_the_other(tmp_path, five_
     path = tmp_path / 'checkpoint_srresnet.pth'
     before = path.read_bytes()
     line = one_error_line(train(tmp_path, five_images, '--epochs', 2, '--resume', '--fused-adam'))
-    assert '--fused-adam True' in line and 'trained with False' in line and path.read_bytes() == before
+    assert line.startswith('error: --fused-adam: ') and 'trained with --no-fused-adam' in line
+    assert 'drop --fused-adam' in line
+    assert path.read_bytes() == before
     assert train(tmp_path, five_images, '--epochs', 2, '--resume').returncode == 0
     ckpt = utils.load_checkpoint(path)
     assert ckpt['epoch'] == 2 and ckpt['args']['fused_adam'] is False
     assert not ckpt['optimizer']['param_groups'][0]['fused']
+
+
+def test_resume_continues_a_faithful_run_faithfully_and_refuses_faithful_for_a_suite_run(tmp_path, five_images):
+    """--faithful is the run's: resumed without it, a tutorial-pipeline run stays one; given to a run of the suite's
+    pipeline, it is refused by its own name (not by the speed flags the run recorded and the user never typed)."""
+    faithful, suite = tmp_path / 'faithful', tmp_path / 'suite'
+    assert train(faithful, five_images, '--epochs', 1, '--faithful').returncode == 0
+    resumed = train(faithful, five_images, '--epochs', 2, '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'cached' not in resumed.stdout  # the tutorial's SRDataset again, not the suite's RAM cache
+    args = utils.load_checkpoint(faithful / 'checkpoint_srresnet.pth')['args']
+    assert args['faithful'] is True and args['fused_adam'] is False and args['channels_last'] is False
+    assert train(suite, five_images, '--epochs', 1).returncode == 0
+    before = (suite / 'checkpoint_srresnet.pth').read_bytes()
+    line = one_error_line(train(suite, five_images, '--epochs', 2, '--resume', '--faithful'))
+    assert line.startswith('error: --faithful: ') and 'drop --faithful' in line and 'fused' not in line
+    assert (suite / 'checkpoint_srresnet.pth').read_bytes() == before
 
 
 def test_resuming_a_checkpoint_older_than_a_flag_keeps_what_that_run_did(tmp_path, five_images):
