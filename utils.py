@@ -1041,12 +1041,15 @@ def strip_prefixes(state_dict):
 
 
 def plain_args(args):
-    """argparse Namespace -> dict of plain values (str/int/float/bool/None/lists), safe for weights_only loads."""
+    """argparse Namespace -> dict of plain values (str/int/float/bool/None, lists and str-keyed dicts of them), safe
+    for weights_only loads; anything else (a Path, a device) as its str."""
     def plain(v):
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
         return str(v)
     return {k: plain(v) for k, v in vars(args).items()}
 

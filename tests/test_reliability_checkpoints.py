@@ -41,6 +41,7 @@ def test_training_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path, 
     assert ckpt['format_version'] == utils.FORMAT_VERSION
     assert {'python', 'numpy', 'torch', 'cuda'} <= set(ckpt['rng'])
     assert ckpt['args']['arch'] == 'srresnet'
+    assert ckpt['args']['model_config'] == ckpt['model_config']  # the recorded args keep dicts as dicts
     model = models.build_model('srresnet', ckpt['model_config'])
     assert ckpt['model'].keys() == model.state_dict().keys()  # the state_dicts themselves, not wrapped objects
     assert {'state', 'param_groups'} <= set(ckpt['optimizer']) and len(ckpt['optimizer']['state']) == len(
