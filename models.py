@@ -989,7 +989,8 @@ ARCHS = {
     # chose the rest: at an equal budget 34-px patches, a quarter of the steps, lost 0.8 dB; lr 4e-3 diverged.) The
     # epochs count, not the steps: over 30 epochs batch 32 gave Set5 32.36 dB and batch 16 32.37 (L1: 32.33), and
     # 32 runs ~1.2x faster; LR cut from each image's (lr_from) is as good (30 epochs: 32.358 vs 32.360) and skips
-    # the per-batch downscale. 200 epochs of 32 in bf16 (--amp auto on an AVX512-BF16 CPU) took 30.5 min for 32.56;
+    # the per-batch downscale. 200 epochs of 32 in bf16 (--amp auto on an AVX512-BF16 CPU) took 30.5 min for 32.56,
+    # 27.1 min (the same file) once the step lost its overhead;
     # 170 (LR per patch) 29.8 min for 32.54; 120 of 16 in fp32 25.4 min for 32.51 (30 epochs: 32.37).
     'espcn': ArchSpec(
         'espcn', ESPCN, 'Shi et al., Real-Time Single Image and Video SR Using an Efficient Sub-Pixel CNN, '

@@ -23,7 +23,7 @@ TARGETS = {'espcn': 32.55, 'srcnn': 32.39}
 MAX_MINUTES = 30
 # The recipes' own defaults (models.ARCHS) are the shipped recipes: --arch and --scale are all they need. The
 # numerics are pinned, the same on every machine (--amp auto would depend on the CPU): SRCNN fp32; ESPCN bf16, what
-# --amp auto runs on CPUs with AMX or AVX512-BF16, where its 200 epochs take about the 30 minutes (elsewhere bf16 is
+# --amp auto runs on CPUs with AMX or AVX512-BF16, where its 200 epochs take about 27 minutes (elsewhere bf16 is
 # emulated, slower).
 COMMANDS = {'espcn': ['--arch', 'espcn', '--scale', '3', '--device', 'cpu', '--amp', 'bf16'],
             'srcnn': ['--arch', 'srcnn', '--scale', '3', '--device', 'cpu', '--amp', 'off']}

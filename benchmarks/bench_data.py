@@ -8,8 +8,8 @@ would run it (the suite's scripts call keep_freed_memory; the tutorial does not)
 round. The reference is written here as the tutorial's SRDataset + ImageTransforms do it: open and decode the
 image file for every patch, random crop, PIL bicubic downscale, convert both to tensors (imagenet-norm LR, [-1, 1]
 HR). The suite: PatchDataset (images decoded once into a uint8 RAM cache; also its streaming mode, decoding once
-per visit for 4 crops), collated into uint8 batches, LR made for the whole batch by batch_to_device. The mode
-suite_cached_default_allocator shows what keep_freed_memory adds. Prints one JSON line per mode and a readable
+per visit for 4 crops), each batch fetched at once as the training loader does (__getitems__), uint8, LR made for
+the whole batch by batch_to_device. The mode suite_cached_default_allocator shows what keep_freed_memory adds. Prints one JSON line per mode and a readable
 summary.
 """
 import argparse
@@ -73,7 +73,7 @@ def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit):
 
     def step():
         j = state['j']
-        hr = datasets.collate_patches([ds[(0, (j + k) % len(ds))] for k in range(visits)])
+        hr = datasets.collate_patches(ds.__getitems__([(0, (j + k) % len(ds)) for k in range(visits)]))
         lr, hr = training.batch_to_device(hr, torch.device('cpu'), scale, 'pil')
         utils.convert_image(lr, '[0, 1]', 'imagenet-norm'), utils.convert_image(hr, '[0, 1]', '[-1, 1]')
         state['j'] = j + visits
