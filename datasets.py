@@ -424,7 +424,6 @@ class PatchDataset(Dataset):
         views = [self._views(i) for i in indices]
         return [self._batch([p for hr, _ in views for p in hr], [p for _, lr in views for p in lr])]
 
-
     def check_failures(self):
         """See LoadCounter.check."""
         return self.loads.check()

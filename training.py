@@ -716,11 +716,14 @@ def flag_name(dest):
     return '--' + dest.replace('_', '-')
 
 
+def typed_flag(dest, value):
+    """The flag a user types for ``value``: '--no-fused-adam' for a False boolean, else '--fused-adam', '--lr'."""
+    return flag_name('no_' + dest if value is False else dest)
+
+
 def flag_text(dest, value):
-    """The flag as typed for ``value``: '--fused-adam' / '--no-fused-adam' for booleans, else '--lr 0.001'."""
-    if isinstance(value, bool):
-        return flag_name(dest if value else 'no_' + dest)
-    return f"{flag_name(dest)} {value}"
+    """The flag with its value as typed: '--fused-adam' / '--no-fused-adam' for booleans, else '--lr 0.001'."""
+    return typed_flag(dest, value) if isinstance(value, bool) else f"{flag_name(dest)} {value}"
 
 
 def settings_from_checkpoint(ckpt, path, args, given, keys):
@@ -738,10 +741,10 @@ def settings_from_checkpoint(ckpt, path, args, given, keys):
                         f"--init-from)")
     for key in OPTIMIZER_FLAGS:
         if key in given and key in recorded and recorded[key] != getattr(args, key):
-            typed = flag_text(key, getattr(args, key))
-            raise UserError(f"{typed}: {path} was trained with {flag_text(key, recorded[key])}, which its optimizer "
-                            f"state holds, and --resume continues that run as it was: drop {typed.split()[0]} (or "
-                            f"start a new run from its weights with --init-from)")
+            value = getattr(args, key)
+            raise UserError(f"{flag_text(key, value)}: {path} was trained with {flag_text(key, recorded[key])}, which "
+                            f"its optimizer state holds, and --resume continues that run as it was: drop "
+                            f"{typed_flag(key, value)} (or start a new run from its weights with --init-from)")
     for key in keys:
         if key not in given and key in recorded:
             setattr(args, key, recorded[key])

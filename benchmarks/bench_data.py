@@ -9,8 +9,8 @@ round. The reference is written here as the tutorial's SRDataset + ImageTransfor
 image file for every patch, random crop, PIL bicubic downscale, convert both to tensors (imagenet-norm LR, [-1, 1]
 HR). The suite: PatchDataset (images decoded once into a uint8 RAM cache; also its streaming mode, decoding once
 per visit for 4 crops), each batch fetched at once as the training loader does (__getitems__), uint8, LR made for
-the whole batch by batch_to_device. The mode suite_cached_default_allocator shows what keep_freed_memory adds. Prints one JSON line per mode and a readable
-summary.
+the whole batch by batch_to_device. The mode suite_cached_default_allocator shows what keep_freed_memory adds.
+Prints one JSON line per mode and a readable summary.
 """
 import argparse
 import json

@@ -159,7 +159,6 @@ def test_patch_dataset_pairs_are_aligned_crops_of_each_whole_images_lr(tmp_path)
 def test_patch_dataset_batched_fetch_equals_item_by_item_through_the_loader(tmp_path, lr_method):
     """The DataLoader fetches a batch through PatchDataset.__getitems__ (one copy for the batch): the batch equals
     collate_patches of the items fetched one by one, for HR-only items and (lr, hr) pairs, several crops per visit."""
-    from datasets import PatchDataset, collate_patches, create_data_lists
     make_folder(tmp_path / 'train', ['a.png', 'b.png', 'c.png'], size=(41, 37))
     create_data_lists([str(tmp_path / 'train')], [], 24, str(tmp_path / 'data'), workers=1, log=lambda *_: None)
     ds = PatchDataset(tmp_path / 'data', 24, 3, seed=1, patches_per_image=8, crops_per_visit=2, hflip=True,
@@ -171,7 +170,7 @@ def test_patch_dataset_batched_fetch_equals_item_by_item_through_the_loader(tmp_
     calls = []
     fetch = PatchDataset.__getitems__
     with mock.patch.object(PatchDataset, '__getitems__', autospec=True,
-                      side_effect=lambda self, idx: calls.append(list(idx)) or fetch(self, idx)):
+                           side_effect=lambda self, idx: calls.append(list(idx)) or fetch(self, idx)):
         batches = list(loader)
     assert calls == [indices[i:i + 4] for i in range(0, len(indices), 4)]  # the loader took the batched path
     for n, batch in enumerate(batches):
