@@ -938,6 +938,7 @@ class ArchSpec:
     in_type / out_type: value ranges the model takes and gives (see utils.convert_image).
     pre_upsample: the input is bicubic-upscaled to the output size first (SRCNN).
     train: default training recipe; scripts' flags override every entry (empty: not trained by this suite).
+    recipes: other named recipes (train_srresnet.py --recipe NAME), each complete in itself, flags override them too.
     min_size, multiple_of, square: what the network needs of its input's height and width (inference.Upscaler pads
       the input, by reflection then replication, and crops the output); every architecture of the suite takes any
       size, models of other projects run through spandrel may not (SwinIR: multiples of its window).
@@ -954,6 +955,7 @@ class ArchSpec:
     out_type: str
     pre_upsample: bool = False
     train: dict = field(default_factory=dict)
+    recipes: dict = field(default_factory=dict)
     min_size: int = 1
     multiple_of: int = 1
     square: bool = False
@@ -975,7 +977,12 @@ ARCHS = {
         'srresnet', SRResNet, 'Ledig et al., Photo-Realistic Single Image SR Using a GAN, CVPR 2017',
         scales=(2, 4, 8), color='rgb', in_type='imagenet-norm', out_type='[-1, 1]',
         train=_recipe(loss='mse', lr=1e-4, crop_size=96, batch_size=400, epochs=130, downsample='pil', hflip=False,
-                      vflip=False, rot90=False)),
+                      vflip=False, rot90=False),
+        # The primary model on a CPU: the 291 images of T91 + BSD200, L1, Adam with warm-up and cosine decay per step,
+        # LR cut from each image's, an EMA with warm-up (benchmarks/bench_cpu_quality.py --archs srresnet).
+        recipes={'cpu-291': _recipe(loss='l1', lr=1e-3, lr_schedule='warmup-cosine', warmup_steps=500, crop_size=96,
+                                    batch_size=16, patches_per_image=64, epochs=16, lr_from='image', ema_decay=0.999,
+                                    ema_warmup=True)}),
     # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py): 33-px HR patches (the paper's), Adam with
     # a cosine decay instead of the paper's SGD, PyTorch's initialisation (model default). Lr 1e-3 over 60 epochs
     # (Set5 x3 32.41 dB in a probe): 3e-3 peaked at 22 epochs (32.32) and fell when run longer (80: 32.23); 2e-3
@@ -1072,9 +1079,19 @@ def model_config(arch, scale, **overrides):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
-def train_defaults(arch, scale):
-    """The architecture's training recipe at ``scale`` (crop_size resolved from an LR patch size if needed)."""
-    recipe = dict(ARCHS[arch].train)
+def recipe_names(arch):
+    """The named recipes of ``arch`` (train_srresnet.py --recipe), besides its default one."""
+    return tuple(ARCHS[arch].recipes)
+
+
+def train_defaults(arch, scale, recipe=None):
+    """The architecture's training recipe at ``scale`` (crop_size resolved from an LR patch size if needed):
+    its default one, or the named ``recipe`` (ValueError naming the choices when it has none of that name)."""
+    spec = ARCHS[arch]
+    if recipe is not None and recipe not in spec.recipes:
+        choices = ', '.join(spec.recipes) or 'none'
+        raise ValueError(f"{arch} has no recipe {recipe!r} (its named recipes: {choices})")
+    recipe = dict(spec.train if recipe is None else spec.recipes[recipe])
     if 'lr_crop_size' in recipe:
         recipe['crop_size'] = recipe.pop('lr_crop_size') * int(scale)
     return recipe

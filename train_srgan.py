@@ -135,6 +135,7 @@ def resolve_args(parser, argv=None):
     if keras:
         check_keras_flags(parser, args)
     args.update_order = args.update_order or 'g-first'
+    args.ema_warmup = bool(args.ema_warmup)
     args.generator_arch = models.SRGAN_VARIANT_ARCHS.get(args.variant, 'srresnet')
     args.srresnet_state = None
     if args.srresnet_checkpoint is None:
@@ -422,7 +423,7 @@ def main(argv=None):
         seed_everything(args.seed + ctx.dist.rank)
         set_determinism(args.deterministic)
         vgg, generator, discriminator, optimizer_g, optimizer_d, scaler = build_networks(args, speed, ctx.device)
-        ema = training.make_ema(generator, args.ema_decay, ctx.dist)  # at the warm start; resume restores it
+        ema = training.make_ema(generator, args.ema_decay, ctx.dist, args.ema_warmup)  # resume restores it
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.resume:
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, generator, discriminator,

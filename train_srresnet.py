@@ -5,6 +5,7 @@
     python train_srresnet.py                          # tutorial: SRResNet x4, Adam 1e-4, MSE, batch 400, 130 epochs
     python train_srresnet.py --batch-size 64 --epochs 10 --device cuda
     python train_srresnet.py --resume                 # continue results/checkpoint_srresnet.pth
+    python train_srresnet.py --recipe cpu-291 --val-folder data/Set5   # SRResNet x4 on T91 + BSD200 in 2.5 h on a CPU
     python train_srresnet.py --arch espcn --scale 3 --val-folder data/Set5 --keep-best
     python train_srresnet.py --arch edsr --scale 2 --ema-decay 0.999   # also keep an EMA of the weights (model_ema)
     python train_srresnet.py --arch msrresnet --init-from msrresnet_x4.safetensors   # new run from those weights
@@ -31,13 +32,19 @@ from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_st
                    set_determinism, strip_prefixes, unwrap_model)
 
 # What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint).
-RESUMED_FLAGS = training.RESUMED_FLAGS + ('loss', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'large_kernel_size',
-                                          'small_kernel_size', 'n_channels', 'n_blocks', 'model_opt')
+RESUMED_FLAGS = training.RESUMED_FLAGS + ('recipe', 'loss', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'warmup_steps',
+                                          'large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks',
+                                          'model_opt')
 
 
 def build_parser():
     parser = make_parser(__doc__, training=True)
     training.add_training_args(parser, archs=sorted(a for a, spec in models.ARCHS.items() if spec.train))
+    parser.add_argument_group('training').add_argument(
+        '--recipe', choices=sorted({name for spec in models.ARCHS.values() for name in spec.recipes}),
+        help="a named recipe of the arch instead of its default one (the tutorial's, for srresnet): 'cpu-291' is "
+             "SRResNet x4 on the 291 images of T91 + BSD200 on a CPU (L1, Adam 1e-3 with warm-up and cosine decay, "
+             "batch 16, EMA); every flag given overrides it (see README, Training)")
     g = parser.add_argument_group('model (SRResNet flags as in the tutorial; --model-opt for any arch)')
     g.add_argument('--large-kernel-size', type=odd_positive_int, default=9, help='srresnet: first/last conv kernel')
     g.add_argument('--small-kernel-size', type=odd_positive_int, default=3, help='srresnet: inner conv kernel')
@@ -46,9 +53,13 @@ def build_parser():
     g.add_argument('--model-opt', action='append', default=[], metavar='KEY=VALUE',
                    help='constructor option of the chosen arch, e.g. n_feats=32, channels=[512,256,64]')
     g.add_argument('--loss', choices=('mse', 'l1'), help='pixel loss; default: the arch recipe (srresnet mse)')
-    g.add_argument('--lr-schedule', choices=('step', 'cosine'),
+    g.add_argument('--lr-schedule', choices=('step', 'cosine', 'warmup-cosine'),
                    help="'step': lr *= --lr-gamma at each --lr-milestones epoch; 'cosine': cosine decay to lr/100 "
-                        "over --epochs; default: the arch recipe (srresnet: step without milestones = constant)")
+                        "over --epochs; 'warmup-cosine': per step, linear warm-up over --warmup-steps, then cosine "
+                        "decay to lr/100 at the last step; default: the arch recipe (srresnet: step without "
+                        "milestones = constant)")
+    g.add_argument('--warmup-steps', type=positive_int,
+                   help='optimizer steps of linear warm-up of --lr-schedule warmup-cosine (default: the recipe)')
     g.add_argument('--lr-milestones', type=int, nargs='*', help='epochs at which lr *= --lr-gamma')
     g.add_argument('--lr-gamma', type=float, help='learning-rate decay factor at each milestone')
     g.add_argument('--init-from', metavar='FILE',
@@ -90,9 +101,16 @@ def resolve_args(parser, argv=None):
     except ValueError as e:
         parser.error(f"--scale: {e}")
     args.lr_from = training.faithful_lr_from(args.faithful, args.lr_from)
-    for key, value in models.train_defaults(args.arch, args.scale).items():
+    try:
+        recipe = models.train_defaults(args.arch, args.scale, args.recipe)
+    except ValueError as e:
+        parser.error(f"--recipe: {e}")
+    for key, value in recipe.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    args.ema_warmup = bool(args.ema_warmup)
+    if args.lr_schedule == 'warmup-cosine' and args.warmup_steps is None:
+        parser.error("--lr-schedule warmup-cosine needs --warmup-steps (e.g. --warmup-steps 500)")
     if args.crop_size % args.scale:
         parser.error(f"--crop-size {args.crop_size} is not divisible by --scale {args.scale}")
     if args.keep_best and not args.val_folder:
@@ -116,8 +134,9 @@ def resolve_args(parser, argv=None):
 
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, speed, spec, args, epoch, start_step,
-                    ema=None):
-    """One pass over the loader (from ``start_step``), updating ``ema`` (if any) after each step.
+                    ema=None, lr_at=None):
+    """One pass over the loader (from ``start_step``), updating ``ema`` (if any) after each step; ``lr_at``: the
+    learning rate of each global step (a per-step schedule), or None (an epoch schedule sets it).
     Returns ({'loss': mean loss}, next step, stopped early?)."""
     model.train()
     meter, device, scale = AverageMeter(), ctx.device, args.scale
@@ -132,6 +151,8 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, s
         with autocast(device, speed.precision):
             sr = model(x)  # (N, C, s*h, s*w)
         loss = criterion(sr.float(), target)
+        if lr_at is not None:
+            training.set_lr(optimizer, lr_at(ctx.global_step))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -148,6 +169,16 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, s
         if stop:
             return {'loss': meter.avg}, step + 1, True
     return {'loss': meter.avg}, step + 1, False
+
+
+def recipe_line(args):
+    """What the run trains with, for its first line: the recipe's name and the settings it resolved to."""
+    schedule = args.lr_schedule + (f" over {args.warmup_steps} warm-up steps" if args.lr_schedule == 'warmup-cosine'
+                                   else '')
+    ema = f"EMA {args.ema_decay}{' with warm-up' if args.ema_warmup else ''}" if args.ema_decay else 'no EMA'
+    return (f"recipe {args.recipe or 'default'} ({args.arch} x{args.scale}): {args.loss} loss, lr {args.lr} "
+            f"{schedule}, batch {args.batch_size}, {args.crop_size}-px HR crops, {args.patches_per_image} per image "
+            f"per epoch, {args.epochs} epochs, LR from each {args.lr_from} ({args.downsample}), {ema}")
 
 
 def checkpoint_state(model, optimizer, scheduler, scaler, global_step, args, speed, epoch, resume_step, best_psnr,
@@ -214,7 +245,7 @@ def main(argv=None):
         start_epoch, start_step, best_psnr = 1, 0, None
         if args.init_from:
             load_init(args.init_from, args, model, ctx.log)
-        ema = training.make_ema(model, args.ema_decay, ctx.dist)  # at the initial weights; resume restores it
+        ema = training.make_ema(model, args.ema_decay, ctx.dist, args.ema_warmup)  # resume restores it
         if args.resume:
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, model, optimizer, scheduler,
                                                              scaler, ema)
@@ -228,6 +259,8 @@ def main(argv=None):
                                                      pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
         saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
         spec = models.arch_spec(args.arch, args.model_config)  # EDSR/RCAN with rgb_range 1 take [0, 1]
+        lr_at = training.step_schedule(args.lr_schedule, args.lr, args.epochs * len(loader), args.warmup_steps)
+        ctx.log(recipe_line(args))
 
         def state(epoch, resume_step):
             return checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
@@ -236,7 +269,7 @@ def main(argv=None):
         for epoch in range(start_epoch, args.epochs + 1):
             sampler.set_epoch(epoch, start_step * loader.batch_size)
             losses, next_step, stopped = train_one_epoch(net, criterion, optimizer, scaler, loader, dataset, ctx,
-                                                         speed, spec, args, epoch, start_step, ema)
+                                                         speed, spec, args, epoch, start_step, ema, lr_at)
             start_step = 0
             if stopped:
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)

@@ -16,6 +16,7 @@ Imports utils, models, datasets and inference.
 """
 import argparse
 import datetime
+import functools
 import math
 import os
 import shlex
@@ -192,6 +193,36 @@ def apply_speed(model, speed):
 def make_scaler(device, speed):
     """A GradScaler, active only for fp16 (bf16 and fp32 need none)."""
     return torch.amp.GradScaler(device.type, enabled=speed.precision == 'fp16')
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-step learning-rate schedule (--lr-schedule warmup-cosine)
+# ----------------------------------------------------------------------------------------------
+
+
+def warmup_cosine_lr(base_lr, step, total_steps, warmup_steps, final_ratio=0.01):
+    """The learning rate of optimizer step ``step`` (0-based) under --lr-schedule warmup-cosine: a linear warm-up
+    from base_lr / warmup_steps to base_lr over the first ``warmup_steps`` steps, then a half cosine down to
+    base_lr * final_ratio at step total_steps - 1 (and there after it). A pure function of the step, so a resumed run
+    (which restores the step count) continues the same curve."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+    return base_lr * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def step_schedule(schedule, base_lr, total_steps, warmup_steps):
+    """The learning rate of each optimizer step (a function of the global step) for a per-step ``schedule``
+    ('warmup-cosine'); None for the epoch schedules ('step', 'cosine'), which a torch scheduler steps per epoch."""
+    if schedule != 'warmup-cosine':
+        return None
+    return functools.partial(warmup_cosine_lr, base_lr, total_steps=total_steps, warmup_steps=warmup_steps)
+
+
+def set_lr(optimizer, lr):
+    """Every parameter group of ``optimizer`` at learning rate ``lr``."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,34 +603,46 @@ def patches_per_second(n_patches, start):
 # ----------------------------------------------------------------------------------------------
 
 
-def ema_multi_avg_fn(decay):
+def ema_warmup_decay(decay, n_averaged):
+    """The decay of the EMA update that folds in weight set ``n_averaged`` + 1 under --ema-warmup: min(decay,
+    (1 + n) / (10 + n)) with n = ``n_averaged`` (the weight sets averaged so far, >= 1), TensorFlow's
+    ExponentialMovingAverage num_updates rule: 0.18 at n = 1, 0.5 at n = 8, 0.9 at n = 80, 0.999 from n = 8990 on. Early weights, far from trained, leave the average within a few hundred steps instead of
+    weighing on it for thousands, as they do under a fixed 0.999."""
+    return min(decay, (1 + n_averaged) / (10 + n_averaged))
+
+
+def ema_multi_avg_fn(decay, warmup=False):
     """torch's EMA update (get_ema_multi_avg_fn: ema = decay * ema + (1 - decay) * w, as one foreach lerp) for
-    floating-point parameters and buffers; integer buffers (BatchNorm's num_batches_tracked, SRResNet's tail index)
-    are counts and indices, copied from the model instead of averaged and truncated."""
+    floating-point parameters and buffers, with ``warmup``: the decay of ema_warmup_decay at each update; integer
+    buffers (BatchNorm's num_batches_tracked, SRResNet's tail index) are counts and indices, copied from the model
+    instead of averaged and truncated."""
     lerp = get_ema_multi_avg_fn(decay)
 
     def update(ema_tensors, model_tensors, n_averaged):
-        if ema_tensors[0].is_floating_point():  # AveragedModel groups tensors by dtype: one kind per call
-            lerp(ema_tensors, model_tensors, n_averaged)
-        else:
+        if not ema_tensors[0].is_floating_point():  # AveragedModel groups tensors by dtype: one kind per call
             for e, m in zip(ema_tensors, model_tensors, strict=True):
                 e.copy_(m)
+        elif warmup:
+            get_ema_multi_avg_fn(ema_warmup_decay(decay, int(n_averaged)))(ema_tensors, model_tensors, n_averaged)
+        else:
+            lerp(ema_tensors, model_tensors, n_averaged)
     return update
 
 
-def make_ema(model, decay, dist=None):
+def make_ema(model, decay, dist=None, warmup=False):
     """The EMA of ``model`` (the bare module, after its training rewrites and warm start / --init-from), started at
     its current weights: a torch AveragedModel over parameters and buffers (BatchNorm's running statistics
-    averaged too), in no_grad; None when ``decay`` is None or 0 (off). Update it after every optimizer step with
-    update_ema; its ``.module`` has the model's exact state_dict keys and layout (channels_last strides included).
+    averaged too), in no_grad; None when ``decay`` is None or 0 (off). ``warmup``: the decay grows towards
+    ``decay`` as ema_warmup_decay says (--ema-warmup). Update it after every optimizer step with update_ema; its
+    ``.module`` has the model's exact state_dict keys and layout (channels_last strides included).
 
     Under torchrun (``dist`` enabled) every rank's EMA starts at rank 0's weights, as DDP starts the model (the
     ranks initialise with different seeds): call it on every rank, before wrap_model."""
     if not decay:
         return None
-    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(decay, warmup), use_buffers=True)
     ema.module.requires_grad_(False)
-    ema.decay = float(decay)
+    ema.decay, ema.warmup = float(decay), bool(warmup)
     ema.update_parameters(model)  # the first update copies: the EMA starts at the initial weights
     if dist is not None and dist.enabled:
         for tensor in ema.module.state_dict().values():
@@ -622,18 +665,24 @@ def shipped_model(model, ema):
 
 def ema_state(ema, key):
     """The checkpoint entries of an EMA: ``key`` (model_ema / generator_ema: the same keys and layout as the
-    model's own entry), ema_decay (float) and ema_n_averaged (weight sets averaged so far: 1 + steps). {} when off."""
+    model's own entry), ema_decay (float), ema_warmup (bool) and ema_n_averaged (weight sets averaged so far:
+    1 + steps). {} when off."""
     if ema is None:
         return {}
-    return {key: strip_prefixes(ema.module.state_dict()), 'ema_decay': ema.decay,
+    return {key: strip_prefixes(ema.module.state_dict()), 'ema_decay': ema.decay, 'ema_warmup': ema.warmup,
             'ema_n_averaged': int(ema.n_averaged)}
 
 
 def load_ema(ema, ckpt, key, path):
     """On --resume: restore ``ema`` (make_ema of this run's --ema-decay, or None) from the checkpoint exactly.
-    The run must keep the checkpoint's --ema-decay: another value, EMA switched on or off, is refused in one line."""
+    The run must keep the checkpoint's --ema-decay and --ema-warmup: another value, EMA switched on or off, is refused
+    in one line."""
     recorded = ckpt.get('ema_decay') or None
     wanted = None if ema is None else ema.decay
+    if recorded is not None and wanted is not None and bool(ckpt.get('ema_warmup', False)) != ema.warmup:
+        was = '--ema-warmup' if ckpt.get('ema_warmup') else '--no-ema-warmup'
+        raise UserError(f"{path} was trained with {was}: resume it with {was} (the other would not continue the "
+                        f"same run)")
     if recorded != wanted:
         if recorded is None:
             raise UserError(f"{path} has no EMA weights: resume it without --ema-decay (an EMA cannot join a run "
@@ -705,7 +754,8 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 # scheduler states, which a resumed run cannot change: given again with another value, those are refused (Adam's
 # param_groups, restored from the checkpoint, keep its fused or plain kernel).
 RESUMED_FLAGS = ('faithful', 'scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from',
-                 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam')
+                 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam', 'ema_decay',
+                 'ema_warmup')
 OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
 # What checkpoints made before a flag existed did, for a flag whose default has changed since: the plain Adam, and
 # LR made per patch.
@@ -845,7 +895,10 @@ def add_training_args(parser, archs=None):
     g.add_argument('--ema-decay', type=ema_decay, metavar='D',
                    help='keep an exponential moving average of the weights, ema = D * ema + (1 - D) * w after each '
                         'step (e.g. 0.999), saved next to them; validation and --keep-best judge it, eval.py and '
-                        'test.py use it (default: off, as the tutorial; 0 is off too)')
+                        'test.py use it (default: off, as the tutorial, or the recipe\'s; 0 is off too)')
+    g.add_argument('--ema-warmup', action=argparse.BooleanOptionalAction, default=None,
+                   help='with --ema-decay D: the decay of update n is min(D, (1 + n) / (10 + n)), so the first '
+                        'weights leave the average within a few hundred steps (default: off, or the recipe\'s)')
     g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
     g.add_argument('--max-steps', type=positive_int,
                    help='stop after this many optimizer steps in total, save and exit 0 (as Ctrl-C does)')
