@@ -5,6 +5,7 @@ import json
 from PIL import Image
 
 from conftest import photo_crops, run_script
+from utils import load_checkpoint
 
 
 def json_lines(stdout):
@@ -117,3 +118,44 @@ def test_bench_optimizer_times_every_adam_variant():
     # the ratio of the unrounded times (each printed to 4 places, the ratio to 2): within the rounding's bounds
     plain, fused, half = res['plain_ms'], res['fused_ms'], 0.5e-4
     assert (plain - half) / (fused + half) - 0.005 <= res['fused_speedup'] <= (plain + half) / (fused - half) + 0.005
+
+
+def fake_shared_data(root, names=('T91', 'BSD200', 'Set5', 'Set14', 'BSD100')):
+    """Folders named like ../shared/data's, each holding two 128-px real photo crops (enough for 96-px crops)."""
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for j, img in enumerate(photo_crops(128)[2 * (i % 3):2 * (i % 3) + 2]):
+            Image.fromarray(img).save(root / name / f"{name}_{j}.png")
+    return root
+
+
+TINY_RECIPE = '--n-blocks 2 --n-channels 8 --batch-size 4 --patches-per-image 2 --warmup-steps 2'
+
+
+def test_bench_resume_stops_three_ways_and_ends_bit_for_bit(tmp_path):
+    data = fake_shared_data(tmp_path / 'data', ('T91', 'BSD200', 'Set5'))
+    result = run_script('benchmarks/bench_resume.py', '--data', data, '--train-flags', f"{TINY_RECIPE} --epochs 8",
+                        timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json_lines(result.stdout)
+    assert row['equal'] and not row['differences']
+    assert {s['signal'] for s in row['stops'] if s['sent']} == {'SIGINT', 'SIGTERM', 'SIGKILL'}, row['stops']
+    assert [s['exit'] for s in row['stops'] if s['signal'] == 'SIGKILL'] == [-9]
+
+
+def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
+    data, out = fake_shared_data(tmp_path / 'data'), tmp_path / 'out'
+    out.mkdir()
+    result = run_script('benchmarks/bench_cpu_quality.py', '--archs', 'srresnet', '--amp', 'off', '--data', data,
+                        '--out', out, '--train-flags', f"{TINY_RECIPE} --epochs 1", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json_lines(result.stdout)
+    assert row['arch'] == 'srresnet' and row['scale'] == 4 and row['target_psnr'] == 31.2
+    assert set(row['scores']['standard']) == set(row['scores']['tutorial']) == {'Set5', 'Set14', 'BSD100'}
+    assert row['set5_psnr'] == round(row['scores']['standard']['Set5'][0], 3)
+    assert 'scores_raw_weights' in row  # the recipe keeps an EMA: both weights are evaluated
+    assert row['command'].startswith('python train_srresnet.py --recipe cpu-291 --device cpu --amp off')
+    shipped = load_checkpoint(out / 'srresnet_x4_291.pth')
+    assert shipped['args']['recipe'] == 'cpu-291' and shipped['args']['data_folder'] == 'data/291'
+    assert shipped['args']['results_dir'] == 'results' and 'model_ema' in shipped
+    assert 'NOT met' in result.stdout  # a tiny model in one epoch is far from 31.2 dB
