@@ -981,7 +981,7 @@ ARCHS = {
         # The primary model on a CPU: the 291 images of T91 + BSD200, L1, Adam with warm-up and cosine decay per step,
         # LR cut from each image's, an EMA with warm-up (benchmarks/bench_cpu_quality.py --archs srresnet).
         recipes={'cpu-291': _recipe(loss='l1', lr=1e-3, lr_schedule='warmup-cosine', warmup_steps=500, crop_size=96,
-                                    batch_size=16, patches_per_image=64, epochs=16, lr_from='image', ema_decay=0.999,
+                                    batch_size=16, patches_per_image=64, epochs=12, lr_from='image', ema_decay=0.999,
                                     ema_warmup=True)}),
     # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py): 33-px HR patches (the paper's), Adam with
     # a cosine decay instead of the paper's SGD, PyTorch's initialisation (model default). Lr 1e-3 over 60 epochs
