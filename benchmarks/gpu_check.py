@@ -4,6 +4,7 @@
                                                             # .gpu_data/ (git-ignored, < 56 MiB) so that it travels
     python benchmarks/gpu_check.py --out gpu_check           # on the GPU machine: everything below, into gpu_check/
     python benchmarks/gpu_check.py --dry-run --out /tmp/gc   # on a CPU, tiny settings: checks the script itself
+    python benchmarks/gpu_check.py --speedrun --out gpu_speedrun   # the primary recipe on the GPU, <= 8 minutes
 
 Runs, in order, each step with its own time limit, recording what passed and what it measured:
   1. the environment: torch, CUDA, the GPU(s), bf16 support;
@@ -16,6 +17,12 @@ Runs, in order, each step with its own time limit, recording what passed and wha
      SIGTERM (the suite saves its position and exits 0), then eval.py on Set5 and Set14 (standard protocol).
 Writes OUT/gpu_check.json (everything), OUT/summary.md (readable) and OUT/log.txt (every command's output).
 
+--speedrun instead trains the primary model's recipe (train_srresnet.py --recipe cpu-291: SRResNet x4 on T91 +
+BSD200, Set5 validated after every epoch) on the GPU in bf16 for at most --budget-minutes, more epochs with
+--speedrun-flags "--epochs 40"; it records Set5 x4 PSNR (standard protocol, EMA weights) against wall time after
+each epoch, the minutes to 31.2 dB (the CPU target) and the best PSNR reached (the paper: 32.05), then evaluates
+the last state on Set5 and Set14.
+
 Data: --data DIR holding T91/, Set5/, Set14/ (and optionally BSD200/); default ../shared/data next to the
 repository, else .gpu_data/ inside it (made by --prepare). In --dry-run everything runs on the CPU with tiny
 settings and a few seconds of training, so tests can run this script without a GPU.
@@ -23,6 +30,8 @@ settings and a few seconds of training, so tests can run this script without a G
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -69,16 +78,25 @@ class Run:
     def elapsed(self):
         return time.monotonic() - self.start
 
-    def command(self, name, cmd, timeout, stop_after=None, start_marker=None):
+    def command(self, name, cmd, timeout, stop_after=None, start_marker=None, line_times=False):
         """Run ``cmd`` in the repository root, killed after ``timeout`` s; with ``stop_after``, sent SIGTERM that many
         seconds after it printed a line containing ``start_marker`` (the trainers then save their position and exit
-        0). Logs the output. Returns (status, stdout)."""
+        0). Logs the output. Returns (status, stdout), and with ``line_times`` also {line: minutes after the
+        ``start_marker`` line (or the start) when it arrived}."""
         self.log.write(f"\n===== {name}: {' '.join(cmd)}\n")
         self.log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines, deadline, stop_at = [], time.monotonic() + timeout, None
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, '')), daemon=True)
+        lines, times, deadline, stop_at = [], {}, time.monotonic() + timeout, None
+        started = [time.monotonic()]
+
+        def read():
+            for line in iter(proc.stdout.readline, ''):
+                if start_marker and start_marker in line:
+                    started[0] = time.monotonic()
+                times[line.rstrip('\n')] = (time.monotonic() - started[0]) / 60
+                lines.append(line)
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         status = 'ok'
         while proc.poll() is None:
@@ -98,7 +116,7 @@ class Run:
             status = f'exit code {proc.returncode}'
         self.log.write(out)
         self.log.flush()
-        return status, out
+        return (status, out, times) if line_times else (status, out)
 
     def record(self, name, status, seconds, **numbers):
         self.steps.append({'step': name, 'status': status, 'seconds': round(seconds, 1), **numbers})
@@ -212,6 +230,55 @@ def train_and_eval(run, device, data, train_seconds):
     run.record('train + eval', status, time.monotonic() - t0, **numbers)
 
 
+def epoch_curve(out, start_times):
+    """[(minutes, epoch, Set5 PSNR)] from a trainer's epoch lines ('epoch 3/12: loss ..., val PSNR (EMA) 30.1 dB')
+    and the monotonic time each line arrived (``start_times``: {line: minutes since the training started})."""
+    curve = []
+    for line in out.splitlines():
+        match = re.match(r'epoch (\d+)/\d+: .*val PSNR(?: \(EMA\))? ([\d.]+) dB', line)
+        if match:
+            curve.append((round(start_times.get(line, float('nan')), 2), int(match.group(1)), float(match.group(2))))
+    return curve
+
+
+def speedrun(run, device, data, seconds, extra):
+    """The primary recipe on ``device`` for at most ``seconds`` (SIGTERM then: the run saves and exits), the Set5
+    curve against wall time, then eval.py on Set5 and Set14."""
+    t0 = time.monotonic()
+    work = os.path.join(run.out, 'speedrun')
+    folders = [os.path.join(data, n) for n in ('T91', 'BSD200') if os.path.isdir(os.path.join(data, n))]
+    status, _ = run.command('data lists', [sys.executable, 'create_data_lists.py', '--train-folders', *folders,
+                                           '--min-size', '96', '--output-folder', os.path.join(work, 'data')],
+                            timeout=120)
+    cmd = [sys.executable, 'train_srresnet.py', '--recipe', 'cpu-291', '--device', device,
+           '--amp', 'off' if run.dry else 'bf16', '--data-folder', os.path.join(work, 'data'),
+           '--val-folder', os.path.join(data, 'Set5'), '--results-dir', os.path.join(work, 'results'),
+           '--runs-dir', os.path.join(work, 'runs'), '--restart', *extra]
+    numbers = {'command': ' '.join(cmd[1:]), 'train_folders': [os.path.basename(f) for f in folders],
+               'train_images': sum(len(os.listdir(f)) for f in folders), 'budget_seconds': seconds}
+    if status == 'ok':
+        status, out, times = run.command('speedrun train', cmd, timeout=seconds + 120, stop_after=seconds,
+                                         start_marker='training images', line_times=True)
+        curve = epoch_curve(out, times)
+        numbers['curve'] = curve  # (minutes since the data was ready, epoch, Set5 PSNR)
+        numbers['minutes_to_31_2'] = next((m for m, _, p in curve if p >= 31.2), None)
+        numbers['best_set5_psnr'] = max((p for _, _, p in curve), default=None)
+    checkpoint = os.path.join(work, 'results', 'checkpoint_srresnet.pth')
+    if status == 'ok' and os.path.isfile(checkpoint):
+        tests = [os.path.join(data, name) for name in ('Set5', 'Set14')]
+        status, _ = run.command('speedrun eval', [sys.executable, 'eval.py', '--checkpoint', checkpoint, '--device',
+                                                  device, '--test-folders', *tests, '--protocol', 'standard',
+                                                  '--results-dir', os.path.join(work, 'results')], timeout=120)
+        report = os.path.join(work, 'results', 'eval_srresnet_x4.json')
+        if status == 'ok' and os.path.isfile(report):
+            with open(report) as f:
+                numbers['eval'] = [{k: d[k] for k in ('name', 'images', 'standard_psnr', 'standard_ssim')}
+                                   for d in json.load(f)['datasets']]
+    elif status == 'ok':
+        status = 'no checkpoint written'
+    run.record('speedrun', status, time.monotonic() - t0, **numbers)
+
+
 def markdown(info, steps):
     lines = [f"# gpu_check {info['date']}", '',
              f"torch {info['torch']}, CUDA {info['cuda']}, device {info['device']}"
@@ -231,6 +298,10 @@ def main():
     parser.add_argument('--dry-run', action='store_true', help='CPU, tiny settings: check the script itself')
     parser.add_argument('--train-minutes', type=float, default=5., help='longest training (cut to fit 8 minutes)')
     parser.add_argument('--budget-minutes', type=float, default=8., help='the whole check, training included')
+    parser.add_argument('--speedrun', action='store_true',
+                        help='only train the primary recipe (--recipe cpu-291) for the budget: Set5 against time')
+    parser.add_argument('--speedrun-flags', default='', metavar='FLAGS',
+                        help='more train_srresnet.py flags for --speedrun, e.g. "--epochs 40"')
     args = parser.parse_args()
     if args.prepare:
         copied = prepare(args.data or SHARED, LOCAL)
@@ -247,13 +318,17 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     run = Run(args.out, args.dry_run)
     info = environment(run, device)
-    cuda_tests(run)
-    bench_train(run, device, data, 'auto' if args.dry_run else 'bf16')
-    bench_train(run, device, data, 'off')
-    bench_inference(run, device)
-    left = args.budget_minutes * 60 - run.elapsed() - (20 if args.dry_run else 60)  # eval and writing after it
-    train_seconds = 5 if args.dry_run else max(30, min(args.train_minutes * 60, left))
-    train_and_eval(run, device, data, int(train_seconds))
+    if args.speedrun:
+        seconds = args.budget_minutes * 60 - run.elapsed() - 60  # the eval after it
+        speedrun(run, device, data, int(max(20, seconds)), shlex.split(args.speedrun_flags))
+    else:
+        cuda_tests(run)
+        bench_train(run, device, data, 'auto' if args.dry_run else 'bf16')
+        bench_train(run, device, data, 'off')
+        bench_inference(run, device)
+        left = args.budget_minutes * 60 - run.elapsed() - (20 if args.dry_run else 60)  # eval and writing after it
+        train_seconds = 5 if args.dry_run else max(30, min(args.train_minutes * 60, left))
+        train_and_eval(run, device, data, int(train_seconds))
     result = {'info': info, 'steps': run.steps, 'total_seconds': round(run.elapsed(), 1)}
     with open(os.path.join(args.out, 'gpu_check.json'), 'w') as f:
         json.dump(result, f, indent=1)

@@ -159,3 +159,20 @@ def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
     assert shipped['args']['recipe'] == 'cpu-291' and shipped['args']['data_folder'] == 'data/291'
     assert shipped['args']['results_dir'] == 'results' and 'model_ema' in shipped
     assert 'NOT met' in result.stdout  # a tiny model in one epoch is far from 31.2 dB
+
+
+def test_gpu_check_speedrun_records_the_set5_curve_against_time(tmp_path):
+    data, out = fake_shared_data(tmp_path / 'data', ('T91', 'BSD200', 'Set5', 'Set14')), tmp_path / 'gs'
+    result = run_script('benchmarks/gpu_check.py', '--dry-run', '--speedrun', '--data', data, '--out', out,
+                        '--budget-minutes', 4, '--speedrun-flags', f"{TINY_RECIPE} --epochs 2", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / 'gpu_check.json').read_text())
+    assert [s['step'] for s in report['steps']] == ['environment', 'speedrun']
+    run = report['steps'][1]
+    assert run['status'] == 'ok' and run['train_folders'] == ['T91', 'BSD200'] and run['train_images'] == 4
+    assert '--recipe cpu-291' in run['command']
+    assert [epoch for _, epoch, _ in run['curve']] == [1, 2]  # one Set5 point per epoch
+    minutes = [m for m, _, _ in run['curve']]
+    assert 0 <= minutes[0] <= minutes[1] < 4 and all(10 < p < 40 for _, _, p in run['curve'])
+    assert run['best_set5_psnr'] == max(p for _, _, p in run['curve']) and run['minutes_to_31_2'] is None
+    assert [d['name'] for d in run['eval']] == ['Set5', 'Set14']
