@@ -6,16 +6,17 @@ a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learni
     python train_srgan.py --srresnet-checkpoint results/checkpoint_srresnet.pth --batch-size 32 --device cuda
     python train_srgan.py --resume                     # continue results/checkpoint_srgan.pth
     python train_srgan.py --vgg-weights vgg19-dcbb9e9d.pth     # VGG19 weights from a file instead of the hub cache
-    python train_srgan.py --update-order d-first       # discriminator step before generator step (seed 001, Keras)
-    python train_srgan.py --variant keras              # seed 001's Keras SRGAN from scratch (no SRResNet needed):
+    python train_srgan.py --update-order d-first       # discriminator step before generator step (as the Keras SRGAN)
+    python train_srgan.py --variant keras              # the Keras SRGAN (srgan-keras) from scratch, no SRResNet:
                                                        # x4, batch 4, 384-px HR crops, 200 epochs, Adam 2e-4
     python train_srgan.py --ema-decay 0.999            # also keep an EMA of the generator (generator_ema)
     torchrun --nproc-per-node 4 train_srgan.py --batch-size 128  # DDP: --batch-size is the global batch
 
 VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub cache) or --vgg-weights PATH;
 --vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch, with the
-variant, which --resume, eval.py and test.py read from it. The tutorial variant's generator starts from the
-SRResNet checkpoint's EMA weights (model_ema) when it has them, else its weights.
+variant, which --resume, eval.py and test.py read from it, and at the end (or when stopped) results/srgan_curves.png:
+the losses and validation PSNR per epoch against steps and wall time. The tutorial variant's generator starts from
+the SRResNet checkpoint's EMA weights (model_ema) when it has them, else its weights.
 """
 import contextlib
 import os
@@ -56,9 +57,9 @@ def build_parser():
     g = parser.add_argument_group('SRGAN')
     g.add_argument('--variant', choices=('tutorial', 'keras'),
                    help="tutorial (default): the tutorial's SRGAN, its generator warm-started from an SRResNet; keras: "
-                        "seed 001's Keras SRGAN (its own generator and discriminator, pixel + VGG + adversarial loss, "
-                        "discriminator updated first) trained from scratch as the seed does, so it needs no SRResNet "
-                        "checkpoint. --resume takes the variant from the checkpoint")
+                        "the Keras SRGAN of srgan-keras (its own generator and discriminator, pixel + VGG + "
+                        "adversarial loss, discriminator updated first) trained from scratch as that code does, so it "
+                        "needs no SRResNet checkpoint. --resume takes the variant from the checkpoint")
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
                         "'none': a random generator)")
@@ -78,7 +79,8 @@ def build_parser():
                    help="'imagenet' (torchvision, hub cache), a PATH to vgg19 weights, or 'random' (tests only)")
     g.add_argument('--beta', type=float, default=1e-3, help='adversarial loss weight')
     g.add_argument('--update-order', choices=('g-first', 'd-first'),
-                   help='per step: generator then discriminator (tutorial, the default) or the reverse (seed 001); '
+                   help='per step: generator then discriminator (tutorial, the default) or the reverse (the Keras '
+                        'SRGAN); '
                         'the keras variant is always d-first')
     return parser
 
@@ -99,12 +101,13 @@ def resolve_variant(flag, resume):
 
 
 def check_keras_flags(parser, args):
-    """What seed 001 fixes: a generator trained from scratch (not an SRResNet: no warm start) and D updated first."""
+    """What the Keras SRGAN fixes: a generator trained from scratch (not an SRResNet: no warm start), D first."""
     if args.srresnet_checkpoint is not None and args.srresnet_checkpoint.lower() != 'none':
-        parser.error("--srresnet-checkpoint: the keras variant trains its generator from scratch, as seed 001 does "
-                     "(it is not an SRResNet); drop the flag")
+        parser.error("--srresnet-checkpoint: the keras variant trains its generator from scratch, as the Keras "
+                     "SRGAN does (it is not an SRResNet); drop the flag")
     if args.update_order == 'g-first':
-        parser.error("--update-order g-first: the keras variant updates the discriminator first, as seed 001 does")
+        parser.error("--update-order g-first: the keras variant updates the discriminator first, as the Keras SRGAN "
+                     "does")
     args.srresnet_checkpoint, args.update_order = 'none', 'd-first'
 
 
@@ -428,6 +431,7 @@ def main(argv=None):
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, generator, discriminator,
                                                              optimizer_g, optimizer_d, scaler, ema)
         val_images = training.load_val_images(args.val_folder) if args.val_folder else None
+        bicubic = training.bicubic_psnr(val_images, args.scale) if val_images else None  # the curves' reference
         dataset, collate = training.dataset_of(args, log=ctx.log)
         ctx.open_writer(os.path.join(args.runs_dir, 'srgan'), tag='srgan')
         g_net = training.wrap_model(generator, ctx.dist, args.ngpu, args.sync_bn)
@@ -439,8 +443,8 @@ def main(argv=None):
         saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
 
         def state(epoch, resume_step):
-            return checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
-                                    epoch, resume_step, best_psnr, ema)
+            return {**checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
+                                       epoch, resume_step, best_psnr, ema), **ctx.history_state()}
 
         for epoch in range(start_epoch, args.epochs + 1):
             schedule_learning_rate((optimizer_g, optimizer_d), args, epoch, start_step)
@@ -450,6 +454,7 @@ def main(argv=None):
             start_step = 0
             if stopped:
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
+                ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")
                 return 0
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
@@ -457,8 +462,10 @@ def main(argv=None):
                 val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), args.generator_arch,
                                              args.scale, ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
+            ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
+        ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")
         ctx.log(f"done: {args.checkpoint_path}")
     return 0
 

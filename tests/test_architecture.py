@@ -13,9 +13,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     'utils': set(),
     'models': set(),
+    'reports': set(),
     'datasets': {'utils'},
     'inference': {'utils', 'models'},
-    'training': {'utils', 'models', 'datasets', 'inference'},
+    'training': {'utils', 'models', 'datasets', 'inference', 'reports'},
 }
 LIBRARY = set(LAYERS)
 
