@@ -976,22 +976,13 @@ ARCHS = {
         scales=(2, 4, 8), color='rgb', in_type='imagenet-norm', out_type='[-1, 1]',
         train=_recipe(loss='mse', lr=1e-4, crop_size=96, batch_size=400, epochs=130, downsample='pil', hflip=False,
                       vflip=False, rot90=False)),
-    # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py): 33-px HR patches (the paper's), Adam with
-    # a cosine decay instead of the paper's SGD, PyTorch's initialisation (model default). Lr 1e-3 over 60 epochs
-    # (Set5 x3 32.41 dB in a probe): 3e-3 peaked at 22 epochs (32.32) and fell when run longer (80: 32.23); 2e-3
-    # over 60 followed 1e-3's training loss a little above it.
+    # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py); how: docs/recipes-history.md.
     'srcnn': ArchSpec(
         'srcnn', SRCNN, 'Dong et al., Image Super-Resolution Using Deep Convolutional Networks, TPAMI 2016',
         scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]', pre_upsample=True,
         train=_recipe(loss='mse', lr=1e-3, lr_schedule='cosine', lr_crop_size=11, batch_size=16,
                       patches_per_image=256, epochs=60)),
-    # Tuned for T91 on a 2-core CPU: 17-px LR patches (the paper's), Adam with a cosine decay. (Short runs on T91
-    # chose the rest: at an equal budget 34-px patches, a quarter of the steps, lost 0.8 dB; lr 4e-3 diverged.) The
-    # epochs count, not the steps: over 30 epochs batch 32 gave Set5 32.36 dB and batch 16 32.37 (L1: 32.33), and
-    # 32 runs ~1.2x faster; LR cut from each image's (lr_from) is as good (30 epochs: 32.358 vs 32.360) and skips
-    # the per-batch downscale. 200 epochs of 32 in bf16 (--amp auto on an AVX512-BF16 CPU) took 30.5 min for 32.56,
-    # 27.1 min (the same file) once the step lost its overhead;
-    # 170 (LR per patch) 29.8 min for 32.54; 120 of 16 in fp32 25.4 min for 32.51 (30 epochs: 32.37).
+    # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py); how: docs/recipes-history.md.
     'espcn': ArchSpec(
         'espcn', ESPCN, 'Shi et al., Real-Time Single Image and Video SR Using an Efficient Sub-Pixel CNN, '
         'CVPR 2016', scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]',
@@ -1023,11 +1014,11 @@ ARCHS = {
         'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',
         train=_recipe(loss='l1', lr=2e-4, lr_schedule='cosine', lr_crop_size=32, batch_size=16,
                       patches_per_image=20, epochs=1000)),
-    # Seed 001's Keras SRGAN generator: trained only as a GAN, from scratch (train_srgan.py --variant keras), so
-    # no train_srresnet.py recipe.
+    # The Keras SRGAN's generator (srgan-keras): trained only as a GAN, from scratch (train_srgan.py --variant
+    # keras), so no train_srresnet.py recipe.
     'srgan_keras': ArchSpec(
-        'srgan_keras', KerasSRGANGenerator, 'Ledig et al. CVPR 2017, as seed 001 builds it in Keras '
-        '(bubbliiiing/srgan-keras)', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
+        'srgan_keras', KerasSRGANGenerator, 'Ledig et al. CVPR 2017, as the Keras SRGAN '
+        '(bubbliiiing/srgan-keras) builds it', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
 }
 
 # train_srgan.py --variant other than the tutorial's -> the ARCHS name of its generator (its checkpoints record it as

@@ -4,9 +4,9 @@ Set5 with the standard protocol, print the PSNR reached and the training time.
     python benchmarks/bench_cpu_quality.py                    # both, T91 and Set5 from ../shared/data
     python benchmarks/bench_cpu_quality.py --archs espcn --out results   # also keep the checkpoint in results/
 
-Targets (issue): the papers' 91-image Set5 x3 figures, ESPCN >= 32.55 dB and SRCNN >= 32.39 dB, each trained in
-at most 30 minutes on a 2-core CPU (bicubic: 30.39 dB). The training commands are exactly the ones in README's
-"Architectures" section; this script only adds the folders.
+Targets: the papers' 91-image Set5 x3 figures, ESPCN >= 32.55 dB and SRCNN >= 32.39 dB, each trained in at most
+30 minutes on a 2-core CPU (bicubic: 30.39 dB). The training commands are exactly the ones of docs/architectures.md
+("Shipped checkpoints"); this script only adds the folders. How the recipes were found: docs/recipes-history.md.
 """
 import argparse
 import json
@@ -38,7 +38,7 @@ def sh(script, *args):
 
 
 def ship(src, dst, arch):
-    """Copy a trained checkpoint for the repository: the paths it records become the README command's."""
+    """Copy a trained checkpoint for the repository: the paths it records become the documented command's."""
     sys.path.insert(0, REPO)
     from utils import load_checkpoint, save_checkpoint
     ckpt = load_checkpoint(src)

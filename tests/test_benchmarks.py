@@ -1,5 +1,5 @@
-"""The benchmark scripts still run end to end, on tiny settings. Their numbers belong in README, not in CI, but a
-benchmark broken by a refactor would go unnoticed until someone needs it."""
+"""The benchmark scripts still run end to end, on tiny settings. Their numbers belong in docs/ (speed.md,
+benchmarks.md), not in CI, but a benchmark broken by a refactor would go unnoticed until someone needs it."""
 import json
 
 from PIL import Image

@@ -9,6 +9,7 @@ import base64
 import io
 import math
 import re
+import shlex
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ import inference
 import models
 import reports
 import training
-from conftest import run_script
+from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data, run_script
 from utils import list_image_files, load_checkpoint, load_image, pil_to_tensor, save_checkpoint
 
 TINY = {'espcn': dict(channels=[8, 4]), 'srcnn': dict(channels=[8, 4])}
@@ -145,6 +146,28 @@ def test_cli_figure_compares_several_checkpoints_with_bicubic_labelled_with_thei
     again = run_script('eval.py', '--checkpoint', espcn, '--checkpoint', srcnn, '--test-folders',
                        tiny_dataset['test'], '--figure', '--results-dir', tmp_path / 'again')
     assert again.returncode == 0 and (tmp_path / 'again' / out.name).read_bytes() == out.read_bytes()
+
+
+@requires_shared_data
+def test_readme_picture_is_what_its_command_makes(tmp_path):
+    """README's picture is committed byte for byte as the command under it makes it (run here on the benchmark
+    images, into another folder). After changing a shipped model or the figure: run that command again."""
+    readme = doc_text('README.md')
+    picture = re.search(r'!\[[^]]*\]\((docs/images/[^)]+\.png)\)', readme).group(1)
+    command = next(c for c in re.findall(r'`([^`]+)`', readme) if c.startswith('python eval.py') and '--figure' in c)
+    argv = shlex.split(command)
+    assert argv[argv.index('--results-dir') + 1] == 'docs/images'
+    argv[argv.index('--results-dir') + 1] = str(tmp_path)
+    argv = [a.replace('../shared/data', str(SHARED_DATA)) for a in argv]
+    result = run_script(*argv[1:])
+    assert result.returncode == 0, result.stderr
+    made = tmp_path / picture.rsplit('/', 1)[1]
+    assert made.is_file(), f"the command wrote {sorted(p.name for p in tmp_path.iterdir())}, README shows {picture}"
+    committed = (REPO_ROOT / picture).read_bytes()
+    assert len(committed) <= 300 * 1024  # small enough for the repository
+    with Image.open(io.BytesIO(committed)) as old, Image.open(made) as new:
+        assert np.array_equal(np.asarray(old), np.asarray(new)), f"{picture} is not what `{command}` makes"
+    assert made.read_bytes() == committed, f"{picture}: same pixels, other PNG bytes (another Pillow / zlib?)"
 
 
 def test_cli_figure_box_and_images_flags(tmp_path, tiny_dataset):
