@@ -35,14 +35,14 @@ from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
                     hflip=False, vflip=False, rot90=False, patches_per_image=1)
-# Seed 001 (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version): 96-px
-# LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
+# The Keras SRGAN (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version):
+# 96-px LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
 KERAS_RECIPE = dict(crop_size=384, batch_size=4, epochs=200, lr=2e-4, downsample='pil', lr_from='patch',
                     hflip=True, vflip=False, rot90=False, patches_per_image=1)
 RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE}
-KERAS_LR_DECAY = 0.98  # the seed multiplies both learning rates by 0.98 after every epoch
-KERAS_VGG_WEIGHT = 2e-6  # the seed's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
-KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # the seed's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
+KERAS_LR_DECAY = 0.98  # srgan-keras multiplies both learning rates by 0.98 after every epoch
+KERAS_VGG_WEIGHT = 2e-6  # srgan-keras's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
+KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # srgan-keras's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
 KERAS_BCE_EPSILON = 1e-7  # Keras clips probabilities to [1e-7, 1 - 1e-7] in binary_crossentropy
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
 # What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint); the
@@ -250,7 +250,7 @@ def batch_statistics_only(module):
 
 
 def keras_discriminator_update(discriminator, optimizer_d, scaler, images, label, device, speed):
-    """One D_model.train_on_batch of the seed: a forward pass in training mode, Keras's BCE against ``label``, one
+    """One D_model.train_on_batch of srgan-keras: a forward pass in training mode, Keras's BCE against ``label``, one
     Adam step, then the scaler's update (so the next update may step optimizer_d again). Returns the loss."""
     optimizer_d.zero_grad(set_to_none=True)
     with autocast(device, speed.precision):
@@ -263,13 +263,13 @@ def keras_discriminator_update(discriminator, optimizer_d, scaler, images, label
 
 
 def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr, hr, device, speed, args):
-    """One step of seed 001's fit_one_epoch on lr, hr RGB in [0, 1], everything in [-1, 1] as the seed feeds it:
+    """One step of srgan-keras's fit_one_epoch on lr, hr RGB in [0, 1], everything in [-1, 1] as srgan-keras feeds it:
 
     1. fakes from the generator in inference mode (G_model.predict: BatchNorm on running statistics, no gradient);
     2. the discriminator first: one Adam step on the real batch (label 1), then one on the fakes (label 0), each
-       its own forward pass in training mode (D_model.train_on_batch twice); hard labels, as the seed;
+       its own forward pass in training mode (D_model.train_on_batch twice); hard labels, as srgan-keras;
     3. the generator, against the discriminator just updated: pixel MSE + beta * BCE(D(SR), 1) + 2e-6 * MSE of the
-       VGG19 features of SR and HR (the seed's VGG takes the [-1, 1] images as they are), the discriminator frozen
+       VGG19 features of SR and HR (srgan-keras's VGG takes the [-1, 1] images as they are), the discriminator frozen
        (Keras's trainable=False: BatchNorm on batch statistics, its running ones left alone; the gradients it gets
        are cleared by its next update). The caller updates the scaler.
     Returns ((lr, sr, hr, '[-1, 1]') to show, {pixel, content, adversarial, discriminator: loss})."""
@@ -355,7 +355,7 @@ def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler,
 
 def build_networks(args, speed, device):
     """VGG (fails fast when its weights are missing), the variant's generator (the tutorial's warm-started) and
-    discriminator, their Adam optimizers (the keras variant's with the seed's betas and Keras's epsilon) and the
+    discriminator, their Adam optimizers (the keras variant's with srgan-keras's betas and Keras's epsilon) and the
     GradScaler they share."""
     try:
         vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(device)
@@ -397,8 +397,8 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
 
 
 def schedule_learning_rate(optimizers, args, epoch, start_step):
-    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or seed
-    001's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
+    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or the
+    Keras SRGAN's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
     if args.variant == 'keras':
         for optimizer in optimizers:
             for group in optimizer.param_groups:
