@@ -223,7 +223,7 @@ def test_keep_best_keeps_the_weights_of_the_best_validation_psnr(tmp_path, tiny_
     assert best['epoch'] == 1 + int(np.argmax(psnrs))
     # off by default
     assert train_srresnet.main(argv + ['--epochs', '1', '--results-dir', str(tmp_path / 'plain')]) == 0
-    assert sorted(os.listdir(tmp_path / 'plain')) == ['checkpoint_espcn.pth']
+    assert sorted(os.listdir(tmp_path / 'plain')) == ['checkpoint_espcn.pth', 'espcn_curves.png']  # no _best.pth
 
 
 def test_srgan_learning_rate_decays_once_at_half_the_epochs_also_when_resumed_inside_that_epoch(tmp_path,
