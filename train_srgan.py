@@ -453,8 +453,8 @@ def main(argv=None):
                                                          dataset, ctx, speed, args, epoch, start_step, ema)
             start_step = 0
             if stopped:
+                ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
-                ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")
                 return 0
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,

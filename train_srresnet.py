@@ -241,8 +241,8 @@ def main(argv=None):
                                                          speed, spec, args, epoch, start_step, ema)
             start_step = 0
             if stopped:
+                ctx.write_curves(f"{args.arch} x{args.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
-                ctx.write_curves(f"{args.arch} x{args.scale}")
                 return 0
             scheduler.step()
             val_psnr = None
