@@ -1,7 +1,7 @@
 # make demo  : create .venv, install, train a small SRResNet on scikit-image's photos, evaluate, upscale a photo
 # make test  : create .venv, install, run the test suite
-# make app   : serve the web page on http://127.0.0.1:7860 (see README, "Web page"; APP_FLAGS="--port 8080")
-# make bench : run the benchmark scripts (see README, "Benchmarks")
+# make app   : serve the web page on http://127.0.0.1:7860 (see docs/web-page.md; APP_FLAGS="--port 8080")
+# make bench : run the benchmark scripts (see docs/benchmarks.md)
 # make lock  : refresh requirements.lock (the exact versions tested) from the ranges in requirements.txt
 PYTHON ?= python3
 VENV ?= .venv

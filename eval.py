@@ -11,6 +11,9 @@
     python eval.py --checkpoint results/checkpoint_srgan.pth --metrics psnr ssim lpips     # + LPIPS (AlexNet)
     python eval.py --arch bicubic --metrics psnr ssim lpips --lpips-net vgg --lpips-backbone-weights vgg16.pth
     python eval.py --checkpoint results/checkpoint_srresnet.pth --weights raw    # not the EMA weights it holds
+    python eval.py --checkpoint results/espcn_x3_t91.pth --test-folders data/Set5 --report html  # + a visual page
+    python eval.py --checkpoint results/espcn_x3_t91.pth --checkpoint results/srcnn_x3_t91.pth \
+        --test-folders data/Set5 --figure --figure-images butterfly        # the papers' comparison figure
 
 The checkpoint says which network to rebuild (any architecture of models.ARCHS, SRGAN generators, the
 tutorial's own checkpoints holding only 'model' or 'generator', safetensors files written by export.py, and
@@ -61,10 +64,24 @@ leading 'checkpoint_' (results/checkpoint_srresnet.pth -> srresnet), or the base
 bicubic-rgb). Everything is computed first and written at the end, the three files all or nothing: an error
 (or a full disk) leaves no new report file. A report of the same name from an earlier run is replaced.
 
+--report html adds eval_<name>_x<scale>.html to the set: one self-contained page (images embedded, readable
+offline) with the table and, for every image, the HR thumbnail, the crops of bicubic, the model and HR at the box
+where the model gains most over bicubic, and the standard protocol's PSNR / SSIM of both; its rows sort by the
+PSNR gain over bicubic.
+
+--figure writes, instead of the tables, the papers' comparison figure: for each image (--figure-images), the HR with
+a red box, then the boxed crop of bicubic (the papers' baseline), of every --checkpoint (several, side by side) and
+of HR, each labelled with its PSNR / SSIM on that image (standard protocol), as
+<results-dir>/figure_<names>_x<scale>.png (replaced when run again). The box is --figure-box X,Y,W,H in HR px, or
+the square of a quarter of the shorter side where the first checkpoint gains most PSNR over bicubic. The networks
+run in float64 for it, so the PNG is the same on every CPU (fp32 rounds differently on each).
+
 Images: regular files up to --max-image-pixels (default PIL's 89478485; more is refused as a possible
 decompression bomb: raise it for bigger images you trust); a FIFO, socket or device file in a test folder stops
 the run with one line naming it, instead of blocking.
 """
+import argparse
+import copy
 import csv
 import datetime
 import io
@@ -78,10 +95,11 @@ from PIL import Image
 import datasets
 import inference
 import models
-from utils import (ImageTransforms, UserError, atomic_write_many, check_output_folder, convert_image, dataset_name,
-                   gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance, make_parser,
-                   modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim, timer,
-                   tutorial_metrics)
+import reports
+from utils import (ImageTransforms, UserError, atomic_write, atomic_write_many, check_output_folder, convert_image,
+                   dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance,
+                   make_parser, modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim,
+                   timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 METRICS = ('psnr', 'ssim', 'lpips')
@@ -94,6 +112,7 @@ DEFAULT_DATASETS = ('Set5', 'Set14', 'BSD100')
 SSIM_WINDOW = 11  # utils.ssim's Gaussian window (standard protocol)
 SKIMAGE_WINDOW = 7  # scikit-image's default SSIM window (tutorial protocol)
 TUTORIAL_BORDER = 4  # convert_image(..., 'y-channel') removes 4 pixels per side
+FIGURE_MAX_IMAGES = 8  # --figure without --figure-images: at most this many rows
 
 PROTOCOL_TEXT = {
     'standard': "papers' protocol: MATLAB-bicubic LR (uint8), SR rounded to uint8, rounded BT.601 Y, "
@@ -107,8 +126,9 @@ LPIPS_TEXT = ("LPIPS v{version} ({net}; lower is better) on RGB in [-1, 1] of th
 
 def build_parser():
     parser = make_parser(__doc__)
-    parser.add_argument('--checkpoint', metavar='PATH',
-                        help=f"checkpoint to evaluate (default {DEFAULT_CHECKPOINT}; not with --arch bicubic*)")
+    parser.add_argument('--checkpoint', metavar='PATH', action='append',
+                        help=f"checkpoint to evaluate (default {DEFAULT_CHECKPOINT}; not with --arch bicubic*); "
+                             f"--figure takes several")
     parser.add_argument('--arch', choices=BASELINES + tuple(sorted(models.ARCHS)) + ('srgan',),
                         help="bicubic / bicubic-rgb: the baselines, no checkpoint. Default: the architecture "
                              "recorded in the checkpoint (naming one only checks that it matches)")
@@ -137,7 +157,59 @@ def build_parser():
                              "only) into this suite's format, then exit")
     inference.add_assumption_args(parser)
     inference.add_weights_arg(parser)
+    add_picture_args(parser)
     return parser
+
+
+def box_arg(text):
+    """'X,Y,W,H' -> (x, y, w, h) of non-negative integers, w and h >= 1 (argparse type)."""
+    try:
+        box = tuple(int(v) for v in text.split(','))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or min(box) < 0 or min(box[2:]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected X,Y,W,H in HR px (e.g. 60,90,64,64)")
+    return box
+
+
+def add_picture_args(parser):
+    g = parser.add_argument_group('pictures')
+    g.add_argument('--report', choices=('html',),
+                   help="also write eval_<name>_x<scale>.html: one self-contained page with the table and every "
+                        "image's thumbnail, crops and metrics next to bicubic, sortable by PSNR gain over bicubic")
+    g.add_argument('--figure', action='store_true',
+                   help="instead of the tables: the papers' comparison figure, HR with a box, then the boxed crop of "
+                        "bicubic, of every --checkpoint (give several) and of HR, each labelled with its PSNR / SSIM; "
+                        "written as <results-dir>/figure_<names>_x<scale>.png")
+    g.add_argument('--figure-images', nargs='+', metavar='NAME',
+                   help=f"the test images --figure shows, by file name or stem (default: all of them, at most "
+                        f"{FIGURE_MAX_IMAGES})")
+    g.add_argument('--figure-box', action='append', type=box_arg, metavar='X,Y,W,H',
+                   help="the crop --figure shows, in HR px: once for all images, or once per --figure-images name "
+                        "(default: the square of a quarter of the shorter side where the first checkpoint gains most "
+                        "PSNR over bicubic)")
+
+
+def resolve_picture_args(parser, args):
+    """--checkpoint (one, or several for --figure), --figure's and --report's flags; before any work."""
+    args.checkpoints = args.checkpoint or []
+    args.checkpoint = args.checkpoints[0] if args.checkpoints else None
+    if len(args.checkpoints) > 1 and not args.figure:
+        parser.error("several --checkpoint are compared by --figure; the tables evaluate one checkpoint per run")
+    if args.figure:
+        if args.arch in BASELINES:
+            parser.error("--figure shows bicubic next to checkpoints: give --checkpoint, not --arch " + args.arch)
+        if args.report:
+            parser.error("--figure writes the figure instead of the reports: drop --report")
+        if args.figure_box and args.figure_images and len(args.figure_box) not in (1, len(args.figure_images)):
+            parser.error(f"--figure-box: give one box for all images or one per --figure-images name "
+                         f"({len(args.figure_images)}), not {len(args.figure_box)}")
+        if args.figure_box and not args.figure_images and len(args.figure_box) > 1:
+            parser.error("several --figure-box need --figure-images: one box per image, in its order")
+    elif args.figure_images or args.figure_box:
+        parser.error("--figure-images and --figure-box are for --figure")
+    if args.report == 'html' and args.protocol == 'tutorial':
+        parser.error("--report html shows the standard protocol's images: use --protocol standard or both")
 
 
 def resolve_args(parser, argv=None):
@@ -145,6 +217,7 @@ def resolve_args(parser, argv=None):
     args = parser.parse_args(argv)
     if args.convert_legacy:
         return args
+    resolve_picture_args(parser, args)
     baseline = args.arch in BASELINES
     if baseline and args.checkpoint:
         parser.error(f"--arch {args.arch} is computed without a model: drop --checkpoint")
@@ -152,6 +225,7 @@ def resolve_args(parser, argv=None):
         parser.error("give either --datasets (data lists) or --test-folders (image folders), not both")
     if not baseline and args.checkpoint is None:
         args.checkpoint = DEFAULT_CHECKPOINT
+        args.checkpoints = [args.checkpoint]
     if baseline and args.scale is None:
         args.scale = 4
     if baseline and args.weights:
@@ -391,18 +465,21 @@ def check_size(path, img, scale, protocols, min_lr_size=1, metrics=DEFAULT_METRI
                         f"(needs at least {need} px per side after cropping to a multiple of {scale})")
 
 
-def evaluate_image(method, img, protocols, gray=False, metrics=DEFAULT_METRICS, lpips_net=None):
+def evaluate_image(method, img, protocols, gray=False, metrics=DEFAULT_METRICS, lpips_net=None, keep=None):
     """Metrics of one PIL RGB image: {'standard_psnr': ..., 'standard_ssim': ..., 'standard_lpips': ...,
     'tutorial_psnr': ..., ...}, those of ``metrics`` that each protocol has (PROTOCOL_METRICS).
 
     gray: the file stored one grey channel, which is then its own Y in the standard protocol (as the papers'
     MATLAB scripts); the tutorial protocol always uses the RGB formula, as the tutorial does. lpips_net: the
     LPIPS network (load_lpips) for 'lpips', computed on RGB: the standard protocol's uint8 SR image and the
-    mod-cropped HR (a grey file's R = G = B), with the same `scale`-pixel border removed as for PSNR/SSIM."""
+    mod-cropped HR (a grey file's R = G = B), with the same `scale`-pixel border removed as for PSNR/SSIM.
+    keep: a dict that receives the standard protocol's images (hr, sr_y, hr_y, sr_rgb), for --report html."""
     row, scale = {}, method.scale
     if 'standard' in protocols:
         hr = pil_to_tensor(img)  # (3, H, W) uint8
-        sr_y, hr_y, sr_rgb = method.standard(hr, gray, rgb='lpips' in metrics)  # (H', W') float64 luma
+        sr_y, hr_y, sr_rgb = method.standard(hr, gray, rgb='lpips' in metrics or keep is not None)  # (H', W') luma
+        if keep is not None:
+            keep.update(hr=hr, sr_y=sr_y, hr_y=hr_y, sr_rgb=sr_rgb)
         if 'psnr' in metrics:
             row['standard_psnr'] = psnr(sr_y, hr_y, border=scale)
         if 'ssim' in metrics:
@@ -424,20 +501,24 @@ def mean(values):
 
 
 def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=None, metrics=DEFAULT_METRICS,
-                     lpips_net=None, lpips_backbone='alex'):
+                     lpips_net=None, lpips_backbone='alex', visual=None):
     """Evaluate every image; returns {'name', 'source', 'images', <metric>: mean, 'ms_per_image', 'per_image'}.
     max_pixels: the decompression-bomb limit (default PIL's); lpips_net (its backbone name lpips_backbone): the
-    LPIPS network for 'lpips' in metrics (load_lpips)."""
+    LPIPS network for 'lpips' in metrics (load_lpips). visual: report_image for --report html, whose result each
+    per-image row keeps as 'visual'."""
     per_image = []
     for path in paths:
         img = load_image(path, max_pixels=max_pixels)
         check_size(path, img, method.scale, protocols, method.min_lr_size, metrics, lpips_backbone)
         before = method.stopwatch.seconds
-        row = evaluate_image(method, img, protocols, gray=is_grayscale_file(path), metrics=metrics,
-                             lpips_net=lpips_net)
+        keep = {} if visual is not None else None
+        gray = is_grayscale_file(path)
+        row = evaluate_image(method, img, protocols, gray=gray, metrics=metrics, lpips_net=lpips_net, keep=keep)
         ms = 1000. * (method.stopwatch.seconds - before) / len(protocols)
         per_image.append({'image': os.path.basename(path), 'width': img.width, 'height': img.height, **row,
                           'ms': ms})
+        if visual is not None:
+            per_image[-1]['visual'] = visual(method, name, path, keep, gray)
     summary = {'name': name, 'source': source, 'images': len(per_image)}
     for key in table_columns(protocols, metrics):
         summary[key] = mean(r[key] for r in per_image)
@@ -553,14 +634,156 @@ def report_paths(results_dir, name, scale):
     return {'md': base + '.md', 'json': base + '.json', 'csv': base + '_per_image.csv'}
 
 
-def write_reports(results_dir, meta, results):
-    """Write the markdown table, the JSON summary and the per-image CSV, all or nothing (a failure while writing
-    any of them leaves none of the new ones and the old set as it was). Returns their paths."""
+def write_reports(results_dir, meta, results, html=False):
+    """Write the markdown table, the JSON summary and the per-image CSV (and with ``html`` the HTML page), all or
+    nothing (a failure while writing any of them leaves none of the new ones and the old set as it was). Returns
+    their paths."""
     texts = {'md': markdown_report(meta, results), 'json': json_report(meta, results),
              'csv': csv_report(meta, results)}
     paths = report_paths(results_dir, meta['name'], meta['scale'])
+    if html:
+        texts['html'] = html_report(meta, results)
+        paths['html'] = paths['md'][:-len('.md')] + '.html'
     atomic_write_many({paths[kind]: text for kind, text in texts.items()})
     return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures: the HTML report's images (--report html) and the papers' comparison figure (--figure)
+# ----------------------------------------------------------------------------------------------
+
+
+def hwc(img):
+    """(3, H, W) uint8 tensor -> (H, W, 3) uint8 numpy array."""
+    return img.permute(1, 2, 0).contiguous().numpy()
+
+
+def auto_box_side(hr_y):
+    """The side of the automatic box: a quarter of the shorter side of the (mod-cropped) image, at least 8 px."""
+    return max(8, min(hr_y.shape[-2:]) // 4)
+
+
+def metrics_line(sr_y, hr_y, scale):
+    """'PSNR dB / SSIM' of one image, standard protocol (luma, border = scale), as the papers print them."""
+    return f"{psnr(sr_y, hr_y, border=scale):.2f} dB / {ssim(sr_y, hr_y, border=scale):.4f}"
+
+
+def report_image(method, dataset, path, keep, gray):
+    """The HTML report's row of one image (reports.ReportImage) from the standard protocol's images ``keep``
+    (evaluate_image): the papers' bicubic next to the model, the box where the model gains most PSNR over bicubic,
+    the HR thumbnail with that box and the crops of bicubic, the model and HR."""
+    scale = method.scale
+    bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(keep['hr'], gray, rgb=True)
+    sr_y = keep['sr_y']
+    box = reports.best_gain_box(sr_y, bic_y, hr_y, auto_box_side(hr_y), border=scale)
+    hr = hwc(modcrop(keep['hr'], scale))
+    thumbnail, _ = reports.overview(hr, box, reports.THUMB)
+    crops = [(label, reports.png_bytes(Image.fromarray(reports.crop_zoom(img, box, reports.CROP))))
+             for label, img in (('bicubic', hwc(bic_rgb)), (method.label, hwc(keep['sr_rgb'])), ('HR', hr))]
+    return reports.ReportImage(
+        dataset, os.path.basename(path), f"{hr.shape[1]}x{hr.shape[0]} px", psnr(sr_y, hr_y, border=scale),
+        ssim(sr_y, hr_y, border=scale), psnr(bic_y, hr_y, border=scale), ssim(bic_y, hr_y, border=scale), box,
+        reports.png_bytes(Image.fromarray(thumbnail)), crops)
+
+
+def html_report(meta, results):
+    """The self-contained HTML page of a run: the markdown report's facts and table, and every image's row."""
+    facts = [line.strip()[2:] for line in markdown_report(meta, results).splitlines()
+             if line.lstrip().startswith('- ')]
+    header = ['dataset', 'images'] + [column_title(k) for k in table_columns(meta['protocols'], meta['metrics'])] \
+        + ['ms/image']
+    rows = [format_row(r, meta['protocols'], meta['metrics']) for r in results]
+    images = [row['visual'] for r in results for row in r['per_image']]
+    return reports.html_report(f"Evaluation: {meta['name']} x{meta['scale']}", facts, (header, rows), images)
+
+
+class Float64Upscaler:
+    """A network run in float64 on the CPU, whole image at once, fed as inference.Upscaler feeds it (model_input,
+    pad_to_requirements, model_output, the finite-output check), with Upscaler's upscale(lr) -> (sr_rgb, sr_y).
+    For --figure: fp32 convolutions round differently on each CPU (vector width, summation order), which moves a
+    few pixels by a grey level; in float64 those differences stay far below one, so the PNG is the same
+    everywhere."""
+
+    def __init__(self, model, spec, scale, name):
+        self.net = copy.deepcopy(model).cpu().double().eval()
+        self.spec, self.scale, self.name = spec, int(scale), name
+
+    @torch.no_grad()
+    def upscale(self, lr):
+        lr = lr.to('cpu', torch.float64)  # (N, 3, h, w) in [0, 1]
+        x = inference.model_input(self.spec, lr, self.scale)
+        h, w = x.shape[-2:]
+        padded = inference.pad_to_requirements(x, self.spec)
+        out = self.net(padded)  # (N, C, k*h', k*w'), in spec.out_type
+        k = out.shape[-2] // padded.shape[-2]
+        out = out[..., :h * k, :w * k]
+        inference.check_finite_output(out, self.name, self.net)
+        return inference.model_output(self.spec, out, lr, self.scale)
+
+
+def figure_images(test_sets, names):
+    """[(dataset, path)] that --figure shows: the images named (file name or stem, in the order given, every test
+    set's match), or every image of the test sets (at most FIGURE_MAX_IMAGES)."""
+    if not names:
+        found = [(name, path) for name, _, paths in test_sets for path in paths]
+        if len(found) > FIGURE_MAX_IMAGES:
+            raise UserError(f"--figure: the test sets hold {len(found)} images, more than {FIGURE_MAX_IMAGES} rows; "
+                            f"pick some with --figure-images NAME ...")
+        return found
+    found = []
+    for wanted in names:
+        matches = [(name, path) for name, _, paths in test_sets for path in paths
+                   if wanted in (os.path.basename(path), os.path.splitext(os.path.basename(path))[0])]
+        if not matches:
+            some = ', '.join(os.path.splitext(os.path.basename(p))[0] for _, _, paths in test_sets for p in paths[:4])
+            raise UserError(f"--figure-images {wanted}: no such image in the test sets (there are e.g. {some})")
+        found += matches
+    return found
+
+
+def figure_path(results_dir, labels, scale):
+    return os.path.join(results_dir, f"figure_{'_'.join(labels)}_x{scale}.png")
+
+
+def make_figure(args, device, test_sets):
+    """--figure: the papers' comparison figure of every --checkpoint next to bicubic and HR; returns its path."""
+    upscalers, labels, scale = [], [], args.scale
+    for path in args.checkpoints:
+        loaded = inference.load_sr_model(path, 'cpu', expect_scale=scale, res_scale=args.res_scale,
+                                         rgb_range=args.rgb_range, weights=args.weights)
+        scale = loaded.config['scaling_factor']
+        upscalers.append(Float64Upscaler(loaded.model, loaded.spec, scale, path))
+        labels.append(report_name(path, loaded.arch))
+        for note in loaded.notes:
+            print(f"note: {path}: {note}")
+    rows = []
+    for k, (dataset, path) in enumerate(figure_images(test_sets, args.figure_images)):
+        img = load_image(path, max_pixels=args.max_image_pixels)
+        check_size(path, img, scale, ('standard',), 2)
+        hr, gray = pil_to_tensor(img), is_grayscale_file(path)
+        bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(hr, gray, rgb=True)
+        outputs = [inference.standard_protocol(up, hr, scale, gray) for up in upscalers]  # (sr_y, hr_y, sr_rgb)
+        box = args.figure_box[min(k, len(args.figure_box) - 1)] if args.figure_box else \
+            reports.best_gain_box(outputs[0][0], bic_y, hr_y, auto_box_side(hr_y), border=scale)
+        try:
+            reports.check_box(box, hr_y.shape[1], hr_y.shape[0])
+        except ValueError as e:
+            raise UserError(f"--figure-box for {path}: {e} (cropped to a multiple of {scale})") from None
+        panels = [(('bicubic', metrics_line(bic_y, hr_y, scale)), hwc(bic_rgb))]
+        panels += [((label, metrics_line(sr_y, hr_y, scale)), hwc(sr_rgb))
+                   for label, (sr_y, _, sr_rgb) in zip(labels, outputs)]
+        panels.append((('HR', 'ground truth'), hwc(modcrop(hr, scale))))
+        name = os.path.splitext(os.path.basename(path))[0]
+        rows.append(reports.FigureRow((f"{name} ({dataset})", f"x{scale}, box {','.join(map(str, box))}"),
+                                      hwc(modcrop(hr, scale)), box, panels))
+        print(f"{dataset}/{name}: box {','.join(map(str, box))}; " + '; '.join(
+            f"{label} {text}" for (label, text), _ in panels[:-1]))
+    image, _ = reports.render_figure(rows)
+    out = figure_path(args.results_dir, labels, scale)
+    png = reports.png_bytes(image)
+    atomic_write(out, lambda f: f.write(png))
+    print(f"wrote {out} ({image.width}x{image.height} px, {len(png) // 1024} KiB)")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,6 +812,9 @@ def main(argv=None):
     check_output_folder(args.results_dir, '--results-dir')
     device = pick_device(args.device)
     test_sets = resolve_test_sets(args)
+    if args.figure:
+        make_figure(args, device, test_sets)
+        return 0
     lpips_net = load_lpips(args, device)
     method = load_method(args, device)
     meta = {'name': method.label, 'model': method.arch, 'checkpoint': getattr(method, 'checkpoint', None),
@@ -605,10 +831,11 @@ def main(argv=None):
     for name, source, paths in test_sets:
         print(f"evaluating {name} ({len(paths)} images)", flush=True)
         results.append(evaluate_dataset(method, name, paths, args.protocols, source, args.max_image_pixels,
-                                        args.metrics, lpips_net, args.lpips_net))
+                                        args.metrics, lpips_net, args.lpips_net,
+                                        visual=report_image if args.report == 'html' else None))
     print(console_table(results, args.protocols, args.metrics))
-    paths = write_reports(args.results_dir, meta, results)
-    print(f"wrote {paths['md']}, {paths['json']}, {paths['csv']}")
+    paths = write_reports(args.results_dir, meta, results, html=args.report == 'html')
+    print(f"wrote {', '.join(paths.values())}")
     return 0
 
 

@@ -4,9 +4,9 @@ weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
 EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``), the names
-the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's. Seed 001's Keras
-SRGAN (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator) follows Keras's conventions instead
-(BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
+the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's. The Keras
+SRGAN of srgan-keras (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator) follows Keras's
+conventions instead (BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
 
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # ----------------------------------------------------------------------------------------------
-# The tutorial's SRResNet / SRGAN (seed 000)
+# The tutorial's SRResNet / SRGAN
 # ----------------------------------------------------------------------------------------------
 
 
@@ -496,7 +496,7 @@ def build_lpips(net='alex', backbone_weights='imagenet', flag='--lpips-backbone-
 
 
 # ----------------------------------------------------------------------------------------------
-# SRCNN (seed 002), ESPCN (seed 004)
+# SRCNN (Dong et al. 2016), ESPCN (Shi et al. 2016)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -504,7 +504,7 @@ class SRCNN(nn.Module):
     """SRCNN 9-1-5 (Dong et al. 2014/2016) on the Y channel of a bicubic-upscaled image.
 
     Input: (N, 1, H, W) Y in [0, 1], already upscaled to the output size. Output: same size (zero padding,
-    as seed 002 does at test time). ``scaling_factor`` is recorded only: the network itself does not resize.
+    as the paper's code does at test time). ``scaling_factor`` is recorded only: the network itself does not resize.
     init: 'default' (PyTorch's) or 'paper' (weights N(0, 0.001), zero biases, as Dong et al. for SGD; with Adam it
     trains much slower: 30.98 vs 31.74 dB on Set5 x3 after the same 5 short epochs on T91).
     """
@@ -535,7 +535,7 @@ class ESPCN(nn.Module):
     """ESPCN (Shi et al. 2016) on the Y channel of the LR image: convs on LR, then one pixel shuffle.
 
     Default: 5-3-3 kernels, 64 and 32 filters, tanh, a final 3x3 conv to s^2 channels.
-    Seed 004's variant: channels=(512, 256, 64), kernel_sizes=(5, 3, 3, 3), activation='relu',
+    A wider variant seen in reimplementations: channels=(512, 256, 64), kernel_sizes=(5, 3, 3, 3), activation='relu',
     final_activation='relu', init='orthogonal'.
     Input: (N, 1, h, w) Y in [0, 1]. Output: (N, 1, s*h, s*w).
     """
@@ -573,7 +573,7 @@ class ESPCN(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# EDSR (Lim et al. 2017) and RCAN (Zhang et al. 2018), module names as in EDSR-PyTorch (seed 003)
+# EDSR (Lim et al. 2017) and RCAN (Zhang et al. 2018), module names as in EDSR-PyTorch
 # ----------------------------------------------------------------------------------------------
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -771,12 +771,12 @@ class MSRResNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Seed 001: the Keras SRGAN (bubbliiiing/srgan-keras, nets/srgan.py), layer for layer in PyTorch terms
+# The Keras SRGAN (bubbliiiing/srgan-keras, nets/srgan.py), layer for layer in PyTorch terms
 # ----------------------------------------------------------------------------------------------
 
-KERAS_BN_MOMENTUM = 0.5  # the seed's BatchNormalization(momentum=0.5), in Keras's convention
+KERAS_BN_MOMENTUM = 0.5  # srgan-keras's BatchNormalization(momentum=0.5), in Keras's convention
 KERAS_BN_EPSILON = 1e-3  # Keras's default epsilon (PyTorch's is 1e-5)
-KERAS_INIT_STD = 0.02  # the seed's kernel_initializer=random_normal(stddev=0.02)
+KERAS_INIT_STD = 0.02  # srgan-keras's kernel_initializer=random_normal(stddev=0.02)
 
 
 def keras_batch_norm(channels, momentum=KERAS_BN_MOMENTUM):
@@ -784,7 +784,7 @@ def keras_batch_norm(channels, momentum=KERAS_BN_MOMENTUM):
 
     Keras keeps ``momentum`` of the old statistic (moving = m * moving + (1 - m) * batch); PyTorch's momentum is
     the weight of the new one (running = (1 - p) * running + p * batch), so p = 1 - m: 0.5 both ways only because
-    the seed's 0.5 is symmetric. (Keras's moving variance takes the batch variance times n / (n - 1 - eps),
+    srgan-keras's 0.5 is symmetric. (Keras's moving variance takes the batch variance times n / (n - 1 - eps),
     PyTorch's times n / (n - 1): a relative difference of about 1e-3 / n.)"""
     return nn.BatchNorm2d(channels, eps=KERAS_BN_EPSILON, momentum=1. - momentum)
 
@@ -825,9 +825,9 @@ class KerasSameConv2d(nn.Conv2d):
 
 
 class DepthToSpace(nn.Module):
-    """TensorFlow's depth_to_space (the seed's SubpixelConv2D) on NCHW tensors: output channel c at sub-position
+    """TensorFlow's depth_to_space (srgan-keras's SubpixelConv2D) on NCHW tensors: output channel c at sub-position
     (i, j) of each r x r block is input channel (i * r + j) * C + c (nn.PixelShuffle takes c * r^2 + i * r + j).
-    The same family of networks either way; this order keeps the seed's conv weights where Keras has them."""
+    The same family of networks either way; this order keeps srgan-keras's conv weights where Keras has them."""
 
     def __init__(self, r):
         super().__init__()
@@ -847,7 +847,7 @@ def _keras_prelu(channels):
 
 
 class KerasResidualBlock(nn.Module):
-    """The seed's residual_block: conv-BN-PReLU-conv-BN plus the identity."""
+    """srgan-keras's residual_block: conv-BN-PReLU-conv-BN plus the identity."""
 
     def __init__(self, n_channels=64, kernel_size=3, bn_momentum=KERAS_BN_MOMENTUM):
         super().__init__()
@@ -862,13 +862,13 @@ class KerasResidualBlock(nn.Module):
 
 
 class KerasSRGANGenerator(nn.Module):
-    """Seed 001's build_generator: 9x9 conv + PReLU, n_blocks residual blocks, conv-BN and the long skip,
-    log2(s) x (conv to 4 * n_channels (the seed's 256), depth_to_space(2), PReLU), a 9x9 conv to RGB with tanh.
+    """srgan-keras's build_generator: 9x9 conv + PReLU, n_blocks residual blocks, conv-BN and the long skip,
+    log2(s) x (conv to 4 * n_channels (srgan-keras's 256), depth_to_space(2), PReLU), a 9x9 conv to RGB with tanh.
 
     Convolutions stride 1 with odd kernels, so Keras's 'same' is PyTorch's padding=k//2. Every conv kernel
-    N(0, 0.02) except the last, which the seed leaves at Keras's default glorot_uniform; zero biases; BatchNorm as
+    N(0, 0.02) except the last, which srgan-keras leaves at Keras's default glorot_uniform; zero biases; BatchNorm as
     keras_batch_norm; PReLU slopes per channel, from 0. 1,550,659 parameters at the defaults (x4).
-    Input: RGB in [-1, 1] (N, 3, h, w) (the seed's (x / 255 - 0.5) / 0.5). Output: RGB in [-1, 1] (N, 3, s*h, s*w).
+    Input: RGB in [-1, 1] (N, 3, h, w) (srgan-keras's (x / 255 - 0.5) / 0.5). Output: RGB in [-1, 1] (N, 3, s*h, s*w).
     """
 
     def __init__(self, scaling_factor=4, n_channels=64, n_blocks=16, large_kernel_size=9, small_kernel_size=3,
@@ -896,7 +896,7 @@ class KerasSRGANGenerator(nn.Module):
 
 
 class KerasSRGANDiscriminator(nn.Module):
-    """Seed 001's build_discriminator: conv + LeakyReLU(0.2), then conv-BN-LeakyReLU(0.2) blocks (widths and
+    """srgan-keras's build_discriminator: conv + LeakyReLU(0.2), then conv-BN-LeakyReLU(0.2) blocks (widths and
     strides as the tutorial's Discriminator: 64, 64/2, 128, 128/2, 256, 256/2, 512, 512/2 at the defaults), global
     average pooling, dense fc_size, LeakyReLU(0.2), dense 1 with sigmoid.
 
@@ -983,22 +983,13 @@ ARCHS = {
         recipes={'cpu-291': _recipe(loss='l1', lr=1e-3, lr_schedule='warmup-cosine', warmup_steps=500, crop_size=96,
                                     batch_size=16, patches_per_image=64, epochs=12, lr_from='image', ema_decay=0.999,
                                     ema_warmup=True)}),
-    # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py): 33-px HR patches (the paper's), Adam with
-    # a cosine decay instead of the paper's SGD, PyTorch's initialisation (model default). Lr 1e-3 over 60 epochs
-    # (Set5 x3 32.41 dB in a probe): 3e-3 peaked at 22 epochs (32.32) and fell when run longer (80: 32.23); 2e-3
-    # over 60 followed 1e-3's training loss a little above it.
+    # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py); how: docs/recipes-history.md.
     'srcnn': ArchSpec(
         'srcnn', SRCNN, 'Dong et al., Image Super-Resolution Using Deep Convolutional Networks, TPAMI 2016',
         scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]', pre_upsample=True,
         train=_recipe(loss='mse', lr=1e-3, lr_schedule='cosine', lr_crop_size=11, batch_size=16,
                       patches_per_image=256, epochs=60)),
-    # Tuned for T91 on a 2-core CPU: 17-px LR patches (the paper's), Adam with a cosine decay. (Short runs on T91
-    # chose the rest: at an equal budget 34-px patches, a quarter of the steps, lost 0.8 dB; lr 4e-3 diverged.) The
-    # epochs count, not the steps: over 30 epochs batch 32 gave Set5 32.36 dB and batch 16 32.37 (L1: 32.33), and
-    # 32 runs ~1.2x faster; LR cut from each image's (lr_from) is as good (30 epochs: 32.358 vs 32.360) and skips
-    # the per-batch downscale. 200 epochs of 32 in bf16 (--amp auto on an AVX512-BF16 CPU) took 30.5 min for 32.56,
-    # 27.1 min (the same file) once the step lost its overhead;
-    # 170 (LR per patch) 29.8 min for 32.54; 120 of 16 in fp32 25.4 min for 32.51 (30 epochs: 32.37).
+    # Tuned for T91 on a 2-core CPU (benchmarks/bench_cpu_quality.py); how: docs/recipes-history.md.
     'espcn': ArchSpec(
         'espcn', ESPCN, 'Shi et al., Real-Time Single Image and Video SR Using an Efficient Sub-Pixel CNN, '
         'CVPR 2016', scales=(2, 3, 4, 8), color='y', in_type='[0, 1]', out_type='[0, 1]',
@@ -1030,11 +1021,11 @@ ARCHS = {
         'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',
         train=_recipe(loss='l1', lr=2e-4, lr_schedule='cosine', lr_crop_size=32, batch_size=16,
                       patches_per_image=20, epochs=1000)),
-    # Seed 001's Keras SRGAN generator: trained only as a GAN, from scratch (train_srgan.py --variant keras), so
-    # no train_srresnet.py recipe.
+    # The Keras SRGAN's generator (srgan-keras): trained only as a GAN, from scratch (train_srgan.py --variant
+    # keras), so no train_srresnet.py recipe.
     'srgan_keras': ArchSpec(
-        'srgan_keras', KerasSRGANGenerator, 'Ledig et al. CVPR 2017, as seed 001 builds it in Keras '
-        '(bubbliiiing/srgan-keras)', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
+        'srgan_keras', KerasSRGANGenerator, 'Ledig et al. CVPR 2017, as the Keras SRGAN '
+        '(bubbliiiing/srgan-keras) builds it', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
 }
 
 # train_srgan.py --variant other than the tutorial's -> the ARCHS name of its generator (its checkpoints record it as

@@ -9,7 +9,7 @@
     python test.py --image photo.png --self-ensemble --device cuda --precision fp16
     python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth --overwrite   # replace earlier outputs
     python test.py --image panorama.jpg --max-image-pixels 200000000     # a photo over PIL's 89.5-megapixel limit
-    python test.py --image photo.png --checkpoint edsr_x4-4f62e9ef.pt     # EDSR-PyTorch's EDSR (README: published)
+    python test.py --image photo.png --checkpoint edsr_x4-4f62e9ef.pt     # EDSR-PyTorch's EDSR (docs/export.md)
     python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_ESRGAN.png
     python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_espcn.mp4
     python test.py --image clip.mkv --checkpoint results/espcn_x3_t91.pth --video-crf 14 --video-preset slow

@@ -6,16 +6,17 @@ a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learni
     python train_srgan.py --srresnet-checkpoint results/checkpoint_srresnet.pth --batch-size 32 --device cuda
     python train_srgan.py --resume                     # continue results/checkpoint_srgan.pth
     python train_srgan.py --vgg-weights vgg19-dcbb9e9d.pth     # VGG19 weights from a file instead of the hub cache
-    python train_srgan.py --update-order d-first       # discriminator step before generator step (seed 001, Keras)
-    python train_srgan.py --variant keras              # seed 001's Keras SRGAN from scratch (no SRResNet needed):
+    python train_srgan.py --update-order d-first       # discriminator step before generator step (as the Keras SRGAN)
+    python train_srgan.py --variant keras              # the Keras SRGAN (srgan-keras) from scratch, no SRResNet:
                                                        # x4, batch 4, 384-px HR crops, 200 epochs, Adam 2e-4
     python train_srgan.py --ema-decay 0.999            # also keep an EMA of the generator (generator_ema)
     torchrun --nproc-per-node 4 train_srgan.py --batch-size 128  # DDP: --batch-size is the global batch
 
 VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub cache) or --vgg-weights PATH;
 --vgg-weights random is for tests and smoke runs only. Writes results/checkpoint_srgan.pth every epoch, with the
-variant, which --resume, eval.py and test.py read from it. The tutorial variant's generator starts from the
-SRResNet checkpoint's EMA weights (model_ema) when it has them, else its weights.
+variant, which --resume, eval.py and test.py read from it, and at the end (or when stopped) results/srgan_curves.png:
+the losses and validation PSNR per epoch against steps and wall time. The tutorial variant's generator starts from
+the SRResNet checkpoint's EMA weights (model_ema) when it has them, else its weights.
 """
 import contextlib
 import os
@@ -34,14 +35,14 @@ from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
                     hflip=False, vflip=False, rot90=False, patches_per_image=1)
-# Seed 001 (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version): 96-px
-# LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
+# The Keras SRGAN (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version):
+# 96-px LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
 KERAS_RECIPE = dict(crop_size=384, batch_size=4, epochs=200, lr=2e-4, downsample='pil', lr_from='patch',
                     hflip=True, vflip=False, rot90=False, patches_per_image=1)
 RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE}
-KERAS_LR_DECAY = 0.98  # the seed multiplies both learning rates by 0.98 after every epoch
-KERAS_VGG_WEIGHT = 2e-6  # the seed's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
-KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # the seed's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
+KERAS_LR_DECAY = 0.98  # srgan-keras multiplies both learning rates by 0.98 after every epoch
+KERAS_VGG_WEIGHT = 2e-6  # srgan-keras's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
+KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # srgan-keras's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
 KERAS_BCE_EPSILON = 1e-7  # Keras clips probabilities to [1e-7, 1 - 1e-7] in binary_crossentropy
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
 # What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint); the
@@ -56,9 +57,9 @@ def build_parser():
     g = parser.add_argument_group('SRGAN')
     g.add_argument('--variant', choices=('tutorial', 'keras'),
                    help="tutorial (default): the tutorial's SRGAN, its generator warm-started from an SRResNet; keras: "
-                        "seed 001's Keras SRGAN (its own generator and discriminator, pixel + VGG + adversarial loss, "
-                        "discriminator updated first) trained from scratch as the seed does, so it needs no SRResNet "
-                        "checkpoint. --resume takes the variant from the checkpoint")
+                        "the Keras SRGAN of srgan-keras (its own generator and discriminator, pixel + VGG + "
+                        "adversarial loss, discriminator updated first) trained from scratch as that code does, so it "
+                        "needs no SRResNet checkpoint. --resume takes the variant from the checkpoint")
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
                         "'none': a random generator)")
@@ -78,7 +79,8 @@ def build_parser():
                    help="'imagenet' (torchvision, hub cache), a PATH to vgg19 weights, or 'random' (tests only)")
     g.add_argument('--beta', type=float, default=1e-3, help='adversarial loss weight')
     g.add_argument('--update-order', choices=('g-first', 'd-first'),
-                   help='per step: generator then discriminator (tutorial, the default) or the reverse (seed 001); '
+                   help='per step: generator then discriminator (tutorial, the default) or the reverse (the Keras '
+                        'SRGAN); '
                         'the keras variant is always d-first')
     return parser
 
@@ -99,12 +101,13 @@ def resolve_variant(flag, resume):
 
 
 def check_keras_flags(parser, args):
-    """What seed 001 fixes: a generator trained from scratch (not an SRResNet: no warm start) and D updated first."""
+    """What the Keras SRGAN fixes: a generator trained from scratch (not an SRResNet: no warm start), D first."""
     if args.srresnet_checkpoint is not None and args.srresnet_checkpoint.lower() != 'none':
-        parser.error("--srresnet-checkpoint: the keras variant trains its generator from scratch, as seed 001 does "
-                     "(it is not an SRResNet); drop the flag")
+        parser.error("--srresnet-checkpoint: the keras variant trains its generator from scratch, as the Keras "
+                     "SRGAN does (it is not an SRResNet); drop the flag")
     if args.update_order == 'g-first':
-        parser.error("--update-order g-first: the keras variant updates the discriminator first, as seed 001 does")
+        parser.error("--update-order g-first: the keras variant updates the discriminator first, as the Keras SRGAN "
+                     "does")
     args.srresnet_checkpoint, args.update_order = 'none', 'd-first'
 
 
@@ -248,7 +251,7 @@ def batch_statistics_only(module):
 
 
 def keras_discriminator_update(discriminator, optimizer_d, scaler, images, label, device, speed):
-    """One D_model.train_on_batch of the seed: a forward pass in training mode, Keras's BCE against ``label``, one
+    """One D_model.train_on_batch of srgan-keras: a forward pass in training mode, Keras's BCE against ``label``, one
     Adam step, then the scaler's update (so the next update may step optimizer_d again). Returns the loss."""
     optimizer_d.zero_grad(set_to_none=True)
     with autocast(device, speed.precision):
@@ -261,13 +264,13 @@ def keras_discriminator_update(discriminator, optimizer_d, scaler, images, label
 
 
 def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr, hr, device, speed, args):
-    """One step of seed 001's fit_one_epoch on lr, hr RGB in [0, 1], everything in [-1, 1] as the seed feeds it:
+    """One step of srgan-keras's fit_one_epoch on lr, hr RGB in [0, 1], everything in [-1, 1] as srgan-keras feeds it:
 
     1. fakes from the generator in inference mode (G_model.predict: BatchNorm on running statistics, no gradient);
     2. the discriminator first: one Adam step on the real batch (label 1), then one on the fakes (label 0), each
-       its own forward pass in training mode (D_model.train_on_batch twice); hard labels, as the seed;
+       its own forward pass in training mode (D_model.train_on_batch twice); hard labels, as srgan-keras;
     3. the generator, against the discriminator just updated: pixel MSE + beta * BCE(D(SR), 1) + 2e-6 * MSE of the
-       VGG19 features of SR and HR (the seed's VGG takes the [-1, 1] images as they are), the discriminator frozen
+       VGG19 features of SR and HR (srgan-keras's VGG takes the [-1, 1] images as they are), the discriminator frozen
        (Keras's trainable=False: BatchNorm on batch statistics, its running ones left alone; the gradients it gets
        are cleared by its next update). The caller updates the scaler.
     Returns ((lr, sr, hr, '[-1, 1]') to show, {pixel, content, adversarial, discriminator: loss})."""
@@ -353,7 +356,7 @@ def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler,
 
 def build_networks(args, speed, device):
     """VGG (fails fast when its weights are missing), the variant's generator (the tutorial's warm-started) and
-    discriminator, their Adam optimizers (the keras variant's with the seed's betas and Keras's epsilon) and the
+    discriminator, their Adam optimizers (the keras variant's with srgan-keras's betas and Keras's epsilon) and the
     GradScaler they share."""
     try:
         vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(device)
@@ -395,8 +398,8 @@ def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimize
 
 
 def schedule_learning_rate(optimizers, args, epoch, start_step):
-    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or seed
-    001's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
+    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or the
+    Keras SRGAN's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
     if args.variant == 'keras':
         for optimizer in optimizers:
             for group in optimizer.param_groups:
@@ -429,6 +432,7 @@ def main(argv=None):
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, generator, discriminator,
                                                              optimizer_g, optimizer_d, scaler, ema)
         val_images = training.load_val_images(args.val_folder) if args.val_folder else None
+        bicubic = training.bicubic_psnr(val_images, args.scale) if val_images else None  # the curves' reference
         dataset, collate = training.dataset_of(args, log=ctx.log)
         ctx.open_writer(os.path.join(args.runs_dir, 'srgan'), tag='srgan')
         g_net = training.wrap_model(generator, ctx.dist, args.ngpu, args.sync_bn)
@@ -440,8 +444,8 @@ def main(argv=None):
         saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
 
         def state(epoch, resume_step):
-            return checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
-                                    epoch, resume_step, best_psnr, ema)
+            return {**checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
+                                       epoch, resume_step, best_psnr, ema), **ctx.history_state()}
 
         for epoch in range(start_epoch, args.epochs + 1):
             schedule_learning_rate((optimizer_g, optimizer_d), args, epoch, start_step)
@@ -450,6 +454,7 @@ def main(argv=None):
                                                          dataset, ctx, speed, args, epoch, start_step, ema)
             start_step = 0
             if stopped:
+                ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
             val_psnr = None
@@ -458,8 +463,10 @@ def main(argv=None):
                 val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), args.generator_arch,
                                              args.scale, ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
+            ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
+        ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")
         ctx.log(f"done: {args.checkpoint_path}")
     return 0
 

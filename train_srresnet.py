@@ -14,7 +14,8 @@
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
         train_srresnet.py --batch-size 400
 
-Writes results/checkpoint_<arch>.pth every epoch (atomically), TensorBoard logs under runs/.
+Writes results/checkpoint_<arch>.pth every epoch (atomically), TensorBoard logs under runs/, and at the end (or
+when stopped) results/<arch>_curves.png: the loss and validation PSNR per epoch against steps and wall time.
 Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that resumes.
 """
 import ast
@@ -250,6 +251,7 @@ def main(argv=None):
             start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, model, optimizer, scheduler,
                                                              scaler, ema)
         val_images = training.load_val_images(args.val_folder) if args.val_folder else None
+        bicubic = training.bicubic_psnr(val_images, args.scale) if val_images else None  # the curves' reference
         dataset, collate = training.dataset_of(args, log=ctx.log)
         ctx.open_writer(os.path.join(args.runs_dir, args.arch), tag=args.arch)
         net = training.wrap_model(model, ctx.dist, args.ngpu, args.sync_bn)
@@ -263,8 +265,8 @@ def main(argv=None):
         ctx.log(recipe_line(args))
 
         def state(epoch, resume_step):
-            return checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
-                                    resume_step, best_psnr, ema)
+            return {**checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
+                                       resume_step, best_psnr, ema), **ctx.history_state()}
 
         for epoch in range(start_epoch, args.epochs + 1):
             sampler.set_epoch(epoch, start_step * loader.batch_size)
@@ -272,6 +274,7 @@ def main(argv=None):
                                                          speed, spec, args, epoch, start_step, ema, lr_at)
             start_step = 0
             if stopped:
+                ctx.write_curves(f"{args.arch} x{args.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
             scheduler.step()
@@ -281,8 +284,10 @@ def main(argv=None):
                 val_psnr = training.validate(training.shipped_model(net, ema), spec, args.scale, ctx.device,
                                              val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
+            ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
+        ctx.write_curves(f"{args.arch} x{args.scale}")
         ctx.log(f"done: {args.checkpoint_path}")
     return 0
 

@@ -10,9 +10,9 @@
 
 Here: the process group (DDP under torchrun, DataParallel for --ngpu), speed settings, the training dataset and
 loader, Ctrl-C / SIGTERM / --max-steps handling, TensorBoard logging, the per-step bookkeeping (one host sync per
-step), the EMA of the weights (--ema-decay), checkpoint saving (latest and best) and resuming, and the flags both
-trainers share.
-Imports utils, models, datasets and inference.
+step), the EMA of the weights (--ema-decay), checkpoint saving (latest and best) and resuming, the run's per-epoch
+history and its curves (<run>_curves.png), and the flags both trainers share.
+Imports utils, models, datasets, inference and reports.
 """
 import argparse
 import datetime
@@ -34,9 +34,11 @@ from tqdm import tqdm
 import datasets
 import inference
 import models
-from utils import (Interrupted, RunLock, UserError, check_precision, convert_image, list_image_files, load_image,
-                   native_bf16, non_negative_float, parse_number, pick_device, pil_to_tensor, plain_args, positive_int,
-                   save_checkpoint, set_rng_state, strip_prefixes, unwrap_model)
+import reports
+from utils import (Interrupted, RunLock, UserError, atomic_write, check_precision, convert_image, imresize,
+                   list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number, pick_device,
+                   pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, save_checkpoint, set_rng_state,
+                   strip_prefixes, unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -328,6 +330,18 @@ def validate(model, arch, scale, device, hr_images):
     return inference.validate_psnr(inference.Upscaler(model.eval(), arch, scale, device), hr_images, scale)
 
 
+def bicubic_psnr(hr_images, scale):
+    """The papers' bicubic baseline on the validation images, as validation measures them (eval.py --arch bicubic:
+    Y of the mod-cropped HR, MATLAB bicubic down and up in float64, rounded once; border = scale): the reference
+    line of the training curves."""
+    values = []
+    for hr in hr_images:
+        hr_y = rgb_to_y_uint8(modcrop(hr, scale))  # (H', W') float64, integer values
+        sr_y = torch.floor(imresize(imresize(hr_y, 1. / scale), scale).clamp(0, 255) + 0.5)
+        values.append(psnr(sr_y, hr_y, border=scale))
+    return sum(values) / len(values)
+
+
 def validation_due(epoch, val_every, epochs):
     """Validate every --val-every epochs and after the last one."""
     return epoch % val_every == 0 or epoch == epochs
@@ -452,11 +466,13 @@ class TrainContext:
         self.checkpoint, self.resume, self.restart = checkpoint, resume, restart
         self.dist = self.device = self.stop = self.writer = self.lock = None
         self.tag, self.global_step, self.epoch_steps = '', 0, 0
+        self.history, self.seconds_before, self.started = [], 0., time.perf_counter()  # record_epoch, elapsed
 
     def __enter__(self):
         """Join the process group; on rank 0 lock the run's checkpoint for the whole run (a second trainer on it
         refuses, naming this one) and claim its files (claim_run_files); then handle Ctrl-C / SIGTERM."""
         tqdm.monitor_interval = 0  # no tqdm monitor thread: nothing but the main thread is left to stop at exit
+        self.started = time.perf_counter()
         self.stop = StopRequest()  # from here on, Ctrl-C is this run's (before the first step: interrupts at once)
         try:
             self.dist = init_distributed(self.device_name, self.ngpu, self.dist_timeout)
@@ -591,6 +607,63 @@ class TrainContext:
                 writer.add_scalar(f"{self.tag}/{k}", v, epoch)
         self._write_logs(write)
         self.log(line, flush=True)
+
+
+    # -- the run's history: one entry per epoch, kept in the checkpoint, drawn as <run>_curves.png --------------
+
+    def elapsed(self):
+        """Seconds of this run so far: this process's, plus those of the runs it resumed (checkpoint train_seconds)."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def record_epoch(self, epoch, losses, val_psnr=None, ema=False, bicubic_psnr=None):
+        """Add epoch ``epoch`` to the history (call before saving the epoch's checkpoint): {'epoch', 'step' (optimizer
+        steps so far), 'seconds' (elapsed), 'losses' (the epoch's mean losses; {} when its steps were done before a
+        resume)}, and when validated 'val_psnr' (or 'val_psnr_ema' when it judged the EMA weights) and
+        'bicubic_psnr' (bicubic_psnr of the same images)."""
+        entry = {'epoch': int(epoch), 'step': int(self.global_step), 'seconds': round(self.elapsed(), 3),
+                 'losses': {k: float(v) for k, v in losses.items()} if self.epoch_steps else {}}
+        if val_psnr is not None:
+            entry['val_psnr_ema' if ema else 'val_psnr'] = float(val_psnr)
+            if bicubic_psnr is not None:
+                entry['bicubic_psnr'] = float(bicubic_psnr)
+        self.history.append(entry)
+
+    def history_state(self):
+        """The checkpoint entries of the history: 'history' (a list of record_epoch's dicts) and 'train_seconds'."""
+        return {'history': [dict(e) for e in self.history], 'train_seconds': round(self.elapsed(), 3)}
+
+    def restore_history(self, ckpt):
+        """On --resume: the history and the seconds of the runs before (checkpoints older than them have none)."""
+        self.history = [dict(e) for e in ckpt.get('history') or []]
+        self.seconds_before = float(ckpt.get('train_seconds') or 0.)
+
+    def write_curves(self, title):
+        """On rank 0: draw the history as <run>_curves.png next to the checkpoint (curves_path) and print its path.
+        A run without a finished epoch has nothing to draw; a failure to draw or write is one warning line (the
+        checkpoint holds the history)."""
+        if not self.dist.is_main or self.checkpoint is None:
+            return None
+        if not self.history:
+            self.log("curves: no finished epoch yet, nothing to draw")
+            return None
+        path = curves_path(self.checkpoint)
+        try:
+            png = reports.curves_png(self.history, title)
+            atomic_write(path, lambda f: f.write(png))
+        except Exception as e:  # the run is saved: its curves are not worth an error
+            print(f"warning: cannot write the training curves {path}: {e}", file=sys.stderr)
+            return None
+        self.log(f"curves: {path}")
+        return path
+
+
+def curves_path(checkpoint):
+    """Where a run's curves go: next to its checkpoint, named after it (results/checkpoint_srresnet.pth ->
+    results/srresnet_curves.png)."""
+    folder, name = os.path.split(checkpoint)
+    stem = os.path.splitext(name)[0]
+    stem = stem[len('checkpoint_'):] if stem.startswith('checkpoint_') and len(stem) > len('checkpoint_') else stem
+    return os.path.join(folder, f"{stem}_curves.png")
 
 
 def patches_per_second(n_patches, start):
@@ -809,6 +882,7 @@ def restore_training_state(ckpt, path, scaler, ctx):
     if ckpt.get('rng') and ctx.dist.world_size == 1:
         set_rng_state(ckpt['rng'])
     ctx.global_step = ckpt.get('step', 0)
+    ctx.restore_history(ckpt)
     start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
     ctx.log(f"resumed {path}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
     return start_epoch, start_step, ckpt.get('best_psnr')

@@ -938,7 +938,7 @@ def check_precision(precision, device, flag='--precision'):
 def auto_precision(device, supported=('fp32', 'bf16'), cpu_bf16_pays=True):
     """What ``--precision auto`` runs inference in on ``device``: bf16 on a CPU that runs it natively (AMX or
     AVX512-BF16, where bf16 inference measured up to 2.6x fp32's speed and its 8-bit output stayed above 50 dB PSNR
-    of fp32's: README, Speed), when the network supports it and bf16 measured faster for it there
+    of fp32's: docs/speed.md), when the network supports it and bf16 measured faster for it there
     (``cpu_bf16_pays``); fp32 elsewhere (emulated bf16 is slower; on CUDA the speed-up is not measured yet).
     Returns (precision, reason)."""
     kind = torch.device(device).type

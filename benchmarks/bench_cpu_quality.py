@@ -9,9 +9,10 @@ standard protocol, print the PSNR reached and the training time against each tar
 Targets: the papers' 91-image Set5 x3 figures, ESPCN >= 32.55 dB and SRCNN >= 32.39 dB, each trained in at most
 30 minutes on a 2-core CPU (bicubic 30.39 dB); SRResNet x4 (the tutorial's network, --recipe cpu-291) >= 31.2 dB on
 Set5 x4 (bicubic 28.42, VDSR on the same 291 images 31.35) in at most 150 minutes on a 2-core CPU with native bf16.
-The training commands are the ones in README; this script only adds the folders. Each model is evaluated on every
-test set found (Set5, Set14, BSD100) in both protocols; the training's epoch lines are printed as they come, with the
-minutes since the start, so the validation PSNR (Set5, for SRResNet) can be read against wall time.
+The training commands are exactly the ones of docs/architectures.md ("Shipped checkpoints"); this script only adds
+the folders. Each model is evaluated on every test set found (Set5, Set14, BSD100) in both protocols; the training's
+epoch lines are printed as they come, with the minutes since the start, so the validation PSNR (Set5, for SRResNet)
+can be read against wall time. How the recipes were found: docs/recipes-history.md.
 """
 import argparse
 import contextlib
@@ -85,7 +86,7 @@ def evaluate(ckpt, folders, work, weights='ema'):
 
 
 def ship(src, dst, arch, data_folder):
-    """Copy a trained checkpoint for the repository: the paths it records become the README command's."""
+    """Copy a trained checkpoint for the repository: the paths it records become the documented command's."""
     ckpt = load_checkpoint(src)
     ckpt['args'].update(data_folder=data_folder, results_dir='results', runs_dir='runs',
                         val_folder='data/Set5' if ckpt['args'].get('val_folder') else None,

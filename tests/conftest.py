@@ -68,6 +68,12 @@ def one_thread():
     torch.set_num_threads(1)
 
 
+def doc_text(page):
+    """The text of README.md (``page`` 'README.md') or of a reference page under docs/ ('evaluation.md')."""
+    path = REPO_ROOT / page if page == 'README.md' else REPO_ROOT / 'docs' / page
+    return path.read_text(encoding='utf-8')
+
+
 def run_script(script, *args, cwd=REPO, timeout=300, env_extra=None):
     """Run one of the suite's scripts through its command line (one OpenMP thread, see one_thread)."""
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env_extra or {}))

@@ -1,9 +1,11 @@
-"""The layers of the suite (README, "Architecture"): imports go one way, no script imports another, no project module
-is imported inside a function, and the design card's names stay where it put them.
+"""The layers of the suite (docs/architecture.md, "Architecture"): imports go one way, no script imports another, no
+project module is imported inside a function, the design card's names stay where it put them, and the documented
+table of layers is the one enforced here.
 
     python tests/test_architecture.py      # prints the project's import graph, layer by layer
 """
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -13,9 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     'utils': set(),
     'models': set(),
+    'reports': set(),
     'datasets': {'utils'},
     'inference': {'utils', 'models'},
-    'training': {'utils', 'models', 'datasets', 'inference'},
+    'training': {'utils', 'models', 'datasets', 'inference', 'reports'},
 }
 LIBRARY = set(LAYERS)
 
@@ -65,6 +68,20 @@ def test_no_project_module_is_imported_inside_a_function():
     for name in project_modules():
         nested = sorted(m for m, inside in imports_of(name) if inside)
         assert not nested, f"{name}.py imports {nested} inside a function"
+
+
+def test_the_documented_layers_are_the_enforced_ones():
+    """docs/architecture.md's table of layers names every library module with exactly what LAYERS lets it import."""
+    text = (REPO_ROOT / 'docs' / 'architecture.md').read_text(encoding='utf-8')
+    table = text.split('| layer | may import from the project |', 1)[1].split('\n\n', 1)[0].splitlines()[2:]
+    documented = {}
+    for row in table:
+        modules, allowed = (cell.strip() for cell in row.strip('|').split('|'))
+        if modules.startswith('the scripts'):
+            continue
+        for module in re.findall(r'`(\w+)\.py`', modules):
+            documented[module] = set() if allowed == 'nothing' else {m.strip() for m in allowed.split(',')}
+    assert documented == LAYERS
 
 
 def test_the_design_cards_names_stay_where_it_put_them():

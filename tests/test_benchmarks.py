@@ -1,5 +1,5 @@
-"""The benchmark scripts still run end to end, on tiny settings. Their numbers belong in README, not in CI, but a
-benchmark broken by a refactor would go unnoticed until someone needs it."""
+"""The benchmark scripts still run end to end, on tiny settings. Their numbers belong in docs/ (speed.md,
+benchmarks.md), not in CI, but a benchmark broken by a refactor would go unnoticed until someone needs it."""
 import json
 
 from PIL import Image
@@ -120,7 +120,7 @@ def test_bench_optimizer_times_every_adam_variant():
     assert (plain - half) / (fused + half) - 0.005 <= res['fused_speedup'] <= (plain + half) / (fused - half) + 0.005
 
 
-def fake_shared_data(root, names=('T91', 'BSD200', 'Set5', 'Set14', 'BSD100')):
+def benchmark_like_folders(root, names=('T91', 'BSD200', 'Set5', 'Set14', 'BSD100')):
     """Folders named like ../shared/data's, each holding two 128-px real photo crops (enough for 96-px crops)."""
     for i, name in enumerate(names):
         (root / name).mkdir(parents=True)
@@ -133,7 +133,7 @@ TINY_RECIPE = '--n-blocks 2 --n-channels 8 --batch-size 4 --patches-per-image 2 
 
 
 def test_bench_resume_stops_three_ways_and_ends_bit_for_bit(tmp_path):
-    data = fake_shared_data(tmp_path / 'data', ('T91', 'BSD200', 'Set5'))
+    data = benchmark_like_folders(tmp_path / 'data', ('T91', 'BSD200', 'Set5'))
     result = run_script('benchmarks/bench_resume.py', '--data', data, '--train-flags', f"{TINY_RECIPE} --epochs 8",
                         timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -144,7 +144,7 @@ def test_bench_resume_stops_three_ways_and_ends_bit_for_bit(tmp_path):
 
 
 def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
-    data, out = fake_shared_data(tmp_path / 'data'), tmp_path / 'out'
+    data, out = benchmark_like_folders(tmp_path / 'data'), tmp_path / 'out'
     out.mkdir()
     result = run_script('benchmarks/bench_cpu_quality.py', '--archs', 'srresnet', '--amp', 'off', '--data', data,
                         '--out', out, '--train-flags', f"{TINY_RECIPE} --epochs 1", timeout=600)
@@ -162,7 +162,7 @@ def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
 
 
 def test_gpu_check_speedrun_records_the_set5_curve_against_time(tmp_path):
-    data, out = fake_shared_data(tmp_path / 'data', ('T91', 'BSD200', 'Set5', 'Set14')), tmp_path / 'gs'
+    data, out = benchmark_like_folders(tmp_path / 'data', ('T91', 'BSD200', 'Set5', 'Set14')), tmp_path / 'gs'
     result = run_script('benchmarks/gpu_check.py', '--dry-run', '--speedrun', '--data', data, '--out', out,
                         '--budget-minutes', 4, '--speedrun-flags', f"{TINY_RECIPE} --epochs 2", timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

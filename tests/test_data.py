@@ -291,7 +291,7 @@ def test_create_data_lists_writes_its_lists_and_log_all_or_nothing(tmp_path, cap
 
 
 def test_random_crops_take_every_offset_from_zero_and_an_image_of_the_crop_size():
-    """README, Differences 1: crops start at any offset from 0 to size - crop (the tutorial's randint(1, ...) never
+    """docs/differences.md, 1: crops start at any offset from 0 to size - crop (the tutorial's randint(1, ...) never
     took 0 and crashed on an image of exactly the crop size)."""
     import random
     from utils import ImageTransforms

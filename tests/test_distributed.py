@@ -90,7 +90,7 @@ def test_two_processes_equal_one_process_and_only_rank0_writes(sgd_runs):
     for k, w0 in start.items():  # SGD moved every weight far beyond the tolerance: the equality is not vacuous
         assert (a['model'][k] - w0).abs().max() > 1e-3, k
     assert_close_weights(a['model'], b['model'])
-    assert sorted(os.listdir(root / 'ddp' / 'results')) == ['checkpoint_espcn.pth']
+    assert sorted(os.listdir(root / 'ddp' / 'results')) == ['checkpoint_espcn.pth', 'espcn_curves.png']  # rank 0's
     events = [f for _, _, files in os.walk(root / 'ddp' / 'runs') for f in files]
     assert len(events) == 1  # one TensorBoard writer: rank 0's
 

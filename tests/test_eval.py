@@ -22,7 +22,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import eval as eval_script
 import models
-from conftest import REPO_ROOT, SHARED_DATA, requires_shared_data
+from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data
 from utils import UserError, imresize, list_image_files, run_cli, save_checkpoint
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
@@ -229,14 +229,14 @@ def test_bicubic_set5_matches_the_papers(scale, psnr, ssim):
     assert round(result['standard_ssim'], 4) == ssim
 
 
-def readme_row(prefix):
-    """The cells of README's table row starting with ``prefix``."""
-    text = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+def readme_row(prefix, page='README.md'):
+    """The cells of the table row starting with ``prefix`` in README (the results table) or a docs ``page``."""
+    text = doc_text(page)
     line = next(line for line in text.splitlines() if line.startswith(prefix))
     return [cell.strip() for cell in line.strip('|').split('|')]
 
 
-# The shipped checkpoints' rows of README's x3 table: dataset columns, and how long each takes on 2 cores here
+# The shipped checkpoints' rows of README's x3 results table: dataset columns, and how long each takes on 2 cores here
 # (SRCNN on Set14 takes 17 s and BSD100 takes 15 s / 90 s: left to benchmarks/bench_cpu_quality.py).
 SHIPPED = {'espcn': ('| ESPCN, `results/espcn_x3_t91.pth`', ['Set5', 'Set14']),
            'srcnn': ('| SRCNN, `results/srcnn_x3_t91.pth`', ['Set5'])}
@@ -246,11 +246,11 @@ SHIPPED = {'espcn': ('| ESPCN, `results/espcn_x3_t91.pth`', ['Set5', 'Set14']),
 @pytest.mark.parametrize('arch', sorted(SHIPPED))
 def test_shipped_checkpoints_give_readmes_numbers(arch):
     """README's PSNR / SSIM of results/<arch>_x3_t91.pth (standard protocol, x3), to their printed precision,
-    in both of README's tables (Architectures and the shipped checkpoints' table)."""
+    in README's results table and in the Architectures table of docs/architectures.md."""
     prefix, datasets = SHIPPED[arch]
     row = readme_row(prefix)
     assert row[0] == prefix.strip('| ')
-    assert f"x3 {row[1]}" in readme_row(f"| `{arch}`")[5]  # the Architectures table quotes the same Set5 pair
+    assert f"x3 {row[1]}" in readme_row(f"| `{arch}`", 'architectures.md')[5]  # the same Set5 pair
     from inference import load_sr_model
     checkpoint = str(REPO_ROOT / 'results' / f"{arch}_x3_t91.pth")
     loaded = load_sr_model(checkpoint, 'cpu')
@@ -264,18 +264,18 @@ def test_shipped_checkpoints_give_readmes_numbers(arch):
 
 
 def readme_bicubic(dataset, scale):
-    """(PSNR, SSIM) text of README's bicubic table, row '<dataset>, this suite', column x<scale>; for BSD100 (not
-    in that table) the bicubic row of the shipped checkpoints' x3 table."""
+    """(PSNR, SSIM) text of the bicubic table of docs/evaluation.md, row '<dataset>, this suite', column x<scale>;
+    for BSD100 (not in that table) the bicubic row of README's x3 results table."""
     if dataset == 'BSD100':
         assert scale == 3
         return tuple(readme_row('| bicubic (`--arch bicubic`)')[3].split(' / '))
-    header = readme_row('| bicubic (standard) |')
-    return tuple(readme_row(f"| {dataset}, this suite |")[header.index(f"x{scale}")].split(' / '))
+    header = readme_row('| bicubic (standard) |', 'evaluation.md')
+    return tuple(readme_row(f"| {dataset}, this suite |", 'evaluation.md')[header.index(f"x{scale}")].split(' / '))
 
 
 def test_readme_bicubic_rows_agree():
-    """The x3 column of the bicubic table is the bicubic row of the shipped checkpoints' table, and README's Set5
-    row is what test_bicubic_set5_matches_the_papers asserts."""
+    """The x3 column of the bicubic table (docs/evaluation.md) is the bicubic row of README's results table, and
+    its Set5 row is what test_bicubic_set5_matches_the_papers asserts."""
     shipped = readme_row('| bicubic (`--arch bicubic`)')
     assert shipped[1] == ' / '.join(readme_bicubic('Set5', 3)) and shipped[2] == ' / '.join(readme_bicubic('Set14', 3))
     assert readme_bicubic('Set5', 2) == ('33.66', '0.9299') and readme_bicubic('Set5', 3) == ('30.39', '0.8682')
@@ -294,8 +294,8 @@ def test_bicubic_matches_readme(dataset, scale):
 
 @requires_shared_data
 def test_bicubic_rgb_is_a_little_below_the_luma_baseline_and_tutorial_bicubic_matches_readme():
-    """README: bicubic-rgb is under 0.02 dB below bicubic; bicubic x4 under the tutorial protocol: Set5 28.43 /
-    0.8230."""
+    """docs/evaluation.md: bicubic-rgb is under 0.02 dB below bicubic; bicubic x4 under the tutorial protocol:
+    Set5 28.43 / 0.8230."""
     paths = list_image_files(str(SHARED_DATA / 'Set5'))
     for scale in (2, 4):
         luma, rgb = (eval_script.evaluate_dataset(eval_script.BicubicMethod(arch, scale, 'cpu'), 'Set5', paths,
@@ -303,8 +303,8 @@ def test_bicubic_rgb_is_a_little_below_the_luma_baseline_and_tutorial_bicubic_ma
         assert 0 < luma - rgb < 0.02, (scale, luma, rgb)
     tutorial = eval_script.evaluate_dataset(eval_script.BicubicMethod('bicubic', 4, 'cpu'), 'Set5', paths,
                                             ('tutorial',))
-    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
-    claim = re.search(r"Under the tutorial protocol bicubic x4 gives Set5 (\d+\.\d+) / (\d+\.\d+)", readme).groups()
+    claim = re.search(r"Under the tutorial protocol bicubic x4 gives Set5 (\d+\.\d+) / (\d+\.\d+)",
+                      doc_text('evaluation.md')).groups()
     assert (f"{tutorial['tutorial_psnr']:.2f}", f"{tutorial['tutorial_ssim']:.4f}") == claim
 
 

@@ -16,7 +16,7 @@ import inference
 import models
 import train_srresnet
 import utils
-from conftest import REPO_ROOT, run_script
+from conftest import doc_text, run_script
 from test_published import (edsr_pytorch_forward, edsr_pytorch_shapes, msrresnet_shapes, random_sd, save_weights,
                             tiny_spandrel)
 
@@ -85,7 +85,7 @@ def test_onnx_of_every_architecture_matches_pytorch_in_onnxruntime(tmp_path, cap
     assert props['arch'] == ('srgan' if srgan else arch) and props['scaling_factor'] == str(scale)
     # Sizes unlike export.py's own check and trace; the fused graph against the plain PyTorch model.
     worst, inside = onnx_vs_upscaler(onnx_path, inference.load_sr_model(str(path)), [(1, 9, 14), (3, 16, 11)])
-    assert worst <= 1e-5 and inside > 0.5  # README: 1e-7 to a few 1e-6 (export.py refuses over 1e-4)
+    assert worst <= 1e-5 and inside > 0.5  # docs/export.md: 1e-7 to a few 1e-6 (export.py refuses over 1e-4)
 
 
 def test_onnx_check_catches_a_wrong_graph(tmp_path, monkeypatch):
@@ -99,8 +99,7 @@ def test_onnx_check_catches_a_wrong_graph(tmp_path, monkeypatch):
 
 
 def readme_onnx_snippet():
-    text = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
-    section = text.split('\n## Export', 1)[1].split('\n## ', 1)[0]
+    section = doc_text('export.md').split('\n## Export', 1)[1].split('\n## ', 1)[0]
     blocks = re.findall(r'```python\n(.*?)```', section, flags=re.S)
     return next(block for block in blocks if 'InferenceSession' in block)
 
@@ -112,7 +111,7 @@ def test_cli_onnx_export_and_the_readme_snippet_upscale_like_test_py(tmp_path, t
     photo = sorted(tiny_dataset['test'].iterdir())[0]  # 64 x 64 real photo
     code = readme_onnx_snippet().replace('checkpoint_srresnet.onnx', str(tmp_path / 'espcn.onnx'))
     code = code.replace("'photo.png'", repr(str(photo))).replace("'photo_sr.png'", repr(str(tmp_path / 'sr.png')))
-    exec(compile(code, 'README snippet', 'exec'), {})
+    exec(compile(code, 'docs/export.md snippet', 'exec'), {})
     loaded = inference.load_sr_model(str(path))
     lr = utils.pil_to_tensor(utils.load_image(str(photo)))[None].float() / 255
     expected = inference.Upscaler(loaded.model, loaded.spec, 3, 'cpu', fuse=True, channels_last=True)

@@ -55,7 +55,7 @@ def trainable_shapes(model):
     return [tuple(p.shape) for p in model.parameters() if p.requires_grad]
 
 
-def test_parameter_counts_are_the_seeds_layer_by_layer():
+def test_parameter_counts_are_srgan_keras_layer_by_layer():
     assert sum(math.prod(s) for s in SEED_GENERATOR) == 1_550_659
     assert sum(math.prod(s) for s in SEED_DISCRIMINATOR) == 5_215_425
     assert trainable_shapes(models.KerasSRGANGenerator()) == SEED_GENERATOR
@@ -131,7 +131,7 @@ def test_depth_to_space_is_tensorflows_channel_order():
     assert not torch.equal(out, F.pixel_shuffle(x, 2))
 
 
-def test_initialisation_is_the_seeds():
+def test_initialisation_is_srgan_keras():
     g, d = models.KerasSRGANGenerator(), models.KerasSRGANDiscriminator()
     normal = ([m for m in g.modules() if isinstance(m, nn.Conv2d) and m is not g.tail]
               + [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import models
-from conftest import REPO_ROOT
+from conftest import doc_text
 
 
 def test_srresnet_x4_matches_tutorial_parameter_count_and_keys():
@@ -433,9 +433,10 @@ def rcan_params(f=64, r=16, groups=10, blocks=20):
 
 
 def test_readme_parameter_counts_are_the_models_and_the_formulas():
-    """README's Architectures table: every parameter count it prints is the model's and the layer-by-layer
-    formula's (the tutorial's SRResNet and Discriminator counts: the tutorial's own numbers, tested above)."""
-    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    """The Architectures table (docs/architectures.md): every parameter count it prints is the model's and the
+    layer-by-layer formula's (the tutorial's SRResNet and Discriminator counts: the tutorial's own numbers, tested
+    above)."""
+    readme = doc_text('architectures.md')
     table = readme.split('| arch | paper | parameters |', 1)[1].split('\n\n', 1)[0].splitlines()[2:]
     rows = {line.split('|')[1].strip(): line.split('|')[3].strip() for line in table}
     expected = {

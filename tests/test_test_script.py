@@ -305,8 +305,8 @@ def skimage_y_model_sr(model, rgb_u8, scale, pre_upsample):
 
 @pytest.mark.parametrize('arch', ['espcn', 'srcnn'])
 def test_y_channel_models_give_their_y_with_bicubic_cb_cr(script, monkeypatch, capsys, tmp_path, arch):
-    """README: Y-channel models see the BT.601 luma; test.py upscales Cb/Cr with bicubic and the Y with the model.
-    Saturated colours, so that Cb and Cr swapped (or left out) change the picture by far more than rounding."""
+    """docs/architectures.md: Y-channel models see the BT.601 luma; test.py upscales Cb/Cr with bicubic and the Y
+    with the model. Saturated colours, so that Cb and Cr swapped (or left out) change the picture by far more than rounding."""
     torch.manual_seed(5)
     config = models.model_config(arch, 3, channels=[8, 4])
     model = models.build_model(arch, config).eval()

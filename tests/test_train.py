@@ -223,12 +223,12 @@ def test_keep_best_keeps_the_weights_of_the_best_validation_psnr(tmp_path, tiny_
     assert best['epoch'] == 1 + int(np.argmax(psnrs))
     # off by default
     assert train_srresnet.main(argv + ['--epochs', '1', '--results-dir', str(tmp_path / 'plain')]) == 0
-    assert sorted(os.listdir(tmp_path / 'plain')) == ['checkpoint_espcn.pth']
+    assert sorted(os.listdir(tmp_path / 'plain')) == ['checkpoint_espcn.pth', 'espcn_curves.png']  # no _best.pth
 
 
 def test_srgan_learning_rate_decays_once_at_half_the_epochs_also_when_resumed_inside_that_epoch(tmp_path,
                                                                                                tiny_dataset):
-    """The tutorial's x0.1 at epoch == epochs / 2 (README, Differences 18): applied when epoch 2 of 4 starts, and
+    """The tutorial's x0.1 at epoch == epochs / 2 (docs/differences.md, 18): applied when epoch 2 of 4 starts, and
     not again when a run stopped inside epoch 2 is resumed there. 6 images, batch 3: 2 steps per epoch."""
     srgan = ['--vgg-weights', 'random', '--srresnet-checkpoint', 'none', '--n-blocks', 2, '--n-channels', 8, *TINY_D,
              '--batch-size', 3, '--crop-size', 32, '--workers', 0, '--device', 'cpu', '--amp', 'off', '--epochs', 4,
@@ -253,7 +253,7 @@ def test_srgan_learning_rate_decays_once_at_half_the_epochs_also_when_resumed_in
 
 
 def test_tensorboard_logs_the_epoch_mean_per_step_losses_and_first_batch_grids(tmp_path, tiny_dataset, capsys):
-    """README, Differences 11: the epoch's loss is the mean of its steps' (the tutorial logged the last batch's),
+    """docs/differences.md, 11: the epoch's loss is the mean of its steps' (the tutorial logged the last batch's),
     every step is logged, and every epoch gets LR/SR/HR grids (the tutorial's came at batch n_iter - 2 only)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     argv = ['--data-folder', str(tiny_dataset['data']), '--results-dir', str(tmp_path / 'results'), '--runs-dir',

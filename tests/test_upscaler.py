@@ -101,12 +101,12 @@ def test_blend_weights_partition_of_unity(length, tile, overlap, scale):
 
 
 TILE_CASES = [  # (h, w, tile, overlap): odd sizes, several windows per axis
-    (45, 37, 32, 16),  # test.py's default --tile-overlap 16: README's "PSNR > 60 dB" (measured 73.6-180 dB)
+    (45, 37, 32, 16),  # test.py's default --tile-overlap 16: docs/upscaling.md's "PSNR > 60 dB" (measured 73.6-180 dB)
     (61, 53, 32, 16),
     (37, 29, 24, 8),  # narrower overlaps than the default: less (measured 59.0-149 dB)
     (45, 31, 20, 12),
 ]
-DEFAULT_OVERLAP_PSNR = 60.  # README, Upscaling: tiled output equals untiled within PSNR > 60 dB
+DEFAULT_OVERLAP_PSNR = 60.  # docs/upscaling.md: tiled output equals untiled within PSNR > 60 dB
 NARROW_OVERLAP_PSNR = 55.
 
 
@@ -520,7 +520,7 @@ def test_inputs_are_padded_to_the_spec_and_outputs_cropped():
 
 
 # ----------------------------------------------------------------------------------------------
-# --max-memory auto (README, Upscaling: half the free GPU memory on CUDA, else a quarter of the available RAM,
+# --max-memory auto (docs/upscaling.md: half the free GPU memory on CUDA, else a quarter of the available RAM,
 # at most 1 GiB)
 # ----------------------------------------------------------------------------------------------
 
