@@ -454,6 +454,7 @@ def main(argv=None):
                                                          dataset, ctx, speed, args, epoch, start_step, ema)
             start_step = 0
             if stopped:
+                training.stop_workers(loader)
                 ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
@@ -466,6 +467,7 @@ def main(argv=None):
             ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
+        training.stop_workers(loader)
         ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")
         ctx.log(f"done: {args.checkpoint_path}")
     return 0

@@ -304,6 +304,17 @@ def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False
     return loader, sampler
 
 
+def stop_workers(loader):
+    """Shut ``loader``'s persistent workers down now rather than when the loader is collected. Call it when the
+    epochs are over, before drawing the curves: matplotlib drawing while the workers idle left them deaf to the
+    shutdown that followed (they ignore SIGTERM, ignore_stop_signals), and the process hung at exit joining them.
+    DataLoader has no public close; dropping the iterator it keeps for persistent workers is what runs their
+    shutdown, so this does that, explicitly."""
+    iterator, loader._iterator = getattr(loader, '_iterator', None), None
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+
+
 def batch_to_device(batch, device, scale, downsample):
     """A loader batch -> (lr, hr) float RGB in [0, 1] on ``device``: SRDataset pairs are moved as they are;
     PatchDataset uint8 batches are moved (4x fewer bytes than float), and HR-only ones downscaled there, batched."""
