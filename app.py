@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import checkpoints
 import inference
 import models
 from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, is_out_of_memory, load_image, make_parser,
@@ -168,7 +169,7 @@ class SRService:
 
     def __init__(self, settings):
         self.settings = settings
-        self._models = collections.OrderedDict()  # (realpath, mtime, size, device) -> inference.LoadedModel
+        self._models = collections.OrderedDict()  # (realpath, mtime, size, device) -> checkpoints.ModelDescription
         self._locks = {}  # model key -> threading.Lock
         self._guard = threading.Lock()
 
@@ -190,7 +191,7 @@ class SRService:
         return choice
 
     def load(self, model):
-        """inference.LoadedModel of a checkpoint path (UserError when it does not load), from the cache when the
+        """checkpoints.ModelDescription of a checkpoint path (UserError when it does not load), from the cache when the
         file has not changed since."""
         try:
             stat = os.stat(model)
@@ -201,7 +202,7 @@ class SRService:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        loaded = inference.load_sr_model(model, self.settings.device)
+        loaded = checkpoints.load_sr_model(model, self.settings.device)
         with self._guard:
             self._models[key] = loaded
             while len(self._models) > MODEL_CACHE_SIZE:
@@ -214,7 +215,7 @@ class SRService:
             return "MATLAB-style bicubic (the papers' baseline): pick the scale", None
         loaded = self.load(model)
         scale = int(loaded.config['scaling_factor'])
-        params = sum(p.numel() for p in loaded.model.parameters())
+        params = sum(p.numel() for p in loaded.network.parameters())
         colour = 'RGB' if models.ARCHS[loaded.arch].color == 'rgb' else 'Y channel (Cb/Cr by bicubic)'
         return f"{loaded.label} x{scale}, {params:,} parameters, {colour}, on {self.settings.device}", scale
 
@@ -235,7 +236,7 @@ class SRService:
         except ValueError as e:
             raise UserError(f"memory budget: {e}") from None
         scale = int(loaded.config['scaling_factor'])
-        upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, self.settings.device, max_memory=budget,
+        upscaler = inference.Upscaler(loaded.network, loaded.arch, scale, self.settings.device, max_memory=budget,
                                       precision=precision, self_ensemble=bool(self_ensemble), channels_last=True,
                                       fuse=True)
         return upscaler, loaded.label, scale

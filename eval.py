@@ -15,7 +15,7 @@
 The checkpoint says which network to rebuild (any architecture of models.ARCHS, SRGAN generators, the
 tutorial's own checkpoints holding only 'model' or 'generator', safetensors files written by export.py, and
 other projects' published weights: EDSR-PyTorch's EDSR, the official RCAN release, BasicSR's EDSR / RCAN /
-MSRResNet, and what spandrel recognises; see inference.describe_checkpoint); --scale defaults to its scale, and
+MSRResNet, and what spandrel recognises; see checkpoints.describe_checkpoint); --scale defaults to its scale, and
 a checkpoint trained for another scale is refused. What published weights do not say about themselves follows
 the official release (--res-scale, --rgb-range change it) and is printed as 'note:' lines and in the report.
 
@@ -75,6 +75,7 @@ import os
 import torch
 from PIL import Image
 
+import checkpoints
 import datasets
 import inference
 import models
@@ -135,8 +136,8 @@ def build_parser():
     parser.add_argument('--convert-legacy', nargs=2, metavar=('OLD', 'NEW'),
                         help="convert a tutorial checkpoint holding pickled models (UNPICKLES it: trusted files "
                              "only) into this suite's format, then exit")
-    inference.add_assumption_args(parser)
-    inference.add_weights_arg(parser)
+    checkpoints.add_assumption_args(parser)
+    checkpoints.add_weights_arg(parser)
     return parser
 
 
@@ -289,7 +290,7 @@ class ModelMethod(Method):
         super().__init__(config['scaling_factor'], device)
         self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
         self.spec, self.source, self.notes = spec or models.ARCHS[arch], source, list(notes)
-        self.selected = selected  # 'ema' / 'raw' when the checkpoint holds both (inference.CheckpointInfo)
+        self.selected = selected  # 'ema' / 'raw' when the checkpoint holds both (checkpoints.CheckpointInfo)
         self.upscaler = inference.Upscaler(model, self.spec, self.scale, device, name=checkpoint)
         self.label = report_name(checkpoint, arch)
 
@@ -317,12 +318,12 @@ def load_method(args, device):
     """The baseline or the checkpoint's model named by the flags (UserError for a bad checkpoint/scale)."""
     if args.arch in BASELINES:
         return BicubicMethod(args.arch, args.scale, device)
-    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range, weights=args.weights)
+    loaded = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                       rgb_range=args.rgb_range, weights=args.weights)
     named = 'srresnet' if args.arch == 'srgan' else args.arch  # an SRGAN generator is an SRResNet
     if named is not None and named != loaded.arch:
         raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {loaded.arch} model")
-    return ModelMethod(loaded.model, loaded.arch, loaded.config, args.checkpoint, device, loaded.spec, loaded.source,
+    return ModelMethod(loaded.network, loaded.arch, loaded.config, args.checkpoint, device, loaded.spec, loaded.source,
                        loaded.notes, loaded.selected)
 
 
@@ -573,7 +574,7 @@ def convert_legacy(src, dst):
     if not os.path.isfile(src):
         raise UserError(f"checkpoint {src}: no such file")
     try:
-        out = inference.convert_legacy_checkpoint(src, dst)
+        out = checkpoints.convert_legacy_checkpoint(src, dst)
     except UserError:
         raise
     except Exception as e:

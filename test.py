@@ -52,13 +52,13 @@ with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by
 native bf16 (AMX / AVX512-BF16), where it is faster and its output stays above 50 dB PSNR of fp32's on Set5 and
 Set14 (benchmarks/bench_precision.py), and fp32 elsewhere (emulated bf16 is slower); it prints what it picked.
 
-Videos: when --image is a video file (a video extension, or a file PyAV reads as one; inference.is_video_file),
+Videos: when --image is a video file (a video extension, or a file PyAV reads as one; video.is_video_file),
 every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
 <stem>_<arch><ext> (.mp4, .m4v, .mov and .mkv inputs keep their container, any other becomes .mkv): H.264 (libx264,
 yuv420p, --video-crf, --video-preset), every frame at its input timestamp, the audio streams copied untouched.
 A progress bar shows frames per second and the time left. A corrupt or truncated video stops with one line
 (exit code 2) and leaves no output file. No bicubic or comparison video is made (each would cost a second
-encode); inference.upscale_video does the work.
+encode); video.upscale_video does the work.
 """
 import argparse
 import collections
@@ -72,7 +72,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from tqdm import tqdm
 
+import checkpoints
 import inference
+import video
 from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, check_output_folder,
                    is_out_of_memory, list_image_files, load_image, make_parser, open_regular_file, parse_memory,
                    pick_device, pil_to_tensor, positive_int, run_cli, timer)
@@ -110,8 +112,8 @@ def build_parser():
                         help='replace the outputs of an earlier run of test.py (never any other file)')
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
-    inference.add_assumption_args(parser)
-    inference.add_weights_arg(parser)
+    checkpoints.add_assumption_args(parser)
+    checkpoints.add_weights_arg(parser)
     parser.add_argument('--video-crf', type=int, default=18,
                         help='videos: H.264 quality, 0 (lossless) to 51 (worst); 18 looks like the source')
     parser.add_argument('--video-preset', choices=X264_PRESETS, default='medium',
@@ -121,8 +123,8 @@ def build_parser():
 
 def load_upscaler(args, device):
     """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
-    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range, weights=args.weights)
+    loaded = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                       rgb_range=args.rgb_range, weights=args.weights)
     for note in loaded.notes:
         print(f"note: {note}")
     try:
@@ -130,7 +132,7 @@ def load_upscaler(args, device):
     except ValueError as e:
         raise UserError(f"--max-memory: {e}") from None
     scale = int(loaded.config['scaling_factor'])
-    upscaler = inference.Upscaler(loaded.model, loaded.spec, scale, device, tile=args.tile,
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, scale, device, tile=args.tile,
                                   tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
                                   self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse,
                                   name=args.checkpoint)
@@ -363,23 +365,22 @@ def save_outputs(img, sr, outputs, label, scale, compare_max_width):
 
 
 def upscale_video_file(args, upscaler, label, scale, device):
-    """--image is a video: write <stem>_<label><ext> to --output-dir (inference.upscale_video), with a progress
+    """--image is a video: write <stem>_<label><ext> to --output-dir (video.upscale_video), with a progress
     bar (frames/s, time left), and print what was done."""
     if not 0 <= args.video_crf <= 51:
         raise UserError(f"--video-crf {args.video_crf}: must be 0 to 51")
-    info = inference.probe_video(args.image)
-    dst = inference.video_output_path(args.image, args.output_dir, label)
+    info = video.probe_video(args.image)
+    dst = video.video_output_path(args.image, args.output_dir, label)
     if os.path.lexists(dst):  # the rule for images: only our own earlier output, and only with --overwrite
-        if inference.video_tags(dst).get('comment') != SOFTWARE:
+        if video.video_tags(dst).get('comment') != SOFTWARE:
             raise UserError(f"{dst} exists and test.py did not write it: choose another --output-dir")
         if not args.overwrite:
             raise UserError(f"{dst} is the output of an earlier run: pass --overwrite to replace it")
     print(f"{args.image}: {info.width}x{info.height} at {float(info.fps):.3f} fps, "
           f"{info.expected_frames or 'unknown number of'} frames, audio: {', '.join(info.audio) or 'none'}")
     with tqdm(total=info.expected_frames, unit='frame', desc=os.path.basename(args.image), dynamic_ncols=True) as bar:
-        result = inference.upscale_video(upscaler, args.image, dst, crf=args.video_crf, preset=args.video_preset,
-                                         progress=lambda done, total: bar.update(done - bar.n),
-                                         tags={'comment': SOFTWARE})
+        result = video.upscale_video(upscaler, args.image, dst, crf=args.video_crf, preset=args.video_preset,
+                                     progress=lambda done, total: bar.update(done - bar.n), tags={'comment': SOFTWARE})
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     (w, h), (sw, sh) = result.in_size, result.out_size
@@ -395,7 +396,7 @@ def main():
     check_output_folder(args.output_dir, '--output-dir')
     device = pick_device(args.device)
     upscaler, label, scale = load_upscaler(args, device)
-    if inference.is_video_file(args.image):
+    if video.is_video_file(args.image):
         return upscale_video_file(args, upscaler, label, scale, device)
     paths = find_inputs(args.image)
     sizes = check_inputs(paths, upscaler.min_input_size(), args.max_image_pixels)

@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import inference
+import checkpoints
 import models
 import training
-from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate, autocast, convert_image,
-                   get_rng_state, given_flags, keep_freed_memory, load_checkpoint, make_parser, odd_positive_int,
-                   positive_int, run_cli, seed_everything, set_determinism, strip_prefixes, unwrap_model)
+from checkpoints import FORMAT_VERSION, load_checkpoint, strip_prefixes
+from utils import (AverageMeter, UserError, adjust_learning_rate, autocast, convert_image, get_rng_state, given_flags,
+                   keep_freed_memory, make_parser, odd_positive_int, positive_int, run_cli, seed_everything,
+                   set_determinism, unwrap_model)
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
                     hflip=False, vflip=False, rot90=False, patches_per_image=1)
@@ -150,12 +151,11 @@ def resolve_args(parser, argv=None):
         if not os.path.isfile(path):
             raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
                             f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
-        ckpt = load_checkpoint(path)
-        info = inference.describe_checkpoint(ckpt, path)
-        if info.arch != 'srresnet':
-            raise UserError(f"--srresnet-checkpoint {path} holds a {info.label}, not an SRResNet")
-        ckpt_config = info.config
-        state = info.state  # the checkpoint's EMA weights (model_ema) when it has them: describe_checkpoint's default
+        warm = checkpoints.load_sr_model(path)
+        if warm.arch != 'srresnet':
+            raise UserError(f"--srresnet-checkpoint {path} holds a {warm.label}, not an SRResNet")
+        ckpt_config = warm.config
+        state = warm.state  # the checkpoint's EMA weights (model_ema) when it has them: load_sr_model's default
         diffs = [f"{k} {v} (checkpoint: {ckpt_config[k]})" for k, v in given.items() if ckpt_config.get(k) != v]
         if diffs:
             raise UserError(f"generator flags disagree with {path}: {', '.join(diffs)}; drop them to use the "

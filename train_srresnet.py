@@ -23,12 +23,13 @@ import time
 import torch
 from torch import nn
 
+import checkpoints
 import inference
 import models
 import training
-from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_state, given_flags, keep_freed_memory,
-                   load_checkpoint, make_parser, odd_positive_int, positive_int, run_cli, seed_everything,
-                   set_determinism, strip_prefixes, unwrap_model)
+from checkpoints import FORMAT_VERSION, load_checkpoint, strip_prefixes
+from utils import (AverageMeter, UserError, autocast, get_rng_state, given_flags, keep_freed_memory, make_parser,
+                   odd_positive_int, positive_int, run_cli, seed_everything, set_determinism, unwrap_model)
 
 # What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint).
 RESUMED_FLAGS = training.RESUMED_FLAGS + ('loss', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'large_kernel_size',
@@ -178,13 +179,13 @@ def build_training(args, speed, device):
 
 def load_init(path, args, model, log):
     """--init-from: load the weights of ``path`` into ``model``; refuses another architecture or configuration."""
-    info = inference.read_checkpoint(path)
-    if info.arch not in models.ARCHS:
-        raise UserError(f"--init-from {path} holds a {info.source} network, which this suite does not train")
-    without_init = [{k: v for k, v in c.items() if k != 'init'} for c in (info.config, args.model_config)]
-    training.check_resume_compatible(info.arch, without_init[0], args.arch, without_init[1], path)  # init: overwritten
-    model.load_state_dict(info.state)
-    log(f"initial weights from {path} ({info.source}; weights only: a new run)")
+    init = checkpoints.load_sr_model(path)
+    if init.arch not in models.ARCHS:
+        raise UserError(f"--init-from {path} holds a {init.source} network, which this suite does not train")
+    without_init = [{k: v for k, v in c.items() if k != 'init'} for c in (init.config, args.model_config)]
+    training.check_resume_compatible(init.arch, without_init[0], args.arch, without_init[1], path)  # init: overwritten
+    model.load_state_dict(init.state)
+    log(f"initial weights from {path} ({init.source}; weights only: a new run)")
 
 
 def load_resume(path, ctx, args, model, optimizer, scheduler, scaler, ema=None):

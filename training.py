@@ -33,9 +33,10 @@ from tqdm import tqdm
 import datasets
 import inference
 import models
+from checkpoints import save_checkpoint, strip_prefixes
 from utils import (Interrupted, RunLock, UserError, check_precision, convert_image, list_image_files, load_image,
                    native_bf16, non_negative_float, parse_number, pick_device, pil_to_tensor, plain_args, positive_int,
-                   save_checkpoint, set_rng_state, strip_prefixes, unwrap_model)
+                   set_rng_state, unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -656,7 +657,7 @@ def load_ema(ema, ckpt, key, path):
 class CheckpointSaver:
     """The files of a run: ``path`` (the latest state, written every epoch and when the run stops) and, with
     keep_best, ``<path stem>_best.pth`` (the state with the best validation PSNR). Rank 0 writes, atomically
-    (utils.save_checkpoint); the other ranks wait at the end of each epoch."""
+    (checkpoints.save_checkpoint); the other ranks wait at the end of each epoch."""
 
     def __init__(self, path, dist, keep_best=False):
         self.path, self.dist, self.keep_best = path, dist, keep_best

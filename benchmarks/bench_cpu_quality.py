@@ -40,7 +40,7 @@ def sh(script, *args):
 def ship(src, dst, arch):
     """Copy a trained checkpoint for the repository: the paths it records become the README command's."""
     sys.path.insert(0, REPO)
-    from utils import load_checkpoint, save_checkpoint
+    from checkpoints import load_checkpoint, save_checkpoint
     ckpt = load_checkpoint(src)
     ckpt['args'].update(data_folder='data/t91', results_dir='results', runs_dir='runs', val_folder=None,
                         checkpoint_path=os.path.join('results', f"checkpoint_{arch}.pth"))

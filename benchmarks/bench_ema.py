@@ -61,7 +61,7 @@ def main():
         if not os.path.isdir(folder):
             sys.exit(f"{folder} not found: pass --train-folder/--val-folder")
     sys.path.insert(0, REPO)
-    from utils import load_checkpoint
+    from checkpoints import load_checkpoint
     train = ['--arch', 'espcn', '--scale', 3, '--epochs', args.epochs, '--device', args.device, '--seed', 0]
     if args.patches_per_image:
         train += ['--patches-per-image', args.patches_per_image]

@@ -183,12 +183,13 @@ def measure_case(case, size, args):
 def measure_cli(size, args, tmp):
     """test.py end to end on a size x size PNG with a checkpoint of the benchmark model."""
     sys.path.insert(0, REPO)
+    import checkpoints
     import models
-    import utils
     model = build_model()
     ckpt = os.path.join(tmp, 'bench_srresnet.pth')
-    utils.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': models.model_config('srresnet', 4),
-                           'epoch': 0, 'model': model.state_dict()}, ckpt)
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srresnet',
+                                 'model_config': models.model_config('srresnet', 4), 'epoch': 0,
+                                 'model': model.state_dict()}, ckpt)
     image = os.path.join(tmp, f"bench_{size}.png")
     synthetic_image(size).save(image)
     command = [sys.executable, 'test.py', '--checkpoint', ckpt, '--image', image, '--output-dir', tmp,

@@ -24,6 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
@@ -41,8 +42,8 @@ def build_models(device):
     """(name, model, arch, scale): the shipped checkpoints and a randomly initialised full-size SRResNet x4."""
     out = []
     for name in ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth'):
-        loaded = inference.load_sr_model(os.path.join(REPO, 'results', name), device)
-        out.append((name, loaded.model, loaded.spec, int(loaded.config['scaling_factor'])))
+        loaded = checkpoints.load_sr_model(os.path.join(REPO, 'results', name), device)
+        out.append((name, loaded.network, loaded.spec, int(loaded.config['scaling_factor'])))
     torch.manual_seed(0)
     out.append(('srresnet_x4_random_init', models.SRResNet(scaling_factor=4).to(device).eval(), 'srresnet', 4))
     return out

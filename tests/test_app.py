@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 from conftest import REPO, REPO_ROOT
 
 import app  # noqa: E402
@@ -121,8 +122,8 @@ def test_job_with_the_shipped_espcn_gives_upscalers_pixels(service, tmp_path):
     (r,) = results
     assert r.in_size == (40, 30) and r.out_size == (120, 90) and os.path.basename(r.png) == 'cat_espcn.png'
     assert 'with espcn x3, fp32 on cpu' in text and 'cat.png: 40x30 -> 120x90 in ' in text
-    loaded = inference.load_sr_model(ESPCN)
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, 3, 'cpu', fuse=True, channels_last=True)
+    loaded = checkpoints.load_sr_model(ESPCN)
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu', fuse=True, channels_last=True)
     lr = torch.from_numpy(np.array(read(src))).permute(2, 0, 1)[None].float() / 255.
     expected = upscaler.upscale_uint8(lr)[0].permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(read(r.png)), expected)

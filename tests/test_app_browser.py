@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 from conftest import REPO, SHARED_DATA, requires_shared_data
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
@@ -277,9 +278,10 @@ def test_set5_image_with_the_shipped_espcn_and_nothing_leaves_this_machine(brows
     assert slider_sizes(browser) == [[768, 768], [768, 768]]  # bicubic and SR, as the browser shows them
     sr = download(browser, 'butterfly_espcn.png', tmp_path)
     assert sr.size == (768, 768) and sr.mode == 'RGB'
-    loaded = inference.load_sr_model(os.path.join(REPO, 'results', 'espcn_x3_t91.pth'))
+    loaded = checkpoints.load_sr_model(os.path.join(REPO, 'results', 'espcn_x3_t91.pth'))
     # the page's default precision is auto: the same pick as here, on the same machine (and said in the page)
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, 3, 'cpu', fuse=True, channels_last=True, precision='auto')
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu', fuse=True, channels_last=True,
+                                  precision='auto')
     assert f"with espcn x3, {upscaler.precision} on cpu" in text, text
     with Image.open(SHARED_DATA / 'Set5' / 'butterfly.png') as img:
         lr = torch.from_numpy(np.asarray(img.convert('RGB')).copy()).permute(2, 0, 1)[None].float() / 255.

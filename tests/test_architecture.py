@@ -14,8 +14,10 @@ LAYERS = {
     'utils': set(),
     'models': set(),
     'datasets': {'utils'},
-    'inference': {'utils', 'models'},
-    'training': {'utils', 'models', 'datasets', 'inference'},
+    'checkpoints': {'utils', 'models'},
+    'inference': {'utils', 'models', 'checkpoints'},
+    'video': {'utils'},
+    'training': {'utils', 'models', 'datasets', 'checkpoints', 'inference'},
 }
 LIBRARY = set(LAYERS)
 

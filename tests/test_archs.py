@@ -8,7 +8,7 @@ import models
 from conftest import run_script
 from train_srresnet import build_parser, build_training, resolve_args
 import training
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 TINY_OPTS = {
     'srresnet': ['--n-blocks', 2, '--n-channels', 8],

@@ -15,7 +15,7 @@ import torch
 import inference
 import models
 from conftest import REPO, run_script
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(),

@@ -9,7 +9,8 @@ import torch
 import inference
 import models
 from conftest import run_script
-from utils import FORMAT_VERSION, list_image_files, load_checkpoint, load_image, pil_to_tensor, save_checkpoint
+from checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from utils import list_image_files, load_image, pil_to_tensor
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--deterministic',
         '--device', 'cpu', '--amp', 'off', '--workers', 0]

@@ -9,13 +9,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+import checkpoints
 import inference
 import models
 import train_srgan
 import train_srresnet
 import training
 from conftest import run_script
-from utils import UserError, load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
+from utils import UserError
 
 # ----------------------------------------------------------------------------------------------
 # The seed's layer lists (nets/srgan.py), written out as PyTorch parameter shapes, layer by layer
@@ -251,16 +253,16 @@ def test_checkpoints_of_the_keras_variant_load_with_its_own_conventions(tmp_path
     path = tmp_path / 'checkpoint_srgan.pth'
     save_checkpoint({'arch': 'srgan', 'variant': 'keras', 'generator': g.state_dict(),
                      'generator_config': models.model_config('srgan_keras', 4, n_channels=8, n_blocks=2)}, path)
-    loaded = inference.load_sr_model(path)
+    loaded = checkpoints.load_sr_model(path)
     assert (loaded.arch, loaded.label, loaded.spec.in_type, loaded.spec.out_type) == \
         ('srgan_keras', 'srgan_keras', '[-1, 1]', '[-1, 1]')
     lr = torch.rand(1, 3, 10, 12)
-    sr, _ = inference.Upscaler(loaded.model, loaded.spec, 4, 'cpu').upscale(lr)
+    sr, _ = inference.Upscaler(loaded.network, loaded.spec, 4, 'cpu').upscale(lr)
     with torch.no_grad():
         expected = (g(lr * 2 - 1) + 1) / 2  # the seed's (x / 255 - 0.5) / 0.5 in, tanh out
     assert torch.allclose(sr, expected.clamp(0, 1), atol=1e-6)
     with pytest.raises(UserError, match="unknown SRGAN variant 'pix2pix'"):
-        inference.describe_checkpoint({'generator': {}, 'variant': 'pix2pix'}, 'x.pth')
+        checkpoints.describe_checkpoint({'generator': {}, 'variant': 'pix2pix'}, 'x.pth')
 
 
 TINY_KERAS = ['--variant', 'keras', '--vgg-weights', 'random', '--batch-size', 3, '--crop-size', 32, '--workers', 0,
