@@ -95,6 +95,7 @@ DEFAULT_DATASETS = ('Set5', 'Set14', 'BSD100')
 SSIM_WINDOW = 11  # utils.ssim's Gaussian window (standard protocol)
 SKIMAGE_WINDOW = 7  # scikit-image's default SSIM window (tutorial protocol)
 TUTORIAL_BORDER = 4  # convert_image(..., 'y-channel') removes 4 pixels per side
+OUT_OF_MEMORY = "evaluate on a device with more memory (--device), or smaller images"  # no tiles: reference numbers
 
 PROTOCOL_TEXT = {
     'standard': "papers' protocol: MATLAB-bicubic LR (uint8), SR rounded to uint8, rounded BT.601 Y, "
@@ -282,17 +283,17 @@ class BicubicMethod(Method):
 
 
 class ModelMethod(Method):
-    """A network rebuilt from a checkpoint."""
+    """A network rebuilt from a checkpoint: ``model``, its checkpoints.ModelDescription (load_sr_model's), run through
+    inference.ImageUpscaler in fp32, the whole image at once."""
 
     min_lr_size = 2  # inference.Upscaler.min_input_size()
 
-    def __init__(self, model, arch, config, checkpoint, device, spec=None, source=None, notes=(), selected=None):
-        super().__init__(config['scaling_factor'], device)
-        self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
-        self.spec, self.source, self.notes = spec or models.ARCHS[arch], source, list(notes)
-        self.selected = selected  # 'ema' / 'raw' when the checkpoint holds both (checkpoints.CheckpointInfo)
-        self.upscaler = inference.Upscaler(model, self.spec, self.scale, device, name=checkpoint)
-        self.label = report_name(checkpoint, arch)
+    def __init__(self, model, device):
+        super().__init__(model.scale, device)
+        self.model, self.arch, self.checkpoint = model, model.arch, model.path
+        self.source, self.notes, self.selected = model.source, list(model.notes), model.selected
+        self.upscaler = inference.ImageUpscaler(model, device, out_of_memory=OUT_OF_MEMORY)
+        self.label = report_name(model.path, model.arch)
 
     def warm_up(self):
         """One untimed forward pass, so CUDA start-up costs stay out of ms/image."""
@@ -307,10 +308,10 @@ class ModelMethod(Method):
         lr = lr01.unsqueeze(0).to(self.device)  # (1, 3, h, w), in [0, 1]
         with self.stopwatch:
             if self.arch == 'srresnet':  # the tutorial: ImageNet-normalised LR in, its [-1, 1] output untouched
-                sr = self.model(inference.model_input(self.spec, lr, self.scale))
+                sr = self.model.network(inference.model_input(self.model.spec, lr, self.scale))
             else:  # any other architecture: its own conventions via Upscaler (which checks its output), -> [-1, 1]
                 sr = convert_image(self.upscaler.upscale(lr)[0], source='[0, 1]', target='[-1, 1]')
-        inference.check_finite_output(sr, self.checkpoint, self.model)  # the Upscaler's rule, on the direct call too
+        inference.check_finite_output(sr, self.checkpoint, self.model.network)  # Upscaler's rule, on the direct call
         return sr[0]  # (3, s*h, s*w), in [-1, 1]
 
 
@@ -318,13 +319,12 @@ def load_method(args, device):
     """The baseline or the checkpoint's model named by the flags (UserError for a bad checkpoint/scale)."""
     if args.arch in BASELINES:
         return BicubicMethod(args.arch, args.scale, device)
-    loaded = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                       rgb_range=args.rgb_range, weights=args.weights)
+    model = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                      rgb_range=args.rgb_range, weights=args.weights)
     named = 'srresnet' if args.arch == 'srgan' else args.arch  # an SRGAN generator is an SRResNet
-    if named is not None and named != loaded.arch:
-        raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {loaded.arch} model")
-    return ModelMethod(loaded.network, loaded.arch, loaded.config, args.checkpoint, device, loaded.spec, loaded.source,
-                       loaded.notes, loaded.selected)
+    if named is not None and named != model.arch:
+        raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {model.arch} model")
+    return ModelMethod(model, device)
 
 
 def load_lpips(args, device):

@@ -9,19 +9,23 @@ graph (export.py). Checkpoints are checkpoints.py's, videos video.py's.
 
 Imports utils, models and checkpoints.
 """
+import contextlib
 import math
 import os
 import warnings
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 
 import models
 # The loader's names, importable from here as before (checkpoints.py is where they live).
 from checkpoints import (ModelDescription, add_assumption_args, add_weights_arg, convert_legacy_checkpoint,  # noqa: F401
                          describe_checkpoint, load_sr_model, suite_checkpoint)
-from utils import (UserError, auto_precision, autocast, check_precision, convert_image, gray_uint8, imresize,
-                   imresize_up, modcrop, parse_memory, psnr, rgb_to_y, rgb_to_y_uint8, rgb_to_ycbcr, to_uint8,
-                   ycbcr_to_rgb)
+from utils import (UserError, auto_precision, autocast, bicubic_upscale, check_precision, convert_image, gray_uint8,
+                   imresize, imresize_up, is_out_of_memory, modcrop, parse_memory, pil_to_tensor, psnr, rgb_to_y,
+                   rgb_to_y_uint8, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
@@ -163,9 +167,10 @@ def pad_to_requirements(x, spec):
 class Upscaler:
     """Runs any architecture of the suite (or a spandrel network) on RGB images, hiding its input/output conventions.
 
-    ``arch``: a name in models.ARCHS, or the models.ArchSpec that describes the network (LoadedModel.spec: also
-    for EDSR/RCAN in [0, 1] and spandrel networks). Inputs are padded to the spec's size requirements (reflected,
-    then replicated where reflection runs out) and the outputs cropped back.
+    ``spec``: the models.ArchSpec that describes the network (a ModelDescription's spec, which is right also for
+    EDSR/RCAN in [0, 1] and spandrel networks; models.arch_spec for a network built here). Inputs are padded to the
+    spec's size requirements (reflected, then replicated where reflection runs out) and the outputs cropped back.
+    The scripts do not build one themselves: ImageUpscaler does, from a ModelDescription and UpscaleOptions.
 
     ``upscale(lr)`` takes (N, 3, h, w) RGB in [0, 1] on any device and returns (sr_rgb, sr_y):
     sr_rgb (N, 3, s*h, s*w) in [0, 1] (float32, unclamped), and for Y-channel models the model's own luma
@@ -202,15 +207,18 @@ class Upscaler:
     becoming a black or saturated image.
     """
 
-    def __init__(self, model, arch, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
+    def __init__(self, model, spec, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
                  precision='fp32', self_ensemble=False, channels_last=False, fuse=False, name=None):
-        spec = arch if isinstance(arch, models.ArchSpec) else models.ARCHS[arch]
+        if not isinstance(spec, models.ArchSpec):
+            raise TypeError(f"spec must be a models.ArchSpec (a ModelDescription's spec, or models.arch_spec), not "
+                            f"{spec!r}")
         self.model, self.spec, self.scale, self.device = model, spec, int(scale), torch.device(device)
         self.name = name or 'the model'
         if tile is not None and int(tile) < max(self.min_input_size(), 1):
             raise UserError(f"tile {tile} is too small: at least {self.min_input_size()} px")
         if tile_overlap < 0 or (tile is not None and tile_overlap >= tile):
-            raise UserError(f"tile overlap {tile_overlap} must be >= 0 and smaller than the tile ({tile})")
+            smaller = f" and smaller than the tile ({tile})" if tile is not None else ''
+            raise UserError(f"tile overlap {tile_overlap}: must be >= 0{smaller}")
         self.tile, self.tile_overlap = (None if tile is None else int(tile)), int(tile_overlap)
         try:
             self.max_memory = parse_memory(max_memory)
@@ -415,6 +423,110 @@ class Upscaler:
         else:
             self._tiled(lr, tile, sink, progress)
         return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The one way the scripts upscale (test.py's images and video frames, app.py's jobs, eval.py's passes)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """How a model upscales: test.py's flags and the web page's fields of the same names (Upscaler's options).
+    max_memory: bytes, 'auto' (auto_memory_budget of the device, decided when ImageUpscaler sets the model up) or None
+    (no budget); memory_option reads a flag or a field into it. The defaults run the whole image in fp32."""
+    tile: int = None
+    tile_overlap: int = 16
+    max_memory: object = None
+    precision: str = 'fp32'
+    self_ensemble: bool = False
+    channels_last: bool = False
+    fuse: bool = False
+
+
+def memory_option(text, what):
+    """A memory budget as typed ('auto', '2GB', '512MB', a byte count) as UpscaleOptions.max_memory: 'auto' or bytes.
+    UserError naming ``what`` (the flag or the field) when it is not a memory size."""
+    if str(text).strip() == 'auto':
+        return 'auto'
+    try:
+        return parse_memory(text)
+    except ValueError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def images_to_tensor(images):
+    """Same-size PIL images (RGB, or RGBA whose alpha is left out here) -> (N, 3, h, w) float32 RGB in [0, 1]."""
+    return torch.stack([pil_to_tensor(img.convert('RGB')) for img in images]).float().div_(255.)
+
+
+def sr_image(sr, img, scale):
+    """The SR image of the PIL image ``img`` as a PIL image: ``sr`` ((3, s*h, s*w) uint8 RGB) with, when ``img`` is
+    RGBA, its alpha channel upscaled by MATLAB-style bicubic (utils.bicubic_upscale) attached."""
+    if img.mode == 'RGBA':
+        alpha = bicubic_upscale(pil_to_tensor(img.getchannel('A')), scale)  # (1, s*h, s*w) uint8
+        sr = torch.cat([sr, alpha])  # (4, s*h, s*w)
+    return Image.fromarray(np.ascontiguousarray(sr.permute(1, 2, 0).numpy()))  # RGB or RGBA from the shape
+
+
+class ImageUpscaler:
+    """The one way test.py (images and video frames), app.py and eval.py upscale with a model: a
+    checkpoints.ModelDescription and UpscaleOptions set up as an Upscaler (``upscaler``; the budget 'auto' decided
+    for ``device``), with the same conversions and the same errors for all three.
+
+    upscale(lr) and upscale_uint8(lr) are the Upscaler's, and upscale_images(images) takes same-size PIL images
+    (images_to_tensor; sr_image then turns each result back into an image, alpha included); running out of memory
+    in any of them is one line (UserError) that says ``out_of_memory``: how the caller's user lowers the memory
+    needed (test.py names its flags, the page its field). precision_note() says what --precision auto picked.
+    """
+
+    def __init__(self, model, device, options=UpscaleOptions(), *, out_of_memory='lower the memory budget'):
+        budget = auto_memory_budget(device) if options.max_memory == 'auto' else options.max_memory
+        self.model, self.scale, self.label, self.out_of_memory = model, model.scale, model.label, out_of_memory
+        self.upscaler = Upscaler(model.network, model.spec, model.scale, device, tile=options.tile,
+                                 tile_overlap=options.tile_overlap, max_memory=budget, precision=options.precision,
+                                 self_ensemble=options.self_ensemble, channels_last=options.channels_last,
+                                 fuse=options.fuse, name=model.path)
+
+    @property
+    def precision(self):
+        return self.upscaler.precision
+
+    def precision_note(self, change):
+        """'bf16 (why; ``change``)' when the precision was picked for this machine (UpscaleOptions.precision 'auto'),
+        else None; ``change``: how the caller's user picks another."""
+        reason = self.upscaler.precision_reason
+        return f"{self.upscaler.precision} ({reason}; {change})" if reason else None
+
+    def min_input_size(self):
+        return self.upscaler.min_input_size()
+
+    @contextlib.contextmanager
+    def _memory_errors(self, name=None):
+        """An allocation failure inside as a UserError of one line (``name``: the image, when there is one)."""
+        try:
+            yield
+        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+            if not is_out_of_memory(e):
+                raise
+            raise UserError(f"{name + ': ' if name else ''}out of memory while upscaling: {self.out_of_memory} "
+                            f"({str(e).splitlines()[0][:100]})") from None
+
+    def upscale(self, lr, progress=None):
+        """Upscaler.upscale: (sr_rgb, sr_y) of lr (N, 3, h, w) RGB in [0, 1]."""
+        with self._memory_errors():
+            return self.upscaler.upscale(lr, progress)
+
+    def upscale_uint8(self, lr, progress=None):
+        """Upscaler.upscale_uint8: lr (N, 3, h, w) RGB in [0, 1] -> (N, 3, s*h, s*w) uint8 on the CPU."""
+        with self._memory_errors():
+            return self.upscaler.upscale_uint8(lr, progress)
+
+    def upscale_images(self, images, progress=None, name=None):
+        """Same-size PIL images (RGB or RGBA) -> their SR (N, 3, s*h, s*w) uint8 RGB on the CPU (sr_image adds the
+        alpha); ``name``: the image in an out-of-memory message."""
+        with self._memory_errors(name):
+            return self.upscaler.upscale_uint8(images_to_tensor(images), progress)
 
 
 # ----------------------------------------------------------------------------------------------

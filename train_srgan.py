@@ -437,6 +437,7 @@ def main(argv=None):
         loader, sampler = training.make_train_loader(dataset, args.batch_size, ctx.dist, args.workers, args.seed,
                                                      pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
         saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
+        spec = models.arch_spec(args.generator_arch, args.generator_config)  # how validation feeds the generator
 
         def state(epoch, resume_step):
             return checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
@@ -454,8 +455,8 @@ def main(argv=None):
             val_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
                                                                                        args.epochs):
-                val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), args.generator_arch,
-                                             args.scale, ctx.device, val_images)
+                val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), spec, args.scale,
+                                             ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)

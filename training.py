@@ -293,9 +293,10 @@ def load_val_images(folder):
     return [pil_to_tensor(load_image(p)) for p in paths]
 
 
-def validate(model, arch, scale, device, hr_images):
-    """Validation PSNR: the standard protocol (Y, border = scale) averaged over ``hr_images``, model in eval mode."""
-    return inference.validate_psnr(inference.Upscaler(model.eval(), arch, scale, device), hr_images, scale)
+def validate(model, spec, scale, device, hr_images):
+    """Validation PSNR: the standard protocol (Y, border = scale) averaged over ``hr_images``, model in eval mode;
+    ``spec``: its models.ArchSpec (models.arch_spec of the run's architecture and configuration)."""
+    return inference.validate_psnr(inference.Upscaler(model.eval(), spec, scale, device), hr_images, scale)
 
 
 def validation_due(epoch, val_every, epochs):

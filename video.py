@@ -178,7 +178,8 @@ def video_tags(path):
 
 
 def upscale_video(upscaler, src, dst, *, crf=18, preset='medium', progress=None, tags=None):
-    """Upscale every frame of the video ``src`` with ``upscaler`` (tiling and memory budget apply per frame) into
+    """Upscale every frame of the video ``src`` with ``upscaler`` (anything with ``scale`` and ``upscale_uint8``:
+    an inference.ImageUpscaler, as test.py passes, or an Upscaler; tiling and memory budget apply per frame) into
     ``dst``: H.264 (libx264, yuv420p, ``crf``, ``preset``; FFmpeg's mpeg4 where libx264 is missing), every frame at
     its own timestamp in the input's time base (constant and variable frame rates and start offsets survive), the
     audio streams copied packet for packet (no re-encoding); subtitle and data streams are dropped. The container

@@ -113,7 +113,7 @@ def test_default_is_off_and_resume_refuses_another_decay(tmp_path, tiny_dataset)
 def psnr_of(state, hr_images):
     model = models.build_model('srresnet', models.model_config('srresnet', 4, n_blocks=2, n_channels=8))
     model.load_state_dict(state)
-    return inference.validate_psnr(inference.Upscaler(model.eval(), 'srresnet', 4, 'cpu'), hr_images, 4)
+    return inference.validate_psnr(inference.Upscaler(model.eval(), models.ARCHS['srresnet'], 4, 'cpu'), hr_images, 4)
 
 
 def test_validation_and_keep_best_judge_the_ema_weights(tmp_path, tiny_dataset):

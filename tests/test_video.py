@@ -46,7 +46,7 @@ def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp('video_model') / 'espcn_tiny.pth'
     checkpoints.save_checkpoint({'format_version': 1, 'arch': 'espcn', 'model_config': config, 'epoch': 1,
                                  'model': model.state_dict()}, str(path))
-    return {'checkpoint': path, 'upscaler': inference.Upscaler(model, 'espcn', SCALE, 'cpu')}
+    return {'checkpoint': path, 'upscaler': inference.Upscaler(model, models.ARCHS['espcn'], SCALE, 'cpu')}
 
 
 def make_video(path, size=(64, 48), frames=10, fps=25, audio='aac', sample_rate=44100, pts_ms=None,
