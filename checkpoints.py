@@ -718,11 +718,13 @@ def _describe(ckpt, path, assume, weights):
 def build_network(model):
     """The ModelDescription ``model`` (describe_checkpoint's) with its network: a models.ARCHS network is built, its
     weights loaded strictly, in eval mode, on the CPU (its state then shares the network's tensors wherever their
-    dtype and shape are the same: no second copy); one already built is kept."""
+    dtype and shape are the same: no second copy); one already built is kept. The random initial weights it draws
+    come from a forked RNG: loading a checkpoint leaves the caller's random stream (a training run's) as it was."""
     if model.network is not None:
         return model
     try:
-        network = models.build_model(model.arch, model.config)
+        with torch.random.fork_rng(devices=[]):
+            network = models.build_model(model.arch, model.config)
         network.load_state_dict(model.state)
     except (RuntimeError, TypeError, ValueError) as e:
         raise UserError(f"{model.path}: weights do not match a {model.arch} with {model.config} "

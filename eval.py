@@ -79,10 +79,10 @@ import checkpoints
 import datasets
 import inference
 import models
-from utils import (ImageTransforms, UserError, atomic_write_many, check_output_folder, convert_image, dataset_name,
-                   gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance, make_parser,
-                   modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim, timer,
-                   tutorial_metrics)
+from utils import (ImageTransforms, Settings, UserError, atomic_write_many, check_output_folder, convert_image,
+                   dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance,
+                   make_parser, modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim,
+                   timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 METRICS = ('psnr', 'ssim', 'lpips')
@@ -143,30 +143,29 @@ def build_parser():
 
 
 def resolve_args(parser, argv=None):
-    """Parse flags and reject impossible combinations before any work."""
+    """The flags, resolved once into a frozen utils.Settings (the default checkpoint or scale, the metrics in the
+    table's order, the protocols they need); impossible combinations rejected before any work."""
     args = parser.parse_args(argv)
     if args.convert_legacy:
-        return args
+        return Settings(**vars(args))
     baseline = args.arch in BASELINES
     if baseline and args.checkpoint:
         parser.error(f"--arch {args.arch} is computed without a model: drop --checkpoint")
     if args.datasets and args.test_folders:
         parser.error("give either --datasets (data lists) or --test-folders (image folders), not both")
-    if not baseline and args.checkpoint is None:
-        args.checkpoint = DEFAULT_CHECKPOINT
-    if baseline and args.scale is None:
-        args.scale = 4
     if baseline and args.weights:
         parser.error(f"--weights picks a checkpoint's weights: --arch {args.arch} has none")
-    args.metrics = tuple(m for m in METRICS if m in args.metrics)  # the table's order, each once
-    if (args.lpips_net or args.lpips_backbone_weights) and 'lpips' not in args.metrics:
+    metrics = tuple(m for m in METRICS if m in args.metrics)  # the table's order, each once
+    if (args.lpips_net or args.lpips_backbone_weights) and 'lpips' not in metrics:
         parser.error("--lpips-net and --lpips-backbone-weights are for --metrics ... lpips")
-    args.lpips_net = args.lpips_net or 'alex'
-    if 'lpips' in args.metrics and args.protocol == 'tutorial':
+    if 'lpips' in metrics and args.protocol == 'tutorial':
         parser.error("LPIPS is computed on the standard protocol's images: use --protocol standard or both")
     protocols = PROTOCOLS if args.protocol == 'both' else (args.protocol,)
-    args.protocols = tuple(p for p in protocols if set(PROTOCOL_METRICS[p]) & set(args.metrics))
-    return args
+    return Settings(**{
+        **vars(args), 'metrics': metrics, 'lpips_net': args.lpips_net or 'alex',
+        'checkpoint': DEFAULT_CHECKPOINT if not baseline and args.checkpoint is None else args.checkpoint,
+        'scale': 4 if baseline and args.scale is None else args.scale,
+        'protocols': tuple(p for p in protocols if set(PROTOCOL_METRICS[p]) & set(metrics))})
 
 
 # ----------------------------------------------------------------------------------------------

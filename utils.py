@@ -18,6 +18,7 @@ import secrets
 import stat
 import sys
 import time
+import types
 import warnings
 
 try:
@@ -101,6 +102,19 @@ def given_flags(parser, argv=None):
     finally:
         for action, default in saved:
             action.default = default
+
+
+class Settings(types.SimpleNamespace):
+    """A script's settings, made once from its flags (its resolve_settings): every flag under its argparse name, with
+    what the flags leave open decided (a recipe's defaults, a resumed run's recorded values, ...), plus what the
+    script derives from them. A frozen value: setting or deleting an attribute raises AttributeError; vars() gives
+    them as a dict (plain_args records them)."""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"settings are made once from the flags: {name!r} cannot be set")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"settings are made once from the flags: {name!r} cannot be deleted")
 
 
 def parse_number(text, kind=float):
@@ -1023,8 +1037,8 @@ def unwrap_model(model):
 
 
 def plain_args(args):
-    """argparse Namespace -> dict of plain values (str/int/float/bool/None, lists and str-keyed dicts of them), safe
-    for weights_only loads; anything else (a Path, a device) as its str."""
+    """argparse Namespace or Settings -> dict of plain values (str/int/float/bool/None, lists and str-keyed dicts of
+    them), safe for weights_only loads; anything else (a Path, a device) as its str."""
     def plain(v):
         if v is None or isinstance(v, (bool, int, float, str)):
             return v

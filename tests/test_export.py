@@ -207,13 +207,13 @@ def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path,
     assert trained['epoch'] == 1 and trained['model'].keys() == exported.keys()
     assert all(torch.equal(trained['model'][k], exported[k]) for k in exported)  # lr 0: the initial weights
     argv = [str(a) for a in common] + ['--model-opt', 'n_channels=16', '--init-from', str(st)]
-    args = train_srresnet.resolve_args(train_srresnet.build_parser(), argv)
+    args = train_srresnet.resolve_settings(train_srresnet.build_parser(), argv)
     model = models.build_model(args.arch, args.model_config)
     with pytest.raises(utils.UserError, match='n_channels: checkpoint 8 vs now 16'):
         train_srresnet.load_init(str(st), args, model, print)
     capsys.readouterr()
     with pytest.raises(SystemExit):  # an argparse error, before any work
-        train_srresnet.resolve_args(train_srresnet.build_parser(), argv + ['--resume', str(src)])
+        train_srresnet.resolve_settings(train_srresnet.build_parser(), argv + ['--resume', str(src)])
     assert '--init-from starts a new run from weights, --resume continues one' in capsys.readouterr().err
 
 

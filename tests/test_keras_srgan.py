@@ -199,8 +199,8 @@ def test_keras_step_updates_the_discriminator_first_and_the_generator_sees_it():
     g.register_forward_pre_hook(lambda m, i: g_calls.append((m.training, torch.is_grad_enabled())))
     lr, hr = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 32, 32)
     g.train(), d.train()
-    shown, losses = train_srgan.keras_step(g, d, features, opt_g, opt_d, training.make_scaler(device, speed), lr, hr,
-                                           device, speed, SimpleNamespace(beta=1e-3))
+    gan = train_srgan.GAN(g, d, features, opt_g, opt_d, training.make_scaler(device, speed))
+    shown, losses = train_srgan.keras_step(gan, lr, hr, device, speed, SimpleNamespace(beta=1e-3))
     assert len(d_calls) == 3 and set(losses) == {'pixel', 'content', 'adversarial', 'discriminator'}
     (g_real, d_real, *_), (g_fake, d_fake, *_), (_, d_seen_by_g, tracks, running) = d_calls
     assert torch.equal(g_real, g0) and torch.equal(g_fake, g0)  # both D updates before the generator's
@@ -231,7 +231,7 @@ def test_batch_statistics_only_normalises_with_the_batch_and_keeps_running_stati
 
 
 def srgan_args(*argv):
-    return train_srgan.resolve_args(train_srgan.build_parser(), list(map(str, argv)))
+    return train_srgan.resolve_settings(train_srgan.build_parser(), list(map(str, argv)))
 
 
 def test_keras_variant_brings_the_seeds_recipe_and_refuses_what_the_seed_fixes(tmp_path):

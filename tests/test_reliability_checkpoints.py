@@ -15,7 +15,7 @@ import models
 import training
 import utils
 from conftest import REPO, run_script
-from train_srresnet import checkpoint_state
+from train_srresnet import Trainee, checkpoint_state
 
 PLAIN = (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
 
@@ -156,17 +156,16 @@ def test_permission_denied_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_wrapper_prefixes_never_leak_into_saved_files_and_prefixed_files_load(tmp_path):
-    import argparse
     model = models.SRResNet(n_blocks=2, n_channels=8)
     wrapped = torch.compile(torch.nn.DataParallel(model))  # state_dict keys: _orig_mod.module.*
     assert next(iter(wrapped.state_dict())).startswith('_orig_mod.module.')
-    args = argparse.Namespace(arch='srresnet', model_config=models.model_config('srresnet', 4, n_blocks=2,
-                                                                                 n_channels=8))
+    config = models.model_config('srresnet', 4, n_blocks=2, n_channels=8)
+    settings = utils.Settings(arch='srresnet', model_config=config)
     speed = training.resolve_speed(torch.device('cpu'), amp='off')
     opt = torch.optim.Adam(model.parameters())
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [])
-    scaler = training.make_scaler(torch.device('cpu'), speed)
-    state = checkpoint_state(wrapped, opt, sched, scaler, 0, args, speed, 1, 0, None)
+    trainee = Trainee(wrapped, opt, sched, torch.nn.MSELoss(), training.make_scaler(torch.device('cpu'), speed))
+    state = checkpoint_state(trainee, 0, settings, speed, 1, 0, None)
     assert list(state['model']) == list(model.state_dict())
     # A file written by someone else's wrapped model still loads.
     prefixed = {'model': {'module.' + k: v for k, v in model.state_dict().items()}, 'epoch': 1}

@@ -154,7 +154,7 @@ def test_resume_refuses_bad_checkpoints_with_the_inference_loaders_line(tmp_path
         with pytest.raises(utils.UserError) as err:  # the route of test.py, eval.py and export.py
             checkpoints.load_sr_model(str(path))
         with pytest.raises(utils.UserError) as resumed:  # --resume reads its checkpoint before any work
-            train_srresnet.resolve_args(train_srresnet.build_parser(), ['--resume', str(path)])
+            train_srresnet.resolve_settings(train_srresnet.build_parser(), ['--resume', str(path)])
         assert str(resumed.value) == str(err.value) and '--convert-legacy' not in str(err.value), name
         assert {'future': 'format version 99', 'string_version': "format_version is '1'",
                 'model_hello': "'model' is a str", 'empty': 'empty (0 bytes)',
@@ -280,8 +280,8 @@ def test_printed_resume_command_leaves_out_flags_a_resumed_run_must_not_repeat()
 ])
 def test_impossible_training_flags_fail_at_parsing(module, argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
-        module.resolve_args(module.build_parser(), argv + ['--srresnet-checkpoint', 'none'] * (module is train_srgan)
-                            + ['--results-dir', str(tmp_path)])
+        none = ['--srresnet-checkpoint', 'none'] * (module is train_srgan)
+        module.resolve_settings(module.build_parser(), argv + none + ['--results-dir', str(tmp_path)])
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -327,12 +327,12 @@ def test_ctrl_c_during_start_up_is_one_line_and_saves_nothing(resume, tmp_path, 
         assert utils.run_cli(lambda: train_srresnet.main(argv + ['--max-steps', '1'])) == 0
         argv += ['--resume']
     before = path.read_bytes() if resume else None
-    dataset_of, handler = training.dataset_of, signal.getsignal(signal.SIGINT)
+    build_train_dataset, handler = training.build_train_dataset, signal.getsignal(signal.SIGINT)
 
     def interrupted(*args, **kwargs):  # Ctrl-C while the training images are read
         os.kill(os.getpid(), signal.SIGINT)
-        return dataset_of(*args, **kwargs)
-    monkeypatch.setattr(training, 'dataset_of', interrupted)
+        return build_train_dataset(*args, **kwargs)
+    monkeypatch.setattr(training, 'build_train_dataset', interrupted)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         utils.run_cli(lambda: train_srresnet.main(argv))
