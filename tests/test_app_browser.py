@@ -25,7 +25,6 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoints
 from conftest import REPO, SHARED_DATA, requires_shared_data
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
@@ -41,6 +40,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group('browser')  # one server and one browser, also under make test's -n auto

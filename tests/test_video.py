@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoints
 from conftest import REPO, run_script
 
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
