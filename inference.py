@@ -1,11 +1,14 @@
-"""Inference: the one way each model is fed, Upscaler (tiling, memory plan, self-ensemble, precision), the papers'
-evaluation protocol used by eval.py and by validation during training, and the network with its conventions in one
-graph (export.py). Checkpoints are checkpoints.py's, videos video.py's.
+"""Inference: the one way each model is fed, Upscaler (tiling, memory plan, self-ensemble, precision), the one
+upscaling path of test.py, app.py and eval.py (ImageUpscaler), the papers' evaluation protocol used by eval.py and by
+validation during training, and the network with its conventions in one graph (export.py). Checkpoints are
+checkpoints.py's, videos video.py's.
 
     import checkpoints, inference
     model = checkpoints.load_sr_model('results/espcn_x3_t91.pth', 'cpu')   # a ModelDescription
-    upscaler = inference.Upscaler(model.network, model.spec, model.scale, 'cpu')
-    sr_rgb, sr_y = upscaler.upscale(lr)          # lr (N, 3, h, w) RGB in [0, 1]
+    upscaler = inference.ImageUpscaler(model, 'cpu', inference.UpscaleOptions(max_memory='auto'))
+    sr = upscaler.upscale_images([img])[0]            # img: a PIL image -> (3, 3h, 3w) uint8
+    inference.sr_image(sr, img, model.scale)          # the SR image (PIL), its alpha channel (if any) by bicubic
+    sr_rgb, sr_y = upscaler.upscale(lr)               # lr (N, 3, h, w) RGB in [0, 1] (Upscaler.upscale)
 
 Imports utils, models and checkpoints.
 """
