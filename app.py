@@ -35,14 +35,14 @@ import uuid
 from typing import NamedTuple
 
 import gradio as gr
-import numpy as np
 import torch
 from PIL import Image
 
+import checkpoints
 import inference
 import models
-from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, is_out_of_memory, load_image, make_parser,
-                   parse_memory, pick_device, pil_to_tensor, positive_int, run_cli, timer)
+from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, load_image, make_parser, parse_memory, pick_device,
+                   pil_to_tensor, positive_int, run_cli, timer)
 
 BICUBIC = 'bicubic'
 SHIPPED = ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth')  # listed first; the first one found is the default
@@ -51,6 +51,7 @@ PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 PREVIEW_MAX_SIDE = 2048  # the slider's images are scaled down to this; the downloads are full size
 MODEL_CACHE_SIZE = 4  # loaded checkpoints kept in memory
 QUEUE_SIZE = 20  # jobs waiting in gradio's queue before new ones are refused
+OUT_OF_MEMORY = "set a smaller memory budget (e.g. 256MB)"
 SYSTEM_FONTS = (['ui-sans-serif', 'system-ui', 'sans-serif'], ['ui-monospace', 'Consolas', 'monospace'])
 
 
@@ -168,7 +169,7 @@ class SRService:
 
     def __init__(self, settings):
         self.settings = settings
-        self._models = collections.OrderedDict()  # (realpath, mtime, size, device) -> inference.LoadedModel
+        self._models = collections.OrderedDict()  # (realpath, mtime, size, device) -> checkpoints.ModelDescription
         self._locks = {}  # model key -> threading.Lock
         self._guard = threading.Lock()
 
@@ -190,7 +191,7 @@ class SRService:
         return choice
 
     def load(self, model):
-        """inference.LoadedModel of a checkpoint path (UserError when it does not load), from the cache when the
+        """checkpoints.ModelDescription of a checkpoint path (UserError when it does not load), from the cache when the
         file has not changed since."""
         try:
             stat = os.stat(model)
@@ -201,7 +202,7 @@ class SRService:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        loaded = inference.load_sr_model(model, self.settings.device)
+        loaded = checkpoints.load_sr_model(model, self.settings.device)
         with self._guard:
             self._models[key] = loaded
             while len(self._models) > MODEL_CACHE_SIZE:
@@ -213,10 +214,10 @@ class SRService:
         if model == BICUBIC:
             return "MATLAB-style bicubic (the papers' baseline): pick the scale", None
         loaded = self.load(model)
-        scale = int(loaded.config['scaling_factor'])
-        params = sum(p.numel() for p in loaded.model.parameters())
-        colour = 'RGB' if models.ARCHS[loaded.arch].color == 'rgb' else 'Y channel (Cb/Cr by bicubic)'
-        return f"{loaded.label} x{scale}, {params:,} parameters, {colour}, on {self.settings.device}", scale
+        params = models.count_parameters(loaded.network)
+        colour = 'RGB' if loaded.spec.color == 'rgb' else 'Y channel (Cb/Cr by bicubic)'
+        text = f"{loaded.label} x{loaded.scale}, {params:,} parameters, {colour}, on {self.settings.device}"
+        return text, loaded.scale
 
     def lock(self, model):
         """The lock that lets one job at a time run on ``model``."""
@@ -227,18 +228,12 @@ class SRService:
     # -- jobs ------------------------------------------------------------------------------------------------
 
     def upscaler(self, model, self_ensemble, precision, memory):
-        """(inference.Upscaler or None for bicubic, label for file names, scale) for a job's options."""
-        loaded = self.load(model)
-        try:
-            budget = inference.auto_memory_budget(self.settings.device) if str(memory).strip() in ('', 'auto') \
-                else parse_memory(memory)
-        except ValueError as e:
-            raise UserError(f"memory budget: {e}") from None
-        scale = int(loaded.config['scaling_factor'])
-        upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, self.settings.device, max_memory=budget,
-                                      precision=precision, self_ensemble=bool(self_ensemble), channels_last=True,
-                                      fuse=True)
-        return upscaler, loaded.label, scale
+        """The inference.ImageUpscaler of a checkpoint path for a job's options (memory: the page's budget field,
+        blank for 'auto'), as test.py sets one up; always fused and channels_last (test.py's defaults)."""
+        options = inference.UpscaleOptions(
+            max_memory=inference.memory_option(str(memory).strip() or 'auto', 'memory budget'), precision=precision,
+            self_ensemble=bool(self_ensemble), channels_last=True, fuse=True)
+        return inference.ImageUpscaler(self.load(model), self.settings.device, options, out_of_memory=OUT_OF_MEMORY)
 
     def job(self, files, choice, path, scale, self_ensemble, precision, memory, session, progress):
         """Upscale the uploaded ``files`` (paths; their base names are what the user uploaded) for ``session``.
@@ -259,7 +254,8 @@ class SRService:
                 raise UserError(f"scale {scale}: choose {', '.join(map(str, SCALES))}")
             upscaler, label, scale = None, BICUBIC, int(scale)
         else:
-            upscaler, label, scale = self.upscaler(model, self_ensemble, precision, memory)
+            upscaler = self.upscaler(model, self_ensemble, precision, memory)
+            label, scale = upscaler.label, upscaler.scale
         names = [os.path.basename(f) for f in files]
         images = [read_image(f, n, self.settings.max_pixels) for f, n in zip(files, names)]
         folder = os.path.join(self.session_folder(session), uuid.uuid4().hex)
@@ -307,11 +303,6 @@ class SRService:
         shutil.rmtree(self.session_folder(session), ignore_errors=True)
 
 
-def to_pil(chw):
-    """(C, H, W) uint8 tensor -> PIL RGB (C = 3) or RGBA (C = 4)."""
-    return Image.fromarray(np.ascontiguousarray(chw.permute(1, 2, 0).numpy()))
-
-
 def preview(img, path):
     """``img`` scaled down to PREVIEW_MAX_SIDE on its long side (kept when smaller), saved as a fast PNG."""
     if max(img.size) > PREVIEW_MAX_SIDE:
@@ -322,26 +313,19 @@ def preview(img, path):
 
 
 def upscale_image(upscaler, img, scale, name, out_stem, progress):
-    """One image: SR with ``upscaler`` (None: MATLAB-style bicubic, utils.bicubic_upscale), the alpha channel (if
-    any) by MATLAB-style bicubic as test.py does, the SR PNG at out_stem.png, and the slider's two previews.
-    The slider's 'before' is Pillow's bicubic (the same cubic kernel, a = -0.5, without MATLAB's rounding between
-    the passes; 50x faster than bicubic_upscale on large images). Returns a Result."""
-    lr = pil_to_tensor(img)  # (C, h, w) uint8, C = 3 or 4
+    """One image: SR with ``upscaler`` (an inference.ImageUpscaler; None: MATLAB-style bicubic,
+    utils.bicubic_upscale), the alpha channel (if any) by MATLAB-style bicubic (inference.sr_image, as test.py), the
+    SR PNG at out_stem.png, and the slider's two previews. The slider's 'before' is Pillow's bicubic (the same cubic
+    kernel, a = -0.5, without MATLAB's rounding between the passes; 50x faster than bicubic_upscale on large
+    images). Returns a Result."""
     start = timer()
     if upscaler is None:
-        sr = bicubic_upscale(lr[:3], scale)  # (3, s*h, s*w) uint8
+        sr = bicubic_upscale(pil_to_tensor(img.convert('RGB')), scale)  # (3, s*h, s*w) uint8
         progress(1, 1)
     else:
-        try:
-            sr = upscaler.upscale_uint8(lr[None, :3].float().div_(255.), progress=progress)[0]  # (3, s*h, s*w)
-        except RuntimeError as e:
-            if not is_out_of_memory(e):
-                raise
-            raise UserError(f"{name}: out of memory: set a smaller memory budget (e.g. 256MB)") from None
+        sr = upscaler.upscale_images([img], progress=progress, name=name)[0]  # (3, s*h, s*w) uint8
     seconds = timer() - start
-    if lr.shape[0] == 4:
-        sr = torch.cat([sr, bicubic_upscale(lr[3:], scale)])  # (4, s*h, s*w): the transparency, by bicubic
-    result = to_pil(sr)
+    result = inference.sr_image(sr, img, scale)
     png = out_stem + '.png'
     result.save(png, format='PNG')
     before = preview(img.resize(result.size, Image.Resampling.BICUBIC), out_stem + '.before.png')

@@ -18,7 +18,7 @@
 The checkpoint says which network to rebuild (any architecture of models.ARCHS, SRGAN generators, the
 tutorial's own checkpoints holding only 'model' or 'generator', safetensors files written by export.py, and
 other projects' published weights: EDSR-PyTorch's EDSR, the official RCAN release, BasicSR's EDSR / RCAN /
-MSRResNet, and what spandrel recognises; see inference.describe_checkpoint); --scale defaults to its scale, and
+MSRResNet, and what spandrel recognises; see checkpoints.describe_checkpoint); --scale defaults to its scale, and
 a checkpoint trained for another scale is refused. What published weights do not say about themselves follows
 the official release (--res-scale, --rgb-range change it) and is printed as 'note:' lines and in the report.
 
@@ -92,11 +92,12 @@ import os
 import torch
 from PIL import Image
 
+import checkpoints
 import datasets
 import inference
 import models
 import reports
-from utils import (ImageTransforms, UserError, atomic_write, atomic_write_many, check_output_folder, convert_image,
+from utils import (ImageTransforms, Settings, UserError, atomic_write, atomic_write_many, check_output_folder, convert_image,
                    dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance,
                    make_parser, modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim,
                    timer, tutorial_metrics)
@@ -113,6 +114,7 @@ SSIM_WINDOW = 11  # utils.ssim's Gaussian window (standard protocol)
 SKIMAGE_WINDOW = 7  # scikit-image's default SSIM window (tutorial protocol)
 TUTORIAL_BORDER = 4  # convert_image(..., 'y-channel') removes 4 pixels per side
 FIGURE_MAX_IMAGES = 8  # --figure without --figure-images: at most this many rows
+OUT_OF_MEMORY = "evaluate on a device with more memory (--device), or smaller images"  # no tiles: reference numbers
 
 PROTOCOL_TEXT = {
     'standard': "papers' protocol: MATLAB-bicubic LR (uint8), SR rounded to uint8, rounded BT.601 Y, "
@@ -155,8 +157,8 @@ def build_parser():
     parser.add_argument('--convert-legacy', nargs=2, metavar=('OLD', 'NEW'),
                         help="convert a tutorial checkpoint holding pickled models (UNPICKLES it: trusted files "
                              "only) into this suite's format, then exit")
-    inference.add_assumption_args(parser)
-    inference.add_weights_arg(parser)
+    checkpoints.add_assumption_args(parser)
+    checkpoints.add_weights_arg(parser)
     add_picture_args(parser)
     return parser
 
@@ -191,10 +193,10 @@ def add_picture_args(parser):
 
 
 def resolve_picture_args(parser, args):
-    """--checkpoint (one, or several for --figure), --figure's and --report's flags; before any work."""
-    args.checkpoints = args.checkpoint or []
-    args.checkpoint = args.checkpoints[0] if args.checkpoints else None
-    if len(args.checkpoints) > 1 and not args.figure:
+    """--checkpoint (one, or several for --figure), --figure's and --report's flags, checked before any work.
+    Returns the checkpoints given, a list (--checkpoint is repeatable)."""
+    checkpoints = list(args.checkpoint or [])
+    if len(checkpoints) > 1 and not args.figure:
         parser.error("several --checkpoint are compared by --figure; the tables evaluate one checkpoint per run")
     if args.figure:
         if args.arch in BASELINES:
@@ -210,35 +212,35 @@ def resolve_picture_args(parser, args):
         parser.error("--figure-images and --figure-box are for --figure")
     if args.report == 'html' and args.protocol == 'tutorial':
         parser.error("--report html shows the standard protocol's images: use --protocol standard or both")
+    return checkpoints
 
 
 def resolve_args(parser, argv=None):
-    """Parse flags and reject impossible combinations before any work."""
+    """The flags, resolved once into a frozen utils.Settings (the default checkpoint or scale, the metrics in the
+    table's order, the protocols they need); impossible combinations rejected before any work."""
     args = parser.parse_args(argv)
     if args.convert_legacy:
-        return args
-    resolve_picture_args(parser, args)
+        return Settings(**vars(args))
+    given = resolve_picture_args(parser, args)
     baseline = args.arch in BASELINES
-    if baseline and args.checkpoint:
+    if baseline and given:
         parser.error(f"--arch {args.arch} is computed without a model: drop --checkpoint")
     if args.datasets and args.test_folders:
         parser.error("give either --datasets (data lists) or --test-folders (image folders), not both")
-    if not baseline and args.checkpoint is None:
-        args.checkpoint = DEFAULT_CHECKPOINT
-        args.checkpoints = [args.checkpoint]
-    if baseline and args.scale is None:
-        args.scale = 4
     if baseline and args.weights:
         parser.error(f"--weights picks a checkpoint's weights: --arch {args.arch} has none")
-    args.metrics = tuple(m for m in METRICS if m in args.metrics)  # the table's order, each once
-    if (args.lpips_net or args.lpips_backbone_weights) and 'lpips' not in args.metrics:
+    metrics = tuple(m for m in METRICS if m in args.metrics)  # the table's order, each once
+    if (args.lpips_net or args.lpips_backbone_weights) and 'lpips' not in metrics:
         parser.error("--lpips-net and --lpips-backbone-weights are for --metrics ... lpips")
-    args.lpips_net = args.lpips_net or 'alex'
-    if 'lpips' in args.metrics and args.protocol == 'tutorial':
+    if 'lpips' in metrics and args.protocol == 'tutorial':
         parser.error("LPIPS is computed on the standard protocol's images: use --protocol standard or both")
     protocols = PROTOCOLS if args.protocol == 'both' else (args.protocol,)
-    args.protocols = tuple(p for p in protocols if set(PROTOCOL_METRICS[p]) & set(args.metrics))
-    return args
+    return Settings(**{
+        **vars(args), 'metrics': metrics, 'lpips_net': args.lpips_net or 'alex',
+        'checkpoints': tuple(given or ([] if baseline else [DEFAULT_CHECKPOINT])),
+        'checkpoint': given[0] if given else None if baseline else DEFAULT_CHECKPOINT,
+        'scale': 4 if baseline and args.scale is None else args.scale,
+        'protocols': tuple(p for p in protocols if set(PROTOCOL_METRICS[p]) & set(metrics))})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,17 +357,17 @@ class BicubicMethod(Method):
 
 
 class ModelMethod(Method):
-    """A network rebuilt from a checkpoint."""
+    """A network rebuilt from a checkpoint: ``model``, its checkpoints.ModelDescription (load_sr_model's), run through
+    inference.ImageUpscaler in fp32, the whole image at once."""
 
     min_lr_size = 2  # inference.Upscaler.min_input_size()
 
-    def __init__(self, model, arch, config, checkpoint, device, spec=None, source=None, notes=(), selected=None):
-        super().__init__(config['scaling_factor'], device)
-        self.model, self.arch, self.config, self.checkpoint = model, arch, config, checkpoint
-        self.spec, self.source, self.notes = spec or models.ARCHS[arch], source, list(notes)
-        self.selected = selected  # 'ema' / 'raw' when the checkpoint holds both (inference.CheckpointInfo)
-        self.upscaler = inference.Upscaler(model, self.spec, self.scale, device, name=checkpoint)
-        self.label = report_name(checkpoint, arch)
+    def __init__(self, model, device):
+        super().__init__(model.scale, device)
+        self.model, self.arch, self.checkpoint = model, model.arch, model.path
+        self.source, self.notes, self.selected = model.source, list(model.notes), model.selected
+        self.upscaler = inference.ImageUpscaler(model, device, out_of_memory=OUT_OF_MEMORY)
+        self.label = report_name(model.path, model.arch)
 
     def warm_up(self):
         """One untimed forward pass, so CUDA start-up costs stay out of ms/image."""
@@ -380,10 +382,10 @@ class ModelMethod(Method):
         lr = lr01.unsqueeze(0).to(self.device)  # (1, 3, h, w), in [0, 1]
         with self.stopwatch:
             if self.arch == 'srresnet':  # the tutorial: ImageNet-normalised LR in, its [-1, 1] output untouched
-                sr = self.model(inference.model_input(self.spec, lr, self.scale))
+                sr = self.model.network(inference.model_input(self.model.spec, lr, self.scale))
             else:  # any other architecture: its own conventions via Upscaler (which checks its output), -> [-1, 1]
                 sr = convert_image(self.upscaler.upscale(lr)[0], source='[0, 1]', target='[-1, 1]')
-        inference.check_finite_output(sr, self.checkpoint, self.model)  # the Upscaler's rule, on the direct call too
+        inference.check_finite_output(sr, self.checkpoint, self.model.network)  # Upscaler's rule, on the direct call
         return sr[0]  # (3, s*h, s*w), in [-1, 1]
 
 
@@ -391,13 +393,12 @@ def load_method(args, device):
     """The baseline or the checkpoint's model named by the flags (UserError for a bad checkpoint/scale)."""
     if args.arch in BASELINES:
         return BicubicMethod(args.arch, args.scale, device)
-    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range, weights=args.weights)
+    model = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                      rgb_range=args.rgb_range, weights=args.weights)
     named = 'srresnet' if args.arch == 'srgan' else args.arch  # an SRGAN generator is an SRResNet
-    if named is not None and named != loaded.arch:
-        raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {loaded.arch} model")
-    return ModelMethod(loaded.model, loaded.arch, loaded.config, args.checkpoint, device, loaded.spec, loaded.source,
-                       loaded.notes, loaded.selected)
+    if named is not None and named != model.arch:
+        raise UserError(f"--arch {args.arch}: {args.checkpoint} holds a {model.arch} model")
+    return ModelMethod(model, device)
 
 
 def load_lpips(args, device):
@@ -749,10 +750,10 @@ def make_figure(args, device, test_sets):
     """--figure: the papers' comparison figure of every --checkpoint next to bicubic and HR; returns its path."""
     upscalers, labels, scale = [], [], args.scale
     for path in args.checkpoints:
-        loaded = inference.load_sr_model(path, 'cpu', expect_scale=scale, res_scale=args.res_scale,
-                                         rgb_range=args.rgb_range, weights=args.weights)
-        scale = loaded.config['scaling_factor']
-        upscalers.append(Float64Upscaler(loaded.model, loaded.spec, scale, path))
+        loaded = checkpoints.load_sr_model(path, 'cpu', expect_scale=scale, res_scale=args.res_scale,
+                                           rgb_range=args.rgb_range, weights=args.weights)
+        scale = loaded.scale
+        upscalers.append(Float64Upscaler(loaded.network, loaded.spec, scale, path))
         labels.append(report_name(path, loaded.arch))
         for note in loaded.notes:
             print(f"note: {path}: {note}")
@@ -796,7 +797,7 @@ def convert_legacy(src, dst):
     if not os.path.isfile(src):
         raise UserError(f"checkpoint {src}: no such file")
     try:
-        out = inference.convert_legacy_checkpoint(src, dst)
+        out = checkpoints.convert_legacy_checkpoint(src, dst)
     except UserError:
         raise
     except Exception as e:

@@ -9,7 +9,7 @@ weights without pickle, or this suite's own checkpoint format.
     python export.py --checkpoint RealESRGAN_x4plus.pth --format onnx --overwrite  # spandrel's ESRGAN
     python export.py --checkpoint results/checkpoint_srgan.pth --format onnx --weights raw  # not its EMA weights
 
---checkpoint takes whatever eval.py and test.py read (inference.describe_checkpoint): this suite's checkpoints of any
+--checkpoint takes whatever eval.py and test.py read (checkpoints.load_sr_model): this suite's checkpoints of any
 architecture, SRGAN generators, the tutorial's files, safetensors written here, EDSR-PyTorch's EDSR, the official
 RCAN release, BasicSR's EDSR / RCAN / MSRResNet, and anything spandrel (optional) recognises. What published weights
 do not say (EDSR's res_scale, BasicSR's img_range) follows the official release unless --res-scale / --rgb-range
@@ -59,9 +59,11 @@ import onnx
 import onnxruntime
 import torch
 
+import checkpoints
 import inference
 import models
-from utils import UserError, atomic_write, make_parser, run_cli, save_checkpoint, save_safetensors_checkpoint
+from checkpoints import save_checkpoint, save_safetensors_checkpoint
+from utils import UserError, atomic_write, make_parser, run_cli
 
 FORMATS = {'onnx': '.onnx', 'safetensors': '.safetensors', 'pth': '.pth'}
 ONNX_CHECK_SIZES = ((1, 17, 23), (2, 24, 32))  # (N, H, W): odd and even sides, and a batch, both unlike the trace
@@ -79,8 +81,8 @@ def build_parser():
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset version')
     parser.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,
                         help='ONNX: export the fused network (BatchNorm folded, last conv before the last shuffle)')
-    inference.add_assumption_args(parser)
-    inference.add_weights_arg(parser)
+    checkpoints.add_assumption_args(parser)
+    checkpoints.add_weights_arg(parser)
     return parser
 
 
@@ -149,26 +151,25 @@ def check_onnx(data, model, spec, scale, sizes=ONNX_CHECK_SIZES, seed=0):
     return results
 
 
-def export_onnx(info, checkpoint, out, opset, fuse):
-    """Write the network of ``info`` (read from ``checkpoint``) to ``out`` as ONNX (see the module docstring), after
-    the onnxruntime check; returns the checks [(size, difference)]."""
-    model = inference.build_network(info, checkpoint)
-    scale = int(info.config['scaling_factor'])
-    network = models.fuse_for_inference(model) if fuse else model
+def export_onnx(model, out, opset, fuse):
+    """Write the network of ``model`` (a checkpoints.ModelDescription) to ``out`` as ONNX (see the module docstring),
+    after the onnxruntime check; returns the checks [(size, difference)]."""
+    scale = model.scale
+    network = models.fuse_for_inference(model.network) if fuse else model.network
     try:
-        graph = inference.RGBNetwork(network, info.spec, scale).eval()
+        graph = inference.RGBNetwork(network, model.spec, scale).eval()
     except ValueError as e:
-        raise UserError(f"cannot export {info.label} to ONNX: {e}") from None
+        raise UserError(f"cannot export {model.label} to ONNX: {e}") from None
     try:
         data = onnx_bytes(graph, opset)
-        data = with_metadata(data, {'arch': info.label, 'scaling_factor': str(scale), 'source': info.source,
+        data = with_metadata(data, {'arch': model.label, 'scaling_factor': str(scale), 'source': model.source,
                                     'input': "lr: RGB in [0, 1], float32 (N, 3, H, W)",
                                     'output': f"sr: RGB in [0, 1], float32 (N, 3, {scale}H, {scale}W), clamped",
-                                    'notes': '; '.join(info.notes)})
+                                    'notes': '; '.join(model.notes)})
     except Exception as e:  # the exporter's own errors: unsupported operators, tracing failures
-        raise UserError(f"cannot export {info.label} to ONNX ({type(e).__name__}: "
+        raise UserError(f"cannot export {model.label} to ONNX ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no message'})") from None
-    checks = check_onnx(data, model, info.spec, scale)
+    checks = check_onnx(data, model.network, model.spec, scale)
     worst = max(checks, key=lambda c: c[1])
     if not worst[1] <= ONNX_TOLERANCE:
         (n, h, w), diff = worst
@@ -182,22 +183,22 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = output_path(args.checkpoint, args.format, args.output)
     check_writable(out, args.overwrite)
-    info = inference.read_checkpoint(args.checkpoint, res_scale=args.res_scale, rgb_range=args.rgb_range,
-                                     weights=args.weights)
-    for note in info.notes:
+    model = checkpoints.load_sr_model(args.checkpoint, 'cpu', res_scale=args.res_scale, rgb_range=args.rgb_range,
+                                      weights=args.weights)
+    for note in model.notes:
         print(f"note: {note}")
-    scale = int(info.config['scaling_factor'])
-    what = f"{info.label} x{scale} ({info.source})"
+    scale = model.scale
+    what = f"{model.label} x{scale} ({model.source})"
     check_writable(out, args.overwrite)  # again: the loading may have taken a while
     if args.format == 'onnx':
-        checks = export_onnx(info, args.checkpoint, out, args.opset, args.fuse)
+        checks = export_onnx(model, out, args.opset, args.fuse)
         print(f"wrote {out}: {what}, {'fused, ' if args.fuse else ''}opset {args.opset}; input 'lr' (N, 3, H, W) RGB "
               f"in [0, 1] -> output 'sr' (N, 3, {scale}H, {scale}W) RGB in [0, 1]; onnxruntime vs PyTorch: "
               + ', '.join(f"{diff:.1e} at {n}x3x{h}x{w}" for (n, h, w), diff in checks))
         return 0
-    ckpt = inference.suite_checkpoint(info)
+    ckpt = checkpoints.suite_checkpoint(model)
     if args.format == 'safetensors':
-        network_in, network_out = describe_io(info.spec, scale)
+        network_in, network_out = describe_io(model.spec, scale)
         save_safetensors_checkpoint(ckpt, out, {'input': network_in, 'output': network_out})
     else:
         save_checkpoint(ckpt, out)

@@ -1,31 +1,34 @@
-"""Inference: checkpoints into ready models (this suite's, the tutorial's, EDSR-PyTorch's, the official RCAN
-release's, BasicSR's, and whatever spandrel recognises), the one way each model is fed, Upscaler (tiling, memory
-plan, self-ensemble, precision), the papers' evaluation protocol used by eval.py and by validation during training,
-and the network with its conventions in one graph (export.py).
+"""Inference: the one way each model is fed, Upscaler (tiling, memory plan, self-ensemble, precision), the one
+upscaling path of test.py, app.py and eval.py (ImageUpscaler), the papers' evaluation protocol used by eval.py and by
+validation during training, and the network with its conventions in one graph (export.py). Checkpoints are
+checkpoints.py's, videos video.py's.
 
-    import inference
-    loaded = inference.load_sr_model('results/espcn_x3_t91.pth', 'cpu')
-    upscaler = inference.Upscaler(loaded.model, loaded.spec, loaded.config['scaling_factor'], 'cpu')
-    sr_rgb, sr_y = upscaler.upscale(lr)          # lr (N, 3, h, w) RGB in [0, 1]
+    import checkpoints, inference
+    model = checkpoints.load_sr_model('results/espcn_x3_t91.pth', 'cpu')   # a ModelDescription
+    upscaler = inference.ImageUpscaler(model, 'cpu', inference.UpscaleOptions(max_memory='auto'))
+    sr = upscaler.upscale_images([img])[0]            # img: a PIL image -> (3, 3h, 3w) uint8
+    inference.sr_image(sr, img, model.scale)          # the SR image (PIL), its alpha channel (if any) by bicubic
+    sr_rgb, sr_y = upscaler.upscale(lr)               # lr (N, 3, h, w) RGB in [0, 1] (Upscaler.upscale)
 
-Imports utils and models only.
+Imports utils, models and checkpoints.
 """
+import contextlib
 import math
 import os
 import warnings
-from typing import NamedTuple
+from dataclasses import dataclass
 
-import av
-import av.logging
 import numpy as np
 import torch
 from PIL import Image
 
 import models
-from utils import (FORMAT_VERSION, IMAGE_EXTENSIONS, UserError, atomic_path, auto_precision, autocast,
-                   check_precision, convert_image, gray_uint8, imresize, imresize_up, load_checkpoint, modcrop,
-                   parse_memory, psnr, rgb_to_y, rgb_to_y_uint8, rgb_to_ycbcr, save_checkpoint, strip_prefixes, timer,
-                   to_uint8, ycbcr_to_rgb)
+# The loader's names, importable from here as before (checkpoints.py is where they live).
+from checkpoints import (ModelDescription, add_assumption_args, add_weights_arg, convert_legacy_checkpoint,  # noqa: F401
+                         describe_checkpoint, load_sr_model, suite_checkpoint)
+from utils import (UserError, auto_precision, autocast, bicubic_upscale, check_precision, convert_image, gray_uint8,
+                   imresize, imresize_up, is_out_of_memory, modcrop, parse_memory, pil_to_tensor, psnr, rgb_to_y,
+                   rgb_to_y_uint8, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
@@ -59,577 +62,6 @@ def model_output(spec, out, lr, scale, resize=imresize):
     sr_y = out.float()  # (N, 1, s*h, s*w), in [0, 1]
     cbcr = resize(rgb_to_ycbcr(lr)[:, 1:], scale).float()  # (N, 2, s*h, s*w)
     return ycbcr_to_rgb(torch.cat([sr_y, cbcr], dim=1)), sr_y[:, 0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints into models: this suite's files, the tutorial's, other projects' published weights, spandrel's
-# ----------------------------------------------------------------------------------------------
-
-# What the official releases do where the weights do not say (--res-scale, --rgb-range override them).
-EDSR_PAPER_SIZE = (32, 256)  # (n_resblocks, n_feats) of the paper's EDSR: trained with res_scale 0.1
-RGB_RANGE = 255  # EDSR-PyTorch's, RCAN's and BasicSR's default value range (BasicSR's img_range)
-# A BasicSR checkpoint ({'params': ..., 'params_ema': ...}) tests with the EMA weights; then other wrappers.
-WRAPPER_KEYS = ('params_ema', 'params-ema', 'params', 'model_state_dict', 'state_dict', 'model', 'net')
-EMA_WRAPPER_KEYS = ('params_ema', 'params-ema')
-WEIGHT_CHOICES = ('ema', 'raw')  # --weights: a checkpoint's exponential moving average, or its trained weights
-
-
-class CheckpointInfo(NamedTuple):
-    """What a checkpoint holds, ready to build (describe_checkpoint).
-
-    label: its name in file names and reports ('srgan' for an SRGAN generator, spandrel's architecture id such as
-      'ESRGAN' for a spandrel file, else arch).
-    arch: a name in models.ARCHS ('srresnet' for an SRGAN generator), or spandrel's architecture id.
-    config: constructor keywords for models.build_model; for spandrel files {'architecture', 'scaling_factor',
-      'tags'} (spandrel reads the rest off the weights again).
-    state: the weights under the key names ``arch`` uses (converted from the publishing project's names).
-    spec: models.ArchSpec, how to feed the network (inference.Upscaler).
-    source: where the weights come from, in words.
-    notes: what was read off the weights and what was assumed, one sentence each (the scripts print them).
-    network: the module already built, for spandrel files (building it is how spandrel reads them), else None.
-    selected: 'ema' or 'raw' when the file holds an exponential moving average of the weights (this suite's
-      'model_ema' / 'generator_ema', BasicSR's 'params_ema') and which of them ``state`` is; None when it holds one
-      set of weights only.
-    """
-    label: str
-    arch: str
-    config: dict
-    state: dict
-    spec: models.ArchSpec
-    source: str
-    notes: tuple = ()
-    network: torch.nn.Module = None
-    selected: str = None
-
-
-class LoadedModel(NamedTuple):
-    """A network rebuilt from a checkpoint: ``model`` (eval mode, on the device), ``arch`` (a models.ARCHS name,
-    'srresnet' also for an SRGAN generator, or spandrel's architecture id), ``config`` (constructor keywords),
-    ``label`` (what it is called in file names and reports: 'srgan' for an SRGAN generator, else arch), ``spec``
-    (how to feed it: pass it to Upscaler), ``source``, ``notes`` and ``selected`` (as in CheckpointInfo)."""
-    model: torch.nn.Module
-    arch: str
-    config: dict
-    label: str
-    spec: models.ArchSpec = None
-    source: str = ''
-    notes: tuple = ()
-    selected: str = None
-
-
-def add_assumption_args(parser):
-    """--res-scale and --rgb-range: what published weights do not say about themselves (eval.py, test.py,
-    export.py). Files of this suite record both; a flag that contradicts a file is refused."""
-    g = parser.add_argument_group("published weights (only where the file does not say)")
-    g.add_argument('--res-scale', type=float, metavar='R',
-                   help="EDSR's residual scaling, not stored in EDSR-PyTorch's or BasicSR's files (default: as "
-                        "the official releases: 0.1 for the paper's 32-block 256-feature EDSR, 1 otherwise)")
-    g.add_argument('--rgb-range', type=int, choices=(1, 255),
-                   help="value range EDSR/RCAN weights were trained in (RGB in [0, 255] or [0, 1]; BasicSR's "
-                        "img_range) where the file does not say it (default: 255, the projects' default; "
-                        "EDSR-PyTorch's files say it in their sub_mean)")
-    return g
-
-
-def add_weights_arg(parser):
-    """--weights ema|raw (eval.py, test.py, export.py): which weights of a checkpoint that holds both."""
-    parser.add_argument('--weights', choices=WEIGHT_CHOICES,
-                        help="'ema': the exponential moving average of the weights that the trainer kept "
-                             "(--ema-decay; BasicSR's params_ema), which it validates and ships; 'raw': the trained "
-                             "weights themselves. Default: ema when the checkpoint has them, else its one set")
-
-
-def _select_weights(ckpt, key, weights, path):
-    """(state_dict, selected, notes) of ckpt[key] or of its moving average ckpt[key + '_ema'] (this suite's
-    trainers with --ema-decay), after the file's own notes: ``weights`` 'ema', 'raw', or None for the average when
-    there is one. UserError for 'ema' on a checkpoint without one."""
-    ema_key, notes = f'{key}_ema', list(ckpt.get('notes') or ())
-    if not isinstance(ckpt.get(ema_key), dict):
-        if weights == 'ema':
-            raise UserError(f"--weights ema: {path} holds no EMA weights (no {ema_key!r}: trained without "
-                            f"--ema-decay); drop the flag or pass --weights raw")
-        return ckpt[key], None, notes
-    decay = ckpt.get('ema_decay')
-    average = f"{ema_key!r}" + (f", decay {decay:g}" if isinstance(decay, (int, float)) else '')
-    if weights == 'raw':
-        return ckpt[key], 'raw', notes + [f"raw weights ({key!r}), not the file's EMA weights ({average})"]
-    return ckpt[ema_key], 'ema', notes + [f"EMA weights ({average}), not the raw ones ({key!r})"]
-
-
-def _srresnet_config(state, prefix, path):
-    """models.infer_srresnet_config as a UserError naming the file."""
-    try:
-        return models.infer_srresnet_config(state, prefix)
-    except ValueError as e:
-        raise UserError(f"{path}: {e}") from None
-
-
-def _first_keys(state, n=4):
-    keys = list(state)
-    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
-
-
-def _unwrap(ckpt, path, weights=None):
-    """(bare state_dict, note or None, selected): the weights inside a publishing project's wrapper (BasicSR's
-    params_ema before params unless ``weights`` is 'raw', then state_dict, model, net...; a dict with one entry),
-    without 'module.' / '_orig_mod.' / 'netG.' prefixes; ``selected`` as in CheckpointInfo. UserError when there
-    are no weights, or no EMA weights for ``weights`` 'ema'."""
-    state, note, selected = ckpt, None, None
-    present = [k for k in WRAPPER_KEYS if isinstance(ckpt.get(k), dict)]
-    averages = [k for k in present if k in EMA_WRAPPER_KEYS]
-    if weights == 'ema' and not averages:
-        raise UserError(f"--weights ema: {path} holds no EMA weights (no {' / '.join(EMA_WRAPPER_KEYS)}); drop "
-                        f"the flag or pass --weights raw")
-    usable = [k for k in present if not (weights == 'raw' and k in EMA_WRAPPER_KEYS)]
-    if weights == 'raw' and averages and not usable:
-        raise UserError(f"--weights raw: {path} holds only EMA weights ({', '.join(averages)}); drop the flag")
-    if usable:
-        key = usable[0]
-        others = [k for k in present if k != key]
-        note = f"weights from {key!r}" + (f" (also in the file: {', '.join(others)})" if others else '')
-        state = ckpt[key]
-        selected = 'ema' if key in EMA_WRAPPER_KEYS else 'raw' if averages else None
-    elif len(ckpt) == 1 and isinstance(next(iter(ckpt.values())), dict):
-        state = next(iter(ckpt.values()))
-    if not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"{path} holds no model weights: not an SR checkpoint (top-level keys: "
-                        f"{_first_keys(ckpt, 6)})")
-    state = strip_prefixes(state)
-    if all(k.startswith('netG.') for k in state):
-        state = {k[len('netG.'):]: v for k, v in state.items()}
-    return state, note, selected
-
-
-def _layout(state):
-    """Which published layout a bare state_dict is in, from its key names (see describe_checkpoint), or None."""
-    has = state.__contains__
-    if has('head.0.weight') and has('tail.1.weight'):
-        if has('body.0.body.0.body.3.conv_du.0.weight'):
-            return 'rcan'
-        if has('body.0.body.0.weight') and has('body.0.body.2.weight'):
-            return 'edsr'
-    if has('conv_first.weight') and has('conv_last.weight'):
-        if has('body.0.residual_group.0.rcab.0.weight'):
-            return 'basicsr-rcan'
-        if has('body.0.conv1.weight') and has('conv_after_body.weight') and has('upsample.0.weight'):
-            return 'basicsr-edsr'
-        if has('body.0.conv1.weight') and has('upconv1.weight') and has('conv_hr.weight'):
-            return 'msrresnet'
-    if has('conv_block1.conv_block.0.weight'):
-        return 'srresnet'
-    if has('net.conv_block1.conv_block.0.weight'):
-        return 'srgan'
-    return None
-
-
-def _tutorial_srresnet(weights):
-    """True for the tutorial's {'model': SRResNet state_dict} (no arch recorded; maybe 'module.'-prefixed)."""
-    return isinstance(weights, dict) and _layout(strip_prefixes(weights)) == 'srresnet'
-
-
-def _mean_shift_params(rgb_range, sign, dtype):
-    """MeanShift's (weight, bias) for the DIV2K mean at ``rgb_range`` (sign -1: sub_mean, +1: add_mean)."""
-    return (torch.eye(3, dtype=dtype).view(3, 3, 1, 1),
-            sign * rgb_range * torch.tensor(models.DIV2K_RGB_MEAN, dtype=dtype))
-
-
-def _with_mean_shifts(state, rgb_range):
-    """state plus sub_mean / add_mean for the DIV2K mean at rgb_range (BasicSR keeps them out of the weights)."""
-    out = dict(state)
-    dtype = state['head.0.weight'].dtype if state['head.0.weight'].is_floating_point() else torch.float32
-    for name, sign in (('sub_mean', -1), ('add_mean', 1)):
-        out[f'{name}.weight'], out[f'{name}.bias'] = _mean_shift_params(rgb_range, sign, dtype)
-    return out
-
-
-def _value_range(state, assume, notes, path):
-    """(state with mean shifts, rgb_range) for EDSR-PyTorch-named EDSR / RCAN weights: rgb_range read off the
-    stored sub_mean, whose tensors are used as they are (RCAN's and early EDSR-PyTorch's code did not freeze them);
-    without one, the DIV2K mean at --rgb-range (default 255) is assumed."""
-    read = models.mean_shift_range(state)
-    if read is None:
-        rgb_range = assume.pop('rgb_range', RGB_RANGE)
-        notes.append(f"no sub_mean/add_mean in the weights: the DIV2K mean and rgb_range {rgb_range} assumed "
-                     f"(EDSR-PyTorch's defaults; --rgb-range to change)")
-        return _with_mean_shifts(state, rgb_range), rgb_range
-    if 'add_mean.weight' not in state or 'add_mean.bias' not in state:
-        raise UserError(f"{path}: the weights have a sub_mean but no add_mean")
-    rgb_range, mean = read
-    notes.append(f"rgb_range {rgb_range} read off sub_mean (mean {', '.join(f'{m:.4f}' for m in mean)}); "
-                 f"the stored mean shifts are used as they are")
-    return state, rgb_range
-
-
-def _edsr_res_scale(n_resblocks, n_feats, assume, notes, who):
-    """res_scale for EDSR weights that do not record it: --res-scale, else the official releases' rule."""
-    if 'res_scale' in assume:
-        res_scale = float(assume.pop('res_scale'))
-        notes.append(f"res_scale {res_scale:g} (--res-scale)")
-        return res_scale
-    res_scale = 0.1 if (n_resblocks, n_feats) == EDSR_PAPER_SIZE else 1.0
-    notes.append(f"res_scale {res_scale:g} assumed: it is not stored in {who}'s weights; the official EDSR "
-                 f"({EDSR_PAPER_SIZE[0]} blocks, {EDSR_PAPER_SIZE[1]} features) was trained with 0.1, the baseline "
-                 f"and other sizes with 1 (--res-scale to change)")
-    return res_scale
-
-
-def _rename(state, mapping, path, who):
-    """state under new key names: mapping (old prefix -> new prefix) must account for every key."""
-    out = {}
-    for key, value in state.items():
-        for old, new in mapping:
-            if key.startswith(old):
-                out[new + key[len(old):]] = value
-                break
-        else:
-            raise UserError(f"{path}: {who} weights with an unexpected key {key!r}")
-    return out
-
-
-def _basicsr_to_edsr_names(n_blocks, n_groups=None):
-    """(old prefix, new prefix) pairs from BasicSR's EDSR / RCAN names to EDSR-PyTorch's (this suite's), as
-    BasicSR's own scripts/model_conversion/convert_models.py pairs them."""
-    n_body = n_blocks if n_groups is None else n_groups
-    pairs = [('conv_first.', 'head.0.'), ('conv_after_body.', f'body.{n_body}.'), ('upsample.', 'tail.0.'),
-             ('conv_last.', 'tail.1.')]
-    if n_groups is None:  # EDSR: body.i.conv1/conv2 -> body.i.body.0/2
-        pairs += [(f'body.{i}.conv{c}.', f'body.{i}.body.{2 * c - 2}.') for i in range(n_blocks) for c in (1, 2)]
-        return pairs
-    for g in range(n_groups):  # RCAN: residual_group.b.rcab.{0,2,3.attention.1,3.attention.3}, group conv
-        pairs.append((f'body.{g}.conv.', f'body.{g}.body.{n_blocks}.'))
-        for b in range(n_blocks):
-            src, dst = f'body.{g}.residual_group.{b}.rcab.', f'body.{g}.body.{b}.body.'
-            pairs += [(src + '0.', dst + '0.'), (src + '2.', dst + '2.'),
-                      (src + '3.attention.1.', dst + '3.conv_du.0.'), (src + '3.attention.3.', dst + '3.conv_du.2.')]
-    return pairs
-
-
-def _published(state, layout, path, assume, notes):
-    """(arch, config, state in the suite's names, source) for a bare state_dict in a published layout."""
-    try:
-        if layout == 'edsr':  # EDSR-PyTorch's EDSR / EDSR-baseline (the official .pt files)
-            shape = models.infer_edsr_config(state)
-            state, rgb_range = _value_range(state, assume, notes, path)
-            res_scale = _edsr_res_scale(shape['n_resblocks'], shape['n_feats'], assume, notes, 'EDSR-PyTorch')
-            return 'edsr', dict(shape, res_scale=res_scale, rgb_range=rgb_range), state, 'EDSR-PyTorch EDSR'
-        if layout == 'rcan':  # the official RCAN release (RCAN_BIX*.pt) and EDSR-PyTorch's rcan.py: the same names
-            shape = models.infer_rcan_config(state)
-            state, rgb_range = _value_range(state, assume, notes, path)
-            return 'rcan', dict(shape, rgb_range=rgb_range), state, 'RCAN (official release / EDSR-PyTorch)'
-        if layout == 'basicsr-edsr':
-            n_blocks = models.sequence_length(state, 'body')
-            state = _rename(state, _basicsr_to_edsr_names(n_blocks), path, 'BasicSR EDSR')
-            shape = models.infer_edsr_config(state)
-            rgb_range = _basicsr_range(assume, notes)
-            res_scale = _edsr_res_scale(shape['n_resblocks'], shape['n_feats'], assume, notes, 'BasicSR')
-            return ('edsr', dict(shape, res_scale=res_scale, rgb_range=rgb_range), _with_mean_shifts(state, rgb_range),
-                    'BasicSR EDSR')
-        if layout == 'basicsr-rcan':
-            n_groups = models.sequence_length(state, 'body')
-            n_blocks = models.sequence_length(state, 'body.0.residual_group')
-            state = _rename(state, _basicsr_to_edsr_names(n_blocks, n_groups), path, 'BasicSR RCAN')
-            shape = models.infer_rcan_config(state)
-            rgb_range = _basicsr_range(assume, notes)
-            state = _fold_rcab_res_scale(state, shape, assume.pop('res_scale', 1.0), notes)
-            return 'rcan', dict(shape, rgb_range=rgb_range), _with_mean_shifts(state, rgb_range), 'BasicSR RCAN'
-        if layout == 'msrresnet':  # BasicSR's MSRResNet: this suite's own names
-            shape = models.infer_msrresnet_config(state)
-            notes.append("LeakyReLU 0.1, bilinear skip; RGB in [0, 1] in and out, as BasicSR feeds it")
-            return 'msrresnet', shape, state, 'BasicSR MSRResNet'
-        if layout == 'srresnet':
-            return 'srresnet', _srresnet_config(state, '', path), state, "the tutorial's SRResNet"
-    except ValueError as e:
-        raise UserError(f"{path}: weights in {layout} key names, but {e}") from None
-    raise AssertionError(layout)
-
-
-def _basicsr_range(assume, notes):
-    """BasicSR's img_range (not stored: a plain attribute): --rgb-range, else BasicSR's default 255."""
-    rgb_range = assume.pop('rgb_range', RGB_RANGE)
-    notes.append(f"BasicSR stores neither img_range nor the mean: img_range {rgb_range} (--rgb-range to change) and "
-                 f"the DIV2K mean assumed, BasicSR's defaults, and folded into sub_mean/add_mean")
-    return rgb_range
-
-
-def _fold_rcab_res_scale(state, shape, res_scale, notes):
-    """BasicSR's RCAB scales its residual by res_scale (official configs: 1); this suite's RCAB has none, so a
-    res_scale r != 1 goes into the weights: the second conv times r, and the first 1x1 conv of the channel
-    attention divided by r, which sees r times its input's mean (exact: CA(r h) = r CA(h) then)."""
-    r = float(res_scale)
-    if r <= 0:
-        raise UserError(f"--res-scale {r:g}: must be positive")
-    if r != 1:
-        state = dict(state)
-        for g in range(shape['n_resgroups']):
-            for b in range(shape['n_resblocks']):
-                p = f'body.{g}.body.{b}.body.'
-                state[p + '2.weight'], state[p + '2.bias'] = state[p + '2.weight'] * r, state[p + '2.bias'] * r
-                state[p + '3.conv_du.0.weight'] = state[p + '3.conv_du.0.weight'] / r
-    notes.append(f"res_scale {r:g} (not stored: BasicSR's official RCAN configs use 1; --res-scale to change)"
-                 + (", folded into the weights" if r != 1 else ''))
-    return state
-
-
-def _import_spandrel():
-    """spandrel (optional: only files no other rule recognises need it), or None when it is not installed."""
-    try:
-        import spandrel
-    except ImportError:
-        return None
-    return spandrel
-
-
-class SpandrelNetwork(torch.nn.Module):
-    """A network spandrel loaded, called as spandrel calls it (a few architectures return a tuple: spandrel keeps
-    their call in the descriptor's private _call_fn), on a copy of its input (spandrel's RCAN, for one, scales its
-    input in place). Takes and gives RGB in [0, 1]."""
-
-    def __init__(self, descriptor):
-        super().__init__()
-        self.net = descriptor.model
-        self.call = getattr(descriptor, '_call_fn', None) or _call_module
-
-    def forward(self, x):
-        return self.call(self.net, x.clone())  # (N, 3, s*h, s*w)
-
-
-def _call_module(module, x):
-    return module(x)
-
-
-def spandrel_spec(descriptor):
-    """A models.ArchSpec for a network spandrel loaded: RGB in [0, 1] in and out, its one scale, its size
-    requirements (Upscaler pads to them) and the precisions spandrel says it supports."""
-    req = descriptor.size_requirements
-    precisions = ('fp32',) + ('bf16',) * bool(descriptor.supports_bfloat16) + ('fp16',) * bool(
-        descriptor.supports_half)
-    return models.ArchSpec(descriptor.architecture.id, type(descriptor.model),
-                           f"{descriptor.architecture.name} (run by spandrel)", scales=(descriptor.scale,),
-                           color='rgb', in_type='[0, 1]', out_type='[0, 1]', min_size=max(1, req.minimum),
-                           multiple_of=req.multiple_of, square=req.square, precisions=precisions)
-
-
-def _spandrel_info(state, path, notes, recorded=None):
-    """CheckpointInfo of weights only spandrel can build (ESRGAN, Real-ESRGAN Compact, SwinIR, HAT, ...);
-    ``recorded``: the architecture id a converted file records (checked)."""
-    spandrel = _import_spandrel()
-    seen = f"{len(state)} tensor(s): {_first_keys(state)}"
-    if spandrel is None:
-        raise UserError(f"{path}: weights of an architecture this suite does not build itself ({seen}); spandrel "
-                        f"runs many more (ESRGAN, Real-ESRGAN, SwinIR, HAT, ...): pip install spandrel")
-    try:
-        descriptor = spandrel.ModelLoader(device='cpu').load_from_state_dict(dict(state))
-    except spandrel.UnsupportedModelError:
-        raise UserError(f"{path}: unrecognised weights ({seen}): not this suite's, the tutorial's, EDSR-PyTorch's, "
-                        f"RCAN's or BasicSR's EDSR/RCAN/MSRResNet layout, nor an architecture spandrel "
-                        f"{spandrel.__version__} knows") from None
-    except Exception as e:  # detected, but the weights do not fit what spandrel built
-        raise UserError(f"{path}: spandrel {spandrel.__version__} could not load these weights "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
-    arch = descriptor.architecture.id
-    if recorded is not None and recorded != arch:
-        raise UserError(f"{path} records a spandrel {recorded}, but spandrel reads its weights as {arch}")
-    purpose = getattr(descriptor, 'purpose', None)
-    if purpose != 'SR':
-        raise UserError(f"{path}: spandrel's {arch} is a {purpose} model, not single-image super-resolution")
-    if (descriptor.input_channels, descriptor.output_channels) != (3, 3):
-        raise UserError(f"{path}: spandrel's {arch} takes {descriptor.input_channels} and gives "
-                        f"{descriptor.output_channels} channels; only RGB models (3 and 3) run here")
-    descriptor.eval()
-    req = descriptor.size_requirements
-    notes.append(f"spandrel {spandrel.__version__}: {descriptor.architecture.name} x{descriptor.scale}"
-                 + (f" ({', '.join(descriptor.tags)})" if descriptor.tags else '') + "; RGB in [0, 1] in and out")
-    if req.minimum > 2 or req.multiple_of > 1 or req.square:  # Upscaler takes 2 px and more anyway
-        notes.append(f"inputs are padded (reflected) to {arch}'s size requirements: at least {req.minimum} px, "
-                     f"a multiple of {req.multiple_of}" + (", square" if req.square else ''))
-    if descriptor.tiling.name != 'SUPPORTED':
-        notes.append(f"spandrel says tiling is {descriptor.tiling.name.lower()} for {arch}: tiles (--max-memory, "
-                     f"--tile) may leave seams")
-    config = {'architecture': arch, 'scaling_factor': int(descriptor.scale), 'tags': list(descriptor.tags)}
-    return CheckpointInfo(arch, arch, config, dict(state), spandrel_spec(descriptor),
-                          f"spandrel {spandrel.__version__}: {descriptor.architecture.name}", tuple(notes),
-                          SpandrelNetwork(descriptor))
-
-
-def _suite_info(label, arch, config, state, source, notes, path):
-    try:
-        spec = models.arch_spec(arch, config)
-    except ValueError as e:
-        raise UserError(f"{path}: {e}") from None
-    return CheckpointInfo(label, arch, dict(config), state, spec, source, tuple(notes))
-
-
-def _srgan_variant_info(ckpt, path, weights=None):
-    """CheckpointInfo of the generator of an SRGAN run of another variant than the tutorial's (train_srgan.py
-    --variant, recorded as 'variant'): a models.ARCHS architecture of its own, its weights under its own keys (or
-    their moving average, chosen by ``weights`` as for every checkpoint: _select_weights)."""
-    variant = ckpt['variant']
-    arch = models.SRGAN_VARIANT_ARCHS.get(variant)
-    if arch is None:
-        raise UserError(f"{path}: unknown SRGAN variant {variant!r} (this version knows "
-                        f"{', '.join(['tutorial', *models.SRGAN_VARIANT_ARCHS])})")
-    if not ckpt.get('generator_config'):
-        raise UserError(f"{path}: an SRGAN checkpoint of variant {variant!r} without its generator_config")
-    source = ckpt.get('source') or f"this suite (SRGAN generator, variant {variant})"
-    generator, selected, notes = _select_weights(ckpt, 'generator', weights, path)
-    return _suite_info(arch, arch, ckpt['generator_config'], strip_prefixes(generator), source, notes,
-                       path)._replace(selected=selected)
-
-
-def _check_assumptions(info, assume, path):
-    """A --res-scale / --rgb-range nobody used must agree with what the file says (or be meaningless for it)."""
-    for key, value in assume.items():
-        flag = '--' + key.replace('_', '-')
-        if key not in info.config:
-            raise UserError(f"{flag} does not apply to {path}: its {info.arch} has no {key}")
-        if info.config[key] != value:
-            raise UserError(f"{flag} {value:g}: {path} says {key} {info.config[key]:g} itself (the flag is for "
-                            f"published weights that do not say)")
-
-
-def describe_checkpoint(ckpt, path, *, res_scale=None, rgb_range=None, weights=None):
-    """CheckpointInfo of the SR network in a checkpoint of any supported kind (``ckpt``: what utils.load_checkpoint
-    read from ``path``, whose format version it checked).
-
-    - this suite's checkpoints (any architecture; SRGAN gives its generator, label 'srgan', with the generator's
-      SRResNet weights, or for another recorded 'variant' its own architecture: 'keras' gives 'srgan_keras'), also
-      as safetensors, and the tutorial's own SRResNet/SRGAN checkpoints, whose configuration is read off the
-      weights;
-    - bare state_dicts and BasicSR checkpoints ({'params', 'params_ema'}: EMA preferred), in the layouts of
-      EDSR-PyTorch's EDSR / EDSR-baseline, the official RCAN release (the suite's own key names), BasicSR's EDSR,
-      RCAN (renamed to the suite's) and MSRResNet (the suite's 'msrresnet'): configuration read off the shapes;
-      what the weights do not say (EDSR's res_scale, BasicSR's img_range) follows the official releases unless
-      ``res_scale`` / ``rgb_range`` say otherwise, and is stated in ``notes``;
-    - anything else spandrel (optional) recognises, as a spandrel network.
-    Anything else is a UserError of one line saying what was seen.
-    ``weights``: 'ema' or 'raw' for a file that holds an exponential moving average of the weights too (this
-    suite's 'model_ema' / 'generator_ema', BasicSR's 'params_ema'), None for the average when there is one; which
-    was used is ``selected`` and a note.
-    """
-    if weights not in (None,) + WEIGHT_CHOICES:
-        raise ValueError(f"weights must be one of {WEIGHT_CHOICES} or None, not {weights!r}")
-    assume = {k: v for k, v in (('res_scale', res_scale), ('rgb_range', rgb_range)) if v is not None}
-    notes = []
-    if 'generator' in ckpt and ckpt.get('variant', 'tutorial') != 'tutorial':
-        info = _srgan_variant_info(ckpt, path, weights)
-    elif 'generator' in ckpt:
-        generator, selected, ema_notes = _select_weights(ckpt, 'generator', weights, path)
-        state = strip_prefixes(generator)
-        config = ckpt.get('generator_config') or _srresnet_config(state, 'net.', path)
-        state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
-        source = ckpt.get('source') or ('this suite (SRGAN generator)' if 'generator_config' in ckpt
-                                        else "the tutorial's SRGAN generator")
-        info = _suite_info('srgan', 'srresnet', config, state, source, ema_notes, path)._replace(selected=selected)
-    elif ckpt.get('arch') == 'spandrel' and 'model' in ckpt:
-        recorded = (ckpt.get('model_config') or {}).get('architecture')
-        model, selected, ema_notes = _select_weights(ckpt, 'model', weights, path)
-        info = _spandrel_info(model, path, [], recorded)._replace(selected=selected)
-        if ema_notes:  # what was noted when the file was first read (its wrapper, say), not noted twice
-            info = info._replace(notes=tuple(ema_notes))
-    elif 'model' in ckpt and ('arch' in ckpt or 'model_config' in ckpt or _tutorial_srresnet(ckpt['model'])):
-        model, selected, ema_notes = _select_weights(ckpt, 'model', weights, path)
-        state = strip_prefixes(model)
-        arch = ckpt.get('arch', 'srresnet')
-        if arch not in models.ARCHS:
-            raise UserError(f"{path}: unknown architecture {arch!r}")
-        config = ckpt.get('model_config') or _srresnet_config(state, '', path)
-        source = ckpt.get('source') or ('this suite' if 'arch' in ckpt else "the tutorial's SRResNet")
-        info = _suite_info(arch, arch, config, state, source, ema_notes, path)._replace(selected=selected)
-    else:
-        state, wrapper, selected = _unwrap(ckpt, path, weights)
-        notes += [wrapper] if wrapper else []
-        layout = _layout(state)
-        if layout == 'srgan':  # a bare Generator state_dict (net.* keys)
-            return describe_checkpoint({'generator': state, 'source': "the tutorial's SRGAN generator",
-                                        'notes': notes}, path, res_scale=res_scale,
-                                       rgb_range=rgb_range)._replace(selected=selected)
-        if layout is None:
-            info = _spandrel_info(state, path, notes)
-        else:
-            arch, config, state, source = _published(state, layout, path, assume, notes)
-            info = _suite_info(arch, arch, models.model_config(arch, config.pop('scaling_factor'), **config), state,
-                               source, notes, path)
-        info = info._replace(selected=selected)
-    _check_assumptions(info, assume, path)
-    return info
-
-
-def read_checkpoint(path, *, res_scale=None, rgb_range=None, weights=None):
-    """describe_checkpoint of the file at ``path`` (read with utils.load_checkpoint: weights_only or safetensors)."""
-    return describe_checkpoint(load_checkpoint(path), path, res_scale=res_scale, rgb_range=rgb_range,
-                               weights=weights)
-
-
-def build_network(info, path):
-    """The network of a CheckpointInfo with its weights loaded (strictly), in eval mode, on the CPU."""
-    if info.network is not None:
-        return info.network.eval()
-    try:
-        model = models.build_model(info.arch, info.config)
-        model.load_state_dict(info.state)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: weights do not match a {info.arch} with {info.config} "
-                        f"({str(e).splitlines()[0][:160]})") from None
-    return model.eval()
-
-
-def load_sr_model(path, device='cpu', expect_scale=None, *, res_scale=None, rgb_range=None, weights=None):
-    """Rebuild the SR network recorded in a checkpoint file (any kind describe_checkpoint accepts): a LoadedModel
-    (model in eval mode on ``device``).
-
-    ``expect_scale`` turns a scale mismatch into a UserError naming both scales; ``res_scale`` and ``rgb_range``
-    set what published weights do not say; ``weights`` picks the EMA ('ema', the default when the file has them)
-    or the raw weights ('raw'); see describe_checkpoint.
-    """
-    info = read_checkpoint(path, res_scale=res_scale, rgb_range=rgb_range, weights=weights)
-    scale = int(info.config['scaling_factor'])
-    if expect_scale is not None and int(expect_scale) != scale:
-        raise UserError(f"{path} was trained for x{scale}, not x{expect_scale}: pass --scale {scale} "
-                        f"or a x{expect_scale} checkpoint")
-    model = build_network(info, path)
-    return LoadedModel(model.to(device).eval(), info.arch, info.config, info.label, info.spec, info.source,
-                       info.notes, info.selected)
-
-
-def suite_checkpoint(info):
-    """A CheckpointInfo as a checkpoint of this suite (plain data and a state_dict: utils.save_checkpoint or
-    utils.save_safetensors_checkpoint write it; describe_checkpoint reads it back to the same network). A spandrel
-    network is recorded as arch 'spandrel' with its canonical weights: spandrel still builds it when it is read."""
-    if info.label == 'srgan':
-        weights = {'generator': {'net.' + k: v for k, v in info.state.items()}, 'generator_config': info.config}
-    else:
-        weights = {'model': info.state, 'model_config': info.config}
-    arch = info.label if info.label == 'srgan' else 'spandrel' if info.network is not None else info.arch
-    return {'format_version': FORMAT_VERSION, 'arch': arch, **weights, 'source': info.source,
-            'notes': list(info.notes)}
-
-
-def convert_legacy_checkpoint(src, dst):
-    """Convert a tutorial checkpoint holding whole pickled models into this suite's format.
-
-    This UNPICKLES ``src`` without restrictions, which can execute code: run it only on files you trust.
-    """
-    ckpt = torch.load(src, map_location='cpu', weights_only=False)
-    out = {'format_version': FORMAT_VERSION, 'epoch': int(ckpt.get('epoch', 0))}
-    for key in ('model', 'generator', 'discriminator'):
-        obj = ckpt.get(key)
-        if obj is not None:
-            out[key] = strip_prefixes(obj.state_dict() if hasattr(obj, 'state_dict') and not isinstance(obj, dict)
-                                      else obj)
-    for key in ('optimizer', 'optimizer_g', 'optimizer_d'):
-        obj = ckpt.get(key)
-        if obj is not None:
-            out[key] = obj.state_dict() if hasattr(obj, 'state_dict') else obj
-    if 'model' not in out and 'generator' not in out:
-        raise UserError(f"{src} holds neither 'model' nor 'generator': not a tutorial checkpoint")
-    if 'generator' in out:
-        out['arch'] = 'srgan'
-        out['generator_config'] = _srresnet_config(out['generator'], 'net.', src)
-    else:
-        out['arch'] = 'srresnet'
-        out['model_config'] = _srresnet_config(out['model'], '', src)
-    save_checkpoint(out, dst)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -738,9 +170,10 @@ def pad_to_requirements(x, spec):
 class Upscaler:
     """Runs any architecture of the suite (or a spandrel network) on RGB images, hiding its input/output conventions.
 
-    ``arch``: a name in models.ARCHS, or the models.ArchSpec that describes the network (LoadedModel.spec: also
-    for EDSR/RCAN in [0, 1] and spandrel networks). Inputs are padded to the spec's size requirements (reflected,
-    then replicated where reflection runs out) and the outputs cropped back.
+    ``spec``: the models.ArchSpec that describes the network (a ModelDescription's spec, which is right also for
+    EDSR/RCAN in [0, 1] and spandrel networks; models.arch_spec for a network built here). Inputs are padded to the
+    spec's size requirements (reflected, then replicated where reflection runs out) and the outputs cropped back.
+    The scripts do not build one themselves: ImageUpscaler does, from a ModelDescription and UpscaleOptions.
 
     ``upscale(lr)`` takes (N, 3, h, w) RGB in [0, 1] on any device and returns (sr_rgb, sr_y):
     sr_rgb (N, 3, s*h, s*w) in [0, 1] (float32, unclamped), and for Y-channel models the model's own luma
@@ -777,15 +210,18 @@ class Upscaler:
     becoming a black or saturated image.
     """
 
-    def __init__(self, model, arch, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
+    def __init__(self, model, spec, scale, device, *, tile=None, tile_overlap=16, max_memory=None,
                  precision='fp32', self_ensemble=False, channels_last=False, fuse=False, name=None):
-        spec = arch if isinstance(arch, models.ArchSpec) else models.ARCHS[arch]
+        if not isinstance(spec, models.ArchSpec):
+            raise TypeError(f"spec must be a models.ArchSpec (a ModelDescription's spec, or models.arch_spec), not "
+                            f"{spec!r}")
         self.model, self.spec, self.scale, self.device = model, spec, int(scale), torch.device(device)
         self.name = name or 'the model'
         if tile is not None and int(tile) < max(self.min_input_size(), 1):
             raise UserError(f"tile {tile} is too small: at least {self.min_input_size()} px")
         if tile_overlap < 0 or (tile is not None and tile_overlap >= tile):
-            raise UserError(f"tile overlap {tile_overlap} must be >= 0 and smaller than the tile ({tile})")
+            smaller = f" and smaller than the tile ({tile})" if tile is not None else ''
+            raise UserError(f"tile overlap {tile_overlap}: must be >= 0{smaller}")
         self.tile, self.tile_overlap = (None if tile is None else int(tile)), int(tile_overlap)
         try:
             self.max_memory = parse_memory(max_memory)
@@ -993,6 +429,110 @@ class Upscaler:
 
 
 # ----------------------------------------------------------------------------------------------
+# The one way the scripts upscale (test.py's images and video frames, app.py's jobs, eval.py's passes)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """How a model upscales: test.py's flags and the web page's fields of the same names (Upscaler's options).
+    max_memory: bytes, 'auto' (auto_memory_budget of the device, decided when ImageUpscaler sets the model up) or None
+    (no budget); memory_option reads a flag or a field into it. The defaults run the whole image in fp32."""
+    tile: int = None
+    tile_overlap: int = 16
+    max_memory: object = None
+    precision: str = 'fp32'
+    self_ensemble: bool = False
+    channels_last: bool = False
+    fuse: bool = False
+
+
+def memory_option(text, what):
+    """A memory budget as typed ('auto', '2GB', '512MB', a byte count) as UpscaleOptions.max_memory: 'auto' or bytes.
+    UserError naming ``what`` (the flag or the field) when it is not a memory size."""
+    if str(text).strip() == 'auto':
+        return 'auto'
+    try:
+        return parse_memory(text)
+    except ValueError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def images_to_tensor(images):
+    """Same-size PIL images (RGB, or RGBA whose alpha is left out here) -> (N, 3, h, w) float32 RGB in [0, 1]."""
+    return torch.stack([pil_to_tensor(img.convert('RGB')) for img in images]).float().div_(255.)
+
+
+def sr_image(sr, img, scale):
+    """The SR image of the PIL image ``img`` as a PIL image: ``sr`` ((3, s*h, s*w) uint8 RGB) with, when ``img`` is
+    RGBA, its alpha channel upscaled by MATLAB-style bicubic (utils.bicubic_upscale) attached."""
+    if img.mode == 'RGBA':
+        alpha = bicubic_upscale(pil_to_tensor(img.getchannel('A')), scale)  # (1, s*h, s*w) uint8
+        sr = torch.cat([sr, alpha])  # (4, s*h, s*w)
+    return Image.fromarray(np.ascontiguousarray(sr.permute(1, 2, 0).numpy()))  # RGB or RGBA from the shape
+
+
+class ImageUpscaler:
+    """The one way test.py (images and video frames), app.py and eval.py upscale with a model: a
+    checkpoints.ModelDescription and UpscaleOptions set up as an Upscaler (``upscaler``; the budget 'auto' decided
+    for ``device``), with the same conversions and the same errors for all three.
+
+    upscale(lr) and upscale_uint8(lr) are the Upscaler's, and upscale_images(images) takes same-size PIL images
+    (images_to_tensor; sr_image then turns each result back into an image, alpha included); running out of memory
+    in any of them is one line (UserError) that says ``out_of_memory``: how the caller's user lowers the memory
+    needed (test.py names its flags, the page its field). precision_note() says what --precision auto picked.
+    """
+
+    def __init__(self, model, device, options=UpscaleOptions(), *, out_of_memory='lower the memory budget'):
+        budget = auto_memory_budget(device) if options.max_memory == 'auto' else options.max_memory
+        self.model, self.scale, self.label, self.out_of_memory = model, model.scale, model.label, out_of_memory
+        self.upscaler = Upscaler(model.network, model.spec, model.scale, device, tile=options.tile,
+                                 tile_overlap=options.tile_overlap, max_memory=budget, precision=options.precision,
+                                 self_ensemble=options.self_ensemble, channels_last=options.channels_last,
+                                 fuse=options.fuse, name=model.path)
+
+    @property
+    def precision(self):
+        return self.upscaler.precision
+
+    def precision_note(self, change):
+        """'bf16 (why; ``change``)' when the precision was picked for this machine (UpscaleOptions.precision 'auto'),
+        else None; ``change``: how the caller's user picks another."""
+        reason = self.upscaler.precision_reason
+        return f"{self.upscaler.precision} ({reason}; {change})" if reason else None
+
+    def min_input_size(self):
+        return self.upscaler.min_input_size()
+
+    @contextlib.contextmanager
+    def _memory_errors(self, name=None):
+        """An allocation failure inside as a UserError of one line (``name``: the image, when there is one)."""
+        try:
+            yield
+        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+            if not is_out_of_memory(e):
+                raise
+            raise UserError(f"{name + ': ' if name else ''}out of memory while upscaling: {self.out_of_memory} "
+                            f"({str(e).splitlines()[0][:100]})") from None
+
+    def upscale(self, lr, progress=None):
+        """Upscaler.upscale: (sr_rgb, sr_y) of lr (N, 3, h, w) RGB in [0, 1]."""
+        with self._memory_errors():
+            return self.upscaler.upscale(lr, progress)
+
+    def upscale_uint8(self, lr, progress=None):
+        """Upscaler.upscale_uint8: lr (N, 3, h, w) RGB in [0, 1] -> (N, 3, s*h, s*w) uint8 on the CPU."""
+        with self._memory_errors():
+            return self.upscaler.upscale_uint8(lr, progress)
+
+    def upscale_images(self, images, progress=None, name=None):
+        """Same-size PIL images (RGB or RGBA) -> their SR (N, 3, s*h, s*w) uint8 RGB on the CPU (sr_image adds the
+        alpha); ``name``: the image in an out-of-memory message."""
+        with self._memory_errors(name):
+            return self.upscaler.upscale_uint8(images_to_tensor(images), progress)
+
+
+# ----------------------------------------------------------------------------------------------
 # The papers' protocol on one image (eval.py, and validation while training)
 # ----------------------------------------------------------------------------------------------
 
@@ -1048,278 +588,3 @@ class RGBNetwork(torch.nn.Module):
         x = model_input(self.spec, lr, self.scale, resize=imresize_up)  # in the network's input space
         sr, _ = model_output(self.spec, self.network(x), lr, self.scale, resize=imresize_up)  # (N, 3, s*h, s*w)
         return sr.clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Videos: every frame through an Upscaler, the timing kept, the audio copied (PyAV)
-# ----------------------------------------------------------------------------------------------
-
-VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.mov', '.mkv', '.webm', '.avi', '.mpg', '.mpeg', '.ts', '.mts', '.m2ts',
-                    '.flv', '.wmv', '.ogv', '.3gp')
-# Output containers: these keep the input's; any other input is written as Matroska, which holds H.264 and nearly
-# every audio codec (WebM cannot hold H.264, AVI and MPEG-TS hold its timing badly).
-VIDEO_MUXERS = {'.mp4': 'mp4', '.m4v': 'ipod', '.mov': 'mov', '.mkv': 'matroska'}
-MUXER_OPTIONS = {'mp4': {'movflags': '+faststart'}, 'ipod': {'movflags': '+faststart'},
-                 'mov': {'movflags': '+faststart'}}  # the index first: plays while it downloads
-# FFmpeg's demuxers and decoders say 'partial file', 'File ended prematurely', 'Invalid NAL unit size' at this
-# level and still hand out what they could read: logged errors count as damage (with frame-count and duration
-# checks behind them).
-_FFMPEG_ERROR = av.logging.ERROR
-
-
-def is_video_file(path):
-    """True for a file test.py treats as a video: a video extension (VIDEO_EXTENSIONS, any letter case), or an
-    extension of neither kind on a file that Pillow cannot open and PyAV opens as a moving-picture container."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext in VIDEO_EXTENSIONS:
-        return True
-    if ext in IMAGE_EXTENSIONS or not os.path.isfile(path):
-        return False
-    try:
-        with Image.open(path):
-            return False  # any image Pillow reads stays an image (GIF, PPM, ...), as before
-    except Exception:  # Pillow raises many types for what it cannot read
-        pass
-    try:
-        with av.open(path, metadata_errors='ignore') as container:
-            name = container.format.name  # FFmpeg also 'plays' stills and text files (image2, *_pipe, tty)
-            still = name in ('image2', 'tty') or name.endswith('_pipe')
-            return not still and _main_video_stream(container) is not None
-    except (av.error.FFmpegError, OSError, ValueError):
-        return False
-
-
-def video_output_path(src, output_dir, label):
-    """Where test.py writes the upscaled video: <output_dir>/<stem>_<label><ext>, ext the input's when it is
-    .mp4 .m4v .mov or .mkv, else .mkv (see VIDEO_MUXERS)."""
-    stem, ext = os.path.splitext(os.path.basename(src))
-    return os.path.join(output_dir, f"{stem}_{label}{ext.lower() if ext.lower() in VIDEO_MUXERS else '.mkv'}")
-
-
-class VideoInfo(NamedTuple):
-    """What probe_video reads from a file's header: frame size, frame rate (a Fraction), the number of frames the
-    header states (None when it states none), the video's duration in seconds (None when unknown), the
-    container's name and the codecs of the video and of its audio streams."""
-    width: int
-    height: int
-    fps: object
-    frames: object
-    duration: object
-    container: str
-    codec: str
-    audio: tuple
-
-    @property
-    def expected_frames(self):
-        """The header's frame count, else duration x frame rate (an estimate, for progress bars), else None."""
-        return self.frames or (round(self.duration * self.fps) if self.duration else None)
-
-
-def _main_video_stream(container):
-    """The first video stream that is not an attached picture (cover art), or None."""
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
-            return stream
-    return None
-
-
-def _stream_duration(stream):
-    """The video stream's duration in seconds from the header: stream.duration (mp4), else Matroska's DURATION
-    tag (which is the stream's end time); None when neither is there."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    tag = (stream.metadata or {}).get('DURATION')
-    if tag:
-        try:
-            hours, minutes, seconds = tag.split(':')
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        except ValueError:
-            pass
-    return None
-
-
-def _video_info(container, stream):
-    cc = stream.codec_context
-    fps = stream.average_rate or stream.guessed_rate or stream.base_rate
-    audio = tuple(a.codec_context.name for a in container.streams.audio)
-    return VideoInfo(cc.width, cc.height, fps, stream.frames or None, _stream_duration(stream),
-                     container.format.name, cc.name, audio)
-
-
-def _why(error):
-    return getattr(error, 'strerror', None) or str(error).splitlines()[0][:120] or type(error).__name__
-
-
-def probe_video(path):
-    """VideoInfo of a video file; UserError (one line) when it is missing, not a video PyAV can read, or has no
-    video stream. Reads the header only."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        with av.open(path, metadata_errors='ignore') as container:
-            stream = _main_video_stream(container)
-            if stream is None:
-                raise UserError(f"{path}: no video stream in this file")
-            info = _video_info(container, stream)
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable video ({_why(e)})") from None
-    if not (info.width and info.height and info.fps):
-        raise UserError(f"{path}: the video stream has no frame size or frame rate")
-    return info
-
-
-class VideoResult(NamedTuple):
-    """What upscale_video did: frames written, input and output sizes, seconds in all and in the model, audio
-    packets copied, and warnings (one line each)."""
-    frames: int
-    in_size: tuple
-    out_size: tuple
-    seconds: float
-    model_seconds: float
-    audio_packets: int
-    warnings: tuple
-
-
-def _encoder():
-    """'libx264' where PyAV's FFmpeg has it (its wheels do), else 'mpeg4' (FFmpeg's own MPEG-4 Part 2)."""
-    try:
-        av.codec.Codec('libx264', 'w')
-        return 'libx264'
-    except (av.error.FFmpegError, ValueError):
-        return 'mpeg4'
-
-
-def _check_ffmpeg_log(log, names, src):
-    """UserError for an error that FFmpeg logged from the input's demuxer or decoder (damage it read past)."""
-    for entry in log:
-        level, name, message = entry[0], entry[1], entry[2]
-        if level <= _FFMPEG_ERROR and name in names:
-            raise UserError(f"{src}: corrupt or truncated video ({name}: {message.strip()})")
-
-
-def _frame_tensor(frame):
-    """Decoded frame -> (1, 3, h, w) float32 RGB in [0, 1], converted with the frame's own matrix and range."""
-    rgb = frame.to_ndarray(format='rgb24', src_color_range=frame.color_range)  # (h, w, 3) uint8
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.)
-
-
-def video_tags(path):
-    """The container-level metadata tags of a video file ({} when it has none or cannot be read)."""
-    try:
-        with av.open(path, metadata_errors='ignore') as container:
-            return dict(container.metadata or {})
-    except (av.error.FFmpegError, OSError, ValueError):
-        return {}
-
-
-def upscale_video(upscaler, src, dst, *, crf=18, preset='medium', progress=None, tags=None):
-    """Upscale every frame of the video ``src`` with ``upscaler`` (tiling and memory budget apply per frame) into
-    ``dst``: H.264 (libx264, yuv420p, ``crf``, ``preset``; FFmpeg's mpeg4 where libx264 is missing), every frame at
-    its own timestamp in the input's time base (constant and variable frame rates and start offsets survive), the
-    audio streams copied packet for packet (no re-encoding); subtitle and data streams are dropped. The container
-    follows dst's extension (VIDEO_MUXERS).
-
-    yuv420p needs even sizes: an odd output side loses its last row or column (a warning says so). The colour
-    matrix and range of the input are used to decode and to encode, and tagged on the output.
-    ``progress(done, total)`` is called after every frame (total: VideoInfo.expected_frames, or None); ``tags``
-    ({key: text}) are written as the output container's metadata.
-
-    A damaged input (unreadable header, a decoding error, an error logged by FFmpeg's demuxer or decoder, a frame
-    flagged corrupt, or clearly fewer frames or seconds than the header promises) raises UserError; dst is
-    written atomically (utils.atomic_path), so any failure, Ctrl-C included, leaves no partial file and an
-    existing dst as it was.
-    """
-    info = probe_video(src)
-    ext = os.path.splitext(dst)[1].lower()
-    if ext not in VIDEO_MUXERS:
-        raise UserError(f"{dst}: write videos as {', '.join(VIDEO_MUXERS)}")
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise UserError(f"{dst}: the output would overwrite the input")
-    s, encoder, warned = upscaler.scale, _encoder(), []
-    width, height = info.width * s - info.width * s % 2, info.height * s - info.height * s % 2
-    if (width, height) != (info.width * s, info.height * s):
-        warned.append(f"{src}: output cropped to {width}x{height} px (x{s} is {info.width * s}x{info.height * s}; "
-                      f"yuv420p needs even sizes)")
-    if encoder != 'libx264':
-        warned.append(f"libx264 is not in this FFmpeg build: encoding with {encoder} (larger files)")
-    options = {'crf': str(crf), 'preset': preset} if encoder == 'libx264' else {'qscale': '2'}
-    start, model_seconds, frames, audio_packets = timer(), 0., 0, 0
-    level = av.logging.get_level()
-    av.logging.set_level(_FFMPEG_ERROR)  # PyAV keeps FFmpeg silent by default: its error lines are evidence here
-    try:
-        with av.logging.Capture(local=False) as log, atomic_path(dst) as tmp, \
-                av.open(src, metadata_errors='ignore') as inp, \
-                av.open(tmp, 'w', format=VIDEO_MUXERS[ext], options=MUXER_OPTIONS.get(VIDEO_MUXERS[ext], {})) as out:
-            out.metadata.update(tags or {})
-            ivs = _main_video_stream(inp)
-            ivs.thread_type = 'AUTO'
-            names = {inp.format.name, ivs.codec_context.name}
-            ovs = out.add_stream(encoder, rate=info.fps, options=options)
-            ovs.width, ovs.height, ovs.pix_fmt = width, height, 'yuv420p'
-            ovs.time_base = ovs.codec_context.time_base = ivs.time_base  # the input's pts values, as they are
-            for attr in ('colorspace', 'color_range', 'color_primaries', 'color_trc'):
-                setattr(ovs.codec_context, attr, getattr(ivs.codec_context, attr))
-            audio = {}
-            for ias in inp.streams.audio:
-                if ias.codec_context.name not in out.supported_codecs:
-                    raise UserError(f"{src}: its {ias.codec_context.name} audio cannot be copied into {ext}: "
-                                    f"write .mkv")
-                audio[ias] = out.add_stream_from_template(ias)
-            dropped = len(inp.streams) - len(audio) - len(inp.streams.video)
-            if dropped:
-                warned.append(f"{src}: {dropped} subtitle, data or attachment stream(s) not copied")
-            last_pts, last_time = None, None
-            for packet in inp.demux(ivs, *audio):
-                if packet.stream is not ivs:
-                    if packet.dts is not None:  # the demuxer's final empty packets carry nothing
-                        packet.stream = audio[packet.stream]
-                        out.mux(packet)
-                        audio_packets += 1
-                    continue
-                try:
-                    decoded = packet.decode()
-                except (av.error.FFmpegError, ValueError) as e:
-                    raise UserError(f"{src}: corrupt video data near frame {frames} ({_why(e)})") from None
-                for frame in decoded:
-                    _check_ffmpeg_log(log, names, src)
-                    if frame.is_corrupt:
-                        raise UserError(f"{src}: corrupt video frame {frames} (at {frame.time} s)")
-                    if (frame.width, frame.height) != (info.width, info.height):
-                        raise UserError(f"{src}: the frame size changes from {info.width}x{info.height} to "
-                                        f"{frame.width}x{frame.height} at frame {frames}; not supported")
-                    t0 = timer()
-                    sr = upscaler.upscale_uint8(_frame_tensor(frame))[0, :, :height, :width]  # (3, H, W) uint8
-                    model_seconds += timer() - t0
-                    rgb = np.ascontiguousarray(sr.permute(1, 2, 0).numpy())  # (H, W, 3)
-                    encoded = av.VideoFrame.from_ndarray(rgb, format='rgb24').reformat(
-                        format='yuv420p', dst_colorspace=frame.colorspace, dst_color_range=frame.color_range)
-                    pts = frame.pts
-                    if pts is None or (last_pts is not None and pts <= last_pts):  # no or repeated stamps (AVI)
-                        pts = 0 if last_pts is None else last_pts + max(1, round(1 / (info.fps * ivs.time_base)))
-                    encoded.pts, encoded.time_base = pts, ivs.time_base
-                    out.mux(ovs.encode(encoded))
-                    frames, last_pts, last_time = frames + 1, pts, float(pts * ivs.time_base)
-                    if progress is not None:
-                        progress(frames, info.expected_frames)
-            out.mux(ovs.encode())  # the frames the encoder still holds
-            _check_ffmpeg_log(log, names, src)
-            _check_complete(src, info, frames, last_time)
-    except (av.error.FFmpegError, OSError) as e:
-        raise UserError(f"{src}: video failed ({_why(e)}); nothing written to {dst}") from None
-    finally:
-        av.logging.set_level(level)
-    return VideoResult(frames, (info.width, info.height), (width, height), timer() - start, model_seconds,
-                       audio_packets, tuple(warned))
-
-
-def _check_complete(src, info, frames, last_time):
-    """UserError when clearly less of the video was decoded than its header promises. Lenient: a frame or two
-    (2%) short, or a stream end time (Matroska's DURATION tag) that includes a start offset, are not damage."""
-    if frames == 0:
-        raise UserError(f"{src}: no decodable video frame")
-    if info.frames and info.frames - frames > max(2, info.frames // 50):
-        raise UserError(f"{src}: truncated: {frames} of {info.frames} frames decoded")
-    if info.duration and last_time is not None:
-        covered = last_time + 1 / float(info.fps)  # the end of the last frame, measured from t = 0
-        if covered < info.duration - max(2 / float(info.fps), 0.02 * info.duration):
-            raise UserError(f"{src}: truncated: {covered:.2f} s of {info.duration:.2f} s decoded")

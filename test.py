@@ -52,13 +52,13 @@ with benchmarks/bench_inference.py). Speed: --fuse and --channels-last are on by
 native bf16 (AMX / AVX512-BF16), where it is faster and its output stays above 50 dB PSNR of fp32's on Set5 and
 Set14 (benchmarks/bench_precision.py), and fp32 elsewhere (emulated bf16 is slower); it prints what it picked.
 
-Videos: when --image is a video file (a video extension, or a file PyAV reads as one; inference.is_video_file),
+Videos: when --image is a video file (a video extension, or a file PyAV reads as one; video.is_video_file),
 every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
 <stem>_<arch><ext> (.mp4, .m4v, .mov and .mkv inputs keep their container, any other becomes .mkv): H.264 (libx264,
 yuv420p, --video-crf, --video-preset), every frame at its input timestamp, the audio streams copied untouched.
 A progress bar shows frames per second and the time left. A corrupt or truncated video stops with one line
 (exit code 2) and leaves no output file. No bicubic or comparison video is made (each would cost a second
-encode); inference.upscale_video does the work.
+encode); video.upscale_video does the work.
 """
 import argparse
 import collections
@@ -68,16 +68,18 @@ import sys
 import unicodedata
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from tqdm import tqdm
 
+import checkpoints
 import inference
+import video
 from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, check_output_folder,
-                   is_out_of_memory, list_image_files, load_image, make_parser, open_regular_file, parse_memory,
-                   pick_device, pil_to_tensor, positive_int, run_cli, timer)
+                   list_image_files, load_image, make_parser, open_regular_file, pick_device, pil_to_tensor,
+                   positive_int, run_cli, timer)
 
 SOFTWARE = 'SR suite test.py'  # the PNG text chunk (key Software) that marks this script's own outputs
+OUT_OF_MEMORY = "lower --max-memory or --batch-size, or pass --tile"  # how to upscale in less memory
 X264_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower', 'veryslow')
 
 
@@ -110,8 +112,8 @@ def build_parser():
                         help='replace the outputs of an earlier run of test.py (never any other file)')
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
-    inference.add_assumption_args(parser)
-    inference.add_weights_arg(parser)
+    checkpoints.add_assumption_args(parser)
+    checkpoints.add_weights_arg(parser)
     parser.add_argument('--video-crf', type=int, default=18,
                         help='videos: H.264 quality, 0 (lossless) to 51 (worst); 18 looks like the source')
     parser.add_argument('--video-preset', choices=X264_PRESETS, default='medium',
@@ -119,24 +121,27 @@ def build_parser():
     return parser
 
 
+def upscale_options(args):
+    """The upscaling flags as inference.UpscaleOptions (--max-memory read here, the one check of it)."""
+    return inference.UpscaleOptions(tile=args.tile, tile_overlap=args.tile_overlap,
+                                    max_memory=inference.memory_option(args.max_memory, '--max-memory'),
+                                    precision=args.precision, self_ensemble=args.self_ensemble,
+                                    channels_last=args.channels_last, fuse=args.fuse)
+
+
 def load_upscaler(args, device):
-    """(Upscaler, label for file names, scale) from --checkpoint; SRGAN checkpoints are labelled 'srgan'."""
-    loaded = inference.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
-                                     rgb_range=args.rgb_range, weights=args.weights)
-    for note in loaded.notes:
+    """The inference.ImageUpscaler of --checkpoint with the upscaling flags (its label names the outputs: 'srgan' for
+    an SRGAN checkpoint); prints the checkpoint's notes, and what --precision auto picked."""
+    options = upscale_options(args)
+    model = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+                                      rgb_range=args.rgb_range, weights=args.weights)
+    for note in model.notes:
         print(f"note: {note}")
-    try:
-        budget = inference.auto_memory_budget(device) if args.max_memory == 'auto' else parse_memory(args.max_memory)
-    except ValueError as e:
-        raise UserError(f"--max-memory: {e}") from None
-    scale = int(loaded.config['scaling_factor'])
-    upscaler = inference.Upscaler(loaded.model, loaded.spec, scale, device, tile=args.tile,
-                                  tile_overlap=args.tile_overlap, max_memory=budget, precision=args.precision,
-                                  self_ensemble=args.self_ensemble, channels_last=args.channels_last, fuse=args.fuse,
-                                  name=args.checkpoint)
-    if upscaler.precision_reason:
-        print(f"precision: {upscaler.precision} ({upscaler.precision_reason}; --precision picks another)")
-    return upscaler, loaded.label, scale
+    upscaler = inference.ImageUpscaler(model, device, options, out_of_memory=OUT_OF_MEMORY)
+    picked = upscaler.precision_note('--precision picks another')
+    if picked:
+        print(f"precision: {picked}")
+    return upscaler
 
 
 def png_text(path, limit=1 << 20):
@@ -274,32 +279,10 @@ def make_batches(paths, sizes, batch_size):
     return sorted(batches, key=lambda b: order[b[0]])
 
 
-def upscale_images(upscaler, images):
-    """SR of same-size PIL images (RGB or RGBA; alpha is ignored here): ((N, 3, sH, sW) uint8, seconds)."""
-    lr = torch.stack([pil_to_tensor(img.convert('RGB')) for img in images]).float().div_(255.)  # (N, 3, h, w)
-    start = timer()
-    try:
-        sr = upscaler.upscale_uint8(lr)
-    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
-        if not is_out_of_memory(e):
-            raise
-        raise UserError(f"out of memory while upscaling: lower --max-memory or --batch-size, or pass --tile "
-                        f"({str(e).splitlines()[0][:100]})") from None
-    return sr, timer() - start
-
-
 def bicubic_image(img, scale):
     """MATLAB-style bicubic x scale of a PIL RGB/RGBA image (alpha included), computed in bands of rows."""
     up = bicubic_upscale(pil_to_tensor(img), scale)  # (C, s*h, s*w) uint8, C = 3 or 4
     return Image.fromarray(np.ascontiguousarray(up.permute(1, 2, 0).numpy()))  # RGB or RGBA from the shape
-
-
-def sr_image(sr, alpha):
-    """(3, H, W) uint8 tensor (+ optional (H, W) alpha PIL image) -> PIL RGB or RGBA."""
-    img = Image.fromarray(np.ascontiguousarray(sr.permute(1, 2, 0).numpy()))  # (H, W, 3) -> RGB
-    if alpha is not None:
-        img.putalpha(alpha)
-    return img
 
 
 def png_writer(img):
@@ -350,11 +333,9 @@ def save_outputs(img, sr, outputs, label, scale, compare_max_width):
     with AtomicFileSet() as files:
         bicubic = bicubic_image(img, scale)
         files.write(outputs['bicubic'], png_writer(bicubic))
-        alpha = bicubic.getchannel('A') if bicubic.mode == 'RGBA' else None
         left = thumbnail(bicubic, width)
         del bicubic
-        result = sr_image(sr, alpha)
-        del alpha
+        result = inference.sr_image(sr, img, scale)  # alpha (if any) by bicubic, as in bicubic's own output
         files.write(outputs[label], png_writer(result))
         right = thumbnail(result, width)
         del result
@@ -362,24 +343,24 @@ def save_outputs(img, sr, outputs, label, scale, compare_max_width):
     return list(outputs.values())
 
 
-def upscale_video_file(args, upscaler, label, scale, device):
-    """--image is a video: write <stem>_<label><ext> to --output-dir (inference.upscale_video), with a progress
-    bar (frames/s, time left), and print what was done."""
+def upscale_video_file(args, upscaler, device):
+    """--image is a video: write <stem>_<label><ext> to --output-dir (video.upscale_video: every frame through
+    ``upscaler``), with a progress bar (frames/s, time left), and print what was done."""
+    label, scale = upscaler.label, upscaler.scale
     if not 0 <= args.video_crf <= 51:
         raise UserError(f"--video-crf {args.video_crf}: must be 0 to 51")
-    info = inference.probe_video(args.image)
-    dst = inference.video_output_path(args.image, args.output_dir, label)
+    info = video.probe_video(args.image)
+    dst = video.video_output_path(args.image, args.output_dir, label)
     if os.path.lexists(dst):  # the rule for images: only our own earlier output, and only with --overwrite
-        if inference.video_tags(dst).get('comment') != SOFTWARE:
+        if video.video_tags(dst).get('comment') != SOFTWARE:
             raise UserError(f"{dst} exists and test.py did not write it: choose another --output-dir")
         if not args.overwrite:
             raise UserError(f"{dst} is the output of an earlier run: pass --overwrite to replace it")
     print(f"{args.image}: {info.width}x{info.height} at {float(info.fps):.3f} fps, "
           f"{info.expected_frames or 'unknown number of'} frames, audio: {', '.join(info.audio) or 'none'}")
     with tqdm(total=info.expected_frames, unit='frame', desc=os.path.basename(args.image), dynamic_ncols=True) as bar:
-        result = inference.upscale_video(upscaler, args.image, dst, crf=args.video_crf, preset=args.video_preset,
-                                         progress=lambda done, total: bar.update(done - bar.n),
-                                         tags={'comment': SOFTWARE})
+        result = video.upscale_video(upscaler, args.image, dst, crf=args.video_crf, preset=args.video_preset,
+                                     progress=lambda done, total: bar.update(done - bar.n), tags={'comment': SOFTWARE})
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     (w, h), (sw, sh) = result.in_size, result.out_size
@@ -390,19 +371,20 @@ def upscale_video_file(args, upscaler, label, scale, device):
 
 def main():
     args = build_parser().parse_args()
-    if args.tile_overlap < 0:
-        raise UserError(f"--tile-overlap {args.tile_overlap}: must be >= 0")
     check_output_folder(args.output_dir, '--output-dir')
     device = pick_device(args.device)
-    upscaler, label, scale = load_upscaler(args, device)
-    if inference.is_video_file(args.image):
-        return upscale_video_file(args, upscaler, label, scale, device)
+    upscaler = load_upscaler(args, device)
+    label, scale = upscaler.label, upscaler.scale
+    if video.is_video_file(args.image):
+        return upscale_video_file(args, upscaler, device)
     paths = find_inputs(args.image)
     sizes = check_inputs(paths, upscaler.min_input_size(), args.max_image_pixels)
     outputs, total = plan_outputs(paths, args.output_dir, label, args.overwrite), 0.
     for batch in make_batches(paths, sizes, args.batch_size):
         images = [load_image(p, keep_alpha=True, max_pixels=args.max_image_pixels) for p in batch]
-        sr, seconds = upscale_images(upscaler, images)
+        start = timer()
+        sr = upscaler.upscale_images(images)  # (N, 3, s*h, s*w) uint8
+        seconds = timer() - start
         total += seconds
         for i, (path, img) in enumerate(zip(batch, images)):
             save_outputs(img, sr[i], outputs[path], label, scale, args.compare_max_width)

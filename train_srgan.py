@@ -21,17 +21,19 @@ the SRResNet checkpoint's EMA weights (model_ema) when it has them, else its wei
 import contextlib
 import os
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import inference
+import checkpoints
 import models
 import training
-from utils import (AverageMeter, FORMAT_VERSION, UserError, adjust_learning_rate, autocast, convert_image,
-                   get_rng_state, given_flags, keep_freed_memory, load_checkpoint, make_parser, odd_positive_int,
-                   positive_int, run_cli, seed_everything, set_determinism, strip_prefixes, unwrap_model)
+from checkpoints import FORMAT_VERSION, load_checkpoint, strip_prefixes
+from utils import (AverageMeter, Settings, UserError, adjust_learning_rate, autocast, convert_image, get_rng_state,
+                   given_flags, keep_freed_memory, make_parser, odd_positive_int, positive_int, run_cli,
+                   seed_everything, set_determinism, unwrap_model)
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
                     hflip=False, vflip=False, rot90=False, patches_per_image=1)
@@ -45,7 +47,7 @@ KERAS_VGG_WEIGHT = 2e-6  # srgan-keras's loss_weights=[1, 1e-3, 2e-6]: pixel MSE
 KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # srgan-keras's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
 KERAS_BCE_EPSILON = 1e-7  # Keras clips probabilities to [1e-7, 1 - 1e-7] in binary_crossentropy
 GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks')
-# What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint); the
+# What a resumed run takes from its checkpoint unless given again (see training.recorded_settings); the
 # generator's configuration comes from the checkpoint's generator_config.
 RESUMED_FLAGS = training.RESUMED_FLAGS + ('kernel_size_d', 'n_channels_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i',
                                           'vgg19_j', 'beta', 'update_order')
@@ -100,83 +102,106 @@ def resolve_variant(flag, resume):
     return flag or recorded or 'tutorial'
 
 
-def check_keras_flags(parser, args):
+def check_keras_flags(parser, flags):
     """What the Keras SRGAN fixes: a generator trained from scratch (not an SRResNet: no warm start), D first."""
-    if args.srresnet_checkpoint is not None and args.srresnet_checkpoint.lower() != 'none':
+    if flags.srresnet_checkpoint is not None and flags.srresnet_checkpoint.lower() != 'none':
         parser.error("--srresnet-checkpoint: the keras variant trains its generator from scratch, as the Keras "
                      "SRGAN does (it is not an SRResNet); drop the flag")
-    if args.update_order == 'g-first':
+    if flags.update_order == 'g-first':
         parser.error("--update-order g-first: the keras variant updates the discriminator first, as the Keras SRGAN "
                      "does")
-    args.srresnet_checkpoint, args.update_order = 'none', 'd-first'
 
 
-def resolve_args(parser, argv=None):
-    """Parse flags; the variant comes from --variant or the checkpoint being resumed, the recipe from the variant,
-    and the tutorial generator's configuration defaults to the warm-start SRResNet's, its weights to that
-    checkpoint's EMA (model_ema) when it has one, as BasicSR and Real-ESRGAN start their GANs from params_ema."""
-    args = parser.parse_args(argv)
-    args.checkpoint_path = os.path.join(args.results_dir, 'checkpoint_srgan.pth')
-    if args.resume == 'auto':
-        args.resume = args.checkpoint_path
+def warm_start(srresnet_checkpoint, resume):
+    """The SRResNet checkpoint the tutorial generator starts from (its EMA weights, model_ema, when it has them),
+    or None: --srresnet-checkpoint none (the keras variant's), or a resumed run (--resume)."""
+    return None if resume or srresnet_checkpoint.lower() == 'none' else srresnet_checkpoint
+
+
+def resolve_settings(parser, argv=None):
+    """The run's settings, made once from the flags (a frozen utils.Settings): the variant from --variant or the
+    checkpoint being resumed, the recipe from the variant, a resumed run's recorded values where not given again,
+    and the tutorial generator's configuration from the warm-start SRResNet's (whose EMA weights, model_ema, it starts
+    from when the checkpoint has them, as BasicSR and Real-ESRGAN start their GANs from params_ema)."""
+    flags = parser.parse_args(argv)
+    run = dict(vars(flags))  # the settings being decided (the parsed flags themselves stay as they are)
+    run['checkpoint_path'] = os.path.join(flags.results_dir, 'checkpoint_srgan.pth')
+    if run['resume'] == 'auto':
+        run['resume'] = run['checkpoint_path']
     resumed = None
-    if args.resume:  # a resumed run continues with the settings of its checkpoint
-        resumed = load_checkpoint(args.resume)
-        training.settings_from_checkpoint(resumed, args.resume, args, given_flags(parser, argv), RESUMED_FLAGS)
+    if run['resume']:  # a resumed run continues with the settings of its checkpoint
+        resumed = load_checkpoint(run['resume'])
+        run.update(training.recorded_settings(resumed, run['resume'], flags, given_flags(parser, argv),
+                                              RESUMED_FLAGS))
     try:
-        models.check_vgg19_layer(args.vgg19_i, args.vgg19_j)
+        models.check_vgg19_layer(run['vgg19_i'], run['vgg19_j'])
     except ValueError as e:
-        parser.error(f"--vgg19-i {args.vgg19_i} --vgg19-j {args.vgg19_j}: {e}")
-    args.variant = resolve_variant(args.variant, args.resume)
-    args.lr_from = training.faithful_lr_from(args.faithful, args.lr_from)
-    for key, value in RECIPES[args.variant].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.keep_best and not args.val_folder:
+        parser.error(f"--vgg19-i {run['vgg19_i']} --vgg19-j {run['vgg19_j']}: {e}")
+    run['variant'] = resolve_variant(run['variant'], run['resume'])
+    run['lr_from'] = training.faithful_lr_from(run['faithful'], run['lr_from'])
+    for key, value in RECIPES[run['variant']].items():
+        if run[key] is None:
+            run[key] = value
+    if run['keep_best'] and not run['val_folder']:
         parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
-    keras = args.variant == 'keras'
+    keras = run['variant'] == 'keras'
     if keras:
-        check_keras_flags(parser, args)
-    args.update_order = args.update_order or 'g-first'
-    args.ema_warmup = bool(args.ema_warmup)
-    args.generator_arch = models.SRGAN_VARIANT_ARCHS.get(args.variant, 'srresnet')
-    args.srresnet_state = None
-    if args.srresnet_checkpoint is None:
-        args.srresnet_checkpoint = os.path.join(args.results_dir, 'checkpoint_srresnet.pth')
-    given = {k: getattr(args, k) for k in GENERATOR_FLAGS + ('scale',) if getattr(args, k) is not None}
+        check_keras_flags(parser, flags)
+        run['srresnet_checkpoint'], run['update_order'] = 'none', 'd-first'
+    run['update_order'] = run['update_order'] or 'g-first'
+    run['ema_warmup'] = bool(run['ema_warmup'])
+    run['generator_arch'] = models.SRGAN_VARIANT_ARCHS.get(run['variant'], 'srresnet')
+    if run['srresnet_checkpoint'] is None:
+        run['srresnet_checkpoint'] = os.path.join(run['results_dir'], 'checkpoint_srresnet.pth')
+    given = {k: run[k] for k in GENERATOR_FLAGS + ('scale',) if run[k] is not None}
     given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
     config = models.model_config('srgan_keras', 4) if keras else models.model_config(
         'srresnet', 4, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16)
     if resumed is not None and isinstance(resumed.get('generator_config'), dict):
         config = dict(resumed['generator_config'])  # flags given now that differ are refused by load_resume
-    elif args.srresnet_checkpoint.lower() != 'none' and not args.resume:
-        path = args.srresnet_checkpoint
-        if not os.path.isfile(path):
-            raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
-                            f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
-        ckpt = load_checkpoint(path)
-        info = inference.describe_checkpoint(ckpt, path)
-        if info.arch != 'srresnet':
-            raise UserError(f"--srresnet-checkpoint {path} holds a {info.label}, not an SRResNet")
-        ckpt_config = info.config
-        state = info.state  # the checkpoint's EMA weights (model_ema) when it has them: describe_checkpoint's default
-        diffs = [f"{k} {v} (checkpoint: {ckpt_config[k]})" for k, v in given.items() if ckpt_config.get(k) != v]
-        if diffs:
-            raise UserError(f"generator flags disagree with {path}: {', '.join(diffs)}; drop them to use the "
-                            f"checkpoint's configuration")
-        config, args.srresnet_state = dict(ckpt_config), state
+    elif warm_start(run['srresnet_checkpoint'], run['resume']):
+        config = warm_start_config(run['srresnet_checkpoint'], given)
     config.update(given)
-    args.scale = int(config['scaling_factor'])
+    run['scale'] = scale = int(config['scaling_factor'])
     try:
-        models.check_scale(args.generator_arch, args.scale)
+        models.check_scale(run['generator_arch'], scale)
     except ValueError as e:
         parser.error(f"--scale: {e}")
-    if args.crop_size % args.scale:
-        parser.error(f"--crop-size {args.crop_size} is not divisible by --scale {args.scale}")
-    args.generator_config = config
-    args.discriminator_config = dict(kernel_size=args.kernel_size_d, n_channels=args.n_channels_d,
-                                     n_blocks=args.n_blocks_d, fc_size=args.fc_size_d)
-    return args
+    if run['crop_size'] % scale:
+        parser.error(f"--crop-size {run['crop_size']} is not divisible by --scale {scale}")
+    run['generator_config'] = config
+    run['discriminator_config'] = dict(kernel_size=run['kernel_size_d'], n_channels=run['n_channels_d'],
+                                       n_blocks=run['n_blocks_d'], fc_size=run['fc_size_d'])
+    return Settings(**run)
+
+
+def warm_start_config(path, given):
+    """The configuration of the SRResNet checkpoint at ``path`` (the warm start), checked: an SRResNet whose
+    configuration agrees with the generator flags ``given`` ({config key: value})."""
+    if not os.path.isfile(path):
+        raise UserError(f"--srresnet-checkpoint {path}: no such file; train SRResNet first "
+                        f"(python train_srresnet.py) or pass --srresnet-checkpoint none")
+    warm = checkpoints.load_sr_model(path)
+    if warm.arch != 'srresnet':
+        raise UserError(f"--srresnet-checkpoint {path} holds a {warm.label}, not an SRResNet")
+    diffs = [f"{k} {v} (checkpoint: {warm.config[k]})" for k, v in given.items() if warm.config.get(k) != v]
+    if diffs:
+        raise UserError(f"generator flags disagree with {path}: {', '.join(diffs)}; drop them to use the "
+                        f"checkpoint's configuration")
+    return dict(warm.config)
+
+
+class GAN(NamedTuple):
+    """What the steps update: the generator and discriminator (the bare modules until main wraps them for DDP /
+    DataParallel / torch.compile), the VGG19 feature extractor, their optimizers, the GradScaler they share, and
+    the EMA of the generator's weights (None without --ema-decay)."""
+    generator: nn.Module
+    discriminator: nn.Module
+    vgg: nn.Module
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: object = None
 
 
 def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, device, speed):
@@ -198,12 +223,13 @@ def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, de
     return total
 
 
-def tutorial_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr, hr, device, speed, args):
+def tutorial_step(gan, lr, hr, device, speed, settings):
     """One step of the tutorial's SRGAN on lr, hr RGB in [0, 1]: the generator (VGG content loss + beta * BCE), then
     the discriminator (the reverse with --update-order d-first). The caller updates the scaler.
     Returns ((lr, sr, hr, their kind) to show, {content, adversarial, discriminator: loss})."""
+    generator, discriminator, vgg, scaler = gan.generator, gan.discriminator, gan.vgg, gan.scaler
     mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
-    d_first = args.update_order == 'd-first'
+    d_first = settings.update_order == 'd-first'
     lr = convert_image(lr, '[0, 1]', 'imagenet-norm')  # (N, 3, h, w)
     hr = convert_image(hr, '[0, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w)
     if speed.channels_last:
@@ -212,19 +238,19 @@ def tutorial_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scale
         sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
     sr = convert_image(sr.float(), '[-1, 1]', 'imagenet-norm')  # (N, 3, s*h, s*w), imagenet-normed
     if d_first:
-        d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+        d_loss = discriminator_step(discriminator, gan.optimizer_d, bce, sr, hr, scaler, device, speed)
     with autocast(device, speed.precision):
         sr_features = vgg(sr)  # (N, 512, s*h / 16, s*w / 16)
         hr_features = vgg(hr).detach()
         sr_logits = discriminator(sr)  # (N, 1)
     content_loss = mse(sr_features.float(), hr_features.float())
     adversarial_loss = bce(sr_logits.float(), torch.ones_like(sr_logits, dtype=torch.float32))
-    perceptual_loss = content_loss + args.beta * adversarial_loss
-    optimizer_g.zero_grad(set_to_none=True)
+    perceptual_loss = content_loss + settings.beta * adversarial_loss
+    gan.optimizer_g.zero_grad(set_to_none=True)
     scaler.scale(perceptual_loss).backward()
-    scaler.step(optimizer_g)
+    scaler.step(gan.optimizer_g)
     if not d_first:
-        d_loss = discriminator_step(discriminator, optimizer_d, bce, sr, hr, scaler, device, speed)
+        d_loss = discriminator_step(discriminator, gan.optimizer_d, bce, sr, hr, scaler, device, speed)
     return (lr, sr, hr, 'imagenet-norm'), {'content': content_loss, 'adversarial': adversarial_loss,
                                            'discriminator': d_loss}
 
@@ -263,7 +289,7 @@ def keras_discriminator_update(discriminator, optimizer_d, scaler, images, label
     return loss.detach()
 
 
-def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr, hr, device, speed, args):
+def keras_step(gan, lr, hr, device, speed, settings):
     """One step of srgan-keras's fit_one_epoch on lr, hr RGB in [0, 1], everything in [-1, 1] as srgan-keras feeds it:
 
     1. fakes from the generator in inference mode (G_model.predict: BatchNorm on running statistics, no gradient);
@@ -274,6 +300,7 @@ def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, 
        (Keras's trainable=False: BatchNorm on batch statistics, its running ones left alone; the gradients it gets
        are cleared by its next update). The caller updates the scaler.
     Returns ((lr, sr, hr, '[-1, 1]') to show, {pixel, content, adversarial, discriminator: loss})."""
+    generator, discriminator, vgg, scaler = gan.generator, gan.discriminator, gan.vgg, gan.scaler
     lr = convert_image(lr, '[0, 1]', '[-1, 1]')  # (N, 3, h, w)
     hr = convert_image(hr, '[0, 1]', '[-1, 1]')  # (N, 3, s*h, s*w)
     if speed.channels_last:
@@ -282,8 +309,8 @@ def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, 
     with torch.no_grad(), autocast(device, speed.precision):
         fake = generator(lr).float()  # (N, 3, s*h, s*w), in [-1, 1]
     generator.train()
-    d_real = keras_discriminator_update(discriminator, optimizer_d, scaler, hr, 1., device, speed)
-    d_fake = keras_discriminator_update(discriminator, optimizer_d, scaler, fake, 0., device, speed)
+    d_real = keras_discriminator_update(discriminator, gan.optimizer_d, scaler, hr, 1., device, speed)
+    d_fake = keras_discriminator_update(discriminator, gan.optimizer_d, scaler, fake, 0., device, speed)
     with autocast(device, speed.precision):
         sr = generator(lr)  # (N, 3, s*h, s*w), in [-1, 1]
         with batch_statistics_only(discriminator):
@@ -293,10 +320,10 @@ def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, 
     pixel_loss = F.mse_loss(sr.float(), hr)
     content_loss = F.mse_loss(sr_features.float(), hr_features.float())
     adversarial_loss = keras_binary_crossentropy(validity.float(), 1.)
-    loss = pixel_loss + args.beta * adversarial_loss + KERAS_VGG_WEIGHT * content_loss
-    optimizer_g.zero_grad(set_to_none=True)
+    loss = pixel_loss + settings.beta * adversarial_loss + KERAS_VGG_WEIGHT * content_loss
+    gan.optimizer_g.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    scaler.step(optimizer_g)
+    scaler.step(gan.optimizer_g)
     return (lr, sr.detach().float(), hr, '[-1, 1]'), {'pixel': pixel_loss, 'content': content_loss,
                                                       'adversarial': adversarial_loss,
                                                       'discriminator': (d_real + d_fake) / 2}
@@ -305,106 +332,104 @@ def keras_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, 
 STEPS = {'tutorial': tutorial_step, 'keras': keras_step}
 
 
-def train_one_epoch(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, loader, dataset, ctx, speed,
-                    args, epoch, start_step, ema=None):
-    """One SRGAN epoch of the variant's steps, updating the generator's ``ema`` (if any) after each step.
+def train_one_epoch(gan, loader, ctx, speed, settings, epoch, start_step):
+    """One SRGAN epoch of the variant's steps, updating the generator's EMA (if any) after each step.
     Returns ({loss name: mean loss}, next step, stopped early?)."""
-    generator.train()
-    discriminator.train()
-    device, train_step = ctx.device, STEPS[args.variant]
+    gan.generator.train()
+    gan.discriminator.train()
+    device, train_step = ctx.device, STEPS[settings.variant]
     meters = {}
     start, n_patches, step = time.perf_counter(), 0, start_step
     bar = ctx.progress(loader, desc=f"epoch {epoch}")
     for step, batch in enumerate(bar, start=start_step):
-        lr, hr = training.batch_to_device(batch, device, args.scale, args.downsample)  # RGB in [0, 1]
-        (lr, sr, hr, kind), losses = train_step(generator, discriminator, vgg, optimizer_g, optimizer_d, scaler, lr,
-                                                hr, device, speed, args)
-        scaler.update()
-        training.update_ema(ema, generator)
+        lr, hr = training.batch_to_device(batch, device, settings.scale, settings.downsample)  # RGB in [0, 1]
+        (lr, sr, hr, kind), losses = train_step(gan, lr, hr, device, speed, settings)
+        gan.scaler.update()
+        training.update_ema(gan.ema, gan.generator)
         if step == start_step:
             ctx.log_images(f"epoch_{epoch}", epoch, lr, sr, hr, kind, kind)
-        values, stop = ctx.end_step(losses, epoch, step, args.checkpoint_path)
+        values, stop = ctx.end_step(losses, epoch, step)
         for k, value in values.items():
             meters.setdefault(k, AverageMeter()).update(value, lr.size(0))
         n_patches += lr.size(0) * ctx.dist.world_size
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(c=f"{meters['content'].avg:.4g}", d=f"{meters['discriminator'].avg:.3g}",
                             patches_s=training.patches_per_second(n_patches, start))
-        dataset.check_failures()
+        loader.dataset.check_failures()
         if stop:
             return {k: m.avg for k, m in meters.items()}, step + 1, True
     return {k: m.avg for k, m in meters.items()}, step + 1, False
 
 
-def checkpoint_state(generator, discriminator, optimizer_g, optimizer_d, scaler, global_step, args, speed, epoch,
-                     resume_step, best_psnr, ema=None):
+def checkpoint_state(gan, global_step, settings, speed, epoch, resume_step, best_psnr):
     """The tutorial's keys (generator, discriminator, optimizer_g, optimizer_d, epoch) plus what exact resume needs,
     the variant (which eval.py, test.py and --resume read) and, with --ema-decay, generator_ema (under the same keys
     as generator), ema_decay and ema_n_averaged."""
     return {
-        'format_version': FORMAT_VERSION, 'arch': 'srgan', 'variant': args.variant,
-        'generator_config': args.generator_config,
-        'discriminator_config': args.discriminator_config, 'epoch': epoch, 'resume_step': resume_step,
+        'format_version': FORMAT_VERSION, 'arch': 'srgan', 'variant': settings.variant,
+        'generator_config': settings.generator_config,
+        'discriminator_config': settings.discriminator_config, 'epoch': epoch, 'resume_step': resume_step,
         'step': global_step,
-        'generator': strip_prefixes(unwrap_model(generator).state_dict()),
-        'discriminator': strip_prefixes(unwrap_model(discriminator).state_dict()),
-        'optimizer_g': optimizer_g.state_dict(), 'optimizer_d': optimizer_d.state_dict(),
-        'scaler': scaler.state_dict(), 'rng': get_rng_state(), 'args': training.run_record(args, speed),
-        'best_psnr': best_psnr, **training.ema_state(ema, 'generator_ema'),
+        'generator': strip_prefixes(unwrap_model(gan.generator).state_dict()),
+        'discriminator': strip_prefixes(unwrap_model(gan.discriminator).state_dict()),
+        'optimizer_g': gan.optimizer_g.state_dict(), 'optimizer_d': gan.optimizer_d.state_dict(),
+        'scaler': gan.scaler.state_dict(), 'rng': get_rng_state(), 'args': training.run_record(settings, speed),
+        'best_psnr': best_psnr, **training.ema_state(gan.ema, 'generator_ema'),
     }
 
 
-def build_networks(args, speed, device):
-    """VGG (fails fast when its weights are missing), the variant's generator (the tutorial's warm-started) and
-    discriminator, their Adam optimizers (the keras variant's with srgan-keras's betas and Keras's epsilon) and the
-    GradScaler they share."""
+def build_networks(settings, speed, device):
+    """The GAN of the run's settings (no EMA yet): VGG (fails fast when its weights are missing), the variant's
+    generator (the tutorial's warm-started: warm_start) and discriminator, their Adam optimizers (the keras
+    variant's with srgan-keras's betas and Keras's epsilon) and the GradScaler they share."""
     try:
-        vgg = models.TruncatedVGG19(args.vgg19_i, args.vgg19_j, weights=args.vgg_weights).to(device)
+        vgg = models.TruncatedVGG19(settings.vgg19_i, settings.vgg19_j, weights=settings.vgg_weights).to(device)
     except models.VGGWeightsError as e:
         raise UserError(str(e)) from None
-    keras = args.variant == 'keras'
-    generator = (models.KerasSRGANGenerator if keras else models.Generator)(**args.generator_config).to(device)
+    keras = settings.variant == 'keras'
+    generator = (models.KerasSRGANGenerator if keras else models.Generator)(**settings.generator_config).to(device)
     discriminator = (models.KerasSRGANDiscriminator if keras else models.Discriminator)(
-        **args.discriminator_config).to(device)
-    if args.srresnet_state is not None:
-        generator.net.load_state_dict(args.srresnet_state)
+        **settings.discriminator_config).to(device)
+    start = warm_start(settings.srresnet_checkpoint, settings.resume)
+    if start is not None:  # its EMA weights when it has them: load_sr_model's default
+        generator.net.load_state_dict(checkpoints.load_sr_model(start).state)
     generator = training.apply_speed(generator, speed)
     if speed.channels_last:
         discriminator = discriminator.to(memory_format=torch.channels_last)
     adam = KERAS_ADAM if keras else {}
-    optimizer_g = training.make_adam(generator.parameters(), args.lr, speed, **adam)
-    optimizer_d = training.make_adam(discriminator.parameters(), args.lr, speed, **adam)
-    return vgg, generator, discriminator, optimizer_g, optimizer_d, training.make_scaler(device, speed)
+    optimizer_g = training.make_adam(generator.parameters(), settings.lr, speed, **adam)
+    optimizer_d = training.make_adam(discriminator.parameters(), settings.lr, speed, **adam)
+    return GAN(generator, discriminator, vgg, optimizer_g, optimizer_d, training.make_scaler(device, speed))
 
 
-def load_resume(path, ctx, args, generator, discriminator, optimizer_g, optimizer_d, scaler, ema=None):
-    """Load an SRGAN checkpoint into the networks, optimizers and the generator's ``ema`` (same --ema-decay
-    required); refuse anything else. Returns (start_epoch, start_step, best_psnr)."""
+def load_resume(path, ctx, settings, gan):
+    """Load an SRGAN checkpoint into the GAN's networks, optimizers and generator EMA (same --ema-decay required);
+    refuse anything else. Returns (start_epoch, start_step, best_psnr)."""
     ckpt = load_checkpoint(path, map_location=ctx.device)
     if ckpt.get('arch', 'srgan' if 'generator' in ckpt else 'srresnet') != 'srgan':
         raise UserError(f"{path} is not an SRGAN checkpoint")
-    training.check_resume_compatible('srgan', ckpt.get('generator_config'), 'srgan', args.generator_config, path)
-    training.check_resume_compatible('srgan', ckpt.get('discriminator_config'), 'srgan', args.discriminator_config,
-                                     path)
+    training.check_resume_compatible('srgan', ckpt.get('generator_config'), 'srgan', settings.generator_config, path)
+    training.check_resume_compatible('srgan', ckpt.get('discriminator_config'), 'srgan',
+                                     settings.discriminator_config, path)
     if 'optimizer_d' not in ckpt:
         raise UserError(f"{path} has no optimizer_d (the tutorial saved optimizer_g twice): it cannot be "
                         f"resumed exactly; start a new run from its generator instead")
-    generator.load_state_dict(strip_prefixes(ckpt['generator']))
-    training.load_ema(ema, ckpt, 'generator_ema', path)
-    discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
-    optimizer_g.load_state_dict(ckpt['optimizer_g'])
-    optimizer_d.load_state_dict(ckpt['optimizer_d'])
-    return training.restore_training_state(ckpt, path, scaler, ctx)
+    gan.generator.load_state_dict(strip_prefixes(ckpt['generator']))
+    training.load_ema(gan.ema, ckpt, 'generator_ema', path)
+    gan.discriminator.load_state_dict(strip_prefixes(ckpt['discriminator']))
+    gan.optimizer_g.load_state_dict(ckpt['optimizer_g'])
+    gan.optimizer_d.load_state_dict(ckpt['optimizer_d'])
+    return training.restore_training_state(ckpt, path, gan.scaler, ctx)
 
 
-def schedule_learning_rate(optimizers, args, epoch, start_step):
+def schedule_learning_rate(optimizers, settings, epoch, start_step):
     """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or the
     Keras SRGAN's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
-    if args.variant == 'keras':
+    if settings.variant == 'keras':
         for optimizer in optimizers:
             for group in optimizer.param_groups:
-                group['lr'] = args.lr * KERAS_LR_DECAY ** (epoch - 1)
-    elif epoch == int(args.epochs / 2) and start_step == 0:
+                group['lr'] = settings.lr * KERAS_LR_DECAY ** (epoch - 1)
+    elif epoch == int(settings.epochs / 2) and start_step == 0:
         for optimizer in optimizers:
             adjust_learning_rate(optimizer, 0.1)
 
@@ -417,59 +442,63 @@ def sr_network(generator):
 
 
 def main(argv=None):
-    args = resolve_args(build_parser(), argv)
-    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout, max_steps=args.max_steps,
-                               checkpoint=args.checkpoint_path, resume=args.resume, restart=args.restart) as ctx:
-        speed = training.speed_of(args, ctx.device)
+    settings = resolve_settings(build_parser(), argv)
+    with training.TrainContext(settings.device, ngpu=settings.ngpu, dist_timeout=settings.dist_timeout,
+                               max_steps=settings.max_steps, checkpoint=settings.checkpoint_path,
+                               resume=settings.resume, restart=settings.restart) as ctx:
+        speed = training.speed_of(settings, ctx.device)
         if not speed.faithful:
             keep_freed_memory()
-        seed_everything(args.seed + ctx.dist.rank)
-        set_determinism(args.deterministic)
-        vgg, generator, discriminator, optimizer_g, optimizer_d, scaler = build_networks(args, speed, ctx.device)
-        ema = training.make_ema(generator, args.ema_decay, ctx.dist, args.ema_warmup)  # resume restores it
+        seed_everything(settings.seed + ctx.dist.rank)
+        set_determinism(settings.deterministic)
+        gan = build_networks(settings, speed, ctx.device)
+        ema = training.make_ema(gan.generator, settings.ema_decay, ctx.dist, settings.ema_warmup)  # resume restores it
+        gan = gan._replace(ema=ema)
         start_epoch, start_step, best_psnr = 1, 0, None
-        if args.resume:
-            start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, generator, discriminator,
-                                                             optimizer_g, optimizer_d, scaler, ema)
-        val_images = training.load_val_images(args.val_folder) if args.val_folder else None
-        bicubic = training.bicubic_psnr(val_images, args.scale) if val_images else None  # the curves' reference
-        dataset, collate = training.dataset_of(args, log=ctx.log)
-        ctx.open_writer(os.path.join(args.runs_dir, 'srgan'), tag='srgan')
-        g_net = training.wrap_model(generator, ctx.dist, args.ngpu, args.sync_bn)
-        d_net = training.wrap_model(discriminator, ctx.dist, args.ngpu, args.sync_bn)
+        if settings.resume:
+            start_epoch, start_step, best_psnr = load_resume(settings.resume, ctx, settings, gan)
+        val_images = training.load_val_images(settings.val_folder) if settings.val_folder else None
+        bicubic = training.bicubic_psnr(val_images, settings.scale) if val_images else None  # the curves' reference
+        dataset, collate = training.build_train_dataset(settings, log=ctx.log)
+        ctx.open_writer(os.path.join(settings.runs_dir, 'srgan'), tag='srgan')
+        g_net = training.wrap_model(gan.generator, ctx.dist, settings.ngpu, settings.sync_bn)
+        d_net = training.wrap_model(gan.discriminator, ctx.dist, settings.ngpu, settings.sync_bn)
+        vgg = gan.vgg
         if speed.compile:
             g_net, d_net, vgg = torch.compile(g_net), torch.compile(d_net), torch.compile(vgg)
-        loader, sampler = training.make_train_loader(dataset, args.batch_size, ctx.dist, args.workers, args.seed,
-                                                     pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
-        saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
+        gan = gan._replace(generator=g_net, discriminator=d_net, vgg=vgg)  # the steps run the wrapped networks
+        loader, sampler = training.make_train_loader(dataset, settings.batch_size, ctx.dist, settings.workers,
+                                                     settings.seed, pin_memory=ctx.device.type == 'cuda',
+                                                     collate_fn=collate)
+        saver = training.CheckpointSaver(settings.checkpoint_path, ctx.dist, keep_best=settings.keep_best)
+        spec = models.arch_spec(settings.generator_arch, settings.generator_config)  # how validation feeds it
 
         def state(epoch, resume_step):
-            return {**checkpoint_state(g_net, d_net, optimizer_g, optimizer_d, scaler, ctx.global_step, args, speed,
-                                       epoch, resume_step, best_psnr, ema), **ctx.history_state()}
+            return {**checkpoint_state(gan, ctx.global_step, settings, speed, epoch, resume_step, best_psnr),
+                    **ctx.history_state()}
 
-        for epoch in range(start_epoch, args.epochs + 1):
-            schedule_learning_rate((optimizer_g, optimizer_d), args, epoch, start_step)
+        for epoch in range(start_epoch, settings.epochs + 1):
+            schedule_learning_rate((gan.optimizer_g, gan.optimizer_d), settings, epoch, start_step)
             sampler.set_epoch(epoch, start_step * loader.batch_size)
-            losses, next_step, stopped = train_one_epoch(g_net, d_net, vgg, optimizer_g, optimizer_d, scaler, loader,
-                                                         dataset, ctx, speed, args, epoch, start_step, ema)
+            losses, next_step, stopped = train_one_epoch(gan, loader, ctx, speed, settings, epoch, start_step)
             start_step = 0
             if stopped:
                 training.stop_workers(loader)
-                ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")  # first: the resume line stays last
+                ctx.write_curves(f"srgan ({settings.variant}) x{settings.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
             val_psnr = None
-            if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
-                                                                                       args.epochs):
-                val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), args.generator_arch,
-                                             args.scale, ctx.device, val_images)
+            if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, settings.val_every,
+                                                                                       settings.epochs):
+                val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), spec, settings.scale,
+                                             ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
             ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
             saver.save(state(epoch, 0), improved)
-            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
+            ctx.log_epoch(epoch, settings.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
         training.stop_workers(loader)
-        ctx.write_curves(f"srgan ({args.variant}) x{args.scale}")
-        ctx.log(f"done: {args.checkpoint_path}")
+        ctx.write_curves(f"srgan ({settings.variant}) x{settings.scale}")
+        ctx.log(f"done: {settings.checkpoint_path}")
     return 0
 
 

@@ -21,18 +21,20 @@ Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that 
 import ast
 import os
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+import checkpoints
 import inference
 import models
 import training
-from utils import (AverageMeter, FORMAT_VERSION, UserError, autocast, get_rng_state, given_flags, keep_freed_memory,
-                   load_checkpoint, make_parser, odd_positive_int, positive_int, run_cli, seed_everything,
-                   set_determinism, strip_prefixes, unwrap_model)
+from checkpoints import FORMAT_VERSION, load_checkpoint, strip_prefixes
+from utils import (AverageMeter, Settings, UserError, autocast, get_rng_state, given_flags, keep_freed_memory,
+                   make_parser, odd_positive_int, positive_int, run_cli, seed_everything, set_determinism, unwrap_model)
 
-# What a resumed run takes from its checkpoint unless given again (see training.settings_from_checkpoint).
+# What a resumed run takes from its checkpoint unless given again (see training.recorded_settings).
 RESUMED_FLAGS = training.RESUMED_FLAGS + ('recipe', 'loss', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'warmup_steps',
                                           'large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks',
                                           'model_opt')
@@ -83,214 +85,236 @@ def parse_model_opts(opts, parser):
     return out
 
 
-def resolve_args(parser, argv=None):
-    """Parse flags, fill the architecture's defaults, and reject impossible combinations before any work."""
-    args = parser.parse_args(argv)
-    if args.init_from and args.resume:
+def resolve_settings(parser, argv=None):
+    """The run's settings, made once from the flags (a frozen utils.Settings): a resumed run's recorded values where
+    not given again, the architecture's recipe where unset, the model configuration, the checkpoint's path;
+    impossible combinations rejected before any work."""
+    flags = parser.parse_args(argv)
+    if flags.init_from and flags.resume:
         parser.error("--init-from starts a new run from weights, --resume continues one: give only one")
-    if args.resume:  # a resumed run continues with the settings of its checkpoint
-        path = (os.path.join(args.results_dir, f"checkpoint_{args.arch}.pth") if args.resume == 'auto'
-                else args.resume)
+    run = dict(vars(flags))  # the settings being decided (the parsed flags themselves stay as they are)
+    if flags.resume:  # a resumed run continues with the settings of its checkpoint
+        path = (os.path.join(flags.results_dir, f"checkpoint_{flags.arch}.pth") if flags.resume == 'auto'
+                else flags.resume)
         ckpt, given = load_checkpoint(path), given_flags(parser, argv)
-        if 'arch' not in given and args.resume != 'auto' and ckpt.get('arch') in models.ARCHS:
-            args.arch = ckpt['arch']
-        training.settings_from_checkpoint(ckpt, path, args, given, RESUMED_FLAGS)
+        if 'arch' not in given and flags.resume != 'auto' and ckpt.get('arch') in models.ARCHS:
+            run['arch'] = ckpt['arch']
+        run.update(training.recorded_settings(ckpt, path, flags, given, RESUMED_FLAGS))
         del ckpt
-    args.scale = 4 if args.scale is None else args.scale
+    arch = run['arch']
+    scale = run['scale'] = 4 if run['scale'] is None else run['scale']
     try:
-        models.check_scale(args.arch, args.scale)
+        models.check_scale(arch, scale)
     except ValueError as e:
         parser.error(f"--scale: {e}")
-    args.lr_from = training.faithful_lr_from(args.faithful, args.lr_from)
+    run['lr_from'] = training.faithful_lr_from(run['faithful'], run['lr_from'])
     try:
-        recipe = models.train_defaults(args.arch, args.scale, args.recipe)
+        recipe = models.train_defaults(arch, scale, run['recipe'])
     except ValueError as e:
         parser.error(f"--recipe: {e}")
     for key, value in recipe.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    args.ema_warmup = bool(args.ema_warmup)
-    if args.lr_schedule == 'warmup-cosine' and args.warmup_steps is None:
+        if run.get(key) is None:
+            run[key] = value
+    run['ema_warmup'] = bool(run['ema_warmup'])
+    if run['lr_schedule'] == 'warmup-cosine' and run['warmup_steps'] is None:
         parser.error("--lr-schedule warmup-cosine needs --warmup-steps (e.g. --warmup-steps 500)")
-    if args.crop_size % args.scale:
-        parser.error(f"--crop-size {args.crop_size} is not divisible by --scale {args.scale}")
-    if args.keep_best and not args.val_folder:
+    if run['crop_size'] % scale:
+        parser.error(f"--crop-size {run['crop_size']} is not divisible by --scale {scale}")
+    if run['keep_best'] and not run['val_folder']:
         parser.error("--keep-best needs --val-folder (e.g. --val-folder data/Set5)")
-    if not 0 <= args.max_bad_fraction < 1:
+    if not 0 <= run['max_bad_fraction'] < 1:
         parser.error("--max-bad-fraction must be in [0, 1)")
-    overrides = parse_model_opts(args.model_opt, parser)
-    if args.arch == 'srresnet':
-        overrides = dict(large_kernel_size=args.large_kernel_size, small_kernel_size=args.small_kernel_size,
-                         n_channels=args.n_channels, n_blocks=args.n_blocks, **overrides)
+    overrides = parse_model_opts(run['model_opt'], parser)
+    if arch == 'srresnet':
+        overrides = dict(large_kernel_size=run['large_kernel_size'], small_kernel_size=run['small_kernel_size'],
+                         n_channels=run['n_channels'], n_blocks=run['n_blocks'], **overrides)
     try:
-        args.model_config = models.model_config(args.arch, args.scale, **overrides)
-        models.build_model(args.arch, args.model_config)  # fail now on impossible options, not after loading data
-        models.arch_spec(args.arch, args.model_config)
+        run['model_config'] = models.model_config(arch, scale, **overrides)
+        models.build_model(arch, run['model_config'])  # fail now on impossible options, not after loading data
+        models.arch_spec(arch, run['model_config'])
     except (ValueError, TypeError) as e:
         parser.error(f"--model-opt: {e}")
-    args.checkpoint_path = os.path.join(args.results_dir, f"checkpoint_{args.arch}.pth")
-    if args.resume == 'auto':
-        args.resume = args.checkpoint_path
-    return args
+    run['checkpoint_path'] = os.path.join(run['results_dir'], f"checkpoint_{arch}.pth")
+    if run['resume'] == 'auto':
+        run['resume'] = run['checkpoint_path']
+    return Settings(**run)
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, dataset, ctx, speed, spec, args, epoch, start_step,
-                    ema=None, lr_at=None):
-    """One pass over the loader (from ``start_step``), updating ``ema`` (if any) after each step; ``lr_at``: the
-    learning rate of each global step (a per-step schedule), or None (an epoch schedule sets it).
-    Returns ({'loss': mean loss}, next step, stopped early?)."""
+class Trainee(NamedTuple):
+    """What the steps update: the network (the bare model until main wraps it for DDP / DataParallel /
+    torch.compile), its optimizer, learning-rate schedule, loss and GradScaler, and the EMA of its weights (None
+    without --ema-decay)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    criterion: nn.Module
+    scaler: torch.amp.GradScaler
+    ema: object = None
+
+
+def train_one_epoch(trainee, loader, ctx, speed, spec, settings, epoch, start_step, lr_at=None):
+    """One pass over the loader (from ``start_step``), updating the trainee's EMA (if any) after each step; ``spec``:
+    how the network is fed (models.arch_spec); ``lr_at``: the learning rate of each global step (a per-step
+    schedule), or None (an epoch schedule sets it). Returns ({'loss': mean loss}, next step, stopped early?)."""
+    model, optimizer, scaler = trainee.model, trainee.optimizer, trainee.scaler
     model.train()
-    meter, device, scale = AverageMeter(), ctx.device, args.scale
+    meter, device, scale = AverageMeter(), ctx.device, settings.scale
     start, n_patches, step = time.perf_counter(), 0, start_step
     bar = ctx.progress(loader, desc=f"epoch {epoch}")
     for step, batch in enumerate(bar, start=start_step):
-        lr, hr = training.batch_to_device(batch, device, scale, args.downsample)  # (N, 3, h, w), (N, 3, sh, sw)
+        lr, hr = training.batch_to_device(batch, device, scale, settings.downsample)  # (N, 3, h, w), (N, 3, sh, sw)
         x = inference.model_input(spec, lr, scale)  # in the model's input space
         target = inference.model_target(spec, hr)  # in its output space
         if speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, speed.precision):
             sr = model(x)  # (N, C, s*h, s*w)
-        loss = criterion(sr.float(), target)
+        loss = trainee.criterion(sr.float(), target)
         if lr_at is not None:
             training.set_lr(optimizer, lr_at(ctx.global_step))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        training.update_ema(ema, model)
+        training.update_ema(trainee.ema, model)
         if step == start_step:
             ctx.log_images(f"epoch_{epoch}", epoch, x, sr, target, spec.in_type, spec.out_type)
-        values, stop = ctx.end_step({'loss': loss}, epoch, step, args.checkpoint_path)
+        values, stop = ctx.end_step({'loss': loss}, epoch, step)
         meter.update(values['loss'], lr.size(0))
         n_patches += lr.size(0) * ctx.dist.world_size
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(loss=f"{meter.avg:.4g}", patches_s=training.patches_per_second(n_patches, start))
-        dataset.check_failures()
+        loader.dataset.check_failures()
         if stop:
             return {'loss': meter.avg}, step + 1, True
     return {'loss': meter.avg}, step + 1, False
 
 
-def recipe_line(args):
+def recipe_line(settings):
     """What the run trains with, for its first line: the recipe's name and the settings it resolved to."""
-    schedule = args.lr_schedule + (f" over {args.warmup_steps} warm-up steps" if args.lr_schedule == 'warmup-cosine'
-                                   else '')
-    ema = f"EMA {args.ema_decay}{' with warm-up' if args.ema_warmup else ''}" if args.ema_decay else 'no EMA'
-    return (f"recipe {args.recipe or 'default'} ({args.arch} x{args.scale}): {args.loss} loss, lr {args.lr} "
-            f"{schedule}, batch {args.batch_size}, {args.crop_size}-px HR crops, {args.patches_per_image} per image "
-            f"per epoch, {args.epochs} epochs, LR from each {args.lr_from} ({args.downsample}), {ema}")
+    s = settings
+    schedule = s.lr_schedule + (f" over {s.warmup_steps} warm-up steps" if s.lr_schedule == 'warmup-cosine' else '')
+    ema = f"EMA {s.ema_decay}{' with warm-up' if s.ema_warmup else ''}" if s.ema_decay else 'no EMA'
+    return (f"recipe {s.recipe or 'default'} ({s.arch} x{s.scale}): {s.loss} loss, lr {s.lr} {schedule}, batch "
+            f"{s.batch_size}, {s.crop_size}-px HR crops, {s.patches_per_image} per image per epoch, {s.epochs} "
+            f"epochs, LR from each {s.lr_from} ({s.downsample}), {ema}")
 
 
-def checkpoint_state(model, optimizer, scheduler, scaler, global_step, args, speed, epoch, resume_step, best_psnr,
-                     ema=None):
+def checkpoint_state(trainee, global_step, settings, speed, epoch, resume_step, best_psnr):
     """Everything needed to resume exactly, as state_dicts and plain data (with --ema-decay: model_ema, the EMA
     weights under the same keys as model, ema_decay and ema_n_averaged)."""
     return {
-        'format_version': FORMAT_VERSION, 'arch': args.arch, 'model_config': args.model_config,
+        'format_version': FORMAT_VERSION, 'arch': settings.arch, 'model_config': settings.model_config,
         'epoch': epoch, 'resume_step': resume_step, 'step': global_step,
-        'model': strip_prefixes(unwrap_model(model).state_dict()), 'optimizer': optimizer.state_dict(),
-        'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'rng': get_rng_state(),
-        'args': training.run_record(args, speed), 'best_psnr': best_psnr, **training.ema_state(ema, 'model_ema'),
+        'model': strip_prefixes(unwrap_model(trainee.model).state_dict()), 'optimizer': trainee.optimizer.state_dict(),
+        'scheduler': trainee.scheduler.state_dict(), 'scaler': trainee.scaler.state_dict(), 'rng': get_rng_state(),
+        'args': training.run_record(settings, speed), 'best_psnr': best_psnr,
+        **training.ema_state(trainee.ema, 'model_ema'),
     }
 
 
-def build_training(args, speed, device):
-    """Model, optimizer, scheduler, loss and GradScaler for ``args`` (on ``device``)."""
-    model = training.apply_speed(models.build_model(args.arch, args.model_config).to(device), speed)
-    optimizer = training.make_adam(model.parameters(), args.lr, speed)
-    if args.lr_schedule == 'cosine':
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr / 100)
+def build_training(settings, speed, device):
+    """The Trainee of the run's settings (on ``device``): model, optimizer, schedule, loss and GradScaler; no EMA yet
+    (it starts at the initial weights, after --init-from: training.make_ema)."""
+    model = training.apply_speed(models.build_model(settings.arch, settings.model_config).to(device), speed)
+    optimizer = training.make_adam(model.parameters(), settings.lr, speed)
+    if settings.lr_schedule == 'cosine':
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs,
+                                                               eta_min=settings.lr / 100)
     else:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_milestones),
-                                                         gamma=args.lr_gamma)
-    criterion = nn.MSELoss() if args.loss == 'mse' else nn.L1Loss()
-    return model, optimizer, scheduler, criterion, training.make_scaler(device, speed)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.lr_milestones),
+                                                         gamma=settings.lr_gamma)
+    criterion = nn.MSELoss() if settings.loss == 'mse' else nn.L1Loss()
+    return Trainee(model, optimizer, scheduler, criterion, training.make_scaler(device, speed))
 
 
-def load_init(path, args, model, log):
+def load_init(path, settings, model, log):
     """--init-from: load the weights of ``path`` into ``model``; refuses another architecture or configuration."""
-    info = inference.read_checkpoint(path)
-    if info.arch not in models.ARCHS:
-        raise UserError(f"--init-from {path} holds a {info.source} network, which this suite does not train")
-    without_init = [{k: v for k, v in c.items() if k != 'init'} for c in (info.config, args.model_config)]
-    training.check_resume_compatible(info.arch, without_init[0], args.arch, without_init[1], path)  # init: overwritten
-    model.load_state_dict(info.state)
-    log(f"initial weights from {path} ({info.source}; weights only: a new run)")
+    init = checkpoints.load_sr_model(path)
+    if init.arch not in models.ARCHS:
+        raise UserError(f"--init-from {path} holds a {init.source} network, which this suite does not train")
+    without_init = [{k: v for k, v in c.items() if k != 'init'} for c in (init.config, settings.model_config)]
+    training.check_resume_compatible(init.arch, without_init[0], settings.arch, without_init[1], path)  # init: new
+    model.load_state_dict(init.state)
+    log(f"initial weights from {path} ({init.source}; weights only: a new run)")
 
 
-def load_resume(path, ctx, args, model, optimizer, scheduler, scaler, ema=None):
+def load_resume(path, ctx, settings, trainee):
     """Continue from a checkpoint of the same architecture and configuration (checked before any data is read),
-    and the same --ema-decay (``ema``: restored too). Returns (start_epoch, start_step, best_psnr)."""
+    and the same --ema-decay (the trainee's EMA is restored too). Returns (start_epoch, start_step, best_psnr)."""
     ckpt = load_checkpoint(path, map_location=ctx.device)
-    training.check_resume_compatible(ckpt.get('arch', 'srresnet'), ckpt.get('model_config'), args.arch,
-                                     args.model_config, path)
-    model.load_state_dict(strip_prefixes(ckpt['model']))
-    training.load_ema(ema, ckpt, 'model_ema', path)
-    optimizer.load_state_dict(ckpt['optimizer'])
+    training.check_resume_compatible(ckpt.get('arch', 'srresnet'), ckpt.get('model_config'), settings.arch,
+                                     settings.model_config, path)
+    trainee.model.load_state_dict(strip_prefixes(ckpt['model']))
+    training.load_ema(trainee.ema, ckpt, 'model_ema', path)
+    trainee.optimizer.load_state_dict(ckpt['optimizer'])
     if ckpt.get('scheduler'):
-        scheduler.load_state_dict(ckpt['scheduler'])
-    return training.restore_training_state(ckpt, path, scaler, ctx)
+        trainee.scheduler.load_state_dict(ckpt['scheduler'])
+    return training.restore_training_state(ckpt, path, trainee.scaler, ctx)
 
 
 def main(argv=None):
-    args = resolve_args(build_parser(), argv)
-    with training.TrainContext(args.device, ngpu=args.ngpu, dist_timeout=args.dist_timeout, max_steps=args.max_steps,
-                               checkpoint=args.checkpoint_path, resume=args.resume, restart=args.restart) as ctx:
-        speed = training.speed_of(args, ctx.device)
+    settings = resolve_settings(build_parser(), argv)
+    with training.TrainContext(settings.device, ngpu=settings.ngpu, dist_timeout=settings.dist_timeout,
+                               max_steps=settings.max_steps, checkpoint=settings.checkpoint_path,
+                               resume=settings.resume, restart=settings.restart) as ctx:
+        speed = training.speed_of(settings, ctx.device)
         if not speed.faithful:
             keep_freed_memory()
-        seed_everything(args.seed + ctx.dist.rank)
-        set_determinism(args.deterministic)
-        model, optimizer, scheduler, criterion, scaler = build_training(args, speed, ctx.device)
+        seed_everything(settings.seed + ctx.dist.rank)
+        set_determinism(settings.deterministic)
+        trainee = build_training(settings, speed, ctx.device)
         start_epoch, start_step, best_psnr = 1, 0, None
-        if args.init_from:
-            load_init(args.init_from, args, model, ctx.log)
-        ema = training.make_ema(model, args.ema_decay, ctx.dist, args.ema_warmup)  # resume restores it
-        if args.resume:
-            start_epoch, start_step, best_psnr = load_resume(args.resume, ctx, args, model, optimizer, scheduler,
-                                                             scaler, ema)
-        val_images = training.load_val_images(args.val_folder) if args.val_folder else None
-        bicubic = training.bicubic_psnr(val_images, args.scale) if val_images else None  # the curves' reference
-        dataset, collate = training.dataset_of(args, log=ctx.log)
-        ctx.open_writer(os.path.join(args.runs_dir, args.arch), tag=args.arch)
-        net = training.wrap_model(model, ctx.dist, args.ngpu, args.sync_bn)
+        if settings.init_from:
+            load_init(settings.init_from, settings, trainee.model, ctx.log)
+        ema = training.make_ema(trainee.model, settings.ema_decay, ctx.dist, settings.ema_warmup)  # resume restores it
+        trainee = trainee._replace(ema=ema)
+        if settings.resume:
+            start_epoch, start_step, best_psnr = load_resume(settings.resume, ctx, settings, trainee)
+        val_images = training.load_val_images(settings.val_folder) if settings.val_folder else None
+        bicubic = training.bicubic_psnr(val_images, settings.scale) if val_images else None  # the curves' reference
+        dataset, collate = training.build_train_dataset(settings, log=ctx.log)
+        ctx.open_writer(os.path.join(settings.runs_dir, settings.arch), tag=settings.arch)
+        net = training.wrap_model(trainee.model, ctx.dist, settings.ngpu, settings.sync_bn)
         if speed.compile:
             net = torch.compile(net)
-        loader, sampler = training.make_train_loader(dataset, args.batch_size, ctx.dist, args.workers, args.seed,
-                                                     pin_memory=ctx.device.type == 'cuda', collate_fn=collate)
-        saver = training.CheckpointSaver(args.checkpoint_path, ctx.dist, keep_best=args.keep_best)
-        spec = models.arch_spec(args.arch, args.model_config)  # EDSR/RCAN with rgb_range 1 take [0, 1]
-        lr_at = training.step_schedule(args.lr_schedule, args.lr, args.epochs * len(loader), args.warmup_steps)
-        ctx.log(recipe_line(args))
+        trainee = trainee._replace(model=net)  # the steps run the wrapped network
+        loader, sampler = training.make_train_loader(dataset, settings.batch_size, ctx.dist, settings.workers,
+                                                     settings.seed, pin_memory=ctx.device.type == 'cuda',
+                                                     collate_fn=collate)
+        saver = training.CheckpointSaver(settings.checkpoint_path, ctx.dist, keep_best=settings.keep_best)
+        spec = models.arch_spec(settings.arch, settings.model_config)  # EDSR/RCAN with rgb_range 1 take [0, 1]
+        lr_at = training.step_schedule(settings.lr_schedule, settings.lr, settings.epochs * len(loader),
+                                       settings.warmup_steps)
+        ctx.log(recipe_line(settings))
 
         def state(epoch, resume_step):
-            return {**checkpoint_state(net, optimizer, scheduler, scaler, ctx.global_step, args, speed, epoch,
-                                       resume_step, best_psnr, ema), **ctx.history_state()}
+            return {**checkpoint_state(trainee, ctx.global_step, settings, speed, epoch, resume_step, best_psnr),
+                    **ctx.history_state()}
 
-        for epoch in range(start_epoch, args.epochs + 1):
+        for epoch in range(start_epoch, settings.epochs + 1):
             sampler.set_epoch(epoch, start_step * loader.batch_size)
-            losses, next_step, stopped = train_one_epoch(net, criterion, optimizer, scaler, loader, dataset, ctx,
-                                                         speed, spec, args, epoch, start_step, ema, lr_at)
+            losses, next_step, stopped = train_one_epoch(trainee, loader, ctx, speed, spec, settings, epoch,
+                                                         start_step, lr_at)
             start_step = 0
             if stopped:
                 training.stop_workers(loader)
-                ctx.write_curves(f"{args.arch} x{args.scale}")  # first: the resume line stays last
+                ctx.write_curves(f"{settings.arch} x{settings.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
-            scheduler.step()
+            trainee.scheduler.step()
             val_psnr = None
-            if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, args.val_every,
-                                                                                       args.epochs):
-                val_psnr = training.validate(training.shipped_model(net, ema), spec, args.scale, ctx.device,
-                                             val_images)
+            if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, settings.val_every,
+                                                                                       settings.epochs):
+                val_psnr = training.validate(training.shipped_model(net, trainee.ema), spec, settings.scale,
+                                             ctx.device, val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
-            ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
+            ctx.record_epoch(epoch, losses, val_psnr, trainee.ema is not None, bicubic)
             saver.save(state(epoch, 0), improved)
-            ctx.log_epoch(epoch, args.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
+            ctx.log_epoch(epoch, settings.epochs, losses, val_psnr, best_psnr, ema=trainee.ema is not None)
         training.stop_workers(loader)
-        ctx.write_curves(f"{args.arch} x{args.scale}")
-        ctx.log(f"done: {args.checkpoint_path}")
+        ctx.write_curves(f"{settings.arch} x{settings.scale}")
+        ctx.log(f"done: {settings.checkpoint_path}")
     return 0
 
 

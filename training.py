@@ -1,7 +1,8 @@
 """The parts both trainers (train_srresnet.py, train_srgan.py) are built from; their epoch loops stay in the scripts.
 
-    with training.TrainContext(args.device, max_steps=args.max_steps) as ctx:   # joins torchrun's process group
-        speed = training.resolve_speed(ctx.device, faithful=..., amp=..., ...)  # a Speed value
+    settings = resolve_settings(parser)           # the script's flags, resolved once into a frozen utils.Settings
+    with training.TrainContext(settings.device, max_steps=settings.max_steps) as ctx:  # joins torchrun's group
+        speed = training.speed_of(settings, ctx.device)  # a Speed value
         loader, sampler = training.make_train_loader(dataset, batch_size, ctx.dist, workers, seed)
         saver = training.CheckpointSaver(path, ctx.dist, keep_best=True)
         for epoch in range(start_epoch, epochs + 1):
@@ -12,7 +13,7 @@ Here: the process group (DDP under torchrun, DataParallel for --ngpu), speed set
 loader, Ctrl-C / SIGTERM / --max-steps handling, TensorBoard logging, the per-step bookkeeping (one host sync per
 step), the EMA of the weights (--ema-decay), checkpoint saving (latest and best) and resuming, the run's per-epoch
 history and its curves (<run>_curves.png), and the flags both trainers share.
-Imports utils, models, datasets, inference and reports.
+Imports utils, models, datasets, checkpoints, inference and reports.
 """
 import argparse
 import datetime
@@ -35,10 +36,10 @@ import datasets
 import inference
 import models
 import reports
+from checkpoints import save_checkpoint, strip_prefixes
 from utils import (Interrupted, RunLock, UserError, atomic_write, check_precision, convert_image, imresize,
                    list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number, pick_device,
-                   pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, save_checkpoint, set_rng_state,
-                   strip_prefixes, unwrap_model)
+                   pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, set_rng_state, unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -232,25 +233,26 @@ def set_lr(optimizer, lr):
 # ----------------------------------------------------------------------------------------------
 
 
-def build_train_dataset(data_folder, crop_size, scale, *, faithful, downsample, seed, patches_per_image,
-                        crops_per_visit, hflip, vflip, rot90, cache_gb, max_bad_fraction, workers, lr_from='patch',
-                        log=print):
-    """--faithful: the tutorial's SRDataset (PIL decode and bicubic per patch; ``lr_from`` is then 'patch', see
-    faithful_lr_from); else the cached PatchDataset, whose LR is made per patch on the device (``lr_from`` 'patch')
-    or cut from each image's LR, made once ('image').
+def build_train_dataset(settings, log=print):
+    """The training dataset of a run's settings (the data flags of add_training_args, with scale, crop_size and the
+    recipe resolved). --faithful: the tutorial's SRDataset (PIL decode and bicubic per patch; lr_from is then
+    'patch', see faithful_lr_from); else the cached PatchDataset, whose LR is made per patch on the device (lr_from
+    'patch') or cut from each image's LR, made once ('image').
 
     Returns (dataset, collate_fn)."""
-    if lr_from not in ('patch', 'image'):
-        raise ValueError(f"lr_from is 'patch' or 'image', not {lr_from!r}")
-    if faithful:
-        return datasets.SRDataset(data_folder, 'train', crop_size, scale, '[0, 1]', '[0, 1]', downsample=downsample,
-                                  seed=seed, max_bad_fraction=max_bad_fraction, repeat=patches_per_image), None
+    s = settings
+    if s.lr_from not in ('patch', 'image'):
+        raise ValueError(f"lr_from is 'patch' or 'image', not {s.lr_from!r}")
+    if s.faithful:
+        return datasets.SRDataset(s.data_folder, 'train', s.crop_size, s.scale, '[0, 1]', '[0, 1]',
+                                  downsample=s.downsample, seed=s.seed, max_bad_fraction=s.max_bad_fraction,
+                                  repeat=s.patches_per_image), None
     dataset = datasets.PatchDataset(
-        data_folder, crop_size, scale, seed=seed, patches_per_image=patches_per_image,
-        crops_per_visit=crops_per_visit, hflip=bool(hflip), vflip=bool(vflip), rot90=bool(rot90),
-        cache_bytes=None if cache_gb is None else int(cache_gb * 2 ** 30), max_bad_fraction=max_bad_fraction,
-        workers=TUTORIAL_WORKERS if workers is None else workers, lr_method=downsample if lr_from == 'image' else None,
-        log=log)
+        s.data_folder, s.crop_size, s.scale, seed=s.seed, patches_per_image=s.patches_per_image,
+        crops_per_visit=s.crops_per_visit, hflip=bool(s.hflip), vflip=bool(s.vflip), rot90=bool(s.rot90),
+        cache_bytes=None if s.cache_gb is None else int(s.cache_gb * 2 ** 30), max_bad_fraction=s.max_bad_fraction,
+        workers=TUTORIAL_WORKERS if s.workers is None else s.workers,
+        lr_method=s.downsample if s.lr_from == 'image' else None, log=log)
     return dataset, datasets.collate_patches
 
 
@@ -336,9 +338,10 @@ def load_val_images(folder):
     return [pil_to_tensor(load_image(p)) for p in paths]
 
 
-def validate(model, arch, scale, device, hr_images):
-    """Validation PSNR: the standard protocol (Y, border = scale) averaged over ``hr_images``, model in eval mode."""
-    return inference.validate_psnr(inference.Upscaler(model.eval(), arch, scale, device), hr_images, scale)
+def validate(model, spec, scale, device, hr_images):
+    """Validation PSNR: the standard protocol (Y, border = scale) averaged over ``hr_images``, model in eval mode;
+    ``spec``: its models.ArchSpec (models.arch_spec of the run's architecture and configuration)."""
+    return inference.validate_psnr(inference.Upscaler(model.eval(), spec, scale, device), hr_images, scale)
 
 
 def bicubic_psnr(hr_images, scale):
@@ -553,7 +556,7 @@ class TrainContext:
         return tqdm(loader, total=len(loader), desc=desc, disable=None if self.dist.is_main else True,
                     dynamic_ncols=True, leave=False)
 
-    def end_step(self, losses, epoch, step, checkpoint_path):
+    def end_step(self, losses, epoch, step):
         """Bookkeeping after an optimizer step. losses: {name: 0-d tensor}. Returns ({name: float}, stop).
 
         One host sync for everything: the losses and this rank's stop request travel in one tensor (summed across
@@ -575,8 +578,9 @@ class TrainContext:
         *values, stop = packed.tolist()  # the one host sync of the step
         for name, value in zip(names, values):
             if not math.isfinite(value):
-                kept = (f"so {checkpoint_path} still holds the last good state" if os.path.exists(checkpoint_path)
-                        else "and this run had saved nothing yet")
+                saved = self.checkpoint is not None and os.path.exists(self.checkpoint)
+                kept = f"so {self.checkpoint} still holds the last good state" if saved else \
+                    "and this run had saved nothing yet"
                 raise UserError(f"{name} loss became {value} at epoch {epoch}, step {step}; stopped without saving, "
                                 f"{kept} (try a lower --lr or --amp off)")
         values = dict(zip(names, values))
@@ -789,7 +793,7 @@ def load_ema(ema, ckpt, key, path):
 class CheckpointSaver:
     """The files of a run: ``path`` (the latest state, written every epoch and when the run stops) and, with
     keep_best, ``<path stem>_best.pth`` (the state with the best validation PSNR). Rank 0 writes, atomically
-    (utils.save_checkpoint); the other ranks wait at the end of each epoch."""
+    (checkpoints.save_checkpoint); the other ranks wait at the end of each epoch."""
 
     def __init__(self, path, dist, keep_best=False):
         self.path, self.dist, self.keep_best = path, dist, keep_best
@@ -817,9 +821,9 @@ def better(val_psnr, best_psnr):
     return max(val_psnr, best_psnr if best_psnr is not None else val_psnr), best_psnr is None or val_psnr > best_psnr
 
 
-def run_record(args, speed):
-    """The run's flags as plain data for the checkpoint's 'args', with the speed settings as resolved."""
-    return {**plain_args(args), **speed.flags()}
+def run_record(settings, speed):
+    """The run's settings as plain data for the checkpoint's 'args', with the speed settings as resolved."""
+    return {**plain_args(settings), **speed.flags()}
 
 
 def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
@@ -860,12 +864,13 @@ def flag_text(dest, value):
     return typed_flag(dest, value) if isinstance(value, bool) else f"{flag_name(dest)} {value}"
 
 
-def settings_from_checkpoint(ckpt, path, args, given, keys):
-    """A resumed run continues its checkpoint's run: each of ``keys`` (dest names) not in ``given`` (the flags on
-    the command line, utils.given_flags) takes the value the checkpoint's 'args' recorded, so the new checkpoint
-    records what the run really does. A flag of OPTIMIZER_FLAGS given with another value than recorded is refused
-    (the optimizer state holds the recorded one, and the checkpoint would record a change that never happened).
-    Checkpoints older than a flag of RECORDED_BEFORE count as having recorded its value there."""
+def recorded_settings(ckpt, path, flags, given, keys):
+    """What a resumed run takes from its checkpoint's run, {dest name: value}: each of ``keys`` not in ``given``
+    (the flags on the command line, utils.given_flags) with the value the checkpoint's 'args' recorded, so the new
+    checkpoint records what the run really does. A flag of OPTIMIZER_FLAGS given with another value than recorded
+    (``flags``: the values parsed now) is refused (the optimizer state holds the recorded one, and the checkpoint
+    would record a change that never happened). Checkpoints older than a flag of RECORDED_BEFORE count as having
+    recorded its value there."""
     recorded = ckpt.get('args') or {}
     if recorded:
         recorded = {**RECORDED_BEFORE, **recorded}
@@ -874,14 +879,12 @@ def settings_from_checkpoint(ckpt, path, args, given, keys):
                         f"continues that run as it was: drop --faithful (or start a new run from its weights with "
                         f"--init-from)")
     for key in OPTIMIZER_FLAGS:
-        if key in given and key in recorded and recorded[key] != getattr(args, key):
-            value = getattr(args, key)
+        if key in given and key in recorded and recorded[key] != getattr(flags, key):
+            value = getattr(flags, key)
             raise UserError(f"{flag_text(key, value)}: {path} was trained with {flag_text(key, recorded[key])}, which "
                             f"its optimizer state holds, and --resume continues that run as it was: drop "
                             f"{typed_flag(key, value)} (or start a new run from its weights with --init-from)")
-    for key in keys:
-        if key not in given and key in recorded:
-            setattr(args, key, recorded[key])
+    return {key: recorded[key] for key in keys if key not in given and key in recorded}
 
 
 def restore_training_state(ckpt, path, scaler, ctx):
@@ -1000,17 +1003,9 @@ def ema_decay(text):
     return value
 
 
-def speed_of(args, device):
-    """resolve_speed with the speed flags of add_training_args."""
-    return resolve_speed(device, faithful=args.faithful, amp=args.amp, channels_last=args.channels_last,
-                         tail_before_shuffle=args.tail_before_shuffle, fast_prelu=args.fast_prelu,
-                         compile=args.compile, fused_adam=args.fused_adam, fast_tanh=args.fast_tanh)
-
-
-def dataset_of(args, log=print):
-    """build_train_dataset with the data flags of add_training_args (args.scale and args.crop_size resolved)."""
-    return build_train_dataset(args.data_folder, args.crop_size, args.scale, faithful=args.faithful,
-                               downsample=args.downsample, seed=args.seed, patches_per_image=args.patches_per_image,
-                               crops_per_visit=args.crops_per_visit, hflip=args.hflip, vflip=args.vflip,
-                               rot90=args.rot90, cache_gb=args.cache_gb, max_bad_fraction=args.max_bad_fraction,
-                               workers=args.workers, lr_from=args.lr_from, log=log)
+def speed_of(settings, device):
+    """resolve_speed with the speed flags of add_training_args (a run's settings)."""
+    s = settings
+    return resolve_speed(device, faithful=s.faithful, amp=s.amp, channels_last=s.channels_last,
+                         tail_before_shuffle=s.tail_before_shuffle, fast_prelu=s.fast_prelu, compile=s.compile,
+                         fused_adam=s.fused_adam, fast_tanh=s.fast_tanh)

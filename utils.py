@@ -1,16 +1,15 @@
 """The floor every other module stands on: user errors and command-line helpers, colour and luma, image loading,
 MATLAB- and Pillow-compatible bicubic resizing, the metrics, the tutorial's ImageTransforms / convert_image /
-AverageMeter, devices, precision and RNG state, and atomic files with the checkpoint file format.
+AverageMeter, devices, precision and RNG state, and atomic files (the checkpoint file format is checkpoints.py's).
 
-It imports nothing from the project (models, datasets, inference and training build on it), and nothing here picks
-a device or creates files at import time.
+It imports nothing from the project (models, datasets, checkpoints, inference, video and training build on it), and
+nothing here picks a device or creates files at import time.
 """
 import argparse
 import contextlib
 import ctypes
 import functools
 import gc
-import json
 import math
 import os
 import random
@@ -19,6 +18,7 @@ import secrets
 import stat
 import sys
 import time
+import types
 import warnings
 
 try:
@@ -30,8 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,6 +102,19 @@ def given_flags(parser, argv=None):
     finally:
         for action, default in saved:
             action.default = default
+
+
+class Settings(types.SimpleNamespace):
+    """A script's settings, made once from its flags (its resolve_settings): every flag under its argparse name, with
+    what the flags leave open decided (a recipe's defaults, a resumed run's recorded values, ...), plus what the
+    script derives from them. A frozen value: setting or deleting an attribute raises AttributeError; vars() gives
+    them as a dict (plain_args records them)."""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"settings are made once from the flags: {name!r} cannot be set")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"settings are made once from the flags: {name!r} cannot be deleted")
 
 
 def parse_number(text, kind=float):
@@ -1010,11 +1021,8 @@ def timer():
 
 
 # ----------------------------------------------------------------------------------------------
-# Files and checkpoints: atomic writes, plain data only, safe loads
+# Wrapped models, run records as plain data, atomic files (one, or a set all or nothing), the run lock
 # ----------------------------------------------------------------------------------------------
-
-FORMAT_VERSION = 1
-WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 
 
 def unwrap_model(model):
@@ -1028,23 +1036,9 @@ def unwrap_model(model):
             return model
 
 
-def strip_prefixes(state_dict):
-    """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes from state_dict keys."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
 def plain_args(args):
-    """argparse Namespace -> dict of plain values (str/int/float/bool/None, lists and str-keyed dicts of them), safe
-    for weights_only loads; anything else (a Path, a device) as its str."""
+    """argparse Namespace or Settings -> dict of plain values (str/int/float/bool/None, lists and str-keyed dicts of
+    them), safe for weights_only loads; anything else (a Path, a device) as its str."""
     def plain(v):
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
@@ -1160,10 +1154,6 @@ def atomic_write(path, write_fn):
     except (OSError, RuntimeError) as e:
         raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}; "
                         f"the previous file, if any, is unchanged") from None
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 class AtomicFileSet:
@@ -1356,156 +1346,3 @@ class RunLock:
     def __exit__(self, *exc):
         self.release()
         return False
-
-
-def save_checkpoint(state, path):
-    """torch.save ``state`` (state_dicts and plain data only) atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-LEGACY_HELP = ("if it is the tutorial's old format (whole pickled models) and you trust its source, convert it "
-               "once with: python eval.py --convert-legacy {path} NEW.pth")
-# The modules whose classes the tutorial pickled whole into its checkpoints (its models.py, torch's modules and
-# optimizers): only a file refused for one of these is its old format, and only that one is told of the converter.
-LEGACY_GLOBALS = ('models.', 'torch.', '__main__.SRResNet', '__main__.Generator', '__main__.Discriminator')
-
-
-# The suite's checkpoints as safetensors (export.py --format safetensors): the network's weights, and as metadata
-# (strings): format 'sr-suite', format_version, arch, weights ('model', or 'generator' for an SRGAN generator whose
-# keys start with 'net.'), config (JSON: the constructor configuration), scaling_factor, and where present source
-# (where the weights came from) and notes (JSON list: what was read off or assumed), plus free-form descriptions
-# (input, output) that are not read back. safetensors holds tensors and strings only: nothing in it can run code.
-SAFETENSORS_FORMAT = 'sr-suite'
-
-
-def is_safetensors_file(path):
-    """True when the file starts as safetensors do: an 8-byte little-endian header length, then a JSON object."""
-    with open(path, 'rb') as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') < 100 * 2 ** 20
-
-
-def save_safetensors_checkpoint(ckpt, path, descriptions=None):
-    """Write the network of a checkpoint of this suite (``format_version``, ``arch``, ``model`` and ``model_config``
-    or ``generator`` and ``generator_config``, optional ``source`` and ``notes``) as a safetensors file, atomically;
-    ``descriptions``: extra metadata strings for people and other tools (not read back)."""
-    weights = 'generator' if 'generator' in ckpt else 'model'
-    config = ckpt[weights + '_config']
-    metadata = {'format': SAFETENSORS_FORMAT, 'format_version': str(ckpt.get('format_version', FORMAT_VERSION)),
-                'arch': str(ckpt['arch']), 'weights': weights, 'config': json.dumps(config),
-                'scaling_factor': str(config['scaling_factor'])}
-    if ckpt.get('source'):
-        metadata['source'] = str(ckpt['source'])
-    if ckpt.get('notes'):
-        metadata['notes'] = json.dumps(list(ckpt['notes']))
-    metadata.update({k: str(v) for k, v in (descriptions or {}).items()})
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt[weights].items()}  # clone: no shared storage
-    atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata)))
-
-
-def _load_safetensors(path, map_location):
-    """A safetensors file as a checkpoint: this suite's (see SAFETENSORS_FORMAT) rebuilt into the dict a .pth file
-    holds; anyone else's returned as its bare state_dict (tensors)."""
-    device = map_location if isinstance(map_location, (str, torch.device)) else 'cpu'
-    try:
-        with safe_open(path, framework='pt', device=str(device)) as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]})") from None
-    if metadata.get('format') != SAFETENSORS_FORMAT:
-        return tensors
-    try:
-        weights = metadata['weights']
-        ckpt = {'format_version': int(metadata['format_version']), 'arch': metadata['arch'], weights: tensors,
-                weights + '_config': json.loads(metadata['config'])}
-        if 'source' in metadata:
-            ckpt['source'] = metadata['source']
-        if 'notes' in metadata:
-            ckpt['notes'] = json.loads(metadata['notes'])
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{path}: the safetensors metadata of this suite is incomplete or malformed ({e})") from None
-    if weights not in ('model', 'generator'):
-        raise UserError(f"{path}: the safetensors metadata names {weights!r} weights, not 'model' or 'generator'")
-    return ckpt
-
-
-def load_checkpoint(path, map_location='cpu'):
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, nothing is executed. A safetensors
-    file (recognised by its content) is read with safetensors: this suite's come back as the dict a .pth holds.
-
-    A file that needs arbitrary unpickling (pickled modules, or a payload that would run code) is refused
-    with UserError; so are missing files and files that are not checkpoints.
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path}: no such file" + (" (it is a directory)" if os.path.isdir(path) else ""))
-    if is_safetensors_file(path):
-        ckpt = _load_safetensors(path, map_location)
-        return _check_format_version(ckpt, path)
-    if os.path.getsize(path) == 0:
-        raise UserError(f"{path} is empty (0 bytes), not a checkpoint: an interrupted copy or download? Copy it "
-                        f"again")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        text = str(e)
-        refused = re.search(r'GLOBAL ([\w.]+)', text)
-        if refused and refused.group(1).startswith(LEGACY_GLOBALS):
-            raise UserError(f"refusing to load {path}: it needs arbitrary unpickling, which can run code; "
-                            + LEGACY_HELP.format(path=path)) from None
-        if refused:
-            raise UserError(f"refusing to load {path}: it needs arbitrary unpickling, which can run code (it names "
-                            f"{refused.group(1)}, not a class of the tutorial's checkpoints); not a checkpoint to "
-                            f"trust") from None
-        first_line = (text.strip().splitlines() or [''])[0][:120]
-        if 'weights_only' in text:  # torch's advice to unpickle does not apply to a damaged file
-            found = re.search(r'Unsupported operand \d+|[^\n]*(?:load key|truncated|EOF)[^\n]*', text)
-            first_line = found.group(0).strip()[:120] if found else ''
-        raise UserError(f"{path} is not a readable checkpoint: corrupt, or not a checkpoint ({type(e).__name__}"
-                        + (f": {first_line})" if first_line else ")")) from None
-    if not isinstance(ckpt, dict):
-        raise UserError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
-    return _check_checkpoint_fields(_check_format_version(ckpt, path), path)
-
-
-# Fields of this suite's checkpoints (and the tutorial's) and what each must hold: load_checkpoint refuses a file
-# where one holds anything else, so no reader (test.py, eval.py, export.py, --resume) meets it half-way through.
-STATE_DICT_FIELDS = ('model', 'generator', 'discriminator')
-DICT_FIELDS = ('optimizer', 'optimizer_g', 'optimizer_d', 'scheduler', 'scaler', 'rng', 'args', 'model_config',
-               'generator_config', 'discriminator_config')
-INT_FIELDS = ('epoch', 'resume_step', 'step')
-
-
-def _check_checkpoint_fields(ckpt, path):
-    """UserError naming the first field of ``ckpt`` that does not hold what this suite writes there (a bare
-    state_dict, all tensors, has none of these fields)."""
-    if all(torch.is_tensor(v) for v in ckpt.values()):
-        return ckpt
-    for key in STATE_DICT_FIELDS:
-        value = ckpt.get(key)
-        if key in ckpt and not (isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v)
-                                                                for k, v in value.items())):
-            raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its {key!r} is a "
-                            f"{type(value).__name__}, not a state_dict of tensors")
-    for key in DICT_FIELDS:
-        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
-            raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its {key!r} is a "
-                            f"{type(ckpt[key]).__name__}, not a dict")
-    for key in INT_FIELDS:
-        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int) or ckpt[key] < 0):
-            raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its {key!r} is {ckpt[key]!r}, "
-                            f"not a count")
-    return ckpt
-
-
-def _check_format_version(ckpt, path):
-    version = ckpt.get('format_version', 0)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise UserError(f"{path} is corrupt or not a checkpoint of this suite: its format_version is {version!r}, "
-                        f"not a version number")
-    if version > FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format version {version}; this suite reads up to "
-                        f"{FORMAT_VERSION}: update the suite")
-    return ckpt
-

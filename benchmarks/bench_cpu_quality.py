@@ -42,7 +42,7 @@ RUNS = {
 COMMANDS = {arch: run['command'] for arch, run in RUNS.items()}
 TEST_SETS = ('Set5', 'Set14', 'BSD100')
 sys.path.insert(0, REPO)
-from utils import load_checkpoint, save_checkpoint  # noqa: E402
+from checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def child_env():

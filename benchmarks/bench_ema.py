@@ -43,7 +43,7 @@ def set5_psnr(state, config, val_folder, device):
     model = models.build_model('espcn', config)
     model.load_state_dict(state)
     images = [pil_to_tensor(load_image(p)) for p in list_image_files(val_folder)]
-    return inference.validate_psnr(inference.Upscaler(model.eval(), 'espcn', 3, device), images, 3)
+    return inference.validate_psnr(inference.Upscaler(model.eval(), models.ARCHS['espcn'], 3, device), images, 3)
 
 
 def main():
@@ -61,7 +61,7 @@ def main():
         if not os.path.isdir(folder):
             sys.exit(f"{folder} not found: pass --train-folder/--val-folder")
     sys.path.insert(0, REPO)
-    from utils import load_checkpoint
+    from checkpoints import load_checkpoint
     train = ['--arch', 'espcn', '--scale', 3, '--epochs', args.epochs, '--device', args.device, '--seed', 0]
     if args.patches_per_image:
         train += ['--patches-per-image', args.patches_per_image]

@@ -83,9 +83,10 @@ def suite_pipeline(model, device, **options):
     """PIL -> Upscaler.upscale_uint8 -> PIL, as test.py does."""
     import numpy as np
     from PIL import Image
+    import models
     from inference import Upscaler
     from utils import pil_to_tensor
-    upscaler = Upscaler(model, 'srresnet', 4, device, **options)
+    upscaler = Upscaler(model, models.ARCHS['srresnet'], 4, device, **options)
 
     def run(img):
         lr = pil_to_tensor(img).unsqueeze(0).float().div_(255.)
@@ -183,12 +184,13 @@ def measure_case(case, size, args):
 def measure_cli(size, args, tmp):
     """test.py end to end on a size x size PNG with a checkpoint of the benchmark model."""
     sys.path.insert(0, REPO)
+    import checkpoints
     import models
-    import utils
     model = build_model()
     ckpt = os.path.join(tmp, 'bench_srresnet.pth')
-    utils.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': models.model_config('srresnet', 4),
-                           'epoch': 0, 'model': model.state_dict()}, ckpt)
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srresnet',
+                                 'model_config': models.model_config('srresnet', 4), 'epoch': 0,
+                                 'model': model.state_dict()}, ckpt)
     image = os.path.join(tmp, f"bench_{size}.png")
     synthetic_image(size).save(image)
     command = [sys.executable, 'test.py', '--checkpoint', ckpt, '--image', image, '--output-dir', tmp,
@@ -206,13 +208,14 @@ def accuracy(path, args):
     """PSNR (dB, RGB in [0, 1]) of each option's output against the default fp32 whole-image output."""
     sys.path.insert(0, REPO)
     import torch
+    import models
     from inference import Upscaler
     from utils import load_image, pil_to_tensor
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model()
     lr = pil_to_tensor(load_image(path)).unsqueeze(0).float() / 255.
-    ref = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)[0].clamp(0, 1)
+    ref = Upscaler(model, models.ARCHS['srresnet'], 4, 'cpu').upscale(lr)[0].clamp(0, 1)
 
     def psnr(a, b):
         mse = ((a.double() - b.double()) ** 2).mean().item()
@@ -224,7 +227,7 @@ def accuracy(path, args):
     out = {'image': os.path.basename(path), 'lr_size': list(lr.shape[-2:]),
            'reference_output_std': round(ref.std().item(), 4)}  # random weights: a low-contrast output
     for name, options in rows.items():
-        sr = Upscaler(model, 'srresnet', 4, 'cpu', **options).upscale(lr)[0].clamp(0, 1)
+        sr = Upscaler(model, models.ARCHS['srresnet'], 4, 'cpu', **options).upscale(lr)[0].clamp(0, 1)
         out[name] = {'psnr_float': psnr(sr, ref),
                      'psnr_uint8': psnr(torch.floor(sr * 255 + 0.5) / 255, torch.floor(ref * 255 + 0.5) / 255)}
     return out

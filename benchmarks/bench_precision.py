@@ -24,6 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
@@ -38,19 +39,20 @@ def rgb_psnr(a, b):
 
 
 def build_models(device):
-    """(name, model, arch, scale): the shipped checkpoints and a randomly initialised full-size SRResNet x4."""
+    """(name, model, spec, scale): the shipped checkpoints and a randomly initialised full-size SRResNet x4."""
     out = []
     for name in ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth'):
-        loaded = inference.load_sr_model(os.path.join(REPO, 'results', name), device)
-        out.append((name, loaded.model, loaded.spec, int(loaded.config['scaling_factor'])))
+        loaded = checkpoints.load_sr_model(os.path.join(REPO, 'results', name), device)
+        out.append((name, loaded.network, loaded.spec, int(loaded.config['scaling_factor'])))
     torch.manual_seed(0)
-    out.append(('srresnet_x4_random_init', models.SRResNet(scaling_factor=4).to(device).eval(), 'srresnet', 4))
+    srresnet = models.SRResNet(scaling_factor=4).to(device).eval()
+    out.append(('srresnet_x4_random_init', srresnet, models.ARCHS['srresnet'], 4))
     return out
 
 
-def measure(model, arch, scale, device, paths):
+def measure(model, spec, scale, device, paths):
     """Per-folder parity and timing of fp32 against bf16 (see the module docstring)."""
-    ups = {p: inference.Upscaler(model, arch, scale, device, precision=p, fuse=True, channels_last=True,
+    ups = {p: inference.Upscaler(model, spec, scale, device, precision=p, fuse=True, channels_last=True,
                                  max_memory=inference.auto_memory_budget(device)) for p in ('fp32', 'bf16')}
     parity, eval_psnr, seconds = [], {'fp32': [], 'bf16': []}, {'fp32': 0., 'bf16': 0.}
     for i, path in enumerate(paths):
@@ -81,10 +83,10 @@ def main():
         torch.set_num_threads(args.threads)
     device = utils.pick_device(args.device)
     print(f"# torch {torch.__version__}, {device}, native bf16: {utils.native_bf16(device)}")
-    for name, model, arch, scale in build_models(device):
+    for name, model, spec, scale in build_models(device):
         for folder in args.folders:
             row = {'model': name, 'folder': os.path.basename(os.path.normpath(folder)),
-                   **measure(model, arch, scale, device, utils.list_image_files(folder))}
+                   **measure(model, spec, scale, device, utils.list_image_files(folder))}
             print(json.dumps(row))
             print(f"{name} on {row['folder']}: bf16 output vs fp32 >= {row['output_psnr_min']} dB "
                   f"(mean {row['output_psnr_mean']}), eval PSNR {row['eval_psnr_fp32']:.4f} -> "

@@ -29,7 +29,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 sys.path.insert(0, REPO)
-from utils import load_checkpoint  # noqa: E402
+from checkpoints import load_checkpoint  # noqa: E402
 
 PINNED = ['--recipe', 'cpu-291', '--device', 'cpu', '--amp', 'off', '--deterministic']
 SIGNALS = {'SIGINT': signal.SIGINT, 'SIGTERM': signal.SIGTERM, 'SIGKILL': signal.SIGKILL}

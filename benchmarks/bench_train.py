@@ -165,10 +165,11 @@ def loader_step_times(args, device):
         datasets.create_data_lists([args.data], [], args.crop_size, lists, workers=2, log=lambda *a: None)
         n_images = len(datasets.read_data_list(lists, 'train'))
         patches = (args.warmup + args.steps + 1) * args.batch_size  # enough for every step of this one epoch
-        dataset, collate = training.build_train_dataset(
-            lists, args.crop_size, 4, faithful=False, downsample='pil', seed=0,
-            patches_per_image=-(-patches // n_images), crops_per_visit=None, hflip=False, vflip=False, rot90=False,
-            cache_gb=None, max_bad_fraction=0.05, workers=args.workers, log=lambda *a: None)
+        settings = utils.Settings(data_folder=lists, crop_size=args.crop_size, scale=4, faithful=False,
+                                  downsample='pil', lr_from='patch', seed=0, patches_per_image=-(-patches // n_images),
+                                  crops_per_visit=None, hflip=False, vflip=False, rot90=False, cache_gb=None,
+                                  max_bad_fraction=0.05, workers=args.workers)
+        dataset, collate = training.build_train_dataset(settings, log=lambda *a: None)
     dist = training.Dist(device=device)
     loader, sampler = training.make_train_loader(dataset, args.batch_size, dist, args.workers, 0,
                                                  pin_memory=device.type == 'cuda', collate_fn=collate)

@@ -11,7 +11,7 @@ The clip is made first: --frames frames of a real photo (scikit-image's astronau
 window, encoded with libx264 (crf 18) into a temporary folder. Then, per precision:
   model     inference.Upscaler.upscale_uint8 on the decoded frames, one frame at a time (RGB in, RGB out:
             the Y-channel conversions and MATLAB bicubic for Cb/Cr included), after --warmup frames
-  pipeline  inference.upscale_video end to end, as test.py --image clip.mp4 runs it: decode, upscale, encode
+  pipeline  video.upscale_video end to end, as test.py --image clip.mp4 runs it: decode, upscale, encode
             1920x1080 H.264 (--preset, crf 18), mux (fp32 only unless --pipeline-all)
 and once the same pipeline with a pixel-repeating 'upscaler' (codec only: decode, convert, encode), which bounds the
 pipeline's speed whatever the model. Prints one JSON object and one readable line per measurement; each JSON
@@ -33,8 +33,10 @@ from PIL import Image
 from skimage import data
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 import utils  # noqa: E402
+import video  # noqa: E402
 
 REAL_TIME_FPS = 25
 PAPER = "ESPCN paper: real-time 1080p (>= 25 frames/s) on one K2 GPU"
@@ -118,7 +120,7 @@ def main():
     device = utils.pick_device(args.device)
     precisions = args.precisions or (['fp32', 'bf16'] if utils.native_bf16(device) else ['fp32'])
     path = args.checkpoint if os.path.isabs(args.checkpoint) else os.path.join(os.getcwd(), args.checkpoint)
-    loaded = inference.load_sr_model(path, device)
+    loaded = checkpoints.load_sr_model(path, device)
     scale = int(loaded.config['scaling_factor'])
     w, h = args.size
     common = {'device': str(device), 'in': f"{w}x{h}", 'out': f"{w * scale}x{h * scale}",
@@ -129,20 +131,20 @@ def main():
         frames = decoded_frames(clip)
         warmup = min(args.warmup, len(frames) - 1)
         for precision in precisions:
-            upscaler = inference.Upscaler(loaded.model, loaded.arch, scale, device, precision=precision,
+            upscaler = inference.Upscaler(loaded.network, loaded.spec, scale, device, precision=precision,
                                           max_memory=inference.auto_memory_budget(device), fuse=True,
                                           channels_last=True)
             fps, cpu = measure_model(upscaler, frames, warmup, device)
             report(dict(common, what='model', precision=precision, fps=fps, frames=len(frames) - warmup), cpu)
             if precision == precisions[0] or args.pipeline_all:
                 cpu = time.process_time()
-                result = inference.upscale_video(upscaler, clip, os.path.join(tmp, f"out_{precision}.mp4"),
-                                                 preset=args.preset)
+                result = video.upscale_video(upscaler, clip, os.path.join(tmp, f"out_{precision}.mp4"),
+                                             preset=args.preset)
                 report(dict(common, what='pipeline', precision=precision, fps=result.frames / result.seconds,
                             frames=result.frames, model_fps=result.frames / result.model_seconds,
                             preset=args.preset), time.process_time() - cpu)
         start, cpu = time.perf_counter(), time.process_time()
-        result = inference.upscale_video(Repeat(scale), clip, os.path.join(tmp, 'out_repeat.mp4'), preset=args.preset)
+        result = video.upscale_video(Repeat(scale), clip, os.path.join(tmp, 'out_repeat.mp4'), preset=args.preset)
         report(dict(common, what='codec', precision='-', fps=result.frames / (time.perf_counter() - start),
                     frames=result.frames, preset=args.preset), time.process_time() - cpu)
 

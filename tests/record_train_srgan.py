@@ -21,12 +21,12 @@ from utils import run_cli, unwrap_model  # noqa: E402
 RECORD = {'steps': []}
 
 
-def recording_train_one_epoch(generator, discriminator, vgg, *args, train_one_epoch=train_srgan.train_one_epoch):
+def recording_train_one_epoch(gan, *args, train_one_epoch=train_srgan.train_one_epoch):
     RECORD['wrapped'] = {name: type(net).__name__ for name, net in
-                         (('generator', generator), ('discriminator', discriminator), ('vgg', vgg))}
-    RECORD['vgg_trainable'] = sum(p.requires_grad for p in vgg.parameters())
-    result = train_one_epoch(generator, discriminator, vgg, *args)
-    for name, net in (('generator', generator), ('discriminator', discriminator)):
+                         (('generator', gan.generator), ('discriminator', gan.discriminator), ('vgg', gan.vgg))}
+    RECORD['vgg_trainable'] = sum(p.requires_grad for p in gan.vgg.parameters())
+    result = train_one_epoch(gan, *args)
+    for name, net in (('generator', gan.generator), ('discriminator', gan.discriminator)):
         RECORD[name] = {k: v.detach().clone() for k, v in unwrap_model(net).named_parameters()}
     return result
 

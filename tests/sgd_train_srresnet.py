@@ -37,13 +37,13 @@ class RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def build_training_with_sgd(args, speed, device, build_training=train_srresnet.build_training):
-    model, optimizer, scheduler, criterion, scaler = build_training(args, speed, device)
-    if not isinstance(optimizer, RecordingSGD):
-        sys.exit(f"train_srresnet.build_training made a {type(optimizer).__name__}, not torch.optim.Adam: update "
-                 f"this helper")
-    RecordingSGD.names = {p: name for name, p in model.named_parameters()}
-    return model, optimizer, scheduler, criterion, scaler
+def build_training_with_sgd(settings, speed, device, build_training=train_srresnet.build_training):
+    trainee = build_training(settings, speed, device)
+    if not isinstance(trainee.optimizer, RecordingSGD):
+        sys.exit(f"train_srresnet.build_training made a {type(trainee.optimizer).__name__}, not torch.optim.Adam: "
+                 f"update this helper")
+    RecordingSGD.names = {p: name for name, p in trainee.model.named_parameters()}
+    return trainee
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ time per model, per-session folders, page messages, and the offline launch setti
 browser: tests/test_app_browser.py.
 """
 import os
+import re
 import sys
 import threading
 import time
@@ -17,8 +18,11 @@ from PIL import Image
 from conftest import REPO, REPO_ROOT
 
 import app  # noqa: E402
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
+import models  # noqa: E402
 import utils  # noqa: E402
+from test_test_script import run_main, script  # noqa: E402,F401 (script: the fixture loading test.py)
 from utils import UserError  # noqa: E402
 
 ESPCN = os.path.join(REPO, 'results', 'espcn_x3_t91.pth')
@@ -121,8 +125,8 @@ def test_job_with_the_shipped_espcn_gives_upscalers_pixels(service, tmp_path):
     (r,) = results
     assert r.in_size == (40, 30) and r.out_size == (120, 90) and os.path.basename(r.png) == 'cat_espcn.png'
     assert 'with espcn x3, fp32 on cpu' in text and 'cat.png: 40x30 -> 120x90 in ' in text
-    loaded = inference.load_sr_model(ESPCN)
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, 3, 'cpu', fuse=True, channels_last=True)
+    loaded = checkpoints.load_sr_model(ESPCN)
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu', fuse=True, channels_last=True)
     lr = torch.from_numpy(np.array(read(src))).permute(2, 0, 1)[None].float() / 255.
     expected = upscaler.upscale_uint8(lr)[0].permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(read(r.png)), expected)
@@ -131,6 +135,69 @@ def test_job_with_the_shipped_espcn_gives_upscalers_pixels(service, tmp_path):
     before, after = read(r.before), read(r.after)
     assert before.size == after.size == (120, 90) and r.after == r.png
     assert np.abs(np.asarray(before).astype(int) - bicubic).max() <= 8  # Pillow's bicubic: close to MATLAB's
+
+
+def tiny_esrgan_rrdbnet(path):
+    """A tiny random ESRGAN x4 (16 filters, 1 block) saved as a bare state_dict in RRDBNet's key layout (BasicSR,
+    Real-ESRGAN: conv_first, body.0.rdb1.conv1, ...): a checkpoint only spandrel recognises."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+    torch.manual_seed(0)
+    old = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=4).state_dict()  # spandrel's model.N names
+    old['model.10.weight'].mul_(10)  # the random init's output is about -0.05 +- 0.02: centred on grey, spread
+    old['model.10.bias'].fill_(0.5)
+    names = [(r'model\.0\.', 'conv_first.'), (r'model\.1\.sub\.0\.RDB(\d)\.conv(\d)\.0\.', r'body.0.rdb\1.conv\2.'),
+             (r'model\.1\.sub\.1\.', 'conv_body.'), (r'model\.3\.', 'conv_up1.'), (r'model\.6\.', 'conv_up2.'),
+             (r'model\.8\.', 'conv_hr.'), (r'model\.10\.', 'conv_last.')]
+    state = {}
+    for key, value in old.items():
+        for pattern, new in names:
+            if re.match(pattern, key):
+                state[re.sub(pattern, new, key)] = value
+                break
+    assert len(state) == len(old) and 'body.0.rdb3.conv5.weight' in state
+    torch.save(state, path)
+    return str(path)
+
+
+def edsr_at_rgb_range_1(path):
+    """A tiny random EDSR x2 as EDSR-PyTorch saves it (a bare state_dict, its own key names) after training with
+    --rgb_range 1: its sub_mean / add_mean hold the DIV2K mean in [0, 1], which is how the file says so."""
+    torch.manual_seed(0)
+    model = models.build_model('edsr', models.model_config('edsr', 2, n_resblocks=2, n_feats=8, rgb_range=1))
+    with torch.no_grad():
+        model.tail[-1].weight.mul_(0.2)  # keep the output mostly inside [0, 1]: clipped pixels compare nothing
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize('kind', ['spandrel-esrgan', 'edsr-rgb-range-1'])
+def test_published_weights_on_the_page_give_test_pys_pixels(service, script, monkeypatch, capsys, tmp_path, kind):
+    """The page describes and upscales with a checkpoint spandrel recognises, and feeds EDSR weights trained at
+    rgb_range 1 in [0, 1]: its PNG (the alpha channel too) is test.py's, pixel for pixel."""
+    if kind == 'spandrel-esrgan':
+        pytest.importorskip('spandrel')
+        path, label, scale = tiny_esrgan_rrdbnet(tmp_path / 'RealESRGAN_tiny.pth'), 'ESRGAN', 4
+    else:
+        path, label, scale = edsr_at_rgb_range_1(tmp_path / 'edsr_tiny_x2.pt'), 'edsr', 2
+    text, shown = service.describe(path)
+    loaded = checkpoints.load_sr_model(path)
+    assert shown == scale and text.startswith(f"{label} x{scale}, {models.count_parameters(loaded.network):,} "
+                                              f"parameters, RGB, on cpu")
+    src = photo(tmp_path / 'glass.png', 20, 14, 'RGBA', seed=2)
+    (r,), report = service.job([src], None, path, None, False, 'fp32', 'auto', 'session-a', no_progress)
+    assert f"with {label} x{scale}, fp32 on cpu" in report
+    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', path, '--image', src, '--output-dir',
+                            tmp_path / 'cli', '--device', 'cpu', '--precision', 'fp32')
+    assert code == 0, err
+    page, cli = np.asarray(read(r.png)), np.asarray(read(tmp_path / 'cli' / f"glass_{label}.png"))
+    assert page.shape == cli.shape == (14 * scale, 20 * scale, 4) and np.array_equal(page, cli)
+    rgba = torch.from_numpy(np.array(read(src))).permute(2, 0, 1)  # (4, h, w) uint8
+    assert np.array_equal(page[..., 3], utils.imresize(rgba[3:], scale)[0].numpy())  # the alpha: MATLAB bicubic
+    assert ((page[..., :3] > 0) & (page[..., :3] < 255)).mean() > 0.5 and page[..., :3].std() > 10  # not clipped
+    if kind == 'edsr-rgb-range-1':  # fed [0, 255] (the registry's EDSR spec, as the page did), it is another image
+        lr = rgba[None, :3].float() / 255.
+        wrong = inference.Upscaler(loaded.network, models.ARCHS['edsr'], scale, 'cpu').upscale_uint8(lr)[0]
+        assert np.abs(wrong.permute(1, 2, 0).numpy().astype(int) - page[..., :3]).mean() > 20
 
 
 def test_bicubic_job_keeps_alpha_and_equals_imresize(service, tmp_path):

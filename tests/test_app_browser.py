@@ -40,6 +40,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group('browser')  # one server and one browser, also under make test's -n auto
@@ -277,9 +278,10 @@ def test_set5_image_with_the_shipped_espcn_and_nothing_leaves_this_machine(brows
     assert slider_sizes(browser) == [[768, 768], [768, 768]]  # bicubic and SR, as the browser shows them
     sr = download(browser, 'butterfly_espcn.png', tmp_path)
     assert sr.size == (768, 768) and sr.mode == 'RGB'
-    loaded = inference.load_sr_model(os.path.join(REPO, 'results', 'espcn_x3_t91.pth'))
+    loaded = checkpoints.load_sr_model(os.path.join(REPO, 'results', 'espcn_x3_t91.pth'))
     # the page's default precision is auto: the same pick as here, on the same machine (and said in the page)
-    upscaler = inference.Upscaler(loaded.model, loaded.arch, 3, 'cpu', fuse=True, channels_last=True, precision='auto')
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu', fuse=True, channels_last=True,
+                                  precision='auto')
     assert f"with espcn x3, {upscaler.precision} on cpu" in text, text
     with Image.open(SHARED_DATA / 'Set5' / 'butterfly.png') as img:
         lr = torch.from_numpy(np.asarray(img.convert('RGB')).copy()).permute(2, 0, 1)[None].float() / 255.

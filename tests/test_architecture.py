@@ -1,6 +1,6 @@
 """The layers of the suite (docs/architecture.md, "Architecture"): imports go one way, no script imports another, no
-project module is imported inside a function, the design card's names stay where it put them, and the documented
-table of layers is the one enforced here.
+project module is imported inside a function, PyAV is video.py's alone, the design card's names stay where it put
+them, and the documented table of layers is the one enforced here.
 
     python tests/test_architecture.py      # prints the project's import graph, layer by layer
 """
@@ -17,8 +17,10 @@ LAYERS = {
     'models': set(),
     'reports': set(),
     'datasets': {'utils'},
-    'inference': {'utils', 'models'},
-    'training': {'utils', 'models', 'datasets', 'inference', 'reports'},
+    'checkpoints': {'utils', 'models'},
+    'inference': {'utils', 'models', 'checkpoints'},
+    'video': {'utils'},
+    'training': {'utils', 'models', 'datasets', 'checkpoints', 'inference', 'reports'},
 }
 LIBRARY = set(LAYERS)
 
@@ -27,19 +29,20 @@ def project_modules():
     return sorted(p.stem for p in REPO_ROOT.glob('*.py'))
 
 
-def imports_of(name):
-    """{(imported project module, inside a function?)} for the top-level module ``name``."""
+def imports_of(name, modules=None):
+    """{(imported module, inside a function?)} for the top-level module ``name``: the project's modules, or the
+    top-level packages named in ``modules``."""
     tree = ast.parse((REPO_ROOT / f"{name}.py").read_text())
-    project = set(project_modules())
+    wanted = set(project_modules()) if modules is None else set(modules)
     found = set()
 
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
             nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.Import):
-                found.update((a.name.split('.')[0], nested) for a in child.names if a.name.split('.')[0] in project)
+                found.update((a.name.split('.')[0], nested) for a in child.names if a.name.split('.')[0] in wanted)
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
-                if child.module.split('.')[0] in project:
+                if child.module.split('.')[0] in wanted:
                     found.add((child.module.split('.')[0], nested))
             visit(child, nested)
     visit(tree, False)
@@ -82,6 +85,20 @@ def test_the_documented_layers_are_the_enforced_ones():
         for module in re.findall(r'`(\w+)\.py`', modules):
             documented[module] = set() if allowed == 'nothing' else {m.strip() for m in allowed.split(',')}
     assert documented == LAYERS
+
+
+def test_pyav_is_the_video_modules_and_only_test_py_and_app_py_import_it():
+    assert {name for name in project_modules() if imports_of(name, ['av'])} == {'video'}
+    assert {name for name in project_modules() if imports_of(name, ['video'])} <= {'test', 'app'}
+
+
+def test_the_loaders_names_stay_importable_from_inference():
+    sys.path.insert(0, str(REPO_ROOT))
+    import checkpoints
+    import inference
+    for name in ('load_sr_model', 'describe_checkpoint', 'suite_checkpoint', 'convert_legacy_checkpoint',
+                 'add_assumption_args', 'add_weights_arg', 'ModelDescription'):
+        assert getattr(inference, name) is getattr(checkpoints, name), name
 
 
 def test_the_design_cards_names_stay_where_it_put_them():

@@ -6,9 +6,9 @@ from torch import nn
 
 import models
 from conftest import run_script
-from train_srresnet import build_parser, build_training, resolve_args
+from train_srresnet import build_parser, build_training, resolve_settings
 import training
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 TINY_OPTS = {
     'srresnet': ['--n-blocks', 2, '--n-channels', 8],
@@ -22,7 +22,7 @@ TINY_OPTS = {
 
 
 def args_for(*argv):
-    return resolve_args(build_parser(), list(map(str, argv)))
+    return resolve_settings(build_parser(), list(map(str, argv)))
 
 
 def test_each_arch_brings_its_recipe_and_flags_override_it():
@@ -48,7 +48,7 @@ def test_each_arch_brings_its_recipe_and_flags_override_it():
 @pytest.mark.parametrize('loss, criterion', [('l1', nn.L1Loss), ('mse', nn.MSELoss)])
 def test_loss_flag_selects_the_criterion(loss, criterion):
     args = args_for('--arch', 'espcn', '--scale', 3, '--loss', loss, '--channels-last')
-    _, _, _, built, _ = build_training(args, training.speed_of(args, torch.device('cpu')), torch.device('cpu'))
+    built = build_training(args, training.speed_of(args, torch.device('cpu')), torch.device('cpu')).criterion
     assert isinstance(built, criterion)
 
 

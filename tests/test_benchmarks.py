@@ -5,7 +5,7 @@ import json
 from PIL import Image
 
 from conftest import photo_crops, run_script
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 
 def json_lines(stdout):

@@ -15,7 +15,7 @@ import torch
 import inference
 import models
 from conftest import REPO, run_script
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(),
@@ -92,16 +92,16 @@ def test_upscaler_on_cuda_matches_the_cpu(arch):
             'edsr': dict(n_resblocks=1, n_feats=8)}[arch]
     model = models.build_model(arch, models.model_config(arch, 2, **opts)).eval()
     lr = torch.rand(1, 3, 40, 36)
-    ref, _ = inference.Upscaler(model, arch, 2, 'cpu').upscale(lr)
+    ref, _ = inference.Upscaler(model, models.ARCHS[arch], 2, 'cpu').upscale(lr)
     gpu_model = models.build_model(arch, models.model_config(arch, 2, **opts))
     gpu_model.load_state_dict(model.state_dict())
     gpu_model = gpu_model.cuda().eval()
-    fp32, _ = inference.Upscaler(gpu_model, arch, 2, 'cuda', fuse=True, channels_last=True).upscale(lr)
+    fp32, _ = inference.Upscaler(gpu_model, models.ARCHS[arch], 2, 'cuda', fuse=True, channels_last=True).upscale(lr)
     assert psnr01(fp32.cpu(), ref) > 60
-    tiled, _ = inference.Upscaler(gpu_model, arch, 2, 'cuda', tile=16, tile_overlap=8).upscale(lr)
+    tiled, _ = inference.Upscaler(gpu_model, models.ARCHS[arch], 2, 'cuda', tile=16, tile_overlap=8).upscale(lr)
     assert psnr01(tiled.cpu(), ref) > 50
     for precision in ('fp16',) + (('bf16',) if torch.cuda.is_bf16_supported() else ()):
-        low, _ = inference.Upscaler(gpu_model, arch, 2, 'cuda', precision=precision).upscale(lr)
+        low, _ = inference.Upscaler(gpu_model, models.ARCHS[arch], 2, 'cuda', precision=precision).upscale(lr)
         assert 30 < psnr01(low.cpu(), ref) < math.inf  # ran in low precision, and stayed close
 
 

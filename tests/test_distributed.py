@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO, run_script
 from datasets import create_data_lists
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 # ESPCN has no BatchNorm, so DDP's averaged gradients must equal one process's gradient of the global batch. In fp32:
 # --amp auto is bf16 on CPUs with AMX / AVX512-BF16, where a batch of 4 and two of 2 differ by 4e-3 of the gradient.

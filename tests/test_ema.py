@@ -9,7 +9,8 @@ import torch
 import inference
 import models
 from conftest import run_script
-from utils import FORMAT_VERSION, list_image_files, load_checkpoint, load_image, pil_to_tensor, save_checkpoint
+from checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from utils import list_image_files, load_image, pil_to_tensor
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--deterministic',
         '--device', 'cpu', '--amp', 'off', '--workers', 0]
@@ -116,7 +117,7 @@ def test_default_is_off_resume_keeps_the_decay_and_refuses_another(tmp_path, tin
 def psnr_of(state, hr_images):
     model = models.build_model('srresnet', models.model_config('srresnet', 4, n_blocks=2, n_channels=8))
     model.load_state_dict(state)
-    return inference.validate_psnr(inference.Upscaler(model.eval(), 'srresnet', 4, 'cpu'), hr_images, 4)
+    return inference.validate_psnr(inference.Upscaler(model.eval(), models.ARCHS['srresnet'], 4, 'cpu'), hr_images, 4)
 
 
 def test_validation_and_keep_best_judge_the_ema_weights(tmp_path, tiny_dataset):

@@ -20,10 +20,12 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import checkpoints
 import eval as eval_script
 import models
+from checkpoints import save_checkpoint
 from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data
-from utils import UserError, imresize, list_image_files, run_cli, save_checkpoint
+from utils import UserError, imresize, list_image_files, run_cli
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
@@ -251,10 +253,8 @@ def test_shipped_checkpoints_give_readmes_numbers(arch):
     row = readme_row(prefix)
     assert row[0] == prefix.strip('| ')
     assert f"x3 {row[1]}" in readme_row(f"| `{arch}`", 'architectures.md')[5]  # the same Set5 pair
-    from inference import load_sr_model
-    checkpoint = str(REPO_ROOT / 'results' / f"{arch}_x3_t91.pth")
-    loaded = load_sr_model(checkpoint, 'cpu')
-    method = eval_script.ModelMethod(loaded.model, loaded.arch, loaded.config, checkpoint, 'cpu', loaded.spec)
+    model = checkpoints.load_sr_model(str(REPO_ROOT / 'results' / f"{arch}_x3_t91.pth"), 'cpu')
+    method = eval_script.ModelMethod(model, 'cpu')
     for column, name in enumerate(datasets, start=1):
         psnr_text, ssim_text = row[column].split(' / ')
         result = eval_script.evaluate_dataset(method, name, list_image_files(str(SHARED_DATA / name)),

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+import checkpoints
 import export
 import inference
 import models
@@ -45,7 +46,7 @@ def suite_checkpoint(tmp_path, arch, scale, srgan=False):
     else:
         ckpt = {'format_version': 1, 'arch': arch, 'model_config': config, 'model': model.state_dict(), 'epoch': 1}
     path = tmp_path / f"checkpoint_{'srgan' if srgan else arch}.pth"
-    utils.save_checkpoint(ckpt, str(path))
+    checkpoints.save_checkpoint(ckpt, str(path))
     return path
 
 
@@ -53,7 +54,7 @@ def onnx_vs_upscaler(onnx_path, loaded, sizes):
     """Max abs difference between onnxruntime and inference.Upscaler (plain model, fp32) on random inputs, and the
     share of output values strictly inside (0, 1) (the comparison is not one of clamped values)."""
     session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    upscaler = inference.Upscaler(loaded.model, loaded.spec, loaded.config['scaling_factor'], 'cpu')
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, loaded.config['scaling_factor'], 'cpu')
     worst, inside = 0., []
     for n, h, w in sizes:
         lr = torch.rand(n, 3, h, w)
@@ -84,17 +85,17 @@ def test_onnx_of_every_architecture_matches_pytorch_in_onnxruntime(tmp_path, cap
     props = {p.key: p.value for p in graph.metadata_props}
     assert props['arch'] == ('srgan' if srgan else arch) and props['scaling_factor'] == str(scale)
     # Sizes unlike export.py's own check and trace; the fused graph against the plain PyTorch model.
-    worst, inside = onnx_vs_upscaler(onnx_path, inference.load_sr_model(str(path)), [(1, 9, 14), (3, 16, 11)])
+    worst, inside = onnx_vs_upscaler(onnx_path, checkpoints.load_sr_model(str(path)), [(1, 9, 14), (3, 16, 11)])
     assert worst <= 1e-5 and inside > 0.5  # docs/export.md: 1e-7 to a few 1e-6 (export.py refuses over 1e-4)
 
 
 def test_onnx_check_catches_a_wrong_graph(tmp_path, monkeypatch):
     path = suite_checkpoint(tmp_path, 'espcn', 3)
-    info = inference.read_checkpoint(str(path))
+    model = checkpoints.load_sr_model(str(path))
     real_forward = inference.RGBNetwork.forward  # a graph 1% off: the onnxruntime check must refuse to write it
     monkeypatch.setattr(inference.RGBNetwork, 'forward', lambda self, lr: real_forward(self, lr) * 0.99)
     with pytest.raises(utils.UserError, match=r'onnxruntime differs from PyTorch by .* nothing written'):
-        export.export_onnx(info, str(path), str(tmp_path / 'espcn.onnx'), 17, True)
+        export.export_onnx(model, str(tmp_path / 'espcn.onnx'), 17, True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint_espcn.pth']
 
 
@@ -112,9 +113,9 @@ def test_cli_onnx_export_and_the_readme_snippet_upscale_like_test_py(tmp_path, t
     code = readme_onnx_snippet().replace('checkpoint_srresnet.onnx', str(tmp_path / 'espcn.onnx'))
     code = code.replace("'photo.png'", repr(str(photo))).replace("'photo_sr.png'", repr(str(tmp_path / 'sr.png')))
     exec(compile(code, 'docs/export.md snippet', 'exec'), {})
-    loaded = inference.load_sr_model(str(path))
+    loaded = checkpoints.load_sr_model(str(path))
     lr = utils.pil_to_tensor(utils.load_image(str(photo)))[None].float() / 255
-    expected = inference.Upscaler(loaded.model, loaded.spec, 3, 'cpu', fuse=True, channels_last=True)
+    expected = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu', fuse=True, channels_last=True)
     expected = expected.upscale_uint8(lr)[0].permute(1, 2, 0).numpy().astype(int)  # what test.py writes
     with Image.open(tmp_path / 'sr.png') as sr:
         got = np.asarray(sr).astype(int)
@@ -130,7 +131,7 @@ def test_onnx_refuses_networks_that_need_padding_in_one_line(tmp_path, capsys):
     assert not (tmp_path / 'swinir.onnx').exists()
     esrgan = save_weights(tiny_spandrel('ESRGAN'), tmp_path / 'esrgan.pth')  # no padding needed: exported
     assert export.main(['--checkpoint', str(esrgan), '--format', 'onnx']) == 0
-    worst, inside = onnx_vs_upscaler(tmp_path / 'esrgan.onnx', inference.load_sr_model(str(esrgan)), [(1, 9, 7)])
+    worst, inside = onnx_vs_upscaler(tmp_path / 'esrgan.onnx', checkpoints.load_sr_model(str(esrgan)), [(1, 9, 7)])
     assert worst <= 1e-4 and inside > 0.5
 
 
@@ -159,7 +160,7 @@ def test_every_kind_round_trips_through_safetensors_and_the_suites_format(tmp_pa
     for path, label in kinds(tmp_path):
         out = tmp_path / f'{path.stem}_export.{fmt}'
         assert export.main(['--checkpoint', str(path), '--format', fmt, '--output', str(out)]) == 0
-        before, after = inference.read_checkpoint(str(path)), inference.read_checkpoint(str(out))
+        before, after = checkpoints.load_sr_model(str(path)), checkpoints.load_sr_model(str(out))
         assert (after.label, after.arch, after.config) == (before.label, before.arch, before.config) and \
             after.label == label
         assert after.source == before.source and list(after.notes) == list(before.notes)
@@ -167,8 +168,8 @@ def test_every_kind_round_trips_through_safetensors_and_the_suites_format(tmp_pa
         assert all(torch.equal(after.state[k], before.state[k].float()) for k in before.state)
         x = torch.rand(1, 3, 10, 12)
         with torch.no_grad():
-            a, b = inference.load_sr_model(str(path)), inference.load_sr_model(str(out))
-            sr_a, sr_b = (inference.Upscaler(m.model, m.spec, m.config['scaling_factor'], 'cpu').upscale(x)[0]
+            a, b = checkpoints.load_sr_model(str(path)), checkpoints.load_sr_model(str(out))
+            sr_a, sr_b = (inference.Upscaler(m.network, m.spec, m.config['scaling_factor'], 'cpu').upscale(x)[0]
                           for m in (a, b))
         torch.testing.assert_close(sr_b, sr_a, rtol=0, atol=0)
         if fmt == 'safetensors':  # tensors and strings only, this suite's keys
@@ -200,18 +201,18 @@ def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path,
     train = run_script('train_srresnet.py', *common, '--model-opt', 'n_channels=8', '--results-dir', tmp_path / 'run',
                        '--lr', 0, '--init-from', st)
     assert train.returncode == 0, train.stderr
-    trained = utils.load_checkpoint(str(tmp_path / 'run' / 'checkpoint_msrresnet.pth'))
-    exported = inference.read_checkpoint(str(st)).state
+    trained = checkpoints.load_checkpoint(str(tmp_path / 'run' / 'checkpoint_msrresnet.pth'))
+    exported = checkpoints.load_sr_model(str(st)).state
     assert trained['epoch'] == 1 and trained['model'].keys() == exported.keys()
     assert all(torch.equal(trained['model'][k], exported[k]) for k in exported)  # lr 0: the initial weights
     argv = [str(a) for a in common] + ['--model-opt', 'n_channels=16', '--init-from', str(st)]
-    args = train_srresnet.resolve_args(train_srresnet.build_parser(), argv)
+    args = train_srresnet.resolve_settings(train_srresnet.build_parser(), argv)
     model = models.build_model(args.arch, args.model_config)
     with pytest.raises(utils.UserError, match='n_channels: checkpoint 8 vs now 16'):
         train_srresnet.load_init(str(st), args, model, print)
     capsys.readouterr()
     with pytest.raises(SystemExit):  # an argparse error, before any work
-        train_srresnet.resolve_args(train_srresnet.build_parser(), argv + ['--resume', str(src)])
+        train_srresnet.resolve_settings(train_srresnet.build_parser(), argv + ['--resume', str(src)])
     assert '--init-from starts a new run from weights, --resume continues one' in capsys.readouterr().err
 
 
@@ -224,7 +225,7 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
     assert out.read_bytes() == b'precious' and result.stderr.count('\n') == 1
     assert export.main(['--checkpoint', str(path), '--format', 'safetensors', '--output', str(out),
                         '--overwrite']) == 0
-    assert inference.read_checkpoint(str(out)).arch == 'edsr'
+    assert checkpoints.load_sr_model(str(out)).arch == 'edsr'
     with pytest.raises(utils.UserError, match='is the checkpoint itself'):
         export.main(['--checkpoint', str(path), '--format', 'pth', '--overwrite'])
     with pytest.raises(utils.UserError, match='--res-scale 0.5: .* says res_scale 1 itself'):
@@ -237,10 +238,10 @@ def test_published_edsr_converted_once_keeps_its_assumption(tmp_path):
     torch.save(sd, tmp_path / 'edsr_x2.pt')
     out = tmp_path / 'edsr_x2.pth'
     assert export.main(['--checkpoint', str(tmp_path / 'edsr_x2.pt'), '--format', 'pth', '--res-scale', '0.1']) == 0
-    loaded = inference.load_sr_model(str(out))  # res_scale is recorded now: no flag needed any more
+    loaded = checkpoints.load_sr_model(str(out))  # res_scale is recorded now: no flag needed any more
     assert loaded.config['res_scale'] == 0.1 and any('--res-scale' in n for n in loaded.notes)
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model.double()(255 * x),
+        torch.testing.assert_close(loaded.network.double()(255 * x),
                                    edsr_pytorch_forward({k: v.double() for k, v in sd.items()}, 255 * x, 0.1),
                                    rtol=1e-5, atol=1e-4)

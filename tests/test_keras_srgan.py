@@ -9,13 +9,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+import checkpoints
 import inference
 import models
 import train_srgan
 import train_srresnet
 import training
 from conftest import run_script
-from utils import UserError, load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
+from utils import UserError
 
 # ----------------------------------------------------------------------------------------------
 # The seed's layer lists (nets/srgan.py), written out as PyTorch parameter shapes, layer by layer
@@ -197,8 +199,8 @@ def test_keras_step_updates_the_discriminator_first_and_the_generator_sees_it():
     g.register_forward_pre_hook(lambda m, i: g_calls.append((m.training, torch.is_grad_enabled())))
     lr, hr = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 32, 32)
     g.train(), d.train()
-    shown, losses = train_srgan.keras_step(g, d, features, opt_g, opt_d, training.make_scaler(device, speed), lr, hr,
-                                           device, speed, SimpleNamespace(beta=1e-3))
+    gan = train_srgan.GAN(g, d, features, opt_g, opt_d, training.make_scaler(device, speed))
+    shown, losses = train_srgan.keras_step(gan, lr, hr, device, speed, SimpleNamespace(beta=1e-3))
     assert len(d_calls) == 3 and set(losses) == {'pixel', 'content', 'adversarial', 'discriminator'}
     (g_real, d_real, *_), (g_fake, d_fake, *_), (_, d_seen_by_g, tracks, running) = d_calls
     assert torch.equal(g_real, g0) and torch.equal(g_fake, g0)  # both D updates before the generator's
@@ -229,7 +231,7 @@ def test_batch_statistics_only_normalises_with_the_batch_and_keeps_running_stati
 
 
 def srgan_args(*argv):
-    return train_srgan.resolve_args(train_srgan.build_parser(), list(map(str, argv)))
+    return train_srgan.resolve_settings(train_srgan.build_parser(), list(map(str, argv)))
 
 
 def test_keras_variant_brings_the_seeds_recipe_and_refuses_what_the_seed_fixes(tmp_path):
@@ -251,16 +253,16 @@ def test_checkpoints_of_the_keras_variant_load_with_its_own_conventions(tmp_path
     path = tmp_path / 'checkpoint_srgan.pth'
     save_checkpoint({'arch': 'srgan', 'variant': 'keras', 'generator': g.state_dict(),
                      'generator_config': models.model_config('srgan_keras', 4, n_channels=8, n_blocks=2)}, path)
-    loaded = inference.load_sr_model(path)
+    loaded = checkpoints.load_sr_model(path)
     assert (loaded.arch, loaded.label, loaded.spec.in_type, loaded.spec.out_type) == \
         ('srgan_keras', 'srgan_keras', '[-1, 1]', '[-1, 1]')
     lr = torch.rand(1, 3, 10, 12)
-    sr, _ = inference.Upscaler(loaded.model, loaded.spec, 4, 'cpu').upscale(lr)
+    sr, _ = inference.Upscaler(loaded.network, loaded.spec, 4, 'cpu').upscale(lr)
     with torch.no_grad():
         expected = (g(lr * 2 - 1) + 1) / 2  # the seed's (x / 255 - 0.5) / 0.5 in, tanh out
     assert torch.allclose(sr, expected.clamp(0, 1), atol=1e-6)
     with pytest.raises(UserError, match="unknown SRGAN variant 'pix2pix'"):
-        inference.describe_checkpoint({'generator': {}, 'variant': 'pix2pix'}, 'x.pth')
+        checkpoints.describe_checkpoint({'generator': {}, 'variant': 'pix2pix'}, 'x.pth')
 
 
 TINY_KERAS = ['--variant', 'keras', '--vgg-weights', 'random', '--batch-size', 3, '--crop-size', 32, '--workers', 0,

@@ -1,4 +1,4 @@
-"""Other projects' published weights through the suite's one loader (inference.describe_checkpoint / load_sr_model).
+"""Other projects' published weights through the suite's one loader (checkpoints.describe_checkpoint / load_sr_model).
 
 No download: state_dicts are built from the published key names and shapes (EDSR-PyTorch's src/model/edsr.py and
 rcan.py, the official RCAN release, BasicSR's edsr_arch.py, rcan_arch.py and srresnet_arch.py), filled with random
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import checkpoints
 import inference
 import models
 import utils
@@ -242,7 +243,7 @@ def basicsr_msrresnet_forward(sd, x, scale):  # basicsr/archs/srresnet_arch.py; 
 
 def described(ckpt, **assume):
     """describe_checkpoint, and its network built in float64 with the converted weights (exact comparisons)."""
-    info = inference.describe_checkpoint(ckpt, 'file.pth', **assume)
+    info = checkpoints.describe_checkpoint(ckpt, 'file.pth', **assume)
     model = models.build_model(info.arch, info.config).to(DT)
     model.load_state_dict(info.state)  # strict: the conversion accounts for every key
     return info, model.eval()
@@ -286,7 +287,7 @@ def test_edsr_res_scale_flag_prefix_and_value_range_read_off_sub_mean():
     with torch.no_grad():
         torch.testing.assert_close(model(x / 255), edsr_pytorch_forward(sd1, x / 255, 1.0), rtol=1e-10, atol=1e-10)
     with pytest.raises(utils.UserError, match=r'--rgb-range 255: file.pth says rgb_range 1 itself'):
-        inference.describe_checkpoint(sd1, 'file.pth', rgb_range=255)
+        checkpoints.describe_checkpoint(sd1, 'file.pth', rgb_range=255)
 
 
 def test_edsr_without_mean_shifts_gets_the_defaults_or_the_flag():
@@ -315,7 +316,7 @@ def test_official_rcan_bare_state_dict(scale):
     with torch.no_grad():
         torch.testing.assert_close(model(x), official_rcan_forward(sd, x), rtol=1e-10, atol=1e-8)
     with pytest.raises(utils.UserError, match='--res-scale does not apply to file.pth: its rcan has no res_scale'):
-        inference.describe_checkpoint(sd, 'file.pth', res_scale=0.1)
+        checkpoints.describe_checkpoint(sd, 'file.pth', res_scale=0.1)
 
 
 def meta_sd(shapes):
@@ -336,7 +337,7 @@ def meta_sd(shapes):
     (2, 32, 256, 0.1, 40.7), (3, 32, 256, 0.1, 43.7), (4, 32, 256, 0.1, 43.1)])
 def test_published_edsr_files_configuration(scale, nb, nf, res_scale, millions):
     shapes = edsr_pytorch_shapes(scale, nb, nf)
-    info = inference.describe_checkpoint(meta_sd(shapes), 'edsr.pt')
+    info = checkpoints.describe_checkpoint(meta_sd(shapes), 'edsr.pt')
     assert (info.config['scaling_factor'], info.config['n_resblocks'], info.config['n_feats'],
             info.config['res_scale']) == (scale, nb, nf, res_scale)
     with torch.device('meta'):
@@ -348,7 +349,7 @@ def test_published_edsr_files_configuration(scale, nb, nf, res_scale, millions):
 @pytest.mark.parametrize('scale', [2, 3, 4, 8])
 def test_published_rcan_files_configuration(scale):
     shapes = official_rcan_shapes(scale, 10, 20, 64, 16)
-    info = inference.describe_checkpoint(meta_sd(shapes), 'RCAN_BIX.pt')
+    info = checkpoints.describe_checkpoint(meta_sd(shapes), 'RCAN_BIX.pt')
     assert (info.config['n_resgroups'], info.config['n_resblocks'], info.config['n_feats'],
             info.config['reduction'], info.config['scaling_factor']) == (10, 20, 64, 16, scale)
     with torch.device('meta'):
@@ -413,18 +414,18 @@ def test_layouts_are_told_apart_and_the_unrecognised_refused_in_one_line(monkeyp
                'basicsr-edsr': basicsr_edsr_shapes(4, 2, 8), 'basicsr-rcan': basicsr_rcan_shapes(4, 2, 2, 16, 4),
                'msrresnet': msrresnet_shapes(4, 2, 8)}
     for name, shapes in layouts.items():
-        assert inference._layout(meta_sd(shapes)) == name
+        assert checkpoints._layout(meta_sd(shapes)) == name
     strange = {'encoder.0.weight': torch.zeros(8, 3, 3, 3), 'encoder.0.bias': torch.zeros(8)}
     with pytest.raises(utils.UserError) as err:
-        inference.describe_checkpoint(strange, 'strange.pth')
+        checkpoints.describe_checkpoint(strange, 'strange.pth')
     message = str(err.value)
     assert '\n' not in message and 'unrecognised weights (2 tensor(s): encoder.0.weight, encoder.0.bias)' in message
     sd = random_sd(basicsr_edsr_shapes(2, 2, 8))
     sd['extra.weight'] = torch.zeros(3)
     with pytest.raises(utils.UserError, match="BasicSR EDSR weights with an unexpected key 'extra.weight'"):
-        inference.describe_checkpoint({'params': sd}, 'x.pth')
+        checkpoints.describe_checkpoint({'params': sd}, 'x.pth')
     with pytest.raises(utils.UserError, match='holds no model weights: not an SR checkpoint .*epoch, notes'):
-        inference.describe_checkpoint({'epoch': 3, 'notes': 'hello'}, 'x.pth')
+        checkpoints.describe_checkpoint({'epoch': 3, 'notes': 'hello'}, 'x.pth')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,14 +463,14 @@ def save_weights(net, path):
                                            ('SwinIR', '.pth', (13, 21))])  # SwinIR: padded to 16 px, cropped
 def test_spandrel_files_run_through_the_suite_as_spandrel_runs_them(tmp_path, kind, ext, size):
     path = save_weights(tiny_spandrel(kind), tmp_path / f'tiny{ext}')
-    loaded = inference.load_sr_model(str(path))
+    loaded = checkpoints.load_sr_model(str(path))
     assert loaded.arch == loaded.label == loaded.spec.name == kind and loaded.source.startswith('spandrel')
     assert loaded.spec.in_type == loaded.spec.out_type == '[0, 1]'
     scale = loaded.config['scaling_factor']
     descriptor = spandrel.ModelLoader().load_from_file(str(path))
     x = torch.rand(1, 3, *size)
     expected = descriptor(x.clone())  # spandrel's own call: pads, runs, clamps to [0, 1], crops
-    sr, sr_y = inference.Upscaler(loaded.model, loaded.spec, scale, 'cpu').upscale(x)
+    sr, sr_y = inference.Upscaler(loaded.network, loaded.spec, scale, 'cpu').upscale(x)
     assert sr_y is None and sr.shape == (1, 3, size[0] * scale, size[1] * scale)
     torch.testing.assert_close(sr.clamp(0, 1), expected, rtol=0, atol=1e-6)
     assert ((expected > 0) & (expected < 1)).float().mean() > 0.5  # not a comparison of clamped values
@@ -479,16 +480,16 @@ def test_without_spandrel_a_foreign_file_says_how_to_get_it(tmp_path, monkeypatc
     path = save_weights(tiny_spandrel('ESRGAN'), tmp_path / 'esrgan.pth')
     monkeypatch.setitem(sys.modules, 'spandrel', None)  # `import spandrel` now raises ImportError
     with pytest.raises(utils.UserError) as err:
-        inference.load_sr_model(str(path))
+        checkpoints.load_sr_model(str(path))
     message = str(err.value)
     assert '\n' not in message and message.endswith('pip install spandrel')
     assert 'model.0.weight' in message  # what was seen
     edsr = random_sd(edsr_pytorch_shapes(2, 1, 8), dtype=torch.float32)  # the suite's own layouts need no spandrel
-    assert inference.describe_checkpoint(edsr, 'edsr.pt').arch == 'edsr'
+    assert checkpoints.describe_checkpoint(edsr, 'edsr.pt').arch == 'edsr'
 
 
 def test_spandrel_descriptor_limits_are_kept(tmp_path):
-    loaded = inference.load_sr_model(str(save_weights(tiny_spandrel('SwinIR'), tmp_path / 'swinir.pth')))
+    loaded = checkpoints.load_sr_model(str(save_weights(tiny_spandrel('SwinIR'), tmp_path / 'swinir.pth')))
     assert loaded.spec.min_size == 16 and 'fp16' not in loaded.spec.precisions  # spandrel: no half for SwinIR
     assert any('tiling is discouraged' in n for n in loaded.notes)
     assert any('padded (reflected)' in n and 'at least 16 px' in n for n in loaded.notes)

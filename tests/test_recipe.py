@@ -9,7 +9,7 @@ import models
 import train_srresnet
 import training
 from conftest import run_script
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--device', 'cpu',
         '--amp', 'off']
@@ -59,17 +59,17 @@ def test_ema_with_warmup_is_the_hand_computed_average():
 
 
 def test_cpu_291_is_the_tutorial_network_with_its_named_recipe():
-    args = train_srresnet.resolve_args(train_srresnet.build_parser(), ['--recipe', 'cpu-291'])
+    args = train_srresnet.resolve_settings(train_srresnet.build_parser(), ['--recipe', 'cpu-291'])
     recipe = models.ARCHS['srresnet'].recipes['cpu-291']
     for key, value in recipe.items():
         assert getattr(args, key) == value, key
     assert args.recipe == 'cpu-291' and args.scale == 4
     model = models.build_model(args.arch, args.model_config)
     assert models.count_parameters(model) == 1549462  # the tutorial's SRResNet, unchanged
-    tutorial = train_srresnet.resolve_args(train_srresnet.build_parser(), [])
+    tutorial = train_srresnet.resolve_settings(train_srresnet.build_parser(), [])
     assert (tutorial.batch_size, tutorial.lr, tutorial.loss, tutorial.epochs) == (400, 1e-4, 'mse', 130)
     assert tutorial.ema_decay is None and tutorial.recipe is None
-    flagged = train_srresnet.resolve_args(train_srresnet.build_parser(), ['--recipe', 'cpu-291', '--lr', '5e-4'])
+    flagged = train_srresnet.resolve_settings(train_srresnet.build_parser(), ['--recipe', 'cpu-291', '--lr', '5e-4'])
     assert flagged.lr == 5e-4 and flagged.loss == recipe['loss']  # a flag given overrides the recipe's entry
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_script
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--deterministic',
         '--device', 'cpu']

@@ -17,13 +17,15 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import checkpoints
 import eval as eval_script
 import inference
 import models
 import reports
 import training
+from checkpoints import load_checkpoint, save_checkpoint
 from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data, run_script
-from utils import list_image_files, load_checkpoint, load_image, pil_to_tensor, save_checkpoint
+from utils import list_image_files, load_image, pil_to_tensor
 
 TINY = {'espcn': dict(channels=[8, 4]), 'srcnn': dict(channels=[8, 4])}
 
@@ -131,8 +133,8 @@ def test_cli_figure_compares_several_checkpoints_with_bicubic_labelled_with_thei
         # the labels: the standard protocol's metrics of each on this image (models in fp32 here, float64 there)
         expected = {'bicubic': eval_script.BicubicMethod('bicubic', 3).standard(hr)[:2]}
         for name, ckpt in (('espcn_tiny', espcn), ('srcnn_tiny', srcnn)):
-            loaded = inference.load_sr_model(str(ckpt))
-            upscaler = inference.Upscaler(loaded.model, loaded.spec, 3, 'cpu')
+            loaded = checkpoints.load_sr_model(str(ckpt))
+            upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu')
             expected[name] = inference.standard_protocol(upscaler, hr, 3)[:2]
         for name, (sr_y, hr_y) in expected.items():
             p, s = papers_metrics(sr_y.numpy(), hr_y.numpy(), 3)
@@ -223,8 +225,8 @@ def test_cli_report_html_holds_every_image_with_its_gain_over_bicubic(tmp_path, 
     rows = image_cells(page)
     paths = list_image_files(str(tiny_dataset['test']))
     assert [name for name, _ in rows] == [p.rsplit('/', 1)[1] for p in paths]
-    loaded = inference.load_sr_model(str(espcn))
-    upscaler = inference.Upscaler(loaded.model, loaded.spec, 3, 'cpu')
+    loaded = checkpoints.load_sr_model(str(espcn))
+    upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu')
     for path, (_, cells) in zip(paths, rows):
         hr = pil_to_tensor(load_image(path))
         p, s = papers_metrics(*(t.numpy() for t in inference.standard_protocol(upscaler, hr, 3)[:2]), 3)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-import inference
+import checkpoints
 import train_srgan
 import train_srresnet
 import training
@@ -55,12 +55,12 @@ def test_resume_after_an_epochs_partial_last_batch_is_exact(tmp_path, five_image
     assert train(straight, five_images, '--epochs', 2, '--deterministic').returncode == 0
     stopped = train(split, five_images, '--epochs', 2, '--deterministic', '--max-steps', 3)
     assert stopped.returncode == 0 and 'stopped at epoch 1, step 3' in stopped.stdout, stopped.stderr
-    ckpt = utils.load_checkpoint(split / 'checkpoint_srresnet.pth')
+    ckpt = checkpoints.load_checkpoint(split / 'checkpoint_srresnet.pth')
     assert (ckpt['epoch'], ckpt['resume_step'], ckpt['step']) == (0, 3, 3)  # 3 steps x 2 > 5 samples
     resumed = train(split, five_images, '--epochs', 2, '--deterministic', '--resume')
     assert resumed.returncode == 0, resumed.stderr
     assert 'epoch 1/2: its steps were done before the resume' in resumed.stdout and 'epoch 2/2: loss' in resumed.stdout
-    a, b = (utils.load_checkpoint(d / 'checkpoint_srresnet.pth') for d in (straight, split))
+    a, b = (checkpoints.load_checkpoint(d / 'checkpoint_srresnet.pth') for d in (straight, split))
     assert (b['epoch'], b['step']) == (2, 6)
     assert a['model'].keys() == b['model'].keys()
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
@@ -77,7 +77,7 @@ def test_new_run_refuses_an_existing_checkpoint_and_restart_keeps_it(tmp_path, f
     assert restarted.returncode == 0, restarted.stderr
     (kept,) = [p for p in tmp_path.glob('checkpoint_srresnet.*.pth')]
     assert f"kept as {kept}" in restarted.stdout and kept.read_bytes() == before
-    assert utils.load_checkpoint(path)['step'] == 1  # the new run's
+    assert checkpoints.load_checkpoint(path)['step'] == 1  # the new run's
     line = one_error_line(train(tmp_path, five_images, '--epochs', 2, '--resume', '--restart'))
     assert '--resume' in line and '--restart' in line
 
@@ -99,12 +99,12 @@ def test_two_atomic_writers_of_one_file_do_not_break_each_other(tmp_path):
         live_tmp = tmp_path / f".checkpoint.pth.{live.pid}.4567cdef.tmp"
         dead_tmp.write_bytes(b'x')
         live_tmp.write_bytes(b'x')
-        utils.save_checkpoint({'epoch': 1}, path)
+        checkpoints.save_checkpoint({'epoch': 1}, path)
         assert not dead_tmp.exists() and live_tmp.exists()
     finally:
         live.kill()
         live.wait()
-    assert utils.load_checkpoint(path) == {'epoch': 1}
+    assert checkpoints.load_checkpoint(path) == {'epoch': 1}
 
 
 def test_second_trainer_on_the_same_checkpoint_refuses_naming_the_first(tmp_path, five_images):
@@ -129,7 +129,7 @@ def test_second_trainer_on_the_same_checkpoint_refuses_naming_the_first(tmp_path
         first.communicate()
     with utils.RunLock(str(tmp_path / 'checkpoint_srresnet.pth')):  # free again once the run has ended
         pass
-    assert utils.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')['step'] >= 3
+    assert checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')['step'] >= 3
 
 
 def bad_checkpoints(folder, good):
@@ -152,9 +152,9 @@ def test_resume_refuses_bad_checkpoints_with_the_inference_loaders_line(tmp_path
     good = tmp_path / 'good' / 'checkpoint_srresnet.pth'
     for name, path in bad_checkpoints(tmp_path, good).items():
         with pytest.raises(utils.UserError) as err:  # the route of test.py, eval.py and export.py
-            inference.read_checkpoint(str(path))
+            checkpoints.load_sr_model(str(path))
         with pytest.raises(utils.UserError) as resumed:  # --resume reads its checkpoint before any work
-            train_srresnet.resolve_args(train_srresnet.build_parser(), ['--resume', str(path)])
+            train_srresnet.resolve_settings(train_srresnet.build_parser(), ['--resume', str(path)])
         assert str(resumed.value) == str(err.value) and '--convert-legacy' not in str(err.value), name
         assert {'future': 'format version 99', 'string_version': "format_version is '1'",
                 'model_hello': "'model' is a str", 'empty': 'empty (0 bytes)',
@@ -167,12 +167,12 @@ def test_resume_refuses_bad_checkpoints_with_the_inference_loaders_line(tmp_path
 def test_both_trainers_train_on_lr_cut_from_each_whole_image(tmp_path, five_images):
     """--lr-from image through both command lines: the pairs reach the step and the checkpoints record it."""
     assert train(tmp_path, five_images, '--epochs', 1, '--lr-from', 'image').returncode == 0
-    assert utils.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')['args']['lr_from'] == 'image'
+    assert checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')['args']['lr_from'] == 'image'
     gan = run_script('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
                      tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
                      '--amp', 'off', *TINY_D, '--epochs', 1, '--lr-from', 'image')
     assert gan.returncode == 0, gan.stderr
-    ckpt = utils.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
+    ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
     assert ckpt['args']['lr_from'] == 'image' and ckpt['epoch'] == 1
 
 
@@ -188,13 +188,13 @@ def test_srgan_printed_resume_command_works_with_a_non_default_generator(tmp_pat
                              env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert resumed.returncode == 0, resumed.stderr
     assert 'epoch 2/2' in resumed.stdout  # past the 2 steps of the first run: it trained on to the end
-    ckpt = utils.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
+    ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
     assert ckpt['epoch'] == 2 and ckpt['step'] == 6 and ckpt['generator_config']['n_channels'] == 8
     # A non-default SRResNet resumes from a bare --resume too: its configuration comes from the checkpoint.
     resumed = run_script('train_srresnet.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
                          tmp_path / 'runs', '--workers', 0, '--device', 'cpu', '--epochs', 2, '--resume')
     assert resumed.returncode == 0, resumed.stderr
-    ckpt = utils.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
+    ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
     assert ckpt['model_config']['n_channels'] == 8 and ckpt['args']['batch_size'] == 2 and ckpt['step'] == 6
 
 
@@ -205,7 +205,7 @@ def test_resume_with_another_learning_rate_is_refused_and_the_checkpoint_records
     line = one_error_line(train(tmp_path, five_images, '--epochs', 2, '--resume', '--lr', 5))
     assert '--lr 5.0' in line and '0.001' in line and path.read_bytes() == before
     assert train(tmp_path, five_images, '--epochs', 2, '--resume').returncode == 0
-    ckpt = utils.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     assert ckpt['args']['lr'] == 1e-3 and ckpt['optimizer']['param_groups'][0]['lr'] == 1e-3
 
 
@@ -218,7 +218,7 @@ def test_resume_keeps_the_runs_adam_kernel_and_refuses_the_other(tmp_path, five_
     assert 'drop --fused-adam' in line
     assert path.read_bytes() == before
     assert train(tmp_path, five_images, '--epochs', 2, '--resume').returncode == 0
-    ckpt = utils.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     assert ckpt['epoch'] == 2 and ckpt['args']['fused_adam'] is False
     assert not ckpt['optimizer']['param_groups'][0]['fused']
 
@@ -231,7 +231,7 @@ def test_resume_continues_a_faithful_run_faithfully_and_refuses_faithful_for_a_s
     resumed = train(faithful, five_images, '--epochs', 2, '--resume')
     assert resumed.returncode == 0, resumed.stderr
     assert 'cached' not in resumed.stdout  # the tutorial's SRDataset again, not the suite's RAM cache
-    args = utils.load_checkpoint(faithful / 'checkpoint_srresnet.pth')['args']
+    args = checkpoints.load_checkpoint(faithful / 'checkpoint_srresnet.pth')['args']
     assert args['faithful'] is True and args['fused_adam'] is False and args['channels_last'] is False
     assert train(suite, five_images, '--epochs', 1).returncode == 0
     before = (suite / 'checkpoint_srresnet.pth').read_bytes()
@@ -246,13 +246,13 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_what_that_run_did(tmp_pat
     tiny_espcn = ['--arch', 'espcn', '--scale', 3, '--crop-size', 24, '--model-opt', 'channels=[8,4]']
     assert train(tmp_path, five_images, *tiny_espcn, '--epochs', 1, '--no-fused-adam').returncode == 0
     path = tmp_path / 'checkpoint_espcn.pth'
-    ckpt = utils.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     assert ckpt['args']['lr_from'] == 'image' and ckpt['args']['fused_adam'] is False  # the recipe's, and as given
     for key in ('lr_from', 'fused_adam'):
         del ckpt['args'][key]
-    utils.save_checkpoint(ckpt, path)
+    checkpoints.save_checkpoint(ckpt, path)
     assert train(tmp_path, five_images, *tiny_espcn, '--epochs', 2, '--resume').returncode == 0
-    ckpt = utils.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     assert ckpt['epoch'] == 2 and ckpt['args']['lr_from'] == 'patch' and ckpt['args']['fused_adam'] is False
     assert not ckpt['optimizer']['param_groups'][0]['fused']
 
@@ -280,8 +280,8 @@ def test_printed_resume_command_leaves_out_flags_a_resumed_run_must_not_repeat()
 ])
 def test_impossible_training_flags_fail_at_parsing(module, argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
-        module.resolve_args(module.build_parser(), argv + ['--srresnet-checkpoint', 'none'] * (module is train_srgan)
-                            + ['--results-dir', str(tmp_path)])
+        none = ['--srresnet-checkpoint', 'none'] * (module is train_srgan)
+        module.resolve_settings(module.build_parser(), argv + none + ['--results-dir', str(tmp_path)])
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -315,7 +315,7 @@ def test_tensorboard_writer_that_cannot_write_is_one_line_or_a_warning(tmp_path,
     assert utils.run_cli(lambda: train_srresnet.main(argv)) == 0  # the run goes on without its logs
     err = capsys.readouterr().err
     assert err.count('TensorBoard logging stopped') == 1 and 'No space left on device' in err
-    assert utils.load_checkpoint(tmp_path / 'r2' / 'checkpoint_srresnet.pth')['epoch'] == 2
+    assert checkpoints.load_checkpoint(tmp_path / 'r2' / 'checkpoint_srresnet.pth')['epoch'] == 2
 
 
 @pytest.mark.parametrize('resume', [False, True])
@@ -327,12 +327,12 @@ def test_ctrl_c_during_start_up_is_one_line_and_saves_nothing(resume, tmp_path, 
         assert utils.run_cli(lambda: train_srresnet.main(argv + ['--max-steps', '1'])) == 0
         argv += ['--resume']
     before = path.read_bytes() if resume else None
-    dataset_of, handler = training.dataset_of, signal.getsignal(signal.SIGINT)
+    build_train_dataset, handler = training.build_train_dataset, signal.getsignal(signal.SIGINT)
 
     def interrupted(*args, **kwargs):  # Ctrl-C while the training images are read
         os.kill(os.getpid(), signal.SIGINT)
-        return dataset_of(*args, **kwargs)
-    monkeypatch.setattr(training, 'dataset_of', interrupted)
+        return build_train_dataset(*args, **kwargs)
+    monkeypatch.setattr(training, 'build_train_dataset', interrupted)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         utils.run_cli(lambda: train_srresnet.main(argv))

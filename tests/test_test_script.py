@@ -16,6 +16,7 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import checkpoints  # noqa: E402
 from conftest import fail_nth_file_sync, fifo_watchdog, requires_fifo  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
@@ -52,8 +53,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = models.build_model('srresnet', CONFIG).eval()
     ckpt = root / 'tiny.pth'
-    utils.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': CONFIG, 'epoch': 1,
-                           'model': model.state_dict()}, str(ckpt))
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': CONFIG, 'epoch': 1,
+                                 'model': model.state_dict()}, str(ckpt))
     inputs = root / 'inputs'
     inputs.mkdir()
     Image.fromarray(pattern(17, 23, 3, 0)).save(inputs / 'rgb.png')
@@ -277,7 +278,7 @@ def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
     Image.fromarray(pattern(9, 11, 3, 9)).save(image)
     for label, (state, scale) in kinds.items():
         ckpt, out = tmp_path / f"{label}.pth", tmp_path / f"out_{label}"
-        utils.save_checkpoint(state, str(ckpt))
+        checkpoints.save_checkpoint(state, str(ckpt))
         code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image,
                                      '--output-dir', out, '--device', 'cpu', '--scale', scale)
         assert code == 0, (label, err)
@@ -311,8 +312,8 @@ def test_y_channel_models_give_their_y_with_bicubic_cb_cr(script, monkeypatch, c
     config = models.model_config(arch, 3, channels=[8, 4])
     model = models.build_model(arch, config).eval()
     ckpt, image, out = tmp_path / f"{arch}.pth", tmp_path / 'in.png', tmp_path / 'out'
-    utils.save_checkpoint({'format_version': 1, 'arch': arch, 'model_config': config, 'epoch': 1,
-                           'model': model.state_dict()}, str(ckpt))
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': arch, 'model_config': config, 'epoch': 1,
+                                 'model': model.state_dict()}, str(ckpt))
     lr = pattern(13, 15, 3, 4)
     Image.fromarray(lr).save(image)
     code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image, '--output-dir', out,
@@ -497,8 +498,8 @@ def test_nan_weights_stop_with_one_line_naming_the_checkpoint(script, setup, mon
     state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
              for k, v in setup['model'].state_dict().items()}
     ckpt = tmp_path / 'diverged.pth'
-    utils.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': CONFIG, 'epoch': 1,
-                           'model': state}, str(ckpt))
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': CONFIG, 'epoch': 1,
+                                 'model': state}, str(ckpt))
     out = tmp_path / 'out'
     for extra in ([], ['--tile', 8, '--tile-overlap', 2]):
         code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image',

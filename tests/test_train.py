@@ -15,7 +15,8 @@ import train_srgan
 import train_srresnet
 import training
 from conftest import run_script
-from utils import imresize, load_checkpoint
+from checkpoints import load_checkpoint
+from utils import imresize
 
 TINY_SRRESNET = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0]
 TINY_D = ['--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16]

@@ -19,6 +19,7 @@ import utils  # noqa: E402
 from inference import Upscaler  # noqa: E402
 from utils import UserError  # noqa: E402
 
+SPEC = models.ARCHS  # what Upscaler takes: each architecture's models.ArchSpec
 
 TINY = {
     'srresnet': dict(n_blocks=2, n_channels=8),
@@ -116,9 +117,9 @@ def test_tiled_equals_untiled(arch, h, w, tile, overlap):
     s = scale_of(arch)
     model = tiny_model(arch, s)
     lr = smooth_image(h, w, n=2)
-    ref, ref_y = Upscaler(model, arch, s, 'cpu').upscale(lr)
+    ref, ref_y = Upscaler(model, SPEC[arch], s, 'cpu').upscale(lr)
     assert inference.tile_starts(h, tile, overlap) != [0]  # really tiled
-    out, out_y = Upscaler(model, arch, s, 'cpu', tile=tile, tile_overlap=overlap).upscale(lr)
+    out, out_y = Upscaler(model, SPEC[arch], s, 'cpu', tile=tile, tile_overlap=overlap).upscale(lr)
     assert out.shape == ref.shape == (2, 3, h * s, w * s)
     least = DEFAULT_OVERLAP_PSNR if overlap >= 16 else NARROW_OVERLAP_PSNR
     assert psnr01(out, ref) > least
@@ -133,8 +134,8 @@ def test_tile_larger_than_image_is_exact(arch):
     s = scale_of(arch)
     model = tiny_model(arch, s)
     lr = smooth_image(23, 17)
-    ref, ref_y = Upscaler(model, arch, s, 'cpu').upscale(lr)
-    out, out_y = Upscaler(model, arch, s, 'cpu', tile=64, tile_overlap=16).upscale(lr)
+    ref, ref_y = Upscaler(model, SPEC[arch], s, 'cpu').upscale(lr)
+    out, out_y = Upscaler(model, SPEC[arch], s, 'cpu', tile=64, tile_overlap=16).upscale(lr)
     assert torch.equal(out, ref)
     assert (ref_y is None and out_y is None) or torch.equal(out_y, ref_y)
 
@@ -156,8 +157,8 @@ def test_overlap_zero_pointwise_model_is_exact():
     model = Pointwise(4).eval()
     lr = smooth_image(48, 40)
     assert inference.tile_starts(48, 24, 0) == [0, 24]  # no shared pixels at all
-    ref, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
-    out, _ = Upscaler(model, 'srresnet', 4, 'cpu', tile=24, tile_overlap=0).upscale(lr)
+    ref, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
+    out, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu', tile=24, tile_overlap=0).upscale(lr)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
 
 
@@ -165,8 +166,8 @@ def test_overlap_zero_conv_model_exact_away_from_seams():
     """With overlap 0 a conv net sees zero padding at the cuts: output differs near the seams only."""
     model = tiny_model('srresnet')
     lr = smooth_image(48, 48)
-    ref, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
-    out, _ = Upscaler(model, 'srresnet', 4, 'cpu', tile=24, tile_overlap=0).upscale(lr)
+    ref, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
+    out, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu', tile=24, tile_overlap=0).upscale(lr)
     # receptive field of the tiny SRResNet: 4 (9x9) + 2 * 2 (blocks) + 1 + 2 (subpixel) + 1 (9x9 at 4x) < 14 LR px
     far = 14 * 4
     for sl in ((slice(None), slice(None), slice(0, 96 - far), slice(0, 96 - far)),
@@ -178,22 +179,27 @@ def test_overlap_zero_conv_model_exact_away_from_seams():
 def test_tiled_batch_and_sr_y_buffers():
     model = tiny_model('espcn')
     lr = smooth_image(33, 27, n=3)
-    ref, ref_y = Upscaler(model, 'espcn', 4, 'cpu').upscale(lr)
+    ref, ref_y = Upscaler(model, SPEC['espcn'], 4, 'cpu').upscale(lr)
     # overlap >= 2 x receptive radius
-    out, out_y = Upscaler(model, "espcn", 4, "cpu", tile=16, tile_overlap=8).upscale(lr)
+    out, out_y = Upscaler(model, SPEC['espcn'], 4, "cpu", tile=16, tile_overlap=8).upscale(lr)
     assert out.shape == (3, 3, 132, 108) and out_y.shape == (3, 132, 108)
     for i in range(3):
         assert psnr01(out[i], ref[i]) >= 50. and psnr01(out_y[i], ref_y[i]) >= 50.
 
 
+def test_upscaler_takes_a_spec_never_a_bare_name():
+    with pytest.raises(TypeError, match='models.ArchSpec'):
+        Upscaler(tiny_model('espcn'), 'espcn', 4, 'cpu')
+
+
 def test_bad_tile_options():
     model = tiny_model('srresnet')
     with pytest.raises(UserError, match='overlap'):
-        Upscaler(model, 'srresnet', 4, 'cpu', tile=16, tile_overlap=16)
+        Upscaler(model, SPEC['srresnet'], 4, 'cpu', tile=16, tile_overlap=16)
     with pytest.raises(UserError, match='overlap'):
-        Upscaler(model, 'srresnet', 4, 'cpu', tile_overlap=-1)
+        Upscaler(model, SPEC['srresnet'], 4, 'cpu', tile_overlap=-1)
     with pytest.raises(UserError, match='too small'):
-        Upscaler(model, 'srresnet', 4, 'cpu', tile=1, tile_overlap=0)
+        Upscaler(model, SPEC['srresnet'], 4, 'cpu', tile=1, tile_overlap=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +224,7 @@ def test_memory_per_pixel_bounds_a_real_forward_pass():
     """The estimate must be at least the largest activation of the model times the pixels, computed here by
     hand for SRResNet x4: the second pixel-shuffle conv outputs 4 * 4 * n_channels floats at 2x per LR px."""
     model = tiny_model('srresnet')
-    est = Upscaler(model, 'srresnet', 4, 'cpu').memory_per_pixel()
+    est = Upscaler(model, SPEC['srresnet'], 4, 'cpu').memory_per_pixel()
     largest = 4 * (4 * 8) * (2 * 2)  # bytes per LR px of conv(8 -> 32 channels) at 2x resolution
     assert est >= 3 * largest
     assert est < 100 * largest  # and not absurd
@@ -229,13 +235,13 @@ def test_max_memory_triggers_tiling_and_matches(arch):
     s = scale_of(arch)
     model = tiny_model(arch, s)
     lr = smooth_image(48, 44)
-    ref, _ = Upscaler(model, arch, s, 'cpu').upscale(lr)
-    big = Upscaler(model, arch, s, 'cpu', max_memory='1GB')
+    ref, _ = Upscaler(model, SPEC[arch], s, 'cpu').upscale(lr)
+    big = Upscaler(model, SPEC[arch], s, 'cpu', max_memory='1GB')
     assert big.plan_tile(1, 48, 44) is None  # fits: whole image, same result
     assert torch.equal(big.upscale(lr)[0], ref)
-    budget = Upscaler(model, arch, s, 'cpu', tile_overlap=8)._tiling_cost(1, 48, 44, 40)
+    budget = Upscaler(model, SPEC[arch], s, 'cpu', tile_overlap=8)._tiling_cost(1, 48, 44, 40)
     assert budget < big.memory_per_pixel() * 48 * 44  # a whole-image pass would not fit
-    small = Upscaler(model, arch, s, 'cpu', tile_overlap=8, max_memory=budget)
+    small = Upscaler(model, SPEC[arch], s, 'cpu', tile_overlap=8, max_memory=budget)
     assert small.plan_tile(1, 48, 44) == 40  # the largest multiple of 8 that fits
     out, _ = small.upscale(lr)
     assert psnr01(out, ref) > NARROW_OVERLAP_PSNR  # 8-px overlap (measured 56.9-125 dB)
@@ -244,17 +250,17 @@ def test_max_memory_triggers_tiling_and_matches(arch):
 def test_tiny_budget_warns_and_still_works():
     model = tiny_model('srresnet')
     lr = smooth_image(40, 40)
-    up = Upscaler(model, 'srresnet', 4, 'cpu', tile_overlap=2, max_memory='1k')
+    up = Upscaler(model, SPEC['srresnet'], 4, 'cpu', tile_overlap=2, max_memory='1k')
     with pytest.warns(UserWarning, match='too small'):
         out, _ = up.upscale(lr)
-    ref, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
+    ref, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
     assert out.shape == ref.shape and psnr01(out, ref) >= 40.
 
 
 def test_progress_is_called_after_every_tile():
     model = tiny_model('espcn', scale=2)
     lr = smooth_image(28, 40)
-    tiled = Upscaler(model, 'espcn', 2, 'cpu', tile=16, tile_overlap=4)
+    tiled = Upscaler(model, SPEC['espcn'], 2, 'cpu', tile=16, tile_overlap=4)
     calls = []
     out = tiled.upscale_uint8(lr, progress=lambda done, total: calls.append((done, total)))
     # windows of at most 16 px sharing at least 4: ceil((40 - 4) / 12) = 3 across, ceil((28 - 4) / 12) = 2 down
@@ -263,7 +269,7 @@ def test_progress_is_called_after_every_tile():
     calls.clear()
     tiled.upscale(lr, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(k, 6) for k in range(1, 7)]
-    whole = Upscaler(model, 'espcn', 2, 'cpu')
+    whole = Upscaler(model, SPEC['espcn'], 2, 'cpu')
     calls.clear()
     whole.upscale_uint8(lr, progress=lambda done, total: calls.append((done, total)))
     whole.upscale(lr, progress=lambda done, total: calls.append((done, total)))
@@ -274,7 +280,7 @@ def test_progress_is_called_after_every_tile():
 def test_upscale_uint8_matches_rounded_float(arch, tile):
     model = tiny_model(arch)
     lr = smooth_image(30, 26, n=2)
-    up = Upscaler(model, arch, 4, 'cpu', tile=tile, tile_overlap=4)
+    up = Upscaler(model, SPEC[arch], 4, 'cpu', tile=tile, tile_overlap=4)
     sr, _ = up.upscale(lr)
     u8 = up.upscale_uint8(lr)
     assert u8.dtype == torch.uint8 and u8.device.type == 'cpu' and u8.shape == (2, 3, 120, 104)
@@ -291,7 +297,7 @@ def test_default_path_is_the_plain_pipeline():
     std = torch.tensor(utils.IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = (model((lr - mean) / std) + 1.) / 2.
-    sr, sr_y = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
+    sr, sr_y = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
     assert sr_y is None
     torch.testing.assert_close(sr, expected, rtol=0, atol=1e-6)
 
@@ -329,9 +335,9 @@ SYMMETRIES = [(t, fh, fw) for t in (False, True) for fh in (False, True) for fw 
 def test_self_ensemble_is_mean_of_eight_transformed_outputs(arch):
     model = tiny_model(arch)
     lr = smooth_image(20, 14)  # not square: transposes change the shape
-    plain = Upscaler(model, arch, 4, 'cpu')
+    plain = Upscaler(model, SPEC[arch], 4, 'cpu')
     expected = torch.stack([undo_dihedral(plain.upscale(dihedral(lr, *g))[0], *g) for g in SYMMETRIES]).mean(0)
-    out, out_y = Upscaler(model, arch, 4, 'cpu', self_ensemble=True).upscale(lr)
+    out, out_y = Upscaler(model, SPEC[arch], 4, 'cpu', self_ensemble=True).upscale(lr)
     torch.testing.assert_close(out, expected, rtol=0, atol=2e-5)
     assert (out - plain.upscale(lr)[0]).abs().max() > 1e-3  # a random model is not equivariant
     if arch == 'espcn':
@@ -354,16 +360,16 @@ def test_self_ensemble_of_equivariant_model_equals_plain():
     torch.manual_seed(2)
     model = Equivariant(4).eval()
     lr = smooth_image(18, 13)
-    plain, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
-    ens, _ = Upscaler(model, 'srresnet', 4, 'cpu', self_ensemble=True).upscale(lr)
+    plain, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
+    ens, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu', self_ensemble=True).upscale(lr)
     torch.testing.assert_close(ens, plain, rtol=0, atol=1e-6)
 
 
 def test_self_ensemble_with_tiles():
     model = tiny_model('srresnet')
     lr = smooth_image(40, 36)
-    ref, _ = Upscaler(model, 'srresnet', 4, 'cpu', self_ensemble=True).upscale(lr)
-    out, _ = Upscaler(model, 'srresnet', 4, 'cpu', self_ensemble=True, tile=24, tile_overlap=8).upscale(lr)
+    ref, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu', self_ensemble=True).upscale(lr)
+    out, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu', self_ensemble=True, tile=24, tile_overlap=8).upscale(lr)
     assert psnr01(out, ref) >= 50.
 
 
@@ -371,10 +377,10 @@ def test_bf16_on_cpu_close_to_fp32():
     # Measured on this image, seeds 0-2: tiny SRResNet 79-82 dB, tiny ESPCN (Y) 52-56 dB; thresholds leave margin.
     model = tiny_model('srresnet')
     lr = smooth_image(32, 32)
-    ref, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
+    ref, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
     seen = []
     hook = model.conv_block1.conv_block[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    out, _ = Upscaler(model, 'srresnet', 4, 'cpu', precision='bf16').upscale(lr)
+    out, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='bf16').upscale(lr)
     hook.remove()
     assert seen == [torch.bfloat16]  # the network really ran in bf16...
     assert out.dtype == torch.float32  # ...and the result is converted back
@@ -384,8 +390,8 @@ def test_bf16_on_cpu_close_to_fp32():
 def test_bf16_y_model_and_tiles():
     model = tiny_model('espcn')
     lr = smooth_image(32, 32)
-    ref, ref_y = Upscaler(model, 'espcn', 4, 'cpu').upscale(lr)
-    out, out_y = Upscaler(model, 'espcn', 4, 'cpu', precision='bf16', tile=16, tile_overlap=6).upscale(lr)
+    ref, ref_y = Upscaler(model, SPEC['espcn'], 4, 'cpu').upscale(lr)
+    out, out_y = Upscaler(model, SPEC['espcn'], 4, 'cpu', precision='bf16', tile=16, tile_overlap=6).upscale(lr)
     assert out_y.dtype == torch.float32
     assert 40. < psnr01(out_y, ref_y) < math.inf and 40. < psnr01(out, ref) < math.inf
 
@@ -393,35 +399,35 @@ def test_bf16_y_model_and_tiles():
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     model = tiny_model('srresnet')
     lr = smooth_image(24, 20)
-    outputs = {p: Upscaler(model, 'srresnet', 4, 'cpu', precision=p).upscale(lr)[0] for p in ('fp32', 'bf16')}
+    outputs = {p: Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision=p).upscale(lr)[0] for p in ('fp32', 'bf16')}
     assert not torch.equal(outputs['fp32'], outputs['bf16'])  # so that the comparisons below tell them apart
     for native, expected in ((True, 'bf16'), (False, 'fp32')):
         monkeypatch.setattr(utils, 'native_bf16', lambda device, native=native: native)
-        auto = Upscaler(model, 'srresnet', 4, 'cpu', precision='auto')
+        auto = Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='auto')
         assert auto.precision == expected and 'native' in auto.precision_reason
         assert torch.equal(auto.upscale(lr)[0], outputs[expected])  # it really runs what it says
     monkeypatch.setattr(utils, 'native_bf16', lambda device: True)
-    fp32_only = dataclasses.replace(models.ARCHS['srresnet'], precisions=('fp32',))
+    fp32_only = dataclasses.replace(SPEC['srresnet'], precisions=('fp32',))
     assert Upscaler(model, fp32_only, 4, 'cpu', precision='auto').precision == 'fp32'  # never what the net can't
-    espcn = Upscaler(tiny_model('espcn', 3), 'espcn', 3, 'cpu', precision='auto')  # bf16 no faster for it
+    espcn = Upscaler(tiny_model('espcn', 3), SPEC['espcn'], 3, 'cpu', precision='auto')  # bf16 no faster for it
     assert espcn.precision == 'fp32' and 'no faster' in espcn.precision_reason
-    assert Upscaler(tiny_model('srcnn', 3), 'srcnn', 3, 'cpu', precision='auto').precision == 'bf16'
+    assert Upscaler(tiny_model('srcnn', 3), SPEC['srcnn'], 3, 'cpu', precision='auto').precision == 'bf16'
     assert utils.auto_precision('cuda') == ('fp32', 'bf16 on cuda is not measured yet')
 
 
 def test_precision_errors():
     model = tiny_model('srresnet')
     with pytest.raises(UserError, match='fp16 needs a CUDA'):
-        Upscaler(model, 'srresnet', 4, 'cpu', precision='fp16')
+        Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='fp16')
     with pytest.raises(UserError, match='choose fp32'):
-        Upscaler(model, 'srresnet', 4, 'cpu', precision='int8')
+        Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='int8')
 
 
 def test_channels_last_matches():
     model = tiny_model('srresnet')
     lr = smooth_image(21, 19)
-    ref, _ = Upscaler(model, 'srresnet', 4, 'cpu').upscale(lr)
-    out, _ = Upscaler(tiny_model('srresnet'), 'srresnet', 4, 'cpu', channels_last=True).upscale(lr)
+    ref, _ = Upscaler(model, SPEC['srresnet'], 4, 'cpu').upscale(lr)
+    out, _ = Upscaler(tiny_model('srresnet'), SPEC['srresnet'], 4, 'cpu', channels_last=True).upscale(lr)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
@@ -467,8 +473,8 @@ def test_fuse_matches_and_leaves_the_model_alone(arch, scale):
     model = tiny_model(arch, scale)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lr = smooth_image(19, 23)
-    ref, ref_y = Upscaler(model, arch, scale, 'cpu').upscale(lr)
-    up = Upscaler(model, arch, scale, 'cpu', fuse=True, channels_last=True)
+    ref, ref_y = Upscaler(model, SPEC[arch], scale, 'cpu').upscale(lr)
+    up = Upscaler(model, SPEC[arch], scale, 'cpu', fuse=True, channels_last=True)
     out, out_y = up.upscale(lr)
     torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
     if ref_y is not None:

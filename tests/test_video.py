@@ -1,4 +1,4 @@
-"""Videos: test.py --image clip.mp4 and inference.upscale_video, on short videos made here with PyAV (a moving
+"""Videos: test.py --image clip.mp4 and video.upscale_video, on short videos made here with PyAV (a moving
 pattern in H.264, a 440 Hz sine in AAC, PCM, Opus), upscaled by a tiny random-weight ESPCN (a Y-channel model, so
 the chroma goes through bicubic as for images).
 
@@ -22,9 +22,11 @@ from PIL import Image
 
 from conftest import REPO, run_script
 
+import checkpoints  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
+import video  # noqa: E402
 from utils import UserError  # noqa: E402
 
 SCALE = 3
@@ -42,9 +44,9 @@ def tiny(tmp_path_factory):
         model.body[-1].weight.mul_(0.3)
         model.body[-1].bias.fill_(0.55)
     path = tmp_path_factory.mktemp('video_model') / 'espcn_tiny.pth'
-    utils.save_checkpoint({'format_version': 1, 'arch': 'espcn', 'model_config': config, 'epoch': 1,
-                           'model': model.state_dict()}, str(path))
-    return {'checkpoint': path, 'upscaler': inference.Upscaler(model, 'espcn', SCALE, 'cpu')}
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': 'espcn', 'model_config': config, 'epoch': 1,
+                                 'model': model.state_dict()}, str(path))
+    return {'checkpoint': path, 'upscaler': inference.Upscaler(model, models.ARCHS['espcn'], SCALE, 'cpu')}
 
 
 def make_video(path, size=(64, 48), frames=10, fps=25, audio='aac', sample_rate=44100, pts_ms=None,
@@ -54,12 +56,12 @@ def make_video(path, size=(64, 48), frames=10, fps=25, audio='aac', sample_rate=
     pts_ms: explicit frame times in ms (a variable frame rate), else frame i at i / fps."""
     w, h = size
     with av.open(str(path), 'w', options=options or {}) as out:
-        video = out.add_stream(vcodec, rate=fps, options={'preset': 'veryfast'} if vcodec == 'libx264' else {})
-        video.width, video.height, video.pix_fmt = w, h, pix_fmt
+        stream = out.add_stream(vcodec, rate=fps, options={'preset': 'veryfast'} if vcodec == 'libx264' else {})
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         time_base = Fraction(1, 1000) if pts_ms else Fraction(1, fps)
-        video.codec_context.time_base = time_base
+        stream.codec_context.time_base = time_base
         if colorspace is not None:
-            video.codec_context.colorspace = colorspace
+            stream.codec_context.colorspace = colorspace
         if audio:
             sound = out.add_stream(audio, rate=sample_rate)
             sound.layout = 'mono'
@@ -71,8 +73,8 @@ def make_video(path, size=(64, 48), frames=10, fps=25, audio='aac', sample_rate=
             if colorspace is not None:
                 frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace)
             frame.pts, frame.time_base = (pts_ms[i] if pts_ms else i), time_base
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
         if audio:
             formats = [f.name for f in sound.codec_context.codec.audio_formats]
             fmt = next(f for f in ('fltp', 'flt', 's16', 's16p') if f in formats)
@@ -245,16 +247,16 @@ def test_backstops_catch_damage_without_ffmpegs_error_lines(tiny, tmp_path, monk
                                                             message):
     """Were FFmpeg's error lines missed (another FFmpeg, other wording), the header's frame count, the stream's
     duration and the decoder's errors still stop it."""
-    monkeypatch.setattr(inference, '_check_ffmpeg_log', lambda *args: None)
+    monkeypatch.setattr(video, '_check_ffmpeg_log', lambda *args: None)
     src = make_video(tmp_path / f"in{ext}", frames=50, audio=audio, options=options)
     damage(src)
     with pytest.raises(UserError, match=message):
-        inference.upscale_video(tiny['upscaler'], src, str(tmp_path / f"out{ext}"))
+        video.upscale_video(tiny['upscaler'], src, str(tmp_path / f"out{ext}"))
     assert os.listdir(tmp_path) == [f"in{ext}"]
 
 
 # ----------------------------------------------------------------------------------------------
-# inference.upscale_video
+# video.upscale_video
 # ----------------------------------------------------------------------------------------------
 
 
@@ -268,7 +270,7 @@ def test_containers_and_audio_codecs(tiny, tmp_path, ext, audio, options):
                      sample_rate=48000 if audio == 'libopus' else 44100)
     dst = tmp_path / f"out{ext}"
     seen = []
-    result = inference.upscale_video(tiny['upscaler'], src, str(dst), progress=lambda d, t: seen.append(d))
+    result = video.upscale_video(tiny['upscaler'], src, str(dst), progress=lambda d, t: seen.append(d))
     assert result.frames == 6 and result.out_size == (192, 144) and seen == [1, 2, 3, 4, 5, 6]
     assert [t for t, _ in decoded(dst)] == [t for t, _ in decoded(src)]
     assert audio_packets(dst) == audio_packets(src) and result.audio_packets == len(audio_packets(src))
@@ -281,13 +283,13 @@ def test_containers_and_audio_codecs(tiny, tmp_path, ext, audio, options):
 def test_variable_frame_rate_and_start_offset_are_kept(tiny, tmp_path):
     pts = [500, 540, 580, 700, 740, 1000, 1033, 1066, 1500, 1540]  # ms: gaps, and the first frame at 0.5 s
     src = make_video(tmp_path / 'vfr.mkv', frames=len(pts), pts_ms=pts, audio='pcm_s16le')
-    inference.upscale_video(tiny['upscaler'], src, str(tmp_path / 'out.mkv'))
+    video.upscale_video(tiny['upscaler'], src, str(tmp_path / 'out.mkv'))
     assert [t for t, _ in decoded(tmp_path / 'out.mkv')] == [p / 1000 for p in pts]
 
 
 def test_odd_output_size_loses_its_last_row_and_column(tiny, tmp_path):
     src = make_video(tmp_path / 'odd.mkv', size=(33, 25), frames=3, vcodec='ffv1', pix_fmt='yuv444p', audio=None)
-    result = inference.upscale_video(tiny['upscaler'], src, str(tmp_path / 'odd.mp4'), crf=0)
+    result = video.upscale_video(tiny['upscaler'], src, str(tmp_path / 'odd.mp4'), crf=0)
     assert result.out_size == (98, 74) and 'cropped to 98x74 px' in result.warnings[0]
     frames = decoded(tmp_path / 'odd.mp4')
     assert frames[0][1].shape == (74, 98, 3) and len(frames) == 3
@@ -308,7 +310,7 @@ def test_colour_matrix_is_used_and_kept(tmp_path, colorspace):
     """A saturated red: decoded with the input's matrix, encoded with it and tagged so, it comes back as it went
     in (read with the other matrix, it is 15 levels off)."""
     src = make_video(tmp_path / 'in.mp4', frames=2, audio=None, colorspace=colorspace, colour=(200, 30, 30))
-    inference.upscale_video(Nearest(), src, str(tmp_path / 'out.mp4'), crf=0)
+    video.upscale_video(Nearest(), src, str(tmp_path / 'out.mp4'), crf=0)
     with av.open(src) as a, av.open(str(tmp_path / 'out.mp4')) as b:
         assert b.streams.video[0].codec_context.colorspace == a.streams.video[0].codec_context.colorspace
         before, after = next(a.decode(video=0)), next(b.decode(video=0))
@@ -334,12 +336,12 @@ def test_failures_leave_no_file_and_keep_an_existing_one(tiny, tmp_path):
             return tiny['upscaler'].upscale_uint8(lr)
 
     with pytest.raises(KeyboardInterrupt):
-        inference.upscale_video(Failing(), src, str(dst))
+        video.upscale_video(Failing(), src, str(dst))
     assert dst.read_bytes() == b'an earlier result' and sorted(os.listdir(tmp_path)) == ['in.mp4', 'out.mp4']
     with pytest.raises(UserError, match='would overwrite the input'):
-        inference.upscale_video(tiny['upscaler'], src, src)
+        video.upscale_video(tiny['upscaler'], src, src)
     with pytest.raises(UserError, match='write videos as'):
-        inference.upscale_video(tiny['upscaler'], src, str(tmp_path / 'out.webm'))
+        video.upscale_video(tiny['upscaler'], src, str(tmp_path / 'out.webm'))
 
 
 def test_which_files_are_videos_and_where_outputs_go(tmp_path):
@@ -348,14 +350,14 @@ def test_which_files_are_videos_and_where_outputs_go(tmp_path):
     Image.new('RGB', (8, 8)).save(tmp_path / 'still.bin', format='PNG')
     (tmp_path / 'notes.bin').write_text('neither')
     Image.new('RGB', (8, 8)).save(tmp_path / 'photo.png')
-    assert inference.is_video_file(str(tmp_path / 'clip.bin'))  # probed: PyAV reads it as a video
-    assert inference.is_video_file(str(tmp_path / 'missing.MP4'))  # by extension, any case
+    assert video.is_video_file(str(tmp_path / 'clip.bin'))  # probed: PyAV reads it as a video
+    assert video.is_video_file(str(tmp_path / 'missing.MP4'))  # by extension, any case
     for name in ('still.bin', 'notes.bin', 'photo.png', 'missing.png'):
-        assert not inference.is_video_file(str(tmp_path / name)), name
-    assert inference.video_output_path('a/b/clip.MOV', 'out', 'espcn') == os.path.join('out', 'clip_espcn.mov')
-    assert inference.video_output_path('clip.webm', 'out', 'srgan') == os.path.join('out', 'clip_srgan.mkv')
-    assert inference.video_output_path('clip.avi', 'out', 'edsr') == os.path.join('out', 'clip_edsr.mkv')
-    info = inference.probe_video(make_video(tmp_path / 'p.mp4', frames=5))
+        assert not video.is_video_file(str(tmp_path / name)), name
+    assert video.video_output_path('a/b/clip.MOV', 'out', 'espcn') == os.path.join('out', 'clip_espcn.mov')
+    assert video.video_output_path('clip.webm', 'out', 'srgan') == os.path.join('out', 'clip_srgan.mkv')
+    assert video.video_output_path('clip.avi', 'out', 'edsr') == os.path.join('out', 'clip_edsr.mkv')
+    info = video.probe_video(make_video(tmp_path / 'p.mp4', frames=5))
     assert (info.width, info.height, info.fps, info.frames, info.audio) == (64, 48, 25, 5, ('aac',))
     with pytest.raises(UserError, match='not a readable video'):
-        inference.probe_video(str(tmp_path / 'notes.bin'))
+        video.probe_video(str(tmp_path / 'notes.bin'))

@@ -1,7 +1,7 @@
 """--weights ema|raw: checkpoints holding an exponential moving average of their weights ('model_ema' /
 'generator_ema' next to 'model' / 'generator', plus 'ema_decay', as the trainers write them with --ema-decay; and
 BasicSR's 'params_ema' next to 'params') are read with the average by default and with the trained weights on
-request, through inference.describe_checkpoint and eval.py, test.py and export.py.
+request, through checkpoints.describe_checkpoint and eval.py, test.py and export.py.
 
 The checkpoints are built here by hand: two tiny SRResNets with different random weights, one stored as the raw
 weights and one as the average. Expected metrics and pixels come from those networks' own forward passes, run
@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import export as export_script
-import inference
 import models
 from test_eval import (TINY_CONFIG, expected_standard, read_reports, run_main_here, srresnet_functions, tiny_srresnet,
                        write_images)
 from test_test_script import expected_sr, read, run_main, script  # noqa: F401 (script: the fixture run_main needs)
-from utils import UserError, list_image_files, load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
+from utils import UserError, list_image_files
 
 SIZES = ((40, 36), (44, 48))  # (width, height)
 
@@ -60,17 +61,17 @@ def test_describe_checkpoint_takes_the_average_by_default_and_the_raw_weights_on
     raw, ema = nets
     for path, key, decay in ((srresnet_checkpoint(tmp_path / 'r.pth', raw, ema), 'model_ema', '0.999'),
                              (srgan_checkpoint(tmp_path / 'g.pth', raw, ema), 'generator_ema', '0.99')):
-        default, chosen, plain = (inference.read_checkpoint(path, weights=w) for w in (None, 'ema', 'raw'))
+        default, chosen, plain = (checkpoints.load_sr_model(path, weights=w) for w in (None, 'ema', 'raw'))
         assert same_weights(default.state, ema) and same_weights(chosen.state, ema) and same_weights(plain.state, raw)
         assert (default.selected, chosen.selected, plain.selected) == ('ema', 'ema', 'raw')
         assert any(f"EMA weights ('{key}', decay {decay})" in n for n in default.notes), default.notes
         assert any(n.startswith('raw weights') and key in n for n in plain.notes), plain.notes
     only = srresnet_checkpoint(tmp_path / 'plain.pth', raw)
-    info = inference.read_checkpoint(only)
+    info = checkpoints.load_sr_model(only)
     assert same_weights(info.state, raw) and info.selected is None and info.notes == ()
-    assert same_weights(inference.read_checkpoint(only, weights='raw').state, raw)
+    assert same_weights(checkpoints.load_sr_model(only, weights='raw').state, raw)
     with pytest.raises(UserError, match="--weights ema: .* holds no EMA weights") as err:
-        inference.read_checkpoint(only, weights='ema')
+        checkpoints.load_sr_model(only, weights='ema')
     assert '\n' not in str(err.value)
 
 
@@ -79,17 +80,17 @@ def test_basicsr_params_ema_or_params_on_request():
     torch.manual_seed(0)
     plain, average = (models.build_model('msrresnet', config).state_dict() for _ in range(2))
     both = {'params': plain, 'params_ema': average}
-    assert inference.describe_checkpoint(both, 'b.pth').selected == 'ema'
-    assert torch.equal(inference.describe_checkpoint(both, 'b.pth').state['conv_first.weight'],
+    assert checkpoints.describe_checkpoint(both, 'b.pth').selected == 'ema'
+    assert torch.equal(checkpoints.describe_checkpoint(both, 'b.pth').state['conv_first.weight'],
                        average['conv_first.weight'])
-    raw = inference.describe_checkpoint(both, 'b.pth', weights='raw')
+    raw = checkpoints.describe_checkpoint(both, 'b.pth', weights='raw')
     assert raw.selected == 'raw' and torch.equal(raw.state['conv_first.weight'], plain['conv_first.weight'])
     assert "weights from 'params' (also in the file: params_ema)" in raw.notes
-    assert inference.describe_checkpoint({'params': plain}, 'p.pth').selected is None
+    assert checkpoints.describe_checkpoint({'params': plain}, 'p.pth').selected is None
     with pytest.raises(UserError, match='--weights ema: p.pth holds no EMA weights'):
-        inference.describe_checkpoint({'params': plain}, 'p.pth', weights='ema')
+        checkpoints.describe_checkpoint({'params': plain}, 'p.pth', weights='ema')
     with pytest.raises(UserError, match='--weights raw: e.pth holds only EMA weights'):
-        inference.describe_checkpoint({'params_ema': average}, 'e.pth', weights='raw')
+        checkpoints.describe_checkpoint({'params_ema': average}, 'e.pth', weights='raw')
 
 
 def test_eval_scores_the_average_by_default_and_the_raw_weights_with_the_flag(tmp_path, nets):
@@ -159,5 +160,5 @@ def test_export_writes_the_average_by_default(tmp_path, nets, capsys):
         assert export_script.main(['--checkpoint', checkpoint, '--format', 'pth', '--output', str(out), *flag]) == 0
         exported = load_checkpoint(str(out))
         assert same_weights(exported['model'], used) and 'model_ema' not in exported
-        assert same_weights(inference.read_checkpoint(str(out)).state, used)
+        assert same_weights(checkpoints.load_sr_model(str(out)).state, used)
     assert 'note: EMA weights' in capsys.readouterr().out
