@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     'utils': set(),
     'models': set(),
+    'degradations': {'utils'},
     'datasets': {'utils'},
     'inference': {'utils', 'models'},
     'training': {'utils', 'models', 'datasets', 'inference'},
