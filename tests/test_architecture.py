@@ -14,7 +14,7 @@ LAYERS = {
     'utils': set(),
     'models': set(),
     'degradations': {'utils'},
-    'datasets': {'utils'},
+    'datasets': {'utils', 'degradations'},
     'inference': {'utils', 'models'},
     'training': {'utils', 'models', 'datasets', 'inference'},
 }

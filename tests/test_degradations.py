@@ -327,3 +327,9 @@ def test_published_defaults_every_range_settable_and_recorded():
             d.with_overrides(s, [bad])
     with pytest.raises(ValueError, match='realesrgan, light'):
         d.preset('heavy')
+
+
+def test_every_setting_is_in_the_docs_page():
+    from conftest import REPO_ROOT
+    page = (REPO_ROOT / 'docs' / 'real-photos.md').read_text(encoding='utf-8')
+    assert [k for k in d.setting_names() if f"`{k}`" not in page] == []

@@ -1,6 +1,6 @@
-"""README documents every command-line flag of every script (the flag tables are written from the parsers), and
-its promise that the tests needing the benchmark images all run in CI holds: without them those tests fail there
-and skip elsewhere."""
+"""README (or a page of docs/) documents every command-line flag of every script (the flag tables are written from
+the parsers), and its promise that the tests needing the benchmark images all run in CI holds: without them those
+tests fail there and skip elsewhere."""
 import re
 
 import pytest
@@ -17,9 +17,10 @@ def test_every_flag_of_every_script_is_in_readme(script):
     options = re.split(r'\n(?:options|optional arguments):', result.stdout, maxsplit=1)[1]
     flags = set(re.findall(r'^\s+(--[a-z][a-z0-9-]+)', options, flags=re.M)) - {'--help'}
     assert len(flags) >= 5  # the parse found the options
-    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
-    missing = sorted(f for f in flags if f"`{f}" not in readme)
-    assert not missing, f"{script}: flags missing from README: {missing}"
+    pages = [REPO_ROOT / 'README.md'] + sorted((REPO_ROOT / 'docs').glob('*.md'))
+    documented = ''.join(page.read_text(encoding='utf-8') for page in pages)
+    missing = sorted(f for f in flags if f"`{f}" not in documented)
+    assert not missing, f"{script}: flags missing from README and docs/: {missing}"
 
 
 def outcome(folder, environ):
