@@ -602,9 +602,9 @@ def degraded_set_folder(output_folder, test_folder, scale, preset_name):
 def degrade_test_set(test_folder, folder, scale, settings, seed, preset_name, files, log=print):
     """Write the degraded version of the test images in ``test_folder`` into ``folder``: HR/<name>.png (each image
     cut to multiples of ``scale``, as the papers' protocol does) and LR/<name>.png (degrade of that HR with
-    image_rng(seed, file name)), and degradation.json (seed, preset, scale, every range, and every image's drawn
-    parameters). ``files``: the utils.AtomicFileSet that writes them (all or nothing with the caller's other
-    files). Returns the record."""
+    image_rng(seed, file name)), and degradation.json (seed, preset, scale, every range, and per image its source
+    file, its HR size [width, height] and every drawn parameter). ``files``: the utils.AtomicFileSet that writes
+    them (all or nothing with the caller's other files). Returns the record."""
     paths = list_image_files(test_folder)
     if not paths:
         raise UserError(f"{test_folder}: no images to degrade")
