@@ -11,10 +11,9 @@ image file for every patch, random crop, PIL bicubic downscale, convert both to 
 HR). The suite: PatchDataset (images decoded once into a uint8 RAM cache; also its streaming mode, decoding once
 per visit for 4 crops), each batch fetched at once as the training loader does (__getitems__), uint8, LR made for
 the whole batch by batch_to_device. The mode suite_cached_default_allocator shows what keep_freed_memory adds.
-The modes suite_cached_realesrgan and suite_cached_light make each LR patch by Real-ESRGAN's second-order
-degradation (degradations.py, PatchDataset(degradation=...), its published ranges and the milder preset) instead
-of the bicubic downscale. Prints one JSON line per mode and a readable summary (a second line for the
-degradations).
+The mode suite_cached_realesrgan makes each LR patch by Real-ESRGAN's second-order degradation with its published
+ranges (degradations.py, PatchDataset(degradation=...)) instead of the bicubic downscale. Prints one JSON line per
+mode and a readable summary (a second line for the degradations).
 """
 import argparse
 import json
@@ -89,8 +88,8 @@ def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit, degradat
 
 
 MODES = ('tutorial', 'suite_cached', 'suite_streaming_4_crops', 'suite_cached_default_allocator',
-         'suite_cached_realesrgan', 'suite_cached_light')
-DEGRADATION_MODES = {'suite_cached_realesrgan': 'realesrgan', 'suite_cached_light': 'light'}
+         'suite_cached_realesrgan')
+DEGRADATION_MODES = {'suite_cached_realesrgan': 'realesrgan'}
 
 
 def run_mode(mode, args):
@@ -147,13 +146,13 @@ def main():
         print(json.dumps({'benchmark': 'data_pipeline', 'mode': mode, 'patches_per_s_per_core': round(median[mode], 1),
                           'vs_tutorial': round(median[mode] / ref, 1), 'rounds': [round(r, 1) for r in rates[mode]],
                           **common}))
-    cached, streaming, plain, realesrgan, light = (median[m] for m in MODES[1:])
+    cached, streaming, plain, realesrgan = (median[m] for m in MODES[1:])
     print(f"data pipeline, {common['folder']}, crop {args.crop_size}, x{args.scale}, one core: tutorial "
           f"{ref:.0f} patches/s; suite cached {cached:.0f} ({cached / ref:.1f}x); suite streaming, 4 crops per "
           f"decode {streaming:.0f} ({streaming / ref:.1f}x); suite cached without keep_freed_memory {plain:.0f} "
           f"({plain / ref:.1f}x)")
-    print(f"real-world degradations, one core: Real-ESRGAN's published ranges {realesrgan:.1f} patches/s, the light "
-          f"preset {light:.1f} (bicubic, suite cached: {cached:.0f})")
+    print(f"real-world degradations, one core: Real-ESRGAN's published ranges {realesrgan:.1f} patches/s (bicubic, "
+          f"suite cached: {cached:.0f})")
 
 
 if __name__ == '__main__':
