@@ -5,7 +5,11 @@ SRDataset is the tutorial's dataset (PIL crops, bicubic LR), made reproducible a
 from EpochSampler, every crop is a pure function of (seed, epoch, i), whatever the number of workers, processes or
 resumes; a file that went bad after listing is skipped with a warning and counted, and too many failures stop the
 run. PatchDataset is the fast pipeline (uint8 HR patches from a RAM cache; LR made on the device by make_lr, or cut
-from each whole image's LR, made once).
+from each whole image's LR, made once, or read from paired LR/HR folders, or made per patch by Real-ESRGAN's
+degradations, degradations.py).
+
+create_paired_lists lists paired folders (LR/ and HR/ images matched by name, sizes checked against the scale) into
+train_pairs.json and <name>_test_pairs.json.
 """
 import functools
 import json
@@ -20,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+import degradations
 from utils import (ImageTransforms, UserError, atomic_write_many, dataset_name, imresize, list_image_files,
                    load_image, pil_resize, pil_to_tensor)
 
@@ -104,6 +109,113 @@ def read_data_list(data_folder, split, test_data_name=None):
     if not isinstance(images, list) or not images:
         raise UserError(f"data list {path} holds no images: check the folders given to create_data_lists.py")
     return images
+
+
+TRAIN_PAIRS = 'train_pairs.json'
+PAIR_FOLDERS = ('LR', 'HR')
+
+
+def test_pairs_name(name):
+    """File name of a paired test set's list."""
+    return f"{name}_test_pairs.json"
+
+
+def _stems(folder):
+    """{file name without extension: path} of the images in ``folder``; UserError for two images of one name."""
+    found = {}
+    for path in list_image_files(folder):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in found:
+            raise UserError(f"{path}: {os.path.basename(found[stem])} has the same name (another extension): "
+                            f"pairs are matched by name, rename one")
+        found[stem] = path
+    return found
+
+
+def match_pairs(folder, scale):
+    """[(lr path, hr path)] of a paired folder: ``folder``/LR and ``folder``/HR, matched by name: the HR image
+    <name>.<ext> pairs with the LR image <name> or <name>x<scale> (DIV2K's naming), any image extension. UserError
+    of one line naming the file for an image without its partner (either side) or with two."""
+    lr_dir, hr_dir = (os.path.join(folder, sub) for sub in PAIR_FOLDERS)
+    for sub in (lr_dir, hr_dir):
+        if not os.path.isdir(sub):
+            raise UserError(f"{folder}: a paired folder holds the sub-folders LR/ and HR/ (images matched by name); "
+                            f"{sub} is not a folder")
+    lr_by_stem, hr_by_stem = _stems(lr_dir), _stems(hr_dir)
+    if not hr_by_stem:
+        raise UserError(f"{hr_dir}: no images")
+    pairs, used = [], set()
+    for stem, hr in hr_by_stem.items():
+        partners = [s for s in (stem, f"{stem}x{scale}") if s in lr_by_stem]
+        if not partners:
+            raise UserError(f"{hr}: no LR image of the same name ({stem}.* or {stem}x{scale}.*) in {lr_dir}")
+        if len(partners) > 1:
+            both = ' and '.join(os.path.basename(lr_by_stem[s]) for s in partners)
+            raise UserError(f"{hr}: two LR images match it ({both}): keep one")
+        used.add(partners[0])
+        pairs.append((lr_by_stem[partners[0]], hr))
+    unmatched = sorted(set(lr_by_stem) - used)
+    if unmatched:
+        raise UserError(f"{lr_by_stem[unmatched[0]]}: no HR image of the same name in {hr_dir}")
+    return [(os.path.abspath(lr), os.path.abspath(hr)) for lr, hr in pairs]
+
+
+def _pair_problem(pair, scale):
+    """None if both images of ``pair`` (lr, hr) decode and the HR is the LR's size times ``scale`` (up to scale - 1
+    px more per side, cut off when read: the papers' HR cut to a multiple of the scale), else one line naming the
+    file."""
+    lr_path, hr_path = pair
+    try:
+        lr, hr = load_image(lr_path), load_image(hr_path)
+    except UserError as e:
+        return str(e)
+    w, h = lr.size
+    if not (w * scale <= hr.width < (w + 1) * scale and h * scale <= hr.height < (h + 1) * scale):
+        return (f"{hr_path} is {hr.width}x{hr.height}, but its LR image {os.path.basename(lr_path)} is {w}x{h}: at x"
+                f"{scale} the HR image must be {w * scale}x{h * scale} (up to {scale - 1} px more per side)")
+    return None
+
+
+def create_paired_lists(train_folders, test_folders, scale, output_folder, workers=None, log=print):
+    """Write ``train_pairs.json`` (the pairs of all train folders) and ``<name>_test_pairs.json`` per test folder,
+    each a paired folder (match_pairs). Every image is decoded and every pair's sizes are checked against ``scale``;
+    the first problem stops everything with a UserError of one line naming the file (nothing is written). Lists
+    hold {"scale": s, "pairs": [{"lr": path, "hr": path}, ...]}, absolute paths; written all or nothing.
+    Returns {list name: number of pairs}."""
+    jobs = [(TRAIN_PAIRS, [p for d in train_folders for p in match_pairs(d, scale)])] if train_folders else []
+    jobs += [(test_pairs_name(dataset_name(d)), match_pairs(d, scale)) for d in test_folders]
+    workers = workers or min(8, os.cpu_count() or 1)
+    texts, summary = {}, {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for name, pairs in jobs:
+            for problem in pool.map(functools.partial(_pair_problem, scale=scale), pairs, chunksize=8):
+                if problem is not None:
+                    raise UserError(problem)
+            texts[os.path.join(output_folder, name)] = json.dumps(
+                {'scale': scale, 'pairs': [{'lr': lr, 'hr': hr} for lr, hr in pairs]}, indent=0)
+            summary[name] = len(pairs)
+            log(f"{name}: {len(pairs)} LR/HR pairs, x{scale}")
+    atomic_write_many(texts)
+    return summary
+
+
+def read_pair_list(data_folder, split, test_data_name=None):
+    """(scale, [(lr path, hr path)]) of ``train_pairs.json`` or ``<test_data_name>_test_pairs.json``; UserError if
+    missing, not such a list, or empty."""
+    name = TRAIN_PAIRS if split == 'train' else test_pairs_name(test_data_name)
+    path = os.path.join(data_folder, name)
+    if not os.path.isfile(path):
+        raise UserError(f"pair list {path} not found: run create_data_lists.py with --paired-train-folders / "
+                        f"--paired-test-folders first (or pass --data-folder where it wrote its lists)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        scale, pairs = int(data['scale']), [(p['lr'], p['hr']) for p in data['pairs']]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"pair list {path} is not a list of LR/HR pairs: rerun create_data_lists.py") from None
+    if not pairs:
+        raise UserError(f"pair list {path} holds no pairs: check the folders given to create_data_lists.py")
+    return scale, pairs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,20 +378,36 @@ class PatchDataset(Dataset):
     With ``lr_method`` ('matlab' or 'pil', see make_lr) each image's LR is made once from the whole image (cut to a
     multiple of the scale), as test sets are made, and an item is a pair of aligned crops (BasicSR's paired
     crops): (lr, hr) with lr (crops_per_visit, 3, c/s, c/s) cut at (i, j) of the LR image and hr at (s*i, s*j), both
-    flipped / rotated alike. The LR crops then hold no patch borders of their own. Without it, items are HR crops
-    only and the LR is made per patch (make_lr on the batch).
+    flipped / rotated alike. The LR crops then hold no patch borders of their own. With ``paired`` the images are
+    the pairs of train_pairs.json (create_paired_lists: given LR images, the HR cut to s times their size), cropped
+    the same way. With ``degradation`` (a degradations.DegradationSettings) each HR crop, flipped / rotated, is
+    degraded into its LR (degradations.degrade, Real-ESRGAN's second-order model) with the generator
+    degradations.patch_rng(seed, epoch, j, crop number): the pair is a pure function of (seed, epoch, j) too. Without
+    any of them, items are HR crops only and the LR is made per patch (make_lr on the batch).
     """
 
     def __init__(self, data_folder, crop_size, scaling_factor, seed=0, patches_per_image=1, crops_per_visit=None,
                  hflip=False, vflip=False, rot90=False, cache_bytes=None, max_bad_fraction=0.05, workers=4,
-                 lr_method=None, log=print):
+                 lr_method=None, paired=False, degradation=None, log=print):
         self.crop_size, self.scaling_factor = int(crop_size), int(scaling_factor)
         if lr_method not in (None, 'matlab', 'pil'):
             raise ValueError(f"lr_method is None, 'matlab' or 'pil', not {lr_method!r}")
-        self.lr_method = lr_method
+        if sum((lr_method is not None, bool(paired), degradation is not None)) > 1:
+            raise ValueError("the LR comes from one of lr_method, paired or degradation, not several")
+        if degradation is not None and not isinstance(degradation, degradations.DegradationSettings):
+            raise ValueError(f"degradation is a degradations.DegradationSettings, not {type(degradation).__name__}")
+        self.lr_method, self.paired, self.degradation = lr_method, bool(paired), degradation
         if self.crop_size % self.scaling_factor:
             raise ValueError(f"crop size {self.crop_size} is not divisible by the scale {self.scaling_factor}")
-        self.images = read_data_list(data_folder, 'train')
+        self.lr_images = None
+        if self.paired:
+            scale, pairs = read_pair_list(data_folder, 'train')
+            if scale != self.scaling_factor:
+                raise UserError(f"the pairs in {os.path.join(data_folder, TRAIN_PAIRS)} are x{scale}, not "
+                                f"x{self.scaling_factor}: pass --scale {scale} or list pairs of x{self.scaling_factor}")
+            self.lr_images, self.images = [lr for lr, _ in pairs], [hr for _, hr in pairs]
+        else:
+            self.images = read_data_list(data_folder, 'train')
         self.seed = seed
         self.flips, self.patches_per_image = (hflip, vflip, rot90), int(patches_per_image)
         self.loads = LoadCounter(len(self.images), max_bad_fraction)
@@ -299,10 +427,15 @@ class PatchDataset(Dataset):
             log(f"training images need {needed / 2 ** 30:.1f} GiB decoded, more than the cache limit "
                 f"{cache_bytes / 2 ** 30:.1f} GiB: decoding on each visit ({self.crops_per_visit} crops per visit)")
 
+    @property
+    def has_lr_images(self):
+        """Whether each image comes with a whole LR image (lr_method or paired), cropped alongside."""
+        return bool(self.lr_method or self.paired)
+
     def _decoded_bytes(self):
         """Decoded RGB size of all images, from their headers (unreadable ones count as 0)."""
         total = 0
-        for path in self.images:
+        for path in self.images + (self.lr_images or []):
             try:
                 with Image.open(path) as img:
                     total += img.width * img.height * 3
@@ -311,37 +444,45 @@ class PatchDataset(Dataset):
         return total
 
     def _build_cache(self, workers):
-        def decode(path):
+        def decode(k):
             try:
-                return path, self._decode(path)
+                return self._decode(k)
             except UserError as e:
-                return path, str(e)
+                return str(e)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            decoded = list(pool.map(decode, self.images))
+            decoded = list(pool.map(decode, range(len(self.images))))
         good = []
-        for path, item in decoded:
+        for item in decoded:
             if isinstance(item, str):
                 self.loads.failed(item)
             else:
                 good.append(item)
         if not good:
             raise TooManyBadImages("no training image could be loaded")
-        if self.lr_method:
+        if self.has_lr_images:
             self.lr_buffer, self.lr_offsets, self.lr_shapes = _pack([lr for _, lr in good])
             good = [hr for hr, _ in good]
         self.buffer, self.offsets, self.shapes = _pack(good)
         self.loads.attempted(len(self.images))
 
-    def _decode(self, path):
-        """(3, H, W) uint8 of one image, or the pair (hr, lr) with ``lr_method``; UserError when unusable."""
+    def _decode(self, k):
+        """(3, H, W) uint8 of image k, or the pair (hr, lr) with ``lr_method`` or ``paired``; UserError when
+        unusable."""
+        path = self.images[k]
         img = load_image(path)
         if min(img.size) < self.crop_size:
             raise UserError(f"{path}: {img.width}x{img.height} is smaller than the crop size {self.crop_size}")
         hr = pil_to_tensor(img)  # (3, H, W) uint8
+        s = self.scaling_factor
+        if self.paired:
+            lr = pil_to_tensor(load_image(self.lr_images[k]))  # (3, h, w) uint8
+            if lr.shape[1] * s > hr.shape[1] or lr.shape[2] * s > hr.shape[2]:
+                raise UserError(f"{path}: {img.width}x{img.height}, smaller than {s} times its LR image "
+                                f"{self.lr_images[k]} ({lr.shape[2]}x{lr.shape[1]}): rerun create_data_lists.py")
+            return hr[:, :lr.shape[1] * s, :lr.shape[2] * s], lr  # (3, s h, s w), (3, h, w)
         if not self.lr_method:
             return hr
-        s = self.scaling_factor
         hr = hr[:, :hr.shape[1] // s * s, :hr.shape[2] // s * s]  # a multiple of the scale, as the test sets
         return hr, make_lr(hr[None], s, self.lr_method)[0]  # (3, H, W), (3, H / s, W / s) uint8
 
@@ -367,12 +508,12 @@ class PatchDataset(Dataset):
         """Image k as a (3, H, W) uint8 numpy array (a view of the cache), or the pair (hr, lr) of them."""
         if self.buffer is None:
             self.loads.attempted()
-            img = self._decode(self.images[k])
-            return tuple(t.numpy() for t in img) if self.lr_method else img.numpy()
+            img = self._decode(k)
+            return tuple(t.numpy() for t in img) if self.has_lr_images else img.numpy()
         if self._arrays is None:
             self._arrays = tuple(b.numpy() for b in (self.buffer, self.lr_buffer) if b is not None)
         hr = _unpack(self._arrays[0], self.offsets[k], self.shapes[k])
-        return (hr, _unpack(self._arrays[1], self.lr_offsets[k], self.lr_shapes[k])) if self.lr_method else hr
+        return (hr, _unpack(self._arrays[1], self.lr_offsets[k], self.lr_shapes[k])) if self.has_lr_images else hr
 
     def __getstate__(self):
         """Pickled for spawned loader workers without the numpy views: they would travel as copies of the whole
@@ -381,7 +522,7 @@ class PatchDataset(Dataset):
 
     def _views(self, index):
         """The crops of item ``index`` as numpy views of the images: ([hr (3, c, c)], [lr (3, c/s, c/s)], empty
-        without lr_method), one per crop of the visit, flipped / transposed alike."""
+        for HR-only items), one per crop of the visit, flipped / transposed alike (degraded LR: new arrays)."""
         epoch, j = index if isinstance(index, tuple) else (0, index)
         rng = random.Random(f"{self.seed}-{epoch}-{j}")
         k = self._image_for(epoch, j)
@@ -394,25 +535,28 @@ class PatchDataset(Dataset):
         else:
             raise TooManyBadImages("no training image could be loaded")
         # numpy views: slicing, flipping and transposing them costs ~10x less than torch's per-op dispatch
-        hr_img, lr_img = img if self.lr_method else (img, None)
+        hr_img, lr_img = img if self.has_lr_images else (img, None)
         _, h, w = hr_img.shape
         # with an LR image, crops start on the scale's grid: (top, left) = s * (LR top, LR left)
-        s, c = (self.scaling_factor if self.lr_method else 1), self.crop_size
+        s, c = (self.scaling_factor if self.has_lr_images else 1), self.crop_size
         hr_patches, lr_patches = [], []
-        for _ in range(self.crops_per_visit):
+        for crop in range(self.crops_per_visit):
             top, left = rng.randint(0, (h - c) // s), rng.randint(0, (w - c) // s)
             patches = [hr_img[:, s * top:s * top + c, s * left:s * left + c]]  # (3, c, c) uint8, a view
-            if self.lr_method:
+            if self.has_lr_images:
                 patches.append(lr_img[:, top:top + c // s, left:left + c // s])  # (3, c/s, c/s) uint8
             patches = _augment(patches, rng, *self.flips)
             hr_patches.append(patches[0])
             lr_patches.extend(patches[1:])
+            if self.degradation is not None:
+                patch_rng = degradations.patch_rng(self.seed, epoch, j, crop)
+                lr_patches.append(degradations.degrade(patches[0], self.scaling_factor, self.degradation, patch_rng))
         return hr_patches, lr_patches
 
     def _batch(self, hr_patches, lr_patches):
         """Lists of views -> the uint8 tensor (n, 3, c, c) of the HR crops, or the pair (lr, hr), copied once."""
         hr = torch.from_numpy(np.stack(hr_patches))  # np.stack copies strided views ~2.5x faster than np.array
-        return (torch.from_numpy(np.stack(lr_patches)), hr) if self.lr_method else hr
+        return (torch.from_numpy(np.stack(lr_patches)), hr) if lr_patches else hr
 
     def __getitem__(self, index):
         return self._batch(*self._views(index))

@@ -1,12 +1,13 @@
 """Every architecture of the suite, the registry that tells scripts how to feed and train each one, and all
 surgery on them (BatchNorm fusing, the tail before the shuffle, the fast PReLU backward, configurations read off
-weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's MSRResNet).
+weights: the tutorial's, EDSR-PyTorch's / the official RCAN release's, BasicSR's MSRResNet, Real-ESRGAN's
+SRVGGNetCompact).
 
 The SRResNet/SRGAN classes keep the tutorial's module names, so its state_dicts load unchanged;
 EDSR and RCAN keep EDSR-PyTorch's names (``sub_mean``, ``head``, ``body``, ``tail``, ``add_mean``), the names
-the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's. The Keras
-SRGAN of srgan-keras (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator) follows Keras's
-conventions instead (BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
+the official EDSR, EDSR-baseline and RCAN weights are published in; MSRResNet keeps BasicSR's, SRVGGNetCompact
+Real-ESRGAN's. The Keras SRGAN of srgan-keras (KerasSRGANGenerator, arch 'srgan_keras', and KerasSRGANDiscriminator)
+follows Keras's conventions instead (BatchNorm momentum and epsilon, initialisers, 'same' padding, depth_to_space).
 
     from models import build_model, ARCHS
     model = build_model('srresnet', {'scaling_factor': 4})        # (N, 3, h, w) -> (N, 3, 4h, 4w)
@@ -771,8 +772,48 @@ class MSRResNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# The Keras SRGAN (bubbliiiing/srgan-keras, nets/srgan.py), layer for layer in PyTorch terms
+# SRVGGNetCompact: Real-ESRGAN's compact network for real photos, module names as in Real-ESRGAN
 # ----------------------------------------------------------------------------------------------
+
+SRVGG_ACTIVATIONS = ('prelu', 'relu', 'leakyrelu')
+
+
+class SRVGGNetCompact(nn.Module):
+    """Real-ESRGAN's compact VGG-style network (Wang et al., ICCVW 2021; the network of its realesr-general-x4v3
+    (num_conv 32) and realesr-animevideov3 (num_conv 16) releases): num_conv + 2 3x3 convolutions, all at the input's
+    size, each but the last followed by an activation, the last giving 3 * s^2 channels for a pixel shuffle by s,
+    and the input upscaled by nearest neighbour added, so the network learns the residual. Real-ESRGAN's key names:
+    body.0 the first convolution, body.1 its PReLU (one weight per channel), ..., body.<2 num_conv + 2> the last
+    convolution; its released weights load unchanged (infer_srvgg_config reads their configuration).
+
+    Input/output: RGB in [0, 1] (N, 3, h, w) -> (N, 3, s*h, s*w).
+    act_type: 'prelu' (the releases'), 'relu' or 'leakyrelu' (slope 0.1).
+    """
+
+    def __init__(self, scaling_factor=4, num_feat=64, num_conv=16, act_type='prelu'):
+        super().__init__()
+        if act_type not in SRVGG_ACTIVATIONS:
+            raise ValueError(f"act_type is one of {', '.join(SRVGG_ACTIVATIONS)}, not {act_type!r}")
+        self.scaling_factor = s = int(scaling_factor)
+
+        def activation():
+            if act_type == 'prelu':
+                return nn.PReLU(num_parameters=num_feat)
+            return nn.ReLU(inplace=True) if act_type == 'relu' else nn.LeakyReLU(0.1, inplace=True)
+        layers = [nn.Conv2d(3, num_feat, 3, padding=1), activation()]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), activation()]
+        layers.append(nn.Conv2d(num_feat, 3 * s * s, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        self.upsampler = nn.PixelShuffle(s)
+
+    def forward(self, x):
+        out = self.upsampler(self.body(x))  # (N, 3, s*h, s*w): the residual
+        return out + F.interpolate(x, scale_factor=self.scaling_factor, mode='nearest')  # (N, 3, s*h, s*w)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Keras SRGAN (bubbliiiing/srgan-keras, nets/srgan.py), layer for layer in PyTorch terms
 
 KERAS_BN_MOMENTUM = 0.5  # srgan-keras's BatchNormalization(momentum=0.5), in Keras's convention
 KERAS_BN_EPSILON = 1e-3  # Keras's default epsilon (PyTorch's is 1e-5)
@@ -1021,6 +1062,15 @@ ARCHS = {
         'ECCVW 2018)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]', out_type='[0, 1]',
         train=_recipe(loss='l1', lr=2e-4, lr_schedule='cosine', lr_crop_size=32, batch_size=16,
                       patches_per_image=20, epochs=1000)),
+    # Real-ESRNet's options (Real-ESRGAN's train_realesrnet_x4plus.yml, the L1 stage before the GAN): 256-px HR
+    # patches (64 px LR), batch 12 (per GPU), L1, Adam 2e-4 held constant (its one milestone is the last iteration),
+    # flips and rotations; trained there on synthetic degradations of DF2K + OST for 1M iterations (here 1000
+    # epochs of 20 patches per image).
+    'srvgg_compact': ArchSpec(
+        'srvgg_compact', SRVGGNetCompact, 'Wang et al., Real-ESRGAN: Training Real-World Blind SR with Pure '
+        'Synthetic Data, ICCVW 2021 (SRVGGNetCompact)', scales=(2, 3, 4), color='rgb', in_type='[0, 1]',
+        out_type='[0, 1]',
+        train=_recipe(loss='l1', lr=2e-4, lr_crop_size=64, batch_size=12, patches_per_image=20, epochs=1000)),
     # The Keras SRGAN's generator (srgan-keras): trained only as a GAN, from scratch (train_srgan.py --variant
     # keras), so no train_srresnet.py recipe.
     'srgan_keras': ArchSpec(
@@ -1274,3 +1324,29 @@ def infer_msrresnet_config(state_dict):
         if scale not in (2, 3) or scale * scale * n_channels != up:
             raise ValueError(f"upconv1 gives {up} channels: not 4 or 9 x {n_channels} (MSRResNet x2 or x3)")
     return {'scaling_factor': scale, 'n_channels': n_channels, 'n_blocks': sequence_length(state_dict, 'body')}
+
+
+def infer_srvgg_config(state_dict):
+    """SRVGGNetCompact's scaling_factor, num_feat, num_conv and act_type read off a state_dict in Real-ESRGAN's key
+    names: convolutions at the even indices of body (the first 3 -> num_feat, the last num_feat -> 3 s^2), PReLU
+    weights (num_feat,) at the odd ones. Without PReLU weights act_type is taken as 'relu' ('leakyrelu' keeps no
+    weights either: give it yourself for such weights)."""
+    n = sequence_length(state_dict, 'body')
+    if n < 3 or n % 2 == 0:
+        raise ValueError(f"SRVGGNetCompact's body is an odd number (>= 3) of layers, these weights have {n}")
+    first, last = _shape(state_dict, 'body.0.weight'), _shape(state_dict, f'body.{n - 1}.weight')
+    num_feat = first[0]
+    if first[1:] != (3, 3, 3) or last[1:] != (num_feat, 3, 3):
+        raise ValueError(f"body.0 is {first} and body.{n - 1} is {last}: not SRVGGNetCompact's 3x3 RGB convolutions")
+    for i in range(2, n - 1, 2):
+        if _shape(state_dict, f'body.{i}.weight') != (num_feat, num_feat, 3, 3):
+            raise ValueError(f"body.{i}.weight is {_shape(state_dict, f'body.{i}.weight')}, not ({num_feat}, "
+                             f"{num_feat}, 3, 3)")
+    prelu = 'body.1.weight' in state_dict
+    if prelu and any(_shape(state_dict, f'body.{i}.weight') != (num_feat,) for i in range(1, n - 1, 2)):
+        raise ValueError(f"SRVGGNetCompact's PReLUs have {num_feat} weights each; these weights differ")
+    scale = math.isqrt(last[0] // 3)
+    if scale * scale * 3 != last[0] or scale not in ARCHS['srvgg_compact'].scales:
+        raise ValueError(f"the last convolution gives {last[0]} channels: not 3 x s^2 for s in 2, 3, 4")
+    return {'scaling_factor': scale, 'num_feat': num_feat, 'num_conv': (n - 3) // 2,
+            'act_type': 'prelu' if prelu else 'relu'}

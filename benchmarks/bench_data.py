@@ -2,6 +2,7 @@
 
     python benchmarks/bench_data.py                                  # BSD200 from ../shared/data, crop 96, x4
     python benchmarks/bench_data.py --folder data/DIV2K/DIV2K_train_HR --crop-size 192
+    python benchmarks/bench_data.py --crop-size 256                  # Real-ESRGAN's 256-px HR patches
 
 One thread, no DataLoader workers: what one core delivers. Each mode runs in its own fresh process, as a user
 would run it (the suite's scripts call keep_freed_memory; the tutorial does not), and the modes alternate round by
@@ -10,7 +11,9 @@ image file for every patch, random crop, PIL bicubic downscale, convert both to 
 HR). The suite: PatchDataset (images decoded once into a uint8 RAM cache; also its streaming mode, decoding once
 per visit for 4 crops), each batch fetched at once as the training loader does (__getitems__), uint8, LR made for
 the whole batch by batch_to_device. The mode suite_cached_default_allocator shows what keep_freed_memory adds.
-Prints one JSON line per mode and a readable summary.
+The mode suite_cached_realesrgan makes each LR patch by Real-ESRGAN's second-order degradation with its published
+ranges (degradations.py, PatchDataset(degradation=...)) instead of the bicubic downscale. Prints one JSON line per
+mode and a readable summary (a second line for the degradations).
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
+import degradations  # noqa: E402
 import training  # noqa: E402
 import utils  # noqa: E402
 
@@ -65,10 +69,12 @@ def tutorial_step(paths, crop, scale, batch):
     return step
 
 
-def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit):
-    """A batch the suite's way: PatchDataset crops (cached or streamed), collated as uint8, LR made batched."""
+def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit, degradation=None):
+    """A batch the suite's way: PatchDataset crops (cached or streamed), collated as uint8, LR made batched (or
+    each LR patch made by ``degradation``, a degradations preset name, in the dataset)."""
+    settings = degradations.preset(degradation) if degradation else None
     ds = datasets.PatchDataset(lists, crop, scale, seed=0, patches_per_image=100, crops_per_visit=crops_per_visit,
-                               cache_bytes=cache_bytes, log=lambda *a: None)
+                               cache_bytes=cache_bytes, degradation=settings, log=lambda *a: None)
     visits, state = batch // ds.crops_per_visit, {'j': 0}
 
     def step():
@@ -81,13 +87,15 @@ def suite_step(lists, crop, scale, batch, cache_bytes, crops_per_visit):
     return step
 
 
-MODES = ('tutorial', 'suite_cached', 'suite_streaming_4_crops', 'suite_cached_default_allocator')
+MODES = ('tutorial', 'suite_cached', 'suite_streaming_4_crops', 'suite_cached_default_allocator',
+         'suite_cached_realesrgan')
+DEGRADATION_MODES = {'suite_cached_realesrgan': 'realesrgan'}
 
 
 def run_mode(mode, args):
     """In this (fresh) process: set up ``mode`` on --folder and print its patches/s on one thread."""
     torch.set_num_threads(1)
-    if mode in ('suite_cached', 'suite_streaming_4_crops'):
+    if mode in ('suite_cached', 'suite_streaming_4_crops', *DEGRADATION_MODES):
         utils.keep_freed_memory()
     with tempfile.TemporaryDirectory() as lists:
         datasets.create_data_lists([args.folder], [], args.crop_size, lists, workers=1, log=lambda *a: None)
@@ -95,6 +103,8 @@ def run_mode(mode, args):
             step = tutorial_step(datasets.read_data_list(lists, 'train'), args.crop_size, args.scale, args.batch_size)
         elif mode == 'suite_streaming_4_crops':
             step = suite_step(lists, args.crop_size, args.scale, args.batch_size, 0, 4)
+        elif mode in DEGRADATION_MODES:
+            step = suite_step(lists, args.crop_size, args.scale, args.batch_size, None, None, DEGRADATION_MODES[mode])
         else:
             step = suite_step(lists, args.crop_size, args.scale, args.batch_size, None, None)
         print(json.dumps({'mode': mode, 'rate': measure(step, args.seconds)}))
@@ -136,11 +146,13 @@ def main():
         print(json.dumps({'benchmark': 'data_pipeline', 'mode': mode, 'patches_per_s_per_core': round(median[mode], 1),
                           'vs_tutorial': round(median[mode] / ref, 1), 'rounds': [round(r, 1) for r in rates[mode]],
                           **common}))
-    cached, streaming, plain = (median[m] for m in MODES[1:])
+    cached, streaming, plain, realesrgan = (median[m] for m in MODES[1:])
     print(f"data pipeline, {common['folder']}, crop {args.crop_size}, x{args.scale}, one core: tutorial "
           f"{ref:.0f} patches/s; suite cached {cached:.0f} ({cached / ref:.1f}x); suite streaming, 4 crops per "
           f"decode {streaming:.0f} ({streaming / ref:.1f}x); suite cached without keep_freed_memory {plain:.0f} "
           f"({plain / ref:.1f}x)")
+    print(f"real-world degradations, one core: Real-ESRGAN's published ranges {realesrgan:.1f} patches/s (bicubic, "
+          f"suite cached: {cached:.0f})")
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ TINY_OPTS = {
     'rcan': ['--model-opt', 'n_resgroups=1', '--model-opt', 'n_resblocks=1', '--model-opt', 'n_feats=8',
              '--model-opt', 'reduction=4'],
     'msrresnet': ['--model-opt', 'n_blocks=1', '--model-opt', 'n_channels=8'],
+    'srvgg_compact': ['--model-opt', 'num_conv=2', '--model-opt', 'num_feat=8'],
 }
 
 
@@ -121,7 +122,7 @@ def test_impossible_scales_are_flag_errors(arch, scale):
 
 
 @pytest.mark.parametrize('arch, scale', [('srresnet', 2), ('srcnn', 3), ('espcn', 3), ('edsr', 3), ('rcan', 2),
-                                         ('msrresnet', 3)])
+                                         ('msrresnet', 3), ('srvgg_compact', 4)])
 def test_train_then_evaluate_every_arch_through_the_cli(tmp_path, tiny_dataset, arch, scale):
     result = run_script('train_srresnet.py', '--arch', arch, '--scale', scale, *TINY_OPTS[arch],
                         '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir',

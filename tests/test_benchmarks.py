@@ -53,7 +53,9 @@ def test_bench_data_measures_every_mode(tiny_dataset):
                         '--seconds', 0.2, '--rounds', 1, '--batch-size', 4)
     assert result.returncode == 0, result.stderr
     rows = {r['mode']: r for r in json_lines(result.stdout)}
-    assert set(rows) == {'tutorial', 'suite_cached', 'suite_streaming_4_crops', 'suite_cached_default_allocator'}
+    assert set(rows) == {'tutorial', 'suite_cached', 'suite_streaming_4_crops', 'suite_cached_default_allocator',
+                         'suite_cached_realesrgan'}
+    assert 'real-world degradations, one core' in result.stdout
     assert rows['tutorial']['vs_tutorial'] == 1.0 and all(r['patches_per_s_per_core'] > 0 for r in rows.values())
 
 

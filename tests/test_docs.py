@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import REPO_ROOT, SHARED_DATA, doc_text, photo_crops, run_script, shared_data_or_skip
 
 # The page(s) documenting each script's flags (train_srgan.py: its own and the training flags it shares).
-FLAG_PAGES = {'create_data_lists.py': ['data.md'], 'train_srresnet.py': ['training.md'],
+FLAG_PAGES = {'create_data_lists.py': ['data.md', 'real-photos.md'], 'train_srresnet.py': ['training.md'],
               'train_srgan.py': ['srgan.md', 'training.md'], 'eval.py': ['evaluation.md'], 'test.py': ['upscaling.md'],
               'export.py': ['export.md'], 'app.py': ['web-page.md']}
 DOC_PAGES = sorted(p.name for p in (REPO_ROOT / 'docs').glob('*.md'))
