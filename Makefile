@@ -6,6 +6,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# OpenMP threads sleep while they wait instead of spinning: another busy process then slows training by its share of
+# the cores, not 2-3x (docs/speed.md, "A busy machine").
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed-requirements
 # What `make install` installs: the lock of tested versions (Linux x86_64, CPython 3.11). Elsewhere, or to try newer
 # releases: `make test LOCK=requirements.txt`.
@@ -48,9 +51,9 @@ demo: $(STAMP)
 		--protocol standard --results-dir $(DEMO)
 	$(PY) eval.py --arch bicubic --scale 4 --test-folders $(DEMO)/photos/test $(TEST) \
 		--protocol standard --results-dir $(DEMO)
-	@echo "== 4/4 upscale a photo: with the demo SRResNet (x4) and with the shipped ESPCN (x3, trained on T91)"
+	@echo "== 4/4 upscale a photo: with the demo SRResNet (x4) and with the shipped SRResNet x4 (trained on T91 + BSD200)"
 	$(PY) test.py --checkpoint $(DEMO)/checkpoint_srresnet.pth --image $(DEMO_PHOTO) --output-dir $(DEMO) --overwrite
-	$(PY) test.py --checkpoint results/espcn_x3_t91.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)/espcn \
+	$(PY) test.py --checkpoint results/srresnet_x4_291.pth --image $(DEMO_PHOTO) --output-dir $(DEMO)/shipped \
 		--overwrite
 	@$(PY) -c "import json; r = lambda n: json.load(open('$(DEMO)/eval_' + n + '_x4.json'))['datasets']; \
 		row = lambda d: f\"{d['standard_psnr']:.2f} dB / {d['standard_ssim']:.4f}\"; \

@@ -45,7 +45,8 @@ from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, load_image, mak
                    pil_to_tensor, positive_int, run_cli, timer)
 
 BICUBIC = 'bicubic'
-SHIPPED = ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth')  # listed first; the first one found is the default
+# Listed first, in this order; the first one found is the default: the user's own SRResNet, then the shipped models
+SHIPPED = ('checkpoint_srresnet.pth', 'srresnet_x4_291.pth', 'espcn_x3_t91.pth', 'srcnn_x3_t91.pth')
 SCALES = (2, 3, 4, 8)
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 PREVIEW_MAX_SIDE = 2048  # the slider's images are scaled down to this; the downloads are full size
@@ -79,14 +80,25 @@ def build_parser():
 
 
 def find_checkpoints(folder):
-    """Paths of the .pth files under ``folder`` (recursively): the shipped ESPCN and SRCNN first, then the others
-    in sorted order. [] when the folder does not exist."""
+    """Paths of the .pth files under ``folder`` (recursively): the user's own SRResNet (checkpoint_srresnet.pth) and
+    the shipped models first (SHIPPED's order), then the others in sorted order. [] when the folder does not exist."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
         found += [os.path.join(root, f) for f in files if f.endswith('.pth') and not f.startswith('.')]
     rank = {name: i for i, name in enumerate(SHIPPED)}
     return sorted(found, key=lambda p: (rank.get(os.path.basename(p), len(SHIPPED)), p))
+
+
+def default_model_line(path):
+    """What the page starts with, in words: the user's own SRResNet, the shipped SRResNet x4, another checkpoint, or
+    bicubic when there is none."""
+    name = os.path.basename(path)
+    if name == SHIPPED[0]:
+        return f"{path} (your own SRResNet)"
+    if name == SHIPPED[1]:
+        return f"{path} (the shipped SRResNet x4; no checkpoint_srresnet.pth of your own)"
+    return path if path != BICUBIC else 'bicubic (no checkpoint found)'
 
 
 def model_choices(checkpoints, folder):
@@ -455,8 +467,10 @@ def main():
                         work_root)
     service = SRService(settings)
     checkpoints = find_checkpoints(args.checkpoint_dir)
-    print(f"{len(checkpoints)} checkpoint(s) under {args.checkpoint_dir}/, device {settings.device}", flush=True)
-    demo = build_app(service, checkpoints[0] if checkpoints else BICUBIC)
+    default = checkpoints[0] if checkpoints else BICUBIC
+    print(f"{len(checkpoints)} checkpoint(s) under {args.checkpoint_dir}/, device {settings.device}; default model: "
+          f"{default_model_line(default)}", flush=True)
+    demo = build_app(service, default)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=args.max_jobs)
     demo.launch(**launch_options(args, max_file_size))
 

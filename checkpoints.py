@@ -27,6 +27,32 @@ from utils import UserError, atomic_write
 
 FORMAT_VERSION = 1
 
+USER_CHECKPOINT = os.path.join('results', 'checkpoint_srresnet.pth')  # what train_srresnet.py writes by default
+SHIPPED_MODEL = 'srresnet_x4_291.pth'  # the primary model: the tutorial's SRResNet x4, trained on T91 + BSD200
+
+
+def shipped_checkpoint(name=SHIPPED_MODEL):
+    """The path of a checkpoint shipped in the repository's results/ folder, wherever a script runs from."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', name)
+
+
+def default_checkpoint(log=print):
+    """The checkpoint a script uses when not given one: the user's own trained SRResNet, results/checkpoint_srresnet.pth
+    (where train_srresnet.py writes it, from the working directory) when it exists, else the shipped SRResNet x4.
+    ``log`` gets one line saying which; a UserError when neither exists."""
+    if os.path.isfile(USER_CHECKPOINT):
+        log(f"checkpoint: {USER_CHECKPOINT} (your own SRResNet; --checkpoint picks another)")
+        return USER_CHECKPOINT
+    shipped = shipped_checkpoint()
+    if os.path.isfile(shipped):
+        shown = os.path.relpath(shipped)
+        shown = shipped if shown.startswith('..') else shown
+        log(f"checkpoint: {shown} (the shipped SRResNet x4: there is no {USER_CHECKPOINT} of your own; "
+            f"--checkpoint picks another)")
+        return shipped
+    raise UserError(f"no checkpoint: {USER_CHECKPOINT} (train_srresnet.py writes it) and the shipped "
+                    f"results/{SHIPPED_MODEL} are both missing; pass --checkpoint FILE")
+
 
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 

@@ -1,6 +1,6 @@
 """Evaluate a super-resolution checkpoint, or the bicubic baseline, on test sets: PSNR / SSIM on luma, LPIPS on RGB.
 
-    python eval.py                                   # results/checkpoint_srresnet.pth on Set5, Set14, BSD100
+    python eval.py                   # on Set5, Set14, BSD100: your results/checkpoint_srresnet.pth, else the shipped x4
     python eval.py --checkpoint results/checkpoint_srgan.pth --device cuda
     python eval.py --checkpoint results/checkpoint_espcn.pth --scale 3 --test-folders data/Set5 data/Set14
     python eval.py --arch bicubic --scale 4 --test-folders data/Set5 --protocol standard     # 28.42 / 0.8104
@@ -97,10 +97,10 @@ import datasets
 import inference
 import models
 import reports
-from utils import (ImageTransforms, Settings, UserError, atomic_write, atomic_write_many, check_output_folder, convert_image,
-                   dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image, lpips_distance,
-                   make_parser, modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8, run_cli, ssim,
-                   timer, tutorial_metrics)
+from utils import (ImageTransforms, Settings, UserError, atomic_write, atomic_write_many, check_output_folder,
+                   convert_image, dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image,
+                   lpips_distance, make_parser, modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8,
+                   run_cli, ssim, timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 METRICS = ('psnr', 'ssim', 'lpips')
@@ -108,7 +108,6 @@ DEFAULT_METRICS = ('psnr', 'ssim')
 PROTOCOL_METRICS = {'standard': METRICS, 'tutorial': ('psnr', 'ssim')}  # LPIPS: on the standard protocol's images
 BASELINES = ('bicubic', 'bicubic-rgb')
 SCALES = (2, 3, 4, 8)
-DEFAULT_CHECKPOINT = os.path.join('results', 'checkpoint_srresnet.pth')
 DEFAULT_DATASETS = ('Set5', 'Set14', 'BSD100')
 SSIM_WINDOW = 11  # utils.ssim's Gaussian window (standard protocol)
 SKIMAGE_WINDOW = 7  # scikit-image's default SSIM window (tutorial protocol)
@@ -129,8 +128,9 @@ LPIPS_TEXT = ("LPIPS v{version} ({net}; lower is better) on RGB in [-1, 1] of th
 def build_parser():
     parser = make_parser(__doc__)
     parser.add_argument('--checkpoint', metavar='PATH', action='append',
-                        help=f"checkpoint to evaluate (default {DEFAULT_CHECKPOINT}; not with --arch bicubic*); "
-                             f"--figure takes several")
+                        help="checkpoint to evaluate (default: your own results/checkpoint_srresnet.pth when it "
+                             "exists, else the shipped SRResNet x4, results/srresnet_x4_291.pth; not with --arch "
+                             "bicubic*); --figure takes several")
     parser.add_argument('--arch', choices=BASELINES + tuple(sorted(models.ARCHS)) + ('srgan',),
                         help="bicubic / bicubic-rgb: the baselines, no checkpoint. Default: the architecture "
                              "recorded in the checkpoint (naming one only checks that it matches)")
@@ -235,10 +235,11 @@ def resolve_args(parser, argv=None):
     if 'lpips' in metrics and args.protocol == 'tutorial':
         parser.error("LPIPS is computed on the standard protocol's images: use --protocol standard or both")
     protocols = PROTOCOLS if args.protocol == 'both' else (args.protocol,)
+    checkpoint = given[0] if given else None if baseline else checkpoints.default_checkpoint()
     return Settings(**{
         **vars(args), 'metrics': metrics, 'lpips_net': args.lpips_net or 'alex',
-        'checkpoints': tuple(given or ([] if baseline else [DEFAULT_CHECKPOINT])),
-        'checkpoint': given[0] if given else None if baseline else DEFAULT_CHECKPOINT,
+        'checkpoints': tuple(given or ([] if baseline else [checkpoint])),
+        'checkpoint': checkpoint,
         'scale': 4 if baseline and args.scale is None else args.scale,
         'protocols': tuple(p for p in protocols if set(PROTOCOL_METRICS[p]) & set(metrics))})
 

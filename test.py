@@ -1,6 +1,6 @@
 """Upscale your own images with a trained model of the suite (the tutorial's test.py, for any image).
 
-    python test.py                                       # results/test.jpg with results/checkpoint_srresnet.pth
+    python test.py --image photo.jpg               # your results/checkpoint_srresnet.pth, else the shipped x4 model
     python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth
     python test.py --image my_photos/ --output-dir results/my_photos --batch-size 4
     python test.py --image big.png --max-memory 1GB       # bounded memory: tiles are chosen automatically
@@ -85,9 +85,11 @@ X264_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium'
 
 def build_parser():
     parser = make_parser(__doc__, data=False)
-    parser.add_argument('--checkpoint', default='results/checkpoint_srresnet.pth',
+    parser.add_argument('--checkpoint',
                         help="checkpoint of any architecture of the suite, an SRGAN one, the tutorial's own, or "
-                             "published weights (EDSR-PyTorch, RCAN, BasicSR, spandrel's architectures)")
+                             "published weights (EDSR-PyTorch, RCAN, BasicSR, spandrel's architectures); default: "
+                             "your own results/checkpoint_srresnet.pth when it exists, else the shipped SRResNet x4, "
+                             "results/srresnet_x4_291.pth")
     parser.add_argument('--image', default='results/test.jpg',
                         help='an image file, a folder of images, or a video file')
     parser.add_argument('--output-dir', default='results', help='where the output PNGs (and videos) go')
@@ -133,7 +135,8 @@ def load_upscaler(args, device):
     """The inference.ImageUpscaler of --checkpoint with the upscaling flags (its label names the outputs: 'srgan' for
     an SRGAN checkpoint); prints the checkpoint's notes, and what --precision auto picked."""
     options = upscale_options(args)
-    model = checkpoints.load_sr_model(args.checkpoint, device, expect_scale=args.scale, res_scale=args.res_scale,
+    path = args.checkpoint or checkpoints.default_checkpoint()
+    model = checkpoints.load_sr_model(path, device, expect_scale=args.scale, res_scale=args.res_scale,
                                       rgb_range=args.rgb_range, weights=args.weights)
     for note in model.notes:
         print(f"note: {note}")

@@ -63,8 +63,9 @@ def build_parser():
                         "adversarial loss, discriminator updated first) trained from scratch as that code does, so it "
                         "needs no SRResNet checkpoint. --resume takes the variant from the checkpoint")
     g.add_argument('--srresnet-checkpoint',
-                   help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth; "
-                        "'none': a random generator)")
+                   help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth "
+                        "when it exists, else the shipped SRResNet x4, results/srresnet_x4_291.pth; 'none': a random "
+                        "generator)")
     g.add_argument('--large-kernel-size', type=odd_positive_int, help='generator first/last kernel (default: the '
                    "SRResNet checkpoint's, else 9)")
     g.add_argument('--small-kernel-size', type=odd_positive_int,
@@ -112,6 +113,18 @@ def check_keras_flags(parser, flags):
                      "does")
 
 
+def default_warm_start(results_dir, resume):
+    """--srresnet-checkpoint's default: RESULTS_DIR/checkpoint_srresnet.pth when you trained one (or when resuming,
+    which reads no warm start), else the shipped SRResNet x4, said in one line."""
+    own = os.path.join(results_dir, 'checkpoint_srresnet.pth')
+    shipped = checkpoints.shipped_checkpoint()
+    if resume or os.path.isfile(own) or not os.path.isfile(shipped):
+        return own  # when neither exists, the error names the file train_srresnet.py writes
+    print(f"warm start: the shipped SRResNet x4 {os.path.relpath(shipped)} (there is no {own} of your own; "
+          f"--srresnet-checkpoint picks another)", flush=True)
+    return shipped
+
+
 def warm_start(srresnet_checkpoint, resume):
     """The SRResNet checkpoint the tutorial generator starts from (its EMA weights, model_ema, when it has them),
     or None: --srresnet-checkpoint none (the keras variant's), or a resumed run (--resume)."""
@@ -152,7 +165,7 @@ def resolve_settings(parser, argv=None):
     run['ema_warmup'] = bool(run['ema_warmup'])
     run['generator_arch'] = models.SRGAN_VARIANT_ARCHS.get(run['variant'], 'srresnet')
     if run['srresnet_checkpoint'] is None:
-        run['srresnet_checkpoint'] = os.path.join(run['results_dir'], 'checkpoint_srresnet.pth')
+        run['srresnet_checkpoint'] = default_warm_start(run['results_dir'], run['resume'])
     given = {k: run[k] for k in GENERATOR_FLAGS + ('scale',) if run[k] is not None}
     given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
     config = models.model_config('srgan_keras', 4) if keras else models.model_config(

@@ -694,8 +694,9 @@ def patches_per_second(n_patches, start):
 def ema_warmup_decay(decay, n_averaged):
     """The decay of the EMA update that folds in weight set ``n_averaged`` + 1 under --ema-warmup: min(decay,
     (1 + n) / (10 + n)) with n = ``n_averaged`` (the weight sets averaged so far, >= 1), TensorFlow's
-    ExponentialMovingAverage num_updates rule: 0.18 at n = 1, 0.5 at n = 8, 0.9 at n = 80, 0.999 from n = 8990 on. Early weights, far from trained, leave the average within a few hundred steps instead of
-    weighing on it for thousands, as they do under a fixed 0.999."""
+    ExponentialMovingAverage num_updates rule: 0.18 at n = 1, 0.5 at n = 8, 0.9 at n = 80, 0.999 from n = 8990 on.
+    Early weights, far from trained, leave the average within a few hundred steps instead of weighing on it for
+    thousands, as they do under a fixed 0.999."""
     return min(decay, (1 + n_averaged) / (10 + n_averaged))
 
 
@@ -843,7 +844,7 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 # param_groups, restored from the checkpoint, keep its fused or plain kernel).
 RESUMED_FLAGS = ('faithful', 'scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from',
                  'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam', 'ema_decay',
-                 'ema_warmup')
+                 'ema_warmup', 'data_folder', 'val_folder', 'val_every', 'keep_best', 'runs_dir')
 OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
 # What checkpoints made before a flag existed did, for a flag whose default has changed since: the plain Adam, and
 # LR made per patch.

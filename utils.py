@@ -76,7 +76,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def make_parser(doc, *, data=True, device=True, training=False):
     """An ArgumentParser whose description is the script's docstring, with the flags the scripts share:
     --data-folder (data), --device (device), --workers and --seed (training)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=doc, formatter_class=HelpFormatter)
     if data:
         parser.add_argument('--data-folder', default='./data/', help='folder holding the JSON data lists')
     if device:

@@ -43,7 +43,8 @@ def run(name, extra, common, workdir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--train-folder', default=os.path.join(SHARED, 'BSD200'))
     parser.add_argument('--val-folder', default=os.path.join(SHARED, 'Set5'))
     parser.add_argument('--patches-per-image', type=int, default=12, help='BSD200: 12 -> 150 steps of 16')

@@ -85,10 +85,21 @@ def evaluate(ckpt, folders, work, weights='ema'):
             for protocol in ('standard', 'tutorial')}
 
 
+SHIP_DROPPED = ('optimizer', 'scheduler', 'scaler', 'rng', 'model_ema', 'ema_n_averaged')  # resume-only state
+
+
 def ship(src, dst, arch, data_folder):
-    """Copy a trained checkpoint for the repository: the paths it records become the documented command's."""
+    """Copy a trained checkpoint for the repository: the paths it records become the documented command's. A run
+    with an EMA ships its EMA weights as 'model' (what eval.py and test.py would pick anyway) and none of the
+    resume-only state: the tutorial's SRResNet is then ~6 MB instead of 25."""
     ckpt = load_checkpoint(src)
-    ckpt['args'].update(data_folder=data_folder, results_dir='results', runs_dir='runs',
+    if ckpt.get('model_ema') is not None:
+        ckpt['model'] = ckpt['model_ema']
+        ckpt['notes'] = [f"the EMA of the trained weights (decay {ckpt.get('ema_decay')}"
+                         f"{', with warm-up' if ckpt.get('ema_warmup') else ''}), shipped as the model"]
+    for key in SHIP_DROPPED:
+        ckpt.pop(key, None)
+    ckpt['args'].update(data_folder=data_folder, results_dir='results', runs_dir='runs', resume=None,
                         val_folder='data/Set5' if ckpt['args'].get('val_folder') else None,
                         checkpoint_path=os.path.join('results', f"checkpoint_{arch}.pth"))
     save_checkpoint(ckpt, dst)
@@ -125,7 +136,8 @@ def run_arch(arch, args, tests, work):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--data', default=SHARED, help='folder holding T91, BSD200, Set5, Set14, BSD100')
     parser.add_argument('--archs', nargs='*', default=['espcn', 'srcnn'], choices=list(RUNS))
     parser.add_argument('--amp', choices=('bf16', 'off'),

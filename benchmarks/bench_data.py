@@ -121,7 +121,8 @@ def spawn(mode, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--folder', default=os.path.join(SHARED, 'BSD200'))
     parser.add_argument('--crop-size', type=int, default=96)
     parser.add_argument('--scale', type=int, default=4)

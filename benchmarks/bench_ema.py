@@ -47,7 +47,8 @@ def set5_psnr(state, config, val_folder, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--train-folder', default=os.path.join(SHARED, 'T91'))
     parser.add_argument('--val-folder', default=os.path.join(SHARED, 'Set5'))
     parser.add_argument('--epochs', type=int, default=2, help="of the recipe's 200 (728 steps each)")

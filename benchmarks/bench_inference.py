@@ -244,7 +244,8 @@ def describe(r):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--sizes', type=int, nargs='*', default=[512, 2048], help='input sides (px)')
     parser.add_argument('--device', default='cpu', help='cpu or cuda (the model\'s device)')
     parser.add_argument('--cases', nargs='+', help='cases to run for every size (default: see above)')

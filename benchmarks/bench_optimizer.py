@@ -53,7 +53,8 @@ def measure(arch, scale, device, steps, rounds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--archs', nargs='*', default=['espcn', 'srcnn', 'srresnet'], choices=sorted(models.ARCHS))
     parser.add_argument('--steps', type=int, default=200, help='timed steps per round')

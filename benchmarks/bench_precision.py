@@ -74,7 +74,7 @@ def measure(model, spec, scale, device, paths):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     parser.add_argument('--folders', nargs='+', default=[os.path.join(SHARED, s) for s in ('Set5', 'Set14')])
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s)')

@@ -79,7 +79,8 @@ def compare(a, b):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--data', default=SHARED, help='folder holding T91, BSD200 and Set5')
     parser.add_argument('--train-flags', default='--epochs 8 --patches-per-image 1', metavar='FLAGS',
                         help='train_srresnet.py flags added to the pinned recipe (default: 8 short epochs)')

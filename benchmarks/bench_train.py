@@ -312,7 +312,8 @@ def summary(runs, args, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--crop-size', type=int, default=96)

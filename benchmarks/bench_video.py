@@ -103,7 +103,8 @@ def report(row, cpu_seconds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--checkpoint', default=os.path.join('results', 'espcn_x3_t91.pth'))
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--size', type=parse_size, default=(640, 360), help='input frame size, WxH')

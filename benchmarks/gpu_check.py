@@ -291,7 +291,8 @@ def markdown(info, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument('--out', default='gpu_check', help='folder for gpu_check.json, summary.md and log.txt')
     parser.add_argument('--data', help='folder holding T91/, Set5/, Set14/ (default: ../shared/data, else .gpu_data)')
     parser.add_argument('--prepare', action='store_true', help='copy the data into .gpu_data/ and exit')

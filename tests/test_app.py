@@ -64,16 +64,18 @@ def no_progress(fraction, text):
 
 def test_checkpoints_offered_shipped_first_then_sorted_then_bicubic(tmp_path):
     for name in ('zeta.pth', 'srcnn_x3_t91.pth', 'alpha.pth', 'espcn_x3_t91.pth', 'notes.txt', '.hidden.pth',
-                 'sub/beta.pth', '.git/x.pth'):
+                 'sub/beta.pth', '.git/x.pth', 'srresnet_x4_291.pth', 'checkpoint_srresnet.pth'):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b'')
     found = app.find_checkpoints(str(tmp_path))
     assert [os.path.relpath(p, tmp_path) for p in found] == [
-        'espcn_x3_t91.pth', 'srcnn_x3_t91.pth', 'alpha.pth', os.path.join('sub', 'beta.pth'), 'zeta.pth']
+        'checkpoint_srresnet.pth', 'srresnet_x4_291.pth', 'espcn_x3_t91.pth', 'srcnn_x3_t91.pth', 'alpha.pth',
+        os.path.join('sub', 'beta.pth'), 'zeta.pth']
+    assert 'your own' in app.default_model_line(found[0]) and 'shipped' in app.default_model_line(found[1])
     assert app.model_choices(found, str(tmp_path))[-1] == ('bicubic (no model)', app.BICUBIC)
     assert app.find_checkpoints(str(tmp_path / 'missing')) == []
-    shipped = app.find_checkpoints(os.path.join(REPO, 'results'))[:2]
-    assert [os.path.basename(p) for p in shipped] == list(app.SHIPPED)
+    shipped = app.find_checkpoints(os.path.join(REPO, 'results'))[:3]
+    assert [os.path.basename(p) for p in shipped] == list(app.SHIPPED[1:])  # the repository has no user checkpoint
 
 
 def test_model_description_shows_the_checkpoints_scale(service):

@@ -82,12 +82,17 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.audit, self.log_path, self.tmp = folder / 'sockets.jsonl', folder / 'server.log', folder / 'tmp'
         self.tmp.mkdir()
+        models = folder / 'models'  # the shipped x3 models only: ESPCN is the page's default (not the SRResNet x4)
+        models.mkdir()
+        for name in ('espcn_x3_t91.pth', 'srcnn_x3_t91.pth'):
+            shutil.copy(os.path.join(REPO, 'results', name), models / name)
         env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', TMPDIR=str(self.tmp),
                    GRADIO_TEMP_DIR=str(folder / 'gradio'))
         self._log = open(self.log_path, 'w')
         self.proc = subprocess.Popen(
             [sys.executable, '-c', AUDITED_APP, str(self.audit), 'app.py', '--port', str(self.port), '--device',
-             'cpu', '--max-pixels', str(MAX_PIXELS), '--max-file-size', f"{MAX_FILE_MB}MB"],
+             'cpu', '--max-pixels', str(MAX_PIXELS), '--max-file-size', f"{MAX_FILE_MB}MB", '--checkpoint-dir',
+             str(models)],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout=180):

@@ -2,10 +2,11 @@
 benchmarks.md), not in CI, but a benchmark broken by a refactor would go unnoticed until someone needs it."""
 import json
 
+import torch
 from PIL import Image
 
-from conftest import photo_crops, run_script
 from checkpoints import load_checkpoint
+from conftest import photo_crops, run_script
 
 
 def json_lines(stdout):
@@ -149,7 +150,8 @@ def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
     data, out = benchmark_like_folders(tmp_path / 'data'), tmp_path / 'out'
     out.mkdir()
     result = run_script('benchmarks/bench_cpu_quality.py', '--archs', 'srresnet', '--amp', 'off', '--data', data,
-                        '--out', out, '--train-flags', f"{TINY_RECIPE} --epochs 1", timeout=600)
+                        '--out', out, '--train-flags', f"{TINY_RECIPE} --epochs 1", '--work', tmp_path / 'work',
+                        timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = json_lines(result.stdout)
     assert row['arch'] == 'srresnet' and row['scale'] == 4 and row['target_psnr'] == 31.2
@@ -159,7 +161,11 @@ def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
     assert row['command'].startswith('python train_srresnet.py --recipe cpu-291 --device cpu --amp off')
     shipped = load_checkpoint(out / 'srresnet_x4_291.pth')
     assert shipped['args']['recipe'] == 'cpu-291' and shipped['args']['data_folder'] == 'data/291'
-    assert shipped['args']['results_dir'] == 'results' and 'model_ema' in shipped
+    assert shipped['args']['results_dir'] == 'results'
+    trained = load_checkpoint(tmp_path / 'work' / 'checkpoint_srresnet.pth')
+    assert not {'optimizer', 'model_ema', 'rng'} & set(shipped)  # the EMA weights as 'model', nothing resume-only
+    assert shipped['notes'] and 'EMA' in shipped['notes'][0]
+    assert all(torch.equal(shipped['model'][k], v) for k, v in trained['model_ema'].items())
     assert 'NOT met' in result.stdout  # a tiny model in one epoch is far from 31.2 dB
 
 

@@ -1,0 +1,49 @@
+"""Promises that hold for every script (docs/reliability.md): flags are never guessed from a prefix, and a bare
+--resume continues the run that was, data, validation and best-keeping included."""
+import ast
+import re
+
+import pytest
+
+import app
+from checkpoints import load_checkpoint
+from conftest import REPO_ROOT, run_script
+
+
+def parser_calls():
+    """(file, call) of every argparse.ArgumentParser(...) in the scripts, the library and the benchmarks."""
+    for path in sorted(list(REPO_ROOT.glob('*.py')) + list((REPO_ROOT / 'benchmarks').glob('*.py'))):
+        for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+            if isinstance(node, ast.Call) and getattr(node.func, 'attr', None) == 'ArgumentParser':
+                yield path.name, node
+
+
+def test_every_parser_turns_prefix_matching_off():
+    calls = list(parser_calls())
+    assert len(calls) >= 10  # utils.make_parser (every script) and each benchmark's own
+    for name, call in calls:
+        flags = {k.arg: k.value for k in call.keywords}
+        assert 'allow_abbrev' in flags and flags['allow_abbrev'].value is False, name
+
+
+def test_a_prefix_of_a_flag_is_an_error_not_that_flag(capsys):
+    """app.py --checkpoint FILE used to be read as --checkpoint-dir FILE: the server started with no model."""
+    with pytest.raises(SystemExit) as e:
+        app.build_parser().parse_args(['--checkpoint-d', 'results'])
+    assert e.value.code == 2 and 'unrecognized arguments: --checkpoint-d' in capsys.readouterr().err
+
+
+def test_a_bare_resume_continues_with_the_runs_data_validation_and_best_keeping(tmp_path, tiny_dataset):
+    model = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--device', 'cpu']
+    first = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--val-folder',
+                       tiny_dataset['test'], '--keep-best', '--runs-dir', tmp_path / 'logs', '--epochs', 1, *model,
+                       cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"epoch 2/2: loss [\d.]+, val PSNR [\d.]+ dB", resumed.stdout), resumed.stdout
+    ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_srresnet.pth')
+    assert ckpt['epoch'] == 2 and ckpt['args']['data_folder'] == str(tiny_dataset['data'])
+    assert ckpt['args']['keep_best'] is True and ckpt['args']['runs_dir'] == str(tmp_path / 'logs')
+    assert (tmp_path / 'results' / 'checkpoint_srresnet_best.pth').is_file()
+    assert len(ckpt['history']) == 2 and 'val_psnr' in ckpt['history'][1]
