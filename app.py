@@ -20,6 +20,7 @@ Bad input gets a one-line message in the page (never a stack trace): a file that
 not load, an option the device cannot run. Unexpected errors show one line and leave the traceback in the server
 log.
 """
+import argparse
 import atexit
 import collections
 import contextlib
@@ -27,6 +28,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -56,13 +58,47 @@ OUT_OF_MEMORY = "set a smaller memory budget (e.g. 256MB)"
 SYSTEM_FONTS = (['ui-sans-serif', 'system-ui', 'sans-serif'], ['ui-monospace', 'Consolas', 'monospace'])
 
 
+def port_number(text):
+    """argparse type of --port: an integer in 1-65535."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def check_port_free(host, port):
+    """One line instead of Gradio's traceback when --port is taken (or not ours to bind) on --host."""
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UserError(f"--port {port}: cannot serve on {host}:{port} ({e.strerror}); pick another --port") \
+                from None
+
+
+def preselected(offered, wanted, folder):
+    """The entry of ``offered`` (find_checkpoints') that is the file ``wanted`` (--checkpoint); a UserError when
+    it is missing or not under ``folder`` (--checkpoint-dir), which is all the page offers."""
+    if not os.path.isfile(wanted):
+        raise UserError(f"--checkpoint {wanted}: no such file")
+    for path in offered:
+        if os.path.samefile(path, wanted):
+            return path
+    raise UserError(f"--checkpoint {wanted}: the page offers the .pth files under --checkpoint-dir {folder} only: "
+                    f"move it there, or pass --checkpoint-dir its folder")
+
+
 def build_parser():
     parser = make_parser(__doc__, data=False)
     parser.add_argument('--host', default='127.0.0.1',
                         help='address to serve on (0.0.0.0: every interface; the checkpoint-path box is then off)')
-    parser.add_argument('--port', type=positive_int, default=7860, help='port to serve on')
+    parser.add_argument('--port', type=port_number, default=7860, help='port to serve on (1-65535)')
     parser.add_argument('--checkpoint-dir', default='results',
                         help='folder searched (with its sub-folders) for .pth checkpoints to offer')
+    parser.add_argument('--checkpoint', metavar='FILE',
+                        help="the model the page starts with, a .pth file under --checkpoint-dir (default: your own "
+                             "checkpoint_srresnet.pth there, else the shipped SRResNet x4, else the first one found)")
     parser.add_argument('--max-pixels', type=positive_int, default=2048 * 2048,
                         help='largest input image (width x height) the page accepts')
     parser.add_argument('--max-file-size', default='20MB',
@@ -467,7 +503,9 @@ def main():
                         work_root)
     service = SRService(settings)
     checkpoints = find_checkpoints(args.checkpoint_dir)
-    default = checkpoints[0] if checkpoints else BICUBIC
+    default = (preselected(checkpoints, args.checkpoint, args.checkpoint_dir) if args.checkpoint
+               else checkpoints[0] if checkpoints else BICUBIC)
+    check_port_free(args.host, args.port)
     print(f"{len(checkpoints)} checkpoint(s) under {args.checkpoint_dir}/, device {settings.device}; default model: "
           f"{default_model_line(default)}", flush=True)
     demo = build_app(service, default)

@@ -5,6 +5,7 @@ browser: tests/test_app_browser.py.
 """
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, REPO_ROOT
+from conftest import REPO, REPO_ROOT, run_script
 
 import app  # noqa: E402
 import checkpoints  # noqa: E402
@@ -372,3 +373,39 @@ def test_bad_flag_is_one_line_before_serving(monkeypatch, capsys):
 def test_docstring_names_make_app():
     assert 'python app.py' in app.__doc__ and 'make app' in app.__doc__
     assert 'app:' in (REPO_ROOT / 'Makefile').read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags and start-up errors: one line, exit code 2
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_port_out_of_range_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        app.build_parser().parse_args(['--port', '70000'])
+    assert e.value.code == 2 and 'not a port number (1-65535)' in capsys.readouterr().err
+
+
+def test_a_taken_port_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_script('app.py', '--port', port, '--checkpoint-dir', tmp_path, '--device', 'cpu', timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: --port {port}: cannot serve on 127.0.0.1:{port} (Address "
+                                                  f"already in use); pick another --port"]
+
+
+def test_checkpoint_preselects_a_file_the_page_offers(tmp_path):
+    for name in ('a.pth', 'sub/b.pth'):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b'')
+    offered = app.find_checkpoints(str(tmp_path))
+    assert app.preselected(offered, str(tmp_path / 'sub' / 'b.pth'), str(tmp_path)) == offered[1]
+    outside = tmp_path.parent / f"{tmp_path.name}_other.pth"
+    outside.write_bytes(b'')
+    with pytest.raises(UserError, match='under --checkpoint-dir'):
+        app.preselected(offered, str(outside), str(tmp_path))
+    with pytest.raises(UserError, match='no such file'):
+        app.preselected(offered, str(tmp_path / 'missing.pth'), str(tmp_path))
