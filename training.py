@@ -475,9 +475,10 @@ class TrainContext:
     """
 
     def __init__(self, device='auto', *, ngpu=1, dist_timeout=600, max_steps=None, checkpoint=None, resume=None,
-                 restart=False):
+                 restart=False, progress_every=60.):
         self.device_name, self.ngpu, self.dist_timeout, self.max_steps = device, ngpu, dist_timeout, max_steps
         self.checkpoint, self.resume, self.restart = checkpoint, resume, restart
+        self.progress_every, self.bar = progress_every, None  # progress_line; the epoch's (total, start, steps)
         self.dist = self.device = self.stop = self.writer = self.lock = None
         self.tag, self.global_step, self.epoch_steps = '', 0, 0
         self.history, self.seconds_before, self.started = [], 0., time.perf_counter()  # record_epoch, elapsed
@@ -552,7 +553,9 @@ class TrainContext:
                                 f" give another --runs-dir") from None
 
     def progress(self, loader, desc):
-        """A tqdm bar over the loader on rank 0 when stderr is a terminal; plain iteration otherwise."""
+        """A tqdm bar over the loader on rank 0 when stderr is a terminal; plain iteration otherwise (then end_step
+        prints progress_line every --progress-every seconds)."""
+        self.bar = (len(loader), time.perf_counter(), self.epoch_steps, time.perf_counter())
         return tqdm(loader, total=len(loader), desc=desc, disable=None if self.dist.is_main else True,
                     dynamic_ncols=True, leave=False)
 
@@ -590,7 +593,26 @@ class TrainContext:
                 label = name if name.endswith('loss') else f"{name}_loss"
                 writer.add_scalar(f"{self.tag}/{label}_step", value, self.global_step)
         self._write_logs(write)
+        self.progress_line(epoch, step, values)
         return values, stop > 0
+
+    def progress_line(self, epoch, step, values):
+        """Without a terminal (a log file, a scheduler's output: no tqdm bar), rank 0 prints one line every
+        ``progress_every`` seconds (0: never) so a long epoch shows it is alive: the step, steps/s, the losses and
+        the epoch's ETA."""
+        if not self.progress_every or self.bar is None or not self.dist.is_main or sys.stderr.isatty():
+            return
+        total, start, steps_before, last = self.bar
+        now = time.perf_counter()
+        if now - last < self.progress_every:
+            return
+        self.bar = (total, start, steps_before, now)
+        done = self.epoch_steps - steps_before
+        rate = done / max(now - start, 1e-9)
+        losses = ', '.join(f"{k} {v:.5g}" for k, v in values.items())
+        eta = (total - step - 1) / max(rate, 1e-9) / 60
+        self.log(f"progress: epoch {epoch}, step {step + 1}/{total}: {rate:.3g} steps/s, {losses}, "
+                 f"epoch ETA {eta:.1f} min", flush=True)
 
     def log_images(self, tag, epoch, lr, sr, hr, lr_kind, out_kind):
         """TensorBoard grids of the first 4 LR / SR / HR images of a batch, each mapped to [0, 1] (rank 0)."""
@@ -989,6 +1011,9 @@ def add_training_args(parser, archs=None):
                    help='with --ema-decay D: the decay of update n is min(D, (1 + n) / (10 + n)), so the first '
                         'weights leave the average within a few hundred steps (default: off, or the recipe\'s)')
     g.add_argument('--dist-timeout', type=positive_int, default=600, help='seconds before a stuck collective fails')
+    g.add_argument('--progress-every', type=non_negative_float, default=60., metavar='SECONDS',
+                   help='without a terminal (output to a file or a job log): a progress line (step, steps/s, loss, '
+                        'ETA) every SECONDS; 0: none')
     g.add_argument('--max-steps', type=positive_int,
                    help='stop after this many optimizer steps in total, save and exit 0 (as Ctrl-C does)')
     g.add_argument('--deterministic', action='store_true',

@@ -1,5 +1,6 @@
-"""Promises that hold for every script (docs/reliability.md): flags are never guessed from a prefix, and a bare
---resume continues the run that was, data, validation and best-keeping included."""
+"""Promises that hold for every script (docs/reliability.md): flags are never guessed from a prefix, a bare --resume
+continues the run that was, data, validation and best-keeping included, and a run without a terminal shows it is
+alive."""
 import ast
 import re
 
@@ -47,3 +48,17 @@ def test_a_bare_resume_continues_with_the_runs_data_validation_and_best_keeping(
     assert ckpt['args']['keep_best'] is True and ckpt['args']['runs_dir'] == str(tmp_path / 'logs')
     assert (tmp_path / 'results' / 'checkpoint_srresnet_best.pth').is_file()
     assert len(ckpt['history']) == 2 and 'val_psnr' in ckpt['history'][1]
+
+
+def test_without_a_terminal_a_long_epoch_prints_progress_lines(tmp_path, tiny_dataset):
+    """Output to a file (here a pipe): no tqdm bar, so a line every --progress-every seconds shows the run is alive."""
+    common = ['--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs',
+              '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--epochs', 1,
+              '--device', 'cpu']
+    result = run_script('train_srresnet.py', *common, '--progress-every', 0.001)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith('progress: ')]
+    assert lines and all(re.fullmatch(r"progress: epoch 1, step [1-3]/3: [\d.e+-]+ steps/s, loss [\d.e+-]+, "
+                                      r"epoch ETA [\d.]+ min", line) for line in lines), lines
+    quiet = run_script('train_srresnet.py', *common, '--restart', '--progress-every', 0)
+    assert quiet.returncode == 0 and 'progress: ' not in quiet.stdout
