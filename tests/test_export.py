@@ -245,3 +245,18 @@ def test_published_edsr_converted_once_keeps_its_assumption(tmp_path):
         torch.testing.assert_close(loaded.network.double()(255 * x),
                                    edsr_pytorch_forward({k: v.double() for k, v in sd.items()}, 255 * x, 0.1),
                                    rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
+def test_weights_that_are_not_the_recorded_network_are_refused_and_nothing_is_written(tmp_path, fmt):
+    """A checkpoint whose recorded configuration says one network while its weights are another's (here: 3 blocks
+    recorded, 2 blocks of weights) is refused in one line, exit code 2, and no output file appears."""
+    net = models.SRResNet(n_blocks=2, n_channels=8)
+    path = tmp_path / 'liar.pth'
+    checkpoints.save_checkpoint({'format_version': checkpoints.FORMAT_VERSION, 'arch': 'srresnet',
+                                 'model_config': models.model_config('srresnet', 4, n_blocks=3, n_channels=8),
+                                 'model': net.state_dict()}, str(path))
+    result = run_script('export.py', '--checkpoint', path, '--format', fmt, '--output', tmp_path / f"out.{fmt}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert 'weights do not match a srresnet' in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['liar.pth']
