@@ -281,8 +281,8 @@ def ignore_stop_signals(worker_id):
     that died of it would take the run down (the loader raises as soon as it sees a worker killed) while the main
     process, which turns either into a save after its current step, is finishing that step. The main process stops
     its workers itself, and a worker left alone exits when it sees its parent gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def make_train_loader(dataset, batch_size, dist, workers, seed, pin_memory=False, collate_fn=None):
@@ -374,7 +374,7 @@ class StopRequest:
     def __init__(self):
         self.requested = self.armed = False
         self._previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. called from a test thread)

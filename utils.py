@@ -15,8 +15,10 @@ import os
 import random
 import re
 import secrets
+import signal
 import stat
 import sys
+import threading
 import time
 import types
 import warnings
@@ -53,16 +55,43 @@ def run_cli(main):
     Garbage left in reference cycles is collected before returning, while the interpreter is whole: a DDP wrapper
     lives in such a cycle, and freed only during interpreter shutdown its process group's C++ threads would be torn
     down by a half-finalised interpreter (the reported 'terminate called without an active exception' at exit)."""
+    previous = catch_stop_signals()
     try:
         return main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(getattr(e, 'exit_code', 2))
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); files being written were discarded", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, StopSignal) else signal.SIGINT
+        name = 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"error: interrupted ({name}); files being written were discarded", file=sys.stderr)
+        sys.exit(128 + signum)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         gc.collect()
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised as Ctrl-C is (catch_stop_signals): every writer's clean-up (temp files removed,
+    nothing half-written left) runs for them as it does for Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_stop_signal(signum, frame):
+    raise StopSignal(signum)
+
+
+def catch_stop_signals():
+    """Turn SIGTERM (a scheduler, ``kill``) and SIGHUP (the terminal closed) into StopSignal in the main thread, so
+    that they end a script as Ctrl-C does rather than killing it mid-write. Returns the previous handlers ({} off
+    the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, raise_stop_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

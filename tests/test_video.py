@@ -11,7 +11,10 @@ import importlib.util
 import math
 import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from fractions import Fraction
 
 import av
@@ -361,3 +364,25 @@ def test_which_files_are_videos_and_where_outputs_go(tmp_path):
     assert (info.width, info.height, info.fps, info.frames, info.audio) == (64, 48, 25, 5, ('aac',))
     with pytest.raises(UserError, match='not a readable video'):
         video.probe_video(str(tmp_path / 'notes.bin'))
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stop_signal_during_a_video_leaves_no_file_behind(tiny, tmp_path, sig):
+    """SIGTERM (a scheduler, kill) and SIGHUP (the terminal closed) end test.py as Ctrl-C does: one line, exit code
+    128 + the signal, and the half-written video's hidden temp file removed."""
+    src = make_video(tmp_path / 'long.mp4', frames=400)
+    out = tmp_path / 'out'
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'test.py'), '--image', str(src), '--checkpoint',
+                             str(tiny['checkpoint']), '--output-dir', str(out), '--device', 'cpu'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(p.name.endswith('.tmp') for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    name = 'Ctrl-C' if sig == signal.SIGINT else signal.Signals(sig).name
+    assert proc.returncode == 128 + sig and err.strip().splitlines()[-1] == (
+        f"error: interrupted ({name}); files being written were discarded"), err
+    assert list(out.iterdir()) == []
