@@ -699,28 +699,12 @@ def html_report(meta, results):
     return reports.html_report(f"Evaluation: {meta['name']} x{meta['scale']}", facts, (header, rows), images)
 
 
-class Float64Upscaler:
-    """A network run in float64 on the CPU, whole image at once, fed as inference.Upscaler feeds it (model_input,
-    pad_to_requirements, model_output, the finite-output check), with Upscaler's upscale(lr) -> (sr_rgb, sr_y).
-    For --figure: fp32 convolutions round differently on each CPU (vector width, summation order), which moves a
-    few pixels by a grey level; in float64 those differences stay far below one, so the PNG is the same
+def float64_upscaler(model, scale, name):
+    """inference.Upscaler of a copy of ``model`` (a ModelDescription's network) in float64 on the CPU, whole image at
+    once. For --figure: fp32 convolutions round differently on each CPU (vector width, summation order), which moves
+    a few pixels by a grey level; in float64 those differences stay far below one, so the PNG is the same
     everywhere."""
-
-    def __init__(self, model, spec, scale, name):
-        self.net = copy.deepcopy(model).cpu().double().eval()
-        self.spec, self.scale, self.name = spec, int(scale), name
-
-    @torch.no_grad()
-    def upscale(self, lr):
-        lr = lr.to('cpu', torch.float64)  # (N, 3, h, w) in [0, 1]
-        x = inference.model_input(self.spec, lr, self.scale)
-        h, w = x.shape[-2:]
-        padded = inference.pad_to_requirements(x, self.spec)
-        out = self.net(padded)  # (N, C, k*h', k*w'), in spec.out_type
-        k = out.shape[-2] // padded.shape[-2]
-        out = out[..., :h * k, :w * k]
-        inference.check_finite_output(out, self.name, self.net)
-        return inference.model_output(self.spec, out, lr, self.scale)
+    return inference.Upscaler(copy.deepcopy(model.network).cpu().double().eval(), model.spec, scale, 'cpu', name=name)
 
 
 def figure_images(test_sets, names):
@@ -754,7 +738,7 @@ def make_figure(args, device, test_sets):
         loaded = checkpoints.load_sr_model(path, 'cpu', expect_scale=scale, res_scale=args.res_scale,
                                            rgb_range=args.rgb_range, weights=args.weights)
         scale = loaded.scale
-        upscalers.append(Float64Upscaler(loaded.network, loaded.spec, scale, path))
+        upscalers.append(float64_upscaler(loaded, scale, path))
         labels.append(report_name(path, loaded.arch))
         for note in loaded.notes:
             print(f"note: {path}: {note}")

@@ -217,6 +217,9 @@ class Upscaler:
                             f"{spec!r}")
         self.model, self.spec, self.scale, self.device = model, spec, int(scale), torch.device(device)
         self.name = name or 'the model'
+        # the input's dtype: float32, or float64 for a network in float64 (eval.py --figure: the same pixels on
+        # every CPU, whatever its vector width and summation order)
+        self.dtype = torch.float64 if any(p.dtype == torch.float64 for p in model.parameters()) else torch.float32
         if tile is not None and int(tile) < max(self.min_input_size(), 1):
             raise UserError(f"tile {tile} is too small: at least {self.min_input_size()} px")
         if tile_overlap < 0 or (tile is not None and tile_overlap >= tile):
@@ -273,7 +276,7 @@ class Upscaler:
 
     def _sr(self, lr):
         """One pass over lr (N, 3, h, w) in [0, 1]: (sr_rgb, sr_y or None), as documented for upscale()."""
-        lr = lr.to(self.device, torch.float32)  # (N, 3, h, w), in [0, 1]
+        lr = lr.to(self.device, self.dtype)  # (N, 3, h, w), in [0, 1]
         out = self._body(model_input(self.spec, lr, self.scale))  # (N, C, s*h, s*w), in spec.out_type
         check_finite_output(out, self.name, self.model, self.precision)
         return model_output(self.spec, out, lr, self.scale)
