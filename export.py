@@ -197,7 +197,6 @@ def main(argv=None):
               + ', '.join(f"{diff:.1e} at {n}x3x{h}x{w}" for (n, h, w), diff in checks))
         return 0
     ckpt = checkpoints.suite_checkpoint(model)
-    checkpoints.build_network(checkpoints.describe_checkpoint(ckpt, out))  # what is written loads, or nothing is
     if args.format == 'safetensors':
         network_in, network_out = describe_io(model.spec, scale)
         save_safetensors_checkpoint(ckpt, out, {'input': network_in, 'output': network_out})
