@@ -501,13 +501,13 @@ def main(argv=None):
                 ctx.write_curves(f"srgan ({settings.variant}) x{settings.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
-            val_psnr = None
+            val_psnr = raw_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, settings.val_every,
                                                                                        settings.epochs):
-                val_psnr = training.validate(sr_network(training.shipped_model(g_net, ema)), spec, settings.scale,
-                                             ctx.device, val_images)
+                val_psnr, raw_psnr = training.validate_run(g_net, ema, spec, settings.scale, ctx.device, val_images,
+                                                           wrap=sr_network)
             best_psnr, improved = training.better(val_psnr, best_psnr)
-            ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic)
+            ctx.record_epoch(epoch, losses, val_psnr, ema is not None, bicubic, raw_psnr)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, settings.epochs, losses, val_psnr, best_psnr, ema=ema is not None)
         training.stop_workers(loader)

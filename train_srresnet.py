@@ -304,13 +304,13 @@ def main(argv=None):
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
             trainee.scheduler.step()
-            val_psnr = None
+            val_psnr = raw_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, settings.val_every,
                                                                                        settings.epochs):
-                val_psnr = training.validate(training.shipped_model(net, trainee.ema), spec, settings.scale,
-                                             ctx.device, val_images)
+                val_psnr, raw_psnr = training.validate_run(net, trainee.ema, spec, settings.scale, ctx.device,
+                                                           val_images)
             best_psnr, improved = training.better(val_psnr, best_psnr)
-            ctx.record_epoch(epoch, losses, val_psnr, trainee.ema is not None, bicubic)
+            ctx.record_epoch(epoch, losses, val_psnr, trainee.ema is not None, bicubic, raw_psnr)
             saver.save(state(epoch, 0), improved)
             ctx.log_epoch(epoch, settings.epochs, losses, val_psnr, best_psnr, ema=trainee.ema is not None)
         training.stop_workers(loader)

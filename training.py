@@ -344,6 +344,15 @@ def validate(model, spec, scale, device, hr_images):
     return inference.validate_psnr(inference.Upscaler(model.eval(), spec, scale, device), hr_images, scale)
 
 
+def validate_run(model, ema, spec, scale, device, hr_images, wrap=lambda m: m):
+    """(PSNR of the weights the run is judged by, PSNR of the raw weights or None): with an EMA both are measured
+    (the judged ones are the EMA's; the curves draw both), without one the model once. ``wrap``: what turns a
+    network into the module validation runs (train_srgan.py's sr_network)."""
+    judged = validate(wrap(shipped_model(model, ema)), spec, scale, device, hr_images)
+    raw = None if ema is None else validate(wrap(shipped_model(model, None)), spec, scale, device, hr_images)
+    return judged, raw
+
+
 def bicubic_psnr(hr_images, scale):
     """The papers' bicubic baseline on the validation images, as validation measures them (eval.py --arch bicubic:
     Y of the mod-cropped HR, MATLAB bicubic down and up in float64, rounded once; border = scale): the reference
@@ -652,15 +661,17 @@ class TrainContext:
         """Seconds of this run so far: this process's, plus those of the runs it resumed (checkpoint train_seconds)."""
         return self.seconds_before + time.perf_counter() - self.started
 
-    def record_epoch(self, epoch, losses, val_psnr=None, ema=False, bicubic_psnr=None):
+    def record_epoch(self, epoch, losses, val_psnr=None, ema=False, bicubic_psnr=None, raw_psnr=None):
         """Add epoch ``epoch`` to the history (call before saving the epoch's checkpoint): {'epoch', 'step' (optimizer
         steps so far), 'seconds' (elapsed), 'losses' (the epoch's mean losses; {} when its steps were done before a
-        resume)}, and when validated 'val_psnr' (or 'val_psnr_ema' when it judged the EMA weights) and
-        'bicubic_psnr' (bicubic_psnr of the same images)."""
+        resume)}, and when validated 'val_psnr' (or 'val_psnr_ema' when it judged the EMA weights, with 'val_psnr'
+        then the raw weights' ``raw_psnr``) and 'bicubic_psnr' (bicubic_psnr of the same images)."""
         entry = {'epoch': int(epoch), 'step': int(self.global_step), 'seconds': round(self.elapsed(), 3),
                  'losses': {k: float(v) for k, v in losses.items()} if self.epoch_steps else {}}
         if val_psnr is not None:
             entry['val_psnr_ema' if ema else 'val_psnr'] = float(val_psnr)
+            if ema and raw_psnr is not None:
+                entry['val_psnr'] = float(raw_psnr)
             if bicubic_psnr is not None:
                 entry['bicubic_psnr'] = float(bicubic_psnr)
         self.history.append(entry)

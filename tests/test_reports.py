@@ -325,7 +325,8 @@ def test_srgan_curves_record_its_losses_and_the_ema_validation(tmp_path, tiny_da
     assert result.returncode == 0, result.stderr
     (entry,) = load_checkpoint(tmp_path / 'checkpoint_srgan.pth')['history']
     assert set(entry['losses']) == {'content', 'adversarial', 'discriminator'}
-    assert 'val_psnr_ema' in entry and 'val_psnr' not in entry and entry['bicubic_psnr'] > 0
+    assert entry['val_psnr_ema'] > 0 and entry['bicubic_psnr'] > 0
+    assert entry['val_psnr'] > 0 and entry['val_psnr'] != entry['val_psnr_ema']  # the raw weights, measured too
     assert (tmp_path / 'srgan_curves.png').is_file() and f"curves: {tmp_path / 'srgan_curves.png'}" in result.stdout
 
 
