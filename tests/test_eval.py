@@ -581,7 +581,7 @@ def test_flag_conflicts_are_usage_errors(capsys):
     with pytest.raises(SystemExit):
         eval_script.resolve_args(parser, ['--scale', '5'])
     args = eval_script.resolve_args(parser, [])
-    assert args.checkpoint == os.path.join('results', 'checkpoint_srresnet.pth') and args.scale is None
+    assert args.checkpoint == checkpoints.default_checkpoint(log=lambda line: None) and args.scale is None
     assert args.protocols == ('standard', 'tutorial')
     assert eval_script.resolve_args(parser, ['--arch', 'bicubic-rgb']).scale == 4
 
