@@ -456,10 +456,7 @@ def sr_network(generator):
 
 def main(argv=None):
     settings = resolve_settings(build_parser(), argv)
-    with training.TrainContext(settings.device, ngpu=settings.ngpu, dist_timeout=settings.dist_timeout,
-                               max_steps=settings.max_steps, checkpoint=settings.checkpoint_path,
-                               resume=settings.resume, restart=settings.restart,
-                               progress_every=settings.progress_every) as ctx:
+    with training.TrainContext.of(settings) as ctx:
         speed = training.speed_of(settings, ctx.device)
         if not speed.faithful:
             keep_freed_memory()

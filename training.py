@@ -492,6 +492,14 @@ class TrainContext:
         self.tag, self.global_step, self.epoch_steps = '', 0, 0
         self.history, self.seconds_before, self.started = [], 0., time.perf_counter()  # record_epoch, elapsed
 
+    @classmethod
+    def of(cls, settings):
+        """The context of a trainer's resolved settings (its device, --ngpu, --dist-timeout, --max-steps, checkpoint
+        path, --resume, --restart and --progress-every)."""
+        return cls(settings.device, ngpu=settings.ngpu, dist_timeout=settings.dist_timeout,
+                   max_steps=settings.max_steps, checkpoint=settings.checkpoint_path, resume=settings.resume,
+                   restart=settings.restart, progress_every=settings.progress_every)
+
     def __enter__(self):
         """Join the process group; on rank 0 lock the run's checkpoint for the whole run (a second trainer on it
         refuses, naming this one) and claim its files (claim_run_files); then handle Ctrl-C / SIGTERM."""

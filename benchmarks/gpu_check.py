@@ -216,18 +216,25 @@ def train_and_eval(run, device, data, train_seconds):
         import torch
         state = torch.load(checkpoint, map_location='cpu', weights_only=True)
         numbers.update(steps=state['step'], epochs_done=state['epoch'])
-        tests = [os.path.join(data, name) for name in ('Set5', 'Set14')]
-        status, out = run.command('eval', [sys.executable, 'eval.py', '--checkpoint', checkpoint, '--device', device,
-                                           '--test-folders', *tests, '--protocol', 'standard', '--results-dir',
-                                           os.path.join(work, 'results')], timeout=120)
-        report = os.path.join(work, 'results', 'eval_srresnet_x4.json')
-        if status == 'ok' and os.path.isfile(report):
-            with open(report) as f:
-                numbers['eval'] = [{k: d[k] for k in ('name', 'images', 'standard_psnr', 'standard_ssim')}
-                                   for d in json.load(f)['datasets']]
+        status = evaluate_set5_set14(run, 'eval', checkpoint, device, data, work, numbers)
     elif status == 'ok':
         status = 'no checkpoint written'
     run.record('train + eval', status, time.monotonic() - t0, **numbers)
+
+
+def evaluate_set5_set14(run, step, checkpoint, device, data, work, numbers):
+    """eval.py on Set5 and Set14 (standard protocol) as step ``step``; its table goes to numbers['eval']. Returns
+    the step's status."""
+    tests = [os.path.join(data, name) for name in ('Set5', 'Set14')]
+    status, _ = run.command(step, [sys.executable, 'eval.py', '--checkpoint', checkpoint, '--device', device,
+                                   '--test-folders', *tests, '--protocol', 'standard', '--results-dir',
+                                   os.path.join(work, 'results')], timeout=120)
+    report = os.path.join(work, 'results', 'eval_srresnet_x4.json')
+    if status == 'ok' and os.path.isfile(report):
+        with open(report) as f:
+            numbers['eval'] = [{k: d[k] for k in ('name', 'images', 'standard_psnr', 'standard_ssim')}
+                               for d in json.load(f)['datasets']]
+    return status
 
 
 def epoch_curve(out, start_times):
@@ -265,15 +272,7 @@ def speedrun(run, device, data, seconds, extra):
         numbers['best_set5_psnr'] = max((p for _, _, p in curve), default=None)
     checkpoint = os.path.join(work, 'results', 'checkpoint_srresnet.pth')
     if status == 'ok' and os.path.isfile(checkpoint):
-        tests = [os.path.join(data, name) for name in ('Set5', 'Set14')]
-        status, _ = run.command('speedrun eval', [sys.executable, 'eval.py', '--checkpoint', checkpoint, '--device',
-                                                  device, '--test-folders', *tests, '--protocol', 'standard',
-                                                  '--results-dir', os.path.join(work, 'results')], timeout=120)
-        report = os.path.join(work, 'results', 'eval_srresnet_x4.json')
-        if status == 'ok' and os.path.isfile(report):
-            with open(report) as f:
-                numbers['eval'] = [{k: d[k] for k in ('name', 'images', 'standard_psnr', 'standard_ssim')}
-                                   for d in json.load(f)['datasets']]
+        status = evaluate_set5_set14(run, 'speedrun eval', checkpoint, device, data, work, numbers)
     elif status == 'ok':
         status = 'no checkpoint written'
     run.record('speedrun', status, time.monotonic() - t0, **numbers)
