@@ -29,11 +29,36 @@ FORMAT_VERSION = 1
 
 USER_CHECKPOINT = os.path.join('results', 'checkpoint_srresnet.pth')  # what train_srresnet.py writes by default
 SHIPPED_MODEL = 'srresnet_x4_291.pth'  # the primary model: the tutorial's SRResNet x4, trained on T91 + BSD200
+# The shipped x4 models by the inputs they are for (test.py --model, the web page's hints): file, what it suits.
+SHIPPED_MODELS = {
+    'clean': (SHIPPED_MODEL, "clean images (renders, screenshots, PNGs, photos downscaled without loss): trained on "
+                             "bicubic-downscaled images"),
+    'photo': ('srresnet_x4_real.pth', "photos as people have them (phone JPEGs, scans, noise, blur): the same "
+                                      "SRResNet fine-tuned on Real-ESRGAN's degradations"),
+}
 
 
 def shipped_checkpoint(name=SHIPPED_MODEL):
     """The path of a checkpoint shipped in the repository's results/ folder, wherever a script runs from."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', name)
+
+
+def shipped_model(kind):
+    """The path of the shipped x4 model for ``kind`` ('clean' or 'photo', SHIPPED_MODELS); UserError when missing."""
+    name, _ = SHIPPED_MODELS[kind]
+    path = shipped_checkpoint(name)
+    if not os.path.isfile(path):
+        raise UserError(f"--model {kind}: the shipped results/{name} is missing (a clone without it?): pass "
+                        f"--checkpoint FILE")
+    return path
+
+
+def shipped_hint(path):
+    """What a shipped model suits, in words (SHIPPED_MODELS), or None for any other file."""
+    for kind, (name, suits) in SHIPPED_MODELS.items():
+        if os.path.basename(path) == name:
+            return f"'{kind}' model, for {suits}"
+    return None
 
 
 def default_checkpoint(log=print):
@@ -723,7 +748,10 @@ def _describe(ckpt, path, assume, weights):
             raise UserError(f"{path}: unknown architecture {arch!r}")
         config = ckpt.get('model_config') or _srresnet_config(state, '', path)
         source = ckpt.get('source') or ('this suite' if 'arch' in ckpt else "the tutorial's SRResNet")
-        found = _suite_info(arch, arch, config, state, source, ema_notes, path)._replace(selected=selected)
+        label = ckpt.get('label') or arch  # a shipped model's own name in file names (srresnet_real)
+        if not isinstance(label, str) or not label.replace('_', '').isalnum():
+            raise UserError(f"{path}: its label {label!r} is not a name of letters, digits and '_'")
+        found = _suite_info(label, arch, config, state, source, ema_notes, path)._replace(selected=selected)
     else:
         state, wrapper, selected = _unwrap(ckpt, path, weights)
         notes += [wrapper] if wrapper else []
@@ -781,8 +809,9 @@ def suite_checkpoint(model):
     else:
         weights = {'model': model.state, 'model_config': model.config}
     arch = model.label if model.label == 'srgan' else 'spandrel' if model.is_spandrel else model.arch
+    named = {} if model.is_spandrel or model.label in ('srgan', model.arch) else {'label': model.label}
     return {'format_version': FORMAT_VERSION, 'arch': arch, **weights, 'source': model.source,
-            'notes': list(model.notes)}
+            'notes': list(model.notes), **named}
 
 
 def convert_legacy_checkpoint(src, dst):

@@ -1,6 +1,9 @@
 """Upscale your own images with a trained model of the suite (the tutorial's test.py, for any image).
 
     python test.py --image photo.jpg               # your results/checkpoint_srresnet.pth, else the shipped x4 model
+                                                   # -> results/photo_x4_{bicubic,srresnet,srresnet_compare}.png
+    python test.py --image photo.jpg --checkpoint results/espcn_x3_t91.pth   # next to those, no --overwrite needed:
+                                                   # -> results/photo_x3_{bicubic,espcn,espcn_compare}.png
     python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth
     python test.py --image my_photos/ --output-dir results/my_photos --batch-size 4
     python test.py --image big.png --max-memory 1GB       # bounded memory: tiles are chosen automatically
@@ -10,30 +13,37 @@
     python test.py --image photo.jpg --checkpoint results/checkpoint_srgan.pth --overwrite   # replace earlier outputs
     python test.py --image panorama.jpg --max-image-pixels 200000000     # a photo over PIL's 89.5-megapixel limit
     python test.py --image photo.png --checkpoint edsr_x4-4f62e9ef.pt     # EDSR-PyTorch's EDSR (docs/export.md)
-    python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_ESRGAN.png
-    python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_espcn.mp4
+    python test.py --image photo.png --checkpoint RealESRGAN_x4plus.pth   # through spandrel: photo_x4_ESRGAN.png
+    python test.py --image clip.mp4 --checkpoint results/espcn_x3_t91.pth   # a video: results/clip_x3_espcn.mp4
     python test.py --image clip.mkv --checkpoint results/espcn_x3_t91.pth --video-crf 14 --video-preset slow
     python test.py --image photo.png --checkpoint results/checkpoint_srgan.pth --weights raw   # not its EMA weights
 
-For every input image, writes under --output-dir:
-    <stem>_bicubic.png   the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
-    <stem>_<arch>.png    the super-resolved image (arch: srresnet, srgan, edsr, rcan, espcn or srcnn)
-    <stem>_compare.png   bicubic | SR side by side, labelled, scaled down to at most --compare-max-width px
+For every input image, writes under --output-dir (<scale>: the model's factor):
+    <stem>_x<scale>_bicubic.png         the input upscaled with MATLAB-style bicubic (imresize of the 8-bit image)
+    <stem>_x<scale>_<arch>.png          the super-resolved image (arch: srresnet, srgan, edsr, rcan, espcn, srcnn,
+                                        or spandrel's architecture, such as ESRGAN)
+    <stem>_x<scale>_<arch>_compare.png  bicubic | SR side by side, labelled, scaled down to at most
+                                        --compare-max-width px
 and prints the time the model took per image. --image may be a folder: every image in it (same-size images are
 batched by --batch-size). A checkpoint holding an exponential moving average of its weights (the trainers'
 --ema-decay) upscales with it, as a 'note:' line says; --weights raw takes the trained ones. All inputs are
-checked before anything is written, so an error (exit code 2, one line) leaves no output; each image's three
-files are written all or nothing (temp files renamed into place once all three are written), so a full disk
-leaves every image complete or absent.
+checked before anything is written, so an error (exit code 2, one line) leaves no output; each image's files are
+written all or nothing (temp files renamed into place once all are written), so a full disk leaves every image
+complete or absent.
 
-Names: <stem> is the input's file name without its extension. When inputs would share output names (letter
-case ignored, as on macOS and Windows: a.png and a.jpg, or a.png and a.PNG), each of them adds its extension
-(a_png, a_jpg), and a number when that still clashes (a_png_2), in sorted order of the file names; an output
-never takes the name of an input of the run (with --output-dir equal to the input folder, photo.png and the
-user's own photo_bicubic.png both get their outputs, and photo_bicubic.png stays as it is). Outputs carry a
-PNG text chunk (Software: SR suite test.py) by which test.py knows its own files: a folder run leaves them out
-(name one as --image to upscale it again), and a file of an earlier run is replaced only with --overwrite (without it, test.py stops before
-writing anything, naming the file). A file in the way that test.py did not write is never replaced.
+Names: <stem> is the input's file name without its extension. Every name holds the scale, and the SR and
+comparison images the model too, so the outputs of different models or scales never share a name: run several
+models on one photo into one folder, no --overwrite needed (the same model at the same scale again needs it). The
+bicubic image is every model's at its scale: a run that finds test.py's bicubic of the same input file at the same
+scale (the file's SHA-256 is a PNG text chunk of the bicubic image) keeps it as it is; --overwrite writes it again.
+When inputs would share output names (letter case ignored, as on macOS and Windows: a.png and a.jpg, or a.png and
+a.PNG), each of them adds its extension (a_png, a_jpg), and a number when that still clashes (a_png_2), in sorted
+order of the file names; an output never takes the name of an input of the run (with --output-dir equal to the
+input folder, photo.png and the user's own photo_x4_bicubic.png both get their outputs, and photo_x4_bicubic.png
+stays as it is). Outputs carry a PNG text chunk (Software: SR suite test.py) by which test.py knows its own files:
+a folder run leaves them out (name one as --image to upscale it again), and a file of an earlier run is replaced
+only with --overwrite (without it, test.py stops before writing anything, naming the file). A file in the way
+that test.py did not write is never replaced.
 
 Images: any size >= 2x2 px up to --max-image-pixels (default PIL's 89478485; more is refused as a possible
 decompression bomb: raise it for a bigger photo you trust), any mode (utils.load_image), regular files only (a
@@ -54,14 +64,16 @@ Set14 (benchmarks/bench_precision.py), and fp32 elsewhere (emulated bf16 is slow
 
 Videos: when --image is a video file (a video extension, or a file PyAV reads as one; video.is_video_file),
 every frame is upscaled with the same model and options (tiling and --max-memory apply per frame) and written to
-<stem>_<arch><ext> (.mp4, .m4v, .mov and .mkv inputs keep their container, any other becomes .mkv): H.264 (libx264,
-yuv420p, --video-crf, --video-preset), every frame at its input timestamp, the audio streams copied untouched.
+<stem>_x<scale>_<arch><ext> (.mp4, .m4v, .mov and .mkv inputs keep their container, any other becomes .mkv):
+H.264 (libx264, yuv420p, --video-crf, --video-preset), every frame at its input timestamp, the audio streams
+copied untouched.
 A progress bar shows frames per second and the time left. A corrupt or truncated video stops with one line
 (exit code 2) and leaves no output file. No bicubic or comparison video is made (each would cost a second
 encode); video.upscale_video does the work.
 """
 import argparse
 import collections
+import hashlib
 import itertools
 import os
 import sys
@@ -79,6 +91,7 @@ from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, 
                    positive_int, run_cli, timer)
 
 SOFTWARE = 'SR suite test.py'  # the PNG text chunk (key Software) that marks this script's own outputs
+INPUT_DIGEST = 'SR suite input SHA-256'  # the PNG text chunk of a bicubic output: the input file it was made from
 OUT_OF_MEMORY = "lower --max-memory or --batch-size, or pass --tile"  # how to upscale in less memory
 X264_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower', 'veryslow')
 
@@ -90,6 +103,9 @@ def build_parser():
                              "published weights (EDSR-PyTorch, RCAN, BasicSR, spandrel's architectures); default: "
                              "your own results/checkpoint_srresnet.pth when it exists, else the shipped SRResNet x4, "
                              "results/srresnet_x4_291.pth")
+    parser.add_argument('--model', choices=sorted(checkpoints.SHIPPED_MODELS),
+                        help='a shipped x4 model by what it is for, instead of --checkpoint: ' + '; '.join(
+                            f"'{k}': {suits}" for k, (_, suits) in sorted(checkpoints.SHIPPED_MODELS.items())))
     parser.add_argument('--image', default='results/test.jpg',
                         help='an image file, a folder of images, or a video file')
     parser.add_argument('--output-dir', default='results', help='where the output PNGs (and videos) go')
@@ -135,7 +151,10 @@ def load_upscaler(args, device):
     """The inference.ImageUpscaler of --checkpoint with the upscaling flags (its label names the outputs: 'srgan' for
     an SRGAN checkpoint); prints the checkpoint's notes, and what --precision auto picked."""
     options = upscale_options(args)
-    path = args.checkpoint or checkpoints.default_checkpoint()
+    if args.model and args.checkpoint:
+        raise UserError(f"--model {args.model} names a shipped model, --checkpoint a file: give one of them")
+    path = (args.checkpoint or (checkpoints.shipped_model(args.model) if args.model else None)
+            or checkpoints.default_checkpoint())
     model = checkpoints.load_sr_model(path, device, expect_scale=args.scale, res_scale=args.res_scale,
                                       rgb_range=args.rgb_range, weights=args.weights)
     for note in model.notes:
@@ -208,9 +227,17 @@ def name_key(name):
     return unicodedata.normalize('NFC', name).casefold()
 
 
+def output_suffixes(label, scale):
+    """{role: suffix} of the output names <stem>_<suffix>.png of one input upscaled x ``scale`` by the model
+    ``label``: the scale in every name and the model in each of the model's own, so that the outputs of different
+    models or scales never share a name; the bicubic image (role bicubic) is every model's at that scale."""
+    return {'bicubic': f"x{scale}_bicubic", 'sr': f"x{scale}_{label}", 'compare': f"x{scale}_{label}_compare"}
+
+
 def output_stems(paths, kinds, reserved=()):
-    """{path: stem of its output names <stem>_<kind>.png}, unique under name_key across every input and kind, and
-    never one of the ``reserved`` names (the inputs that live in the output folder).
+    """{path: stem of its output names <stem>_<kind>.png}, unique under name_key across every input and kind (the
+    suffixes of output_suffixes), and never one of the ``reserved`` names (the inputs that live in the output
+    folder).
 
     The stem is the file name without extension; inputs whose stems clash (a.png, a.jpg, A.png) add their
     extension (a_png, a_jpg), then a number if that still clashes (a_png_2). Inputs with a stem of their own
@@ -241,23 +268,39 @@ def output_stems(paths, kinds, reserved=()):
     return stems
 
 
-def plan_outputs(paths, output_dir, label, overwrite):
-    """{input path: {kind: output path}} for kinds bicubic, <label>, compare, checked before anything is written:
-    a file in the way that this script did not write is refused; one of an earlier run needs ``overwrite``."""
-    kinds = ('bicubic', label, 'compare')
+def file_digest(path):
+    """SHA-256 of the file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open_regular_file(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_outputs(paths, output_dir, label, scale, overwrite):
+    """{input path: {role: output path}} for the roles of output_suffixes (bicubic, sr, compare), checked before
+    anything is written: a file in the way that this script did not write is refused; one of an earlier run needs
+    ``overwrite``, except the bicubic image of the same input file (its INPUT_DIGEST) at the same scale, which every
+    model shares: without ``overwrite`` that one is kept as it is (its role maps to None: not written again)."""
+    suffixes = output_suffixes(label, scale)
     reserved = [os.path.basename(p) for p in paths if same_folder(os.path.dirname(p), output_dir)]
-    stems = output_stems(paths, kinds, reserved)
-    plan = {p: {kind: os.path.join(output_dir, f"{stems[p]}_{kind}.png") for kind in kinds} for p in paths}
-    for outputs in plan.values():
-        for path in outputs.values():
+    stems = output_stems(paths, suffixes.values(), reserved)
+    plan = {p: {role: os.path.join(output_dir, f"{stems[p]}_{suffix}.png") for role, suffix in suffixes.items()}
+            for p in paths}
+    for src, outputs in plan.items():
+        for role, path in list(outputs.items()):
             if not os.path.lexists(path):
                 continue
             if os.path.isdir(path) or not is_own_output(path):
                 raise UserError(f"{path} exists and was not written by test.py: it is left as it is; move it, "
                                 f"or choose another --output-dir")
-            if not overwrite:
-                raise UserError(f"{path} exists (written by an earlier run of test.py): pass --overwrite to replace "
-                                f"the outputs of earlier runs, or choose another --output-dir")
+            if overwrite:
+                continue
+            if role == 'bicubic' and png_text(path).get(INPUT_DIGEST) == file_digest(src):
+                outputs[role] = None  # this input's bicubic at this scale, from a run with another model: kept
+                continue
+            raise UserError(f"{path} exists (written by an earlier run of test.py): pass --overwrite to replace "
+                            f"the outputs of earlier runs, or choose another --output-dir")
     return plan
 
 
@@ -288,10 +331,13 @@ def bicubic_image(img, scale):
     return Image.fromarray(np.ascontiguousarray(up.permute(1, 2, 0).numpy()))  # RGB or RGBA from the shape
 
 
-def png_writer(img):
-    """A write function for AtomicFileSet: ``img`` as a PNG marked as this script's output (see is_own_output)."""
+def png_writer(img, text=None):
+    """A write function for AtomicFileSet: ``img`` as a PNG marked as this script's output (see is_own_output), with
+    the ``text`` chunks ({key: value}) too."""
     info = PngImagePlugin.PngInfo()
     info.add_text('Software', SOFTWARE)
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     return lambda f: img.save(f, format='PNG', pnginfo=info)
 
 
@@ -329,31 +375,33 @@ def compare_image(left, right, labels, gap=8):
     return canvas
 
 
-def save_outputs(img, sr, outputs, label, scale, compare_max_width):
-    """Write the outputs of one input (PIL) and its SR ((3, H, W) uint8) to ``outputs`` ({kind: path}) all or
-    nothing, holding at most one full-size PIL image at a time (each goes to its temp file as it is made)."""
+def save_outputs(img, sr, outputs, label, scale, compare_max_width, source):
+    """Write the outputs of one input (PIL, read from the file ``source``) and its SR ((3, H, W) uint8) to
+    ``outputs`` ({role: path}, plan_outputs: a bicubic of None is kept as it is) all or nothing, holding at most one
+    full-size PIL image at a time (each goes to its temp file as it is made). Returns the paths written."""
     width = panel_width(img.width * scale, compare_max_width, gap=8)
     with AtomicFileSet() as files:
         bicubic = bicubic_image(img, scale)
-        files.write(outputs['bicubic'], png_writer(bicubic))
+        if outputs['bicubic']:
+            files.write(outputs['bicubic'], png_writer(bicubic, {INPUT_DIGEST: file_digest(source)}))
         left = thumbnail(bicubic, width)
         del bicubic
         result = inference.sr_image(sr, img, scale)  # alpha (if any) by bicubic, as in bicubic's own output
-        files.write(outputs[label], png_writer(result))
+        files.write(outputs['sr'], png_writer(result))
         right = thumbnail(result, width)
         del result
         files.write(outputs['compare'], png_writer(compare_image(left, right, ('bicubic', f"{label} x{scale}"))))
-    return list(outputs.values())
+    return [path for path in outputs.values() if path]
 
 
 def upscale_video_file(args, upscaler, device):
-    """--image is a video: write <stem>_<label><ext> to --output-dir (video.upscale_video: every frame through
+    """--image is a video: write <stem>_x<scale>_<label><ext> to --output-dir (video.upscale_video: every frame through
     ``upscaler``), with a progress bar (frames/s, time left), and print what was done."""
     label, scale = upscaler.label, upscaler.scale
     if not 0 <= args.video_crf <= 51:
         raise UserError(f"--video-crf {args.video_crf}: must be 0 to 51")
     info = video.probe_video(args.image)
-    dst = video.video_output_path(args.image, args.output_dir, label)
+    dst = video.video_output_path(args.image, args.output_dir, label, scale)
     if os.path.lexists(dst):  # the rule for images: only our own earlier output, and only with --overwrite
         if video.video_tags(dst).get('comment') != SOFTWARE:
             raise UserError(f"{dst} exists and test.py did not write it: choose another --output-dir")
@@ -382,7 +430,7 @@ def main():
         return upscale_video_file(args, upscaler, device)
     paths = find_inputs(args.image)
     sizes = check_inputs(paths, upscaler.min_input_size(), args.max_image_pixels)
-    outputs, total = plan_outputs(paths, args.output_dir, label, args.overwrite), 0.
+    outputs, total = plan_outputs(paths, args.output_dir, label, scale, args.overwrite), 0.
     for batch in make_batches(paths, sizes, args.batch_size):
         images = [load_image(p, keep_alpha=True, max_pixels=args.max_image_pixels) for p in batch]
         start = timer()
@@ -390,7 +438,7 @@ def main():
         seconds = timer() - start
         total += seconds
         for i, (path, img) in enumerate(zip(batch, images)):
-            save_outputs(img, sr[i], outputs[path], label, scale, args.compare_max_width)
+            save_outputs(img, sr[i], outputs[path], label, scale, args.compare_max_width, path)
             print(f"{path}: {img.width}x{img.height} -> {img.width * scale}x{img.height * scale} "
                   f"({label} x{scale}) in {seconds / len(batch):.3f} s")
         del sr, images

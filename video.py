@@ -4,7 +4,7 @@ own timestamp, the audio copied packet for packet; with PyAV (FFmpeg). test.py u
     import checkpoints, inference, video
     model = checkpoints.load_sr_model('results/espcn_x3_t91.pth', 'cpu')
     upscaler = inference.ImageUpscaler(model, 'cpu')
-    result = video.upscale_video(upscaler, 'clip.mp4', 'clip_espcn.mp4')   # a VideoResult
+    result = video.upscale_video(upscaler, 'clip.mp4', 'clip_x3_espcn.mp4')   # a VideoResult
 
 The only module of the suite that imports PyAV; only test.py and app.py import it. Imports utils only.
 """
@@ -54,11 +54,13 @@ def is_video_file(path):
         return False
 
 
-def video_output_path(src, output_dir, label):
-    """Where test.py writes the upscaled video: <output_dir>/<stem>_<label><ext>, ext the input's when it is
-    .mp4 .m4v .mov or .mkv, else .mkv (see VIDEO_MUXERS)."""
+def video_output_path(src, output_dir, label, scale):
+    """Where test.py writes the upscaled video: <output_dir>/<stem>_x<scale>_<label><ext> (so the outputs of
+    different models or scales never share a name), ext the input's when it is .mp4 .m4v .mov or .mkv, else .mkv
+    (see VIDEO_MUXERS)."""
     stem, ext = os.path.splitext(os.path.basename(src))
-    return os.path.join(output_dir, f"{stem}_{label}{ext.lower() if ext.lower() in VIDEO_MUXERS else '.mkv'}")
+    ext = ext.lower() if ext.lower() in VIDEO_MUXERS else '.mkv'
+    return os.path.join(output_dir, f"{stem}_x{scale}_{label}{ext}")
 
 
 class VideoInfo(NamedTuple):

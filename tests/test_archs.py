@@ -146,5 +146,5 @@ def test_train_then_evaluate_every_arch_through_the_cli(tmp_path, tiny_dataset, 
                     '--output-dir', tmp_path / 'up', '--device', 'cpu')
     assert up.returncode == 0, up.stderr
     from PIL import Image
-    with Image.open(tmp_path / 'up' / f"{image.stem}_{arch}.png") as sr:
+    with Image.open(tmp_path / 'up' / f"{image.stem}_x{scale}_{arch}.png") as sr:
         assert sr.size == (64 * scale, 64 * scale) and sr.mode == 'RGB'

@@ -118,4 +118,5 @@ def test_test_and_eval_scripts_on_cuda_match_the_cpu(tmp_path, tiny_dataset):
     result = run_script('test.py', '--checkpoint', shipped, '--image', tiny_dataset['test'] / 'img0.png',
                         '--output-dir', tmp_path / 'up', '--device', 'cuda')
     assert result.returncode == 0, result.stderr
-    assert any(p.name.endswith('_espcn.png') for p in (tmp_path / 'up').iterdir())
+    assert sorted(p.name for p in (tmp_path / 'up').iterdir()) == ['img0_x3_bicubic.png', 'img0_x3_espcn.png',
+                                                               'img0_x3_espcn_compare.png']

@@ -184,6 +184,24 @@ def test_every_kind_round_trips_through_safetensors_and_the_suites_format(tmp_pa
             assert ckpt['format_version'] == 1 and ('model' in ckpt or 'generator' in ckpt)
 
 
+@pytest.mark.parametrize('arch,scale,network_in,network_out', [
+    ('srresnet', 4, 'RGB imagenet-norm (N, 3, H, W)', 'RGB [-1, 1] (N, 3, 4H, 4W)'),
+    ('espcn', 3, 'BT.601 luma Y in [0, 1] (N, 1, H, W)', 'Y in [0, 1] (N, 1, 3H, 3W)'),
+    ('srcnn', 2, 'BT.601 luma Y in [0, 1] (N, 1, 2H, 2W), bicubic-upscaled', 'Y in [0, 1] (N, 1, 2H, 2W)')])
+def test_safetensors_metadata_holds_every_documented_key(tmp_path, arch, scale, network_in, network_out):
+    """export.py's docstring: format, format_version, arch, weights, config (JSON), scaling_factor, input and output
+    (what the network takes and gives, in words) -- written out here for each kind of network."""
+    path = suite_checkpoint(tmp_path, arch, scale)
+    out = tmp_path / 'out.safetensors'
+    assert export.main(['--checkpoint', str(path), '--format', 'safetensors', '--output', str(out)]) == 0
+    with safe_open(str(out), framework='pt') as f:
+        meta = f.metadata()
+    config = models.model_config(arch, scale, **TINY[arch])
+    assert (meta['format'], meta['format_version'], meta['arch'], meta['weights']) == ('sr-suite', '1', arch, 'model')
+    assert json.loads(meta['config']) == config and meta['scaling_factor'] == str(scale)
+    assert (meta['input'], meta['output']) == (network_in, network_out)
+
+
 def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path, tiny_dataset, capsys):
     src = suite_checkpoint(tmp_path, 'msrresnet', 2)
     st = tmp_path / 'msrresnet_x2.safetensors'
@@ -191,7 +209,7 @@ def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path,
     photo = sorted(tiny_dataset['test'].iterdir())[0]
     up = run_script('test.py', '--checkpoint', st, '--image', photo, '--output-dir', tmp_path / 'up', '--device', 'cpu')
     assert up.returncode == 0, up.stderr
-    assert (tmp_path / 'up' / f'{photo.stem}_msrresnet.png').is_file()
+    assert (tmp_path / 'up' / f'{photo.stem}_x2_msrresnet.png').is_file()
     ev = run_script('eval.py', '--checkpoint', st, '--test-folders', tiny_dataset['test'], '--results-dir',
                     tmp_path / 'eval', '--device', 'cpu', '--protocol', 'standard')
     assert ev.returncode == 0 and 'msrresnet' in ev.stdout, ev.stderr

@@ -133,6 +133,29 @@ def test_depth_to_space_is_tensorflows_channel_order():
     assert not torch.equal(out, F.pixel_shuffle(x, 2))
 
 
+def test_the_generators_upsampling_puts_channels_where_tensorflow_does():
+    """Each upsampling stage of the generator, on its conv's output, as tf.nn.depth_to_space written out here:
+    output channel c at sub-position (i, j) is conv channel (i * 2 + j) * C + c, then PReLU."""
+    torch.manual_seed(0)
+    g = models.KerasSRGANGenerator(scaling_factor=4, n_channels=4, n_blocks=1).eval()
+    for m in g.modules():
+        if isinstance(m, nn.PReLU):  # slopes 0 at the start: per-channel slopes make the channel order matter more
+            nn.init.uniform_(m.weight, 0.1, 0.9)
+    x = torch.randn(1, 4, 5, 6)
+    for stage in g.upsample:
+        conv, prelu = stage[0], stage[-1]
+        with torch.no_grad():
+            z, out = conv(x), stage(x)
+        expected = torch.empty(1, 4, 2 * x.shape[2], 2 * x.shape[3])
+        for c in range(4):
+            for i in range(2):
+                for j in range(2):
+                    expected[:, c, i::2, j::2] = z[:, (i * 2 + j) * 4 + c]
+        with torch.no_grad():
+            torch.testing.assert_close(out, prelu(expected), rtol=0, atol=0)
+        x = out
+
+
 def test_initialisation_is_srgan_keras():
     g, d = models.KerasSRGANGenerator(), models.KerasSRGANDiscriminator()
     normal = ([m for m in g.modules() if isinstance(m, nn.Conv2d) and m is not g.tail]
@@ -311,5 +334,5 @@ def test_keras_variant_trains_resumes_exactly_evaluates_and_upscales_through_the
     up = run_script('test.py', '--checkpoint', path, '--image', image, '--output-dir', tmp_path / 'up', '--device',
                     'cpu')
     assert up.returncode == 0, up.stderr
-    with Image.open(tmp_path / 'up' / f"{image.stem}_srgan_keras.png") as sr:
+    with Image.open(tmp_path / 'up' / f"{image.stem}_x4_srgan_keras.png") as sr:
         assert sr.size == (256, 256) and sr.mode == 'RGB'

@@ -80,7 +80,7 @@ def test_test_py_gets_its_model_from_the_loader(files, loads, script, monkeypatc
     code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', files['espcn'], '--image', files['photo'],
                             '--output-dir', tmp_path / 'out', '--device', 'cpu')
     assert code == 0, err
-    assert loads == [files['espcn']] and (tmp_path / 'out' / 'photo_espcn.png').exists()
+    assert loads == [files['espcn']] and (tmp_path / 'out' / 'photo_x2_espcn.png').exists()
 
 
 def test_eval_py_gets_its_model_from_the_loader(files, loads, tmp_path):

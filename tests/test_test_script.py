@@ -103,9 +103,9 @@ def test_single_image_outputs(setup):
     res = setup['single']
     assert res.returncode == 0, res.stderr
     out = setup['root'] / 'out_single'
-    assert sorted(os.listdir(out)) == ['rgb_bicubic.png', 'rgb_compare.png', 'rgb_srresnet.png']
+    assert sorted(os.listdir(out)) == ['rgb_x4_bicubic.png', 'rgb_x4_srresnet.png', 'rgb_x4_srresnet_compare.png']
     lr = np.asarray(read(setup['inputs'] / 'rgb.png'))
-    sr, bicubic, compare = (read(out / f"rgb_{k}.png") for k in ('srresnet', 'bicubic', 'compare'))
+    sr, bicubic, compare = (read(out / f"rgb_x4_{k}.png") for k in ('srresnet', 'bicubic', 'srresnet_compare'))
     assert sr.size == bicubic.size == (92, 68) and sr.mode == bicubic.mode == 'RGB'
     assert compare.size == (2 * 92 + 8, 68)
     diff = np.abs(np.asarray(sr).astype(int) - expected_sr(setup['model'], lr).astype(int))
@@ -119,18 +119,19 @@ def test_folder_all_modes(setup):
     assert res.returncode == 0, res.stderr
     out = setup['root'] / 'out_folder'
     stems = ['deep', 'gray', 'rgb', 'rgba', 'rotated']
-    assert sorted(os.listdir(out)) == sorted(f"{s}_{k}.png" for s in stems for k in ('bicubic', 'compare', 'srresnet'))
+    assert sorted(os.listdir(out)) == sorted(f"{s}_x4_{k}.png" for s in stems
+                                             for k in ('bicubic', 'srresnet_compare', 'srresnet'))
     assert res.stdout.count(' s\n') == 5 and 'notes.txt' not in res.stdout
     for stem in stems:
         expected_size = (48, 80) if stem == 'rotated' else (92, 68)  # EXIF orientation applied first
-        assert read(out / f"{stem}_srresnet.png").size == expected_size
-        assert read(out / f"{stem}_bicubic.png").size == expected_size
+        assert read(out / f"{stem}_x4_srresnet.png").size == expected_size
+        assert read(out / f"{stem}_x4_bicubic.png").size == expected_size
 
 
 def test_folder_rgba_keeps_alpha(setup):
     out = setup['root'] / 'out_folder'
     src = np.asarray(read(setup['inputs'] / 'rgba.png'))
-    sr, bicubic = read(out / 'rgba_srresnet.png'), read(out / 'rgba_bicubic.png')
+    sr, bicubic = read(out / 'rgba_x4_srresnet.png'), read(out / 'rgba_x4_bicubic.png')
     assert sr.mode == bicubic.mode == 'RGBA'
     alpha = imresize_np(src[..., 3:], 4)[..., 0]
     assert np.array_equal(np.asarray(sr)[..., 3], alpha)
@@ -143,19 +144,19 @@ def test_folder_rgba_keeps_alpha(setup):
 def test_folder_gray_and_16bit(setup):
     out = setup['root'] / 'out_folder'
     gray = np.asarray(read(setup['inputs'] / 'gray.png'))
-    assert np.array_equal(np.asarray(read(out / 'gray_bicubic.png')), imresize_np(np.stack([gray] * 3, -1), 4))
+    assert np.array_equal(np.asarray(read(out / 'gray_x4_bicubic.png')), imresize_np(np.stack([gray] * 3, -1), 4))
     deep = np.asarray(read(setup['inputs'] / 'deep.png')).astype(np.float64)
     eight = (deep.astype(np.int64) >> 8).astype(np.uint8)  # the high byte, as Pillow does for 16-bit colour
-    assert np.array_equal(np.asarray(read(out / 'deep_bicubic.png')), imresize_np(np.stack([eight] * 3, -1), 4))
-    sr = np.asarray(read(out / 'deep_srresnet.png')).astype(np.float64)
+    assert np.array_equal(np.asarray(read(out / 'deep_x4_bicubic.png')), imresize_np(np.stack([eight] * 3, -1), 4))
+    sr = np.asarray(read(out / 'deep_x4_srresnet.png')).astype(np.float64)
     expected = expected_sr(setup['model'], np.stack([eight] * 3, -1)).astype(np.float64)
     # tiled with a 6-px overlap, in 8 bits: measured 50.5 dB (the default overlap: test_upscaler.py)
     assert 10 * np.log10(255. ** 2 / max(np.mean((sr - expected) ** 2), 1e-12)) >= 48.
 
 
 def test_tiled_folder_run_matches_single_run(setup):
-    a = np.asarray(read(setup['root'] / 'out_single' / 'rgb_srresnet.png')).astype(np.float64)
-    b = np.asarray(read(setup['root'] / 'out_folder' / 'rgb_srresnet.png')).astype(np.float64)
+    a = np.asarray(read(setup['root'] / 'out_single' / 'rgb_x4_srresnet.png')).astype(np.float64)
+    b = np.asarray(read(setup['root'] / 'out_folder' / 'rgb_x4_srresnet.png')).astype(np.float64)
     psnr = 10 * np.log10(255. ** 2 / max(np.mean((a - b) ** 2), 1e-12))
     assert psnr >= 48.  # 16-px tiles, 6-px overlap, 8-bit output: measured 51.1 dB
 
@@ -253,11 +254,11 @@ def test_compare_is_scaled_down_and_names_do_not_clash(script, setup, monkeypatc
                                  '--output-dir', out, '--device', 'cpu', '--compare-max-width', 100,
                                  '--max-memory', '1GB', '--fuse', '--channels-last')
     assert code == 0, err
-    assert sorted(os.listdir(out)) == sorted(f"pic_{e}_{k}.png" for e in ('bmp', 'png')
-                                             for k in ('bicubic', 'compare', 'srresnet'))
-    compare = read(out / 'pic_png_compare.png')
+    assert sorted(os.listdir(out)) == sorted(f"pic_{e}_x4_{k}.png" for e in ('bmp', 'png')
+                                             for k in ('bicubic', 'srresnet_compare', 'srresnet'))
+    compare = read(out / 'pic_png_x4_srresnet_compare.png')
     assert compare.width <= 100 and compare.size == (2 * 46 + 8, round(64 * 46 / 120))
-    assert read(out / 'pic_png_srresnet.png').size == (120, 64)
+    assert read(out / 'pic_png_x4_srresnet.png').size == (120, 64)
 
 
 def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
@@ -283,10 +284,10 @@ def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
                                      '--output-dir', out, '--device', 'cpu', '--scale', scale)
         assert code == 0, (label, err)
         assert f"({label} x{scale})" in stdout
-        assert read(out / f"in_{label}.png").size == (11 * scale, 9 * scale)
+        assert read(out / f"in_x{scale}_{label}.png").size == (11 * scale, 9 * scale)
     # the SRGAN generator and the tutorial-format SRResNet hold the same weights: same picture
-    assert np.array_equal(np.asarray(read(tmp_path / 'out_srgan' / 'in_srgan.png')),
-                          np.asarray(read(tmp_path / 'out_srresnet' / 'in_srresnet.png')))
+    assert np.array_equal(np.asarray(read(tmp_path / 'out_srgan' / 'in_x4_srgan.png')),
+                          np.asarray(read(tmp_path / 'out_srresnet' / 'in_x4_srresnet.png')))
 
 
 def skimage_y_model_sr(model, rgb_u8, scale, pre_upsample):
@@ -319,7 +320,7 @@ def test_y_channel_models_give_their_y_with_bicubic_cb_cr(script, monkeypatch, c
     code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image, '--output-dir', out,
                             '--device', 'cpu')
     assert code == 0, err
-    sr = np.asarray(read(out / f"in_{arch}.png")).astype(int)
+    sr = np.asarray(read(out / f"in_x3_{arch}.png")).astype(int)
     expected = skimage_y_model_sr(model, lr, 3, pre_upsample=arch == 'srcnn').astype(int)
     assert sr.shape == expected.shape == (39, 45, 3)
     diff = np.abs(sr - expected)
@@ -368,8 +369,8 @@ def test_write_error_mid_image_leaves_that_image_absent_and_earlier_ones_complet
                                  '--output-dir', out, '--device', 'cpu')
     assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
     assert 'No space left on device' in err and 'b_' in err
-    assert sorted(os.listdir(out)) == ['a_bicubic.png', 'a_compare.png', 'a_srresnet.png']
-    assert read(out / 'a_srresnet.png').size == (48, 40)
+    assert sorted(os.listdir(out)) == ['a_x4_bicubic.png', 'a_x4_srresnet.png', 'a_x4_srresnet_compare.png']
+    assert read(out / 'a_x4_srresnet.png').size == (48, 40)
 
 
 def run_folder(script, setup, monkeypatch, capsys, src, out, *extra):
@@ -398,10 +399,11 @@ def test_every_input_gets_its_own_outputs_whatever_the_names(script, setup, monk
     for i, name in enumerate(names):  # the bicubic and SR images of input i are (4 * (9 + i), 4 * (8 + i))
         own = sorted(by_size[(4 * (9 + i), 4 * (8 + i))])
         assert len(own) == 2, (name, own)
-        stem = own[0][:-len('_bicubic.png')]
-        assert own == [f"{stem}_bicubic.png", f"{stem}_srresnet.png"] and f"{stem}_compare.png" in files
+        stem = own[0][:-len('_x4_bicubic.png')]
+        assert own == [f"{stem}_x4_bicubic.png", f"{stem}_x4_srresnet.png"], (name, own)
+        assert f"{stem}_x4_srresnet_compare.png" in files, (name, files)
     # the documented rule: a stem of one's own is kept; clashing stems add the extension, then a number
-    assert {'a_png_bicubic.png', 'a_jpg_bicubic.png', 'b_png_bicubic.png', 'b_bmp_bicubic.png'} <= set(
+    assert {'a_png_x4_bicubic.png', 'a_jpg_x4_bicubic.png', 'b_png_x4_bicubic.png', 'b_bmp_x4_bicubic.png'} <= set(
         f.casefold() for f in files)
 
 
@@ -410,13 +412,14 @@ def test_output_folder_equal_to_input_folder_never_overwrites_an_input(script, s
     src = tmp_path / 'photos'
     src.mkdir()
     save_pattern(src / 'photo.png', 10, 12, 1)
-    save_pattern(src / 'photo_bicubic.png', 11, 13, 2)  # the user's own file, named like an output
-    own = (src / 'photo_bicubic.png').read_bytes()
+    save_pattern(src / 'photo_x4_bicubic.png', 11, 13, 2)  # the user's own file, named like an output
+    own = (src / 'photo_x4_bicubic.png').read_bytes()
     code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src)
     assert code == 0, err
-    assert (src / 'photo_bicubic.png').read_bytes() == own
+    assert (src / 'photo_x4_bicubic.png').read_bytes() == own
     files = sorted(os.listdir(src))
     assert len(files) == 2 + 6, files
+    assert 'photo_png_x4_srresnet.png' in files  # photo.png's outputs stepped aside from the user's file
     sizes = {f: read(src / f).size for f in files if f.endswith('_srresnet.png')}
     assert sorted(sizes.values()) == [(48, 40), (52, 44)]  # one SR image per input
     # a second run takes neither its own outputs nor anything else as new inputs, and replaces nothing unasked
@@ -424,7 +427,7 @@ def test_output_folder_equal_to_input_folder_never_overwrites_an_input(script, s
     assert code == 2 and '--overwrite' in err and err.count('\n') == 1, err
     code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src, '--overwrite')
     assert code == 0, err
-    assert sorted(os.listdir(src)) == files and (src / 'photo_bicubic.png').read_bytes() == own
+    assert sorted(os.listdir(src)) == files and (src / 'photo_x4_bicubic.png').read_bytes() == own
     assert stdout.count(' -> ') == 2
 
 
@@ -442,15 +445,91 @@ def test_earlier_outputs_are_replaced_only_with_overwrite_and_other_files_never(
     code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--compare-max-width', 60,
                               '--overwrite')
     assert code == 0, err
-    assert sorted(os.listdir(out)) == sorted(before) and read(out / 'pic_compare.png').width <= 60
+    assert sorted(os.listdir(out)) == sorted(before) and read(out / 'pic_x4_srresnet_compare.png').width <= 60
     # a file test.py did not write, where an output would go: kept, even with --overwrite
-    (out / 'pic_srresnet.png').unlink()
-    save_pattern(out / 'pic_srresnet.png', 5, 5, 4)
-    foreign = (out / 'pic_srresnet.png').read_bytes()
-    compare = (out / 'pic_compare.png').read_bytes()
+    (out / 'pic_x4_srresnet.png').unlink()
+    save_pattern(out / 'pic_x4_srresnet.png', 5, 5, 4)
+    foreign = (out / 'pic_x4_srresnet.png').read_bytes()
+    compare = (out / 'pic_x4_srresnet_compare.png').read_bytes()
     code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--overwrite')
-    assert code == 2 and 'not written by test.py' in err and 'pic_srresnet.png' in err, err
-    assert (out / 'pic_srresnet.png').read_bytes() == foreign and (out / 'pic_compare.png').read_bytes() == compare
+    assert code == 2 and 'not written by test.py' in err and 'pic_x4_srresnet.png' in err, err
+    assert (out / 'pic_x4_srresnet.png').read_bytes() == foreign
+    assert (out / 'pic_x4_srresnet_compare.png').read_bytes() == compare
+
+
+def y_model_checkpoint(path, arch, scale, seed):
+    """A tiny random-weight Y-channel model (SRCNN or ESPCN, channels 8, 4) saved at ``path``; returns path."""
+    torch.manual_seed(seed)
+    config = models.model_config(arch, scale, channels=[8, 4])
+    checkpoints.save_checkpoint({'format_version': 1, 'arch': arch, 'model_config': config, 'epoch': 1,
+                                 'model': models.build_model(arch, config).state_dict()}, str(path))
+    return path
+
+
+def folder_bytes(folder):
+    return {f: (folder / f).read_bytes() for f in os.listdir(folder)}
+
+
+def test_outputs_of_different_models_or_scales_never_share_a_name(script, monkeypatch, capsys, tmp_path):
+    """<stem>_x<scale>_bicubic.png, <stem>_x<scale>_<label>.png, <stem>_x<scale>_<label>_compare.png: ESPCN x3, SRCNN
+    x2, then SRCNN x3 on one photo into one folder, none with --overwrite, all succeed; each run adds its own files
+    and leaves the earlier ones byte for byte (SRCNN x3 keeps ESPCN x3's bicubic, the same input's at the same
+    scale). Another photo under the same name gets no stale bicubic: without --overwrite it is refused."""
+    image, out = tmp_path / 'photo.png', tmp_path / 'out'
+    save_pattern(image, 9, 11, 1)
+    runs = [('espcn', 3), ('srcnn', 2), ('srcnn', 3)]
+    for arch, scale in runs:
+        ckpt = y_model_checkpoint(tmp_path / f"{arch}_x{scale}.pth", arch, scale, seed=scale)
+        before = folder_bytes(out) if out.exists() else {}
+        code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image,
+                                     '--output-dir', out, '--device', 'cpu')
+        assert code == 0, (arch, scale, err)
+        assert f"({arch} x{scale})" in stdout
+        names = {f"photo_x{scale}_bicubic.png", f"photo_x{scale}_{arch}.png", f"photo_x{scale}_{arch}_compare.png"}
+        after = folder_bytes(out)
+        assert set(after) == set(before) | names, (arch, scale, sorted(after))
+        assert {f: after[f] for f in before} == before, (arch, scale)  # nothing of the earlier runs changed
+        for kind in ('bicubic', arch):
+            assert read(out / f"photo_x{scale}_{kind}.png").size == (11 * scale, 9 * scale)
+    assert sorted(os.listdir(out)) == [
+        'photo_x2_bicubic.png', 'photo_x2_srcnn.png', 'photo_x2_srcnn_compare.png',
+        'photo_x3_bicubic.png', 'photo_x3_espcn.png', 'photo_x3_espcn_compare.png',
+        'photo_x3_srcnn.png', 'photo_x3_srcnn_compare.png']
+    lr = np.asarray(read(image))
+    for scale in (2, 3):
+        assert np.array_equal(np.asarray(read(out / f"photo_x{scale}_bicubic.png")), imresize_np(lr, scale))
+    # the bicubic names the input it was made from; another photo.png does not inherit it
+    assert script.png_text(out / 'photo_x3_bicubic.png')[script.INPUT_DIGEST] == script.file_digest(image)
+    other = tmp_path / 'other'
+    other.mkdir()
+    save_pattern(other / 'photo.png', 9, 11, 2)
+    before = folder_bytes(out)
+    ckpt = y_model_checkpoint(tmp_path / 'espcn_x2.pth', 'espcn', 2, seed=7)
+    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', other / 'photo.png',
+                            '--output-dir', out, '--device', 'cpu')
+    assert code == 2 and err.count('\n') == 1 and 'photo_x2_bicubic.png' in err and '--overwrite' in err, err
+    assert folder_bytes(out) == before
+
+
+def test_the_same_model_and_scale_again_needs_overwrite(script, monkeypatch, capsys, tmp_path):
+    """The unchanged rule, with the new names: ESPCN x3 twice on one photo into one folder: the second run stops with
+    one line naming an output and --overwrite (exit code 2) and changes nothing; with --overwrite it replaces them."""
+    image, out = tmp_path / 'photo.png', tmp_path / 'out'
+    save_pattern(image, 9, 11, 3)
+    ckpt = y_model_checkpoint(tmp_path / 'espcn.pth', 'espcn', 3, seed=3)
+    args = ('--checkpoint', ckpt, '--image', image, '--output-dir', out, '--device', 'cpu')
+    code, _, err = run_main(script, monkeypatch, capsys, *args)
+    assert code == 0, err
+    first = folder_bytes(out)
+    assert sorted(first) == ['photo_x3_bicubic.png', 'photo_x3_espcn.png', 'photo_x3_espcn_compare.png']
+    code, _, err = run_main(script, monkeypatch, capsys, *args, '--compare-max-width', 40)
+    assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'photo_x3_espcn' in err and '--overwrite' in err, err
+    assert folder_bytes(out) == first
+    code, _, err = run_main(script, monkeypatch, capsys, *args, '--compare-max-width', 40, '--overwrite')
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == sorted(first) and read(out / 'photo_x3_espcn_compare.png').width <= 40
+    assert (out / 'photo_x3_espcn_compare.png').read_bytes() != first['photo_x3_espcn_compare.png']
 
 
 @requires_fifo
@@ -519,7 +598,7 @@ def test_max_image_pixels_allows_a_big_photo_and_refuses_above_it(script, setup,
     assert err.count('\n') == 1 and not out.exists()
     code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--max-image-pixels', 120)
     assert code == 0, err
-    assert read(out / 'big_srresnet.png').size == (48, 40)
+    assert read(out / 'big_x4_srresnet.png').size == (48, 40)
 
 
 def test_precision_auto_is_the_default_and_says_what_it_picked(setup, tmp_path):
@@ -537,6 +616,41 @@ def test_precision_auto_is_the_default_and_says_what_it_picked(setup, tmp_path):
                        '--device', 'cpu', '--precision', picked)
     assert explicit.returncode == 0, explicit.stderr
     assert 'precision:' not in explicit.stdout  # a precision asked for is not announced
-    with Image.open(tmp_path / 'auto' / 'rgb_srresnet.png') as a, \
-            Image.open(tmp_path / 'explicit' / 'rgb_srresnet.png') as b:
+    with Image.open(tmp_path / 'auto' / 'rgb_x4_srresnet.png') as a, \
+            Image.open(tmp_path / 'explicit' / 'rgb_x4_srresnet.png') as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_checkpoint_with_its_own_label_names_its_outputs_and_a_bad_label_is_refused(setup, script, monkeypatch,
+                                                                                      capsys, tmp_path):
+    """A shipped model's 'label' (srresnet_real next to the shipped srresnet) names its outputs, so the two x4
+    SRResNets never share a name; a label that is not a plain name is refused in one line."""
+    ckpt = checkpoints.load_checkpoint(setup['ckpt'])
+    image = setup['inputs'] / 'rgb.png'
+    for label, expect in (('srresnet_real', 0), ('../x', 2)):
+        path = tmp_path / f"labelled_{expect}.pth"
+        checkpoints.save_checkpoint({**ckpt, 'label': label}, path)
+        code, out, err = run_main(script, monkeypatch, capsys, '--checkpoint', path, '--image', image,
+                                  '--output-dir', tmp_path / 'out', '--device', 'cpu')
+        assert code == expect, err
+    assert sorted(os.listdir(tmp_path / 'out')) == ['rgb_x4_bicubic.png', 'rgb_x4_srresnet_real.png',
+                                                    'rgb_x4_srresnet_real_compare.png']
+    assert "its label '../x' is not a name" in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_picks_a_shipped_model_by_what_the_image_is(script, monkeypatch, capsys, tmp_path):
+    image = tmp_path / 'in.png'
+    Image.fromarray(pattern(12, 14, 3, 5)).save(image)
+    code, out, err = run_main(script, monkeypatch, capsys, '--model', 'photo', '--checkpoint', 'x.pth', '--image',
+                              image, '--output-dir', tmp_path / 'out')
+    assert code == 2 and 'give one of them' in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_main(script, monkeypatch, capsys, '--model', 'clean', '--image', image, '--output-dir',
+                              tmp_path / 'out', '--device', 'cpu')
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / 'out')) == ['in_x4_bicubic.png', 'in_x4_srresnet.png',
+                                                    'in_x4_srresnet_compare.png']
+    monkeypatch.setattr(checkpoints, 'SHIPPED_MODELS', {**checkpoints.SHIPPED_MODELS,
+                                                        'photo': ('missing.pth', 'nothing')})
+    code, out, err = run_main(script, monkeypatch, capsys, '--model', 'photo', '--image', image, '--output-dir',
+                              tmp_path / 'out2', '--device', 'cpu')
+    assert code == 2 and 'results/missing.pth is missing' in err and not (tmp_path / 'out2').exists()

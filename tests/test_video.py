@@ -136,8 +136,8 @@ def test_cli_upscales_every_frame_keeps_timing_and_copies_the_audio(tiny, tmp_pa
     result = run_script('test.py', '--image', src, '--checkpoint', tiny['checkpoint'], '--output-dir', out,
                         '--device', 'cpu', '--tile', 24, '--tile-overlap', 4, '--video-crf', 0, '--precision', 'fp32')
     assert result.returncode == 0, result.stderr
-    assert os.listdir(out) == ['clip_espcn.mp4']
-    dst = out / 'clip_espcn.mp4'
+    assert os.listdir(out) == ['clip_x3_espcn.mp4']
+    dst = out / 'clip_x3_espcn.mp4'
     with av.open(str(dst)) as c:
         v = c.streams.video[0]
         assert (v.codec_context.width, v.codec_context.height) == (192, 144)
@@ -182,14 +182,42 @@ def test_an_existing_output_is_replaced_only_when_test_py_wrote_it_and_overwrite
     out = tmp_path / 'out'
     args = ['--image', src, '--checkpoint', tiny['checkpoint'], '--output-dir', out, '--device', 'cpu']
     assert run_main(script, monkeypatch, capsys, *args)[0] == 0
-    first = (out / 'clip_espcn.mp4').read_bytes()
+    first = (out / 'clip_x3_espcn.mp4').read_bytes()
     code, _, err = run_main(script, monkeypatch, capsys, *args)
     assert code == 2 and '--overwrite' in err and err.count('\n') == 1
     assert run_main(script, monkeypatch, capsys, *args, '--overwrite')[0] == 0
-    (out / 'clip_espcn.mp4').write_bytes(first[:1000])  # now someone else's file (no marker readable)
+    (out / 'clip_x3_espcn.mp4').write_bytes(first[:1000])  # now someone else's file (no marker readable)
     code, _, err = run_main(script, monkeypatch, capsys, *args, '--overwrite')
     assert code == 2 and 'did not write it' in err
-    assert (out / 'clip_espcn.mp4').read_bytes() == first[:1000]
+    assert (out / 'clip_x3_espcn.mp4').read_bytes() == first[:1000]
+
+
+def test_video_outputs_of_different_models_or_scales_never_share_a_name(tiny, script, tmp_path, monkeypatch,
+                                                                         capsys):
+    """<stem>_x<scale>_<label><ext>: the tiny ESPCN x3, then an SRCNN x2 and an SRCNN x3 on one clip into one folder,
+    none with --overwrite: three videos of their own sizes, the earlier ones byte for byte as they were."""
+    src = make_video(tmp_path / 'clip.mp4', frames=2, audio=None)
+    out = tmp_path / 'out'
+    made = {}
+    for arch, scale in (('espcn', 3), ('srcnn', 2), ('srcnn', 3)):
+        ckpt = tiny['checkpoint']
+        if arch == 'srcnn':
+            torch.manual_seed(scale)
+            config = models.model_config('srcnn', scale, channels=[8, 4])
+            ckpt = tmp_path / f"srcnn_x{scale}.pth"
+            checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srcnn', 'model_config': config, 'epoch': 1,
+                                         'model': models.build_model('srcnn', config).state_dict()}, str(ckpt))
+        code, _, err = run_main(script, monkeypatch, capsys, '--image', src, '--checkpoint', ckpt, '--output-dir', out,
+                                '--device', 'cpu')
+        assert code == 0, (arch, scale, err)
+        name = f"clip_x{scale}_{arch}.mp4"
+        assert sorted(os.listdir(out)) == sorted([*made, name]), (arch, scale)
+        assert {n: (out / n).read_bytes() for n in made} == made  # the earlier runs' videos untouched
+        made[name] = (out / name).read_bytes()
+        with av.open(str(out / name)) as c:
+            v = c.streams.video[0].codec_context
+            assert (v.width, v.height) == (64 * scale, 48 * scale)
+    assert sorted(made) == ['clip_x2_srcnn.mp4', 'clip_x3_espcn.mp4', 'clip_x3_srcnn.mp4']
 
 
 def cut_in_half(path):
@@ -357,9 +385,9 @@ def test_which_files_are_videos_and_where_outputs_go(tmp_path):
     assert video.is_video_file(str(tmp_path / 'missing.MP4'))  # by extension, any case
     for name in ('still.bin', 'notes.bin', 'photo.png', 'missing.png'):
         assert not video.is_video_file(str(tmp_path / name)), name
-    assert video.video_output_path('a/b/clip.MOV', 'out', 'espcn') == os.path.join('out', 'clip_espcn.mov')
-    assert video.video_output_path('clip.webm', 'out', 'srgan') == os.path.join('out', 'clip_srgan.mkv')
-    assert video.video_output_path('clip.avi', 'out', 'edsr') == os.path.join('out', 'clip_edsr.mkv')
+    assert video.video_output_path('a/b/clip.MOV', 'out', 'espcn', 3) == os.path.join('out', 'clip_x3_espcn.mov')
+    assert video.video_output_path('clip.webm', 'out', 'srgan', 4) == os.path.join('out', 'clip_x4_srgan.mkv')
+    assert video.video_output_path('clip.avi', 'out', 'edsr', 2) == os.path.join('out', 'clip_x2_edsr.mkv')
     info = video.probe_video(make_video(tmp_path / 'p.mp4', frames=5))
     assert (info.width, info.height, info.fps, info.frames, info.audio) == (64, 48, 25, 5, ('aac',))
     with pytest.raises(UserError, match='not a readable video'):

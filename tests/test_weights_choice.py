@@ -130,7 +130,7 @@ def test_test_py_upscales_with_the_average_by_default_and_raw_with_the_flag(tmp_
         code, out, err = run_main(script, monkeypatch, capsys, '--checkpoint', checkpoint, '--image', image,
                                   '--output-dir', out_dir, '--device', 'cpu', *flag)
         assert code == 0, err
-        sr = np.asarray(read(out_dir / 'photo_srresnet.png')).astype(int)
+        sr = np.asarray(read(out_dir / 'photo_x4_srresnet.png')).astype(int)
         assert np.abs(sr - expected_sr(used, lr).astype(int)).max() <= 1  # fused + channels_last: float rounding
         assert np.abs(sr - expected_sr(other, lr).astype(int)).max() > 10
         assert ('note: EMA weights' if used is ema else 'note: raw weights') in out
