@@ -115,6 +115,11 @@ TRAIN_PAIRS = 'train_pairs.json'
 PAIR_FOLDERS = ('LR', 'HR')
 
 
+def is_paired_folder(folder):
+    """Whether ``folder`` is a paired folder: it holds the sub-folders LR/ and HR/ (match_pairs reads it)."""
+    return all(os.path.isdir(os.path.join(folder, sub)) for sub in PAIR_FOLDERS)
+
+
 def test_pairs_name(name):
     """File name of a paired test set's list."""
     return f"{name}_test_pairs.json"

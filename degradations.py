@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import UserError, list_image_files, load_image, pil_to_tensor
+from utils import UserError, imresize, list_image_files, load_image, pil_to_tensor
 
 # ----------------------------------------------------------------------------------------------
 # Settings: the published ranges, presets, overrides
@@ -120,6 +120,9 @@ class DegradationSettings:
       from 13 px ((pi/5, pi)): a low cutoff on a small kernel would not be a sinc any more.
     resize_modes: the interpolations the resizes draw from, uniformly ('area', 'bilinear', 'bicubic': torch's,
       without antialiasing, as Real-ESRGAN resizes).
+    clean_prob: probability that an image skips the degradations and its LR is MATLAB bicubic (utils.imresize, the
+      papers' test LR) instead (0: Real-ESRGAN's; this suite's addition, so that a model trained for photos keeps
+      clean inputs sharp; drawn only when above 0, so a setting of 0 leaves every random stream as it was).
     """
     first: StageSettings
     second: StageSettings
@@ -129,8 +132,10 @@ class DegradationSettings:
     sinc_cutoff_small: tuple = (math.pi / 3, math.pi)
     sinc_cutoff_large: tuple = (math.pi / 5, math.pi)
     resize_modes: tuple = RESIZE_MODES
+    clean_prob: float = 0.
 
     def __post_init__(self):
+        _check(0 <= self.clean_prob <= 1, f"clean_prob is a probability in [0, 1], not {self.clean_prob}")
         _check(0 <= self.final_sinc_prob <= 1, f"final_sinc_prob is a probability in [0, 1], not "
                                                 f"{self.final_sinc_prob}")
         for name in ('final_kernel_sizes', 'final_sinc_cutoff', 'sinc_cutoff_small', 'sinc_cutoff_large'):
@@ -569,13 +574,17 @@ def degrade(hr, scale, settings, rng, record=None):
     probability, resize relative to the LR size, noise), final step (resize to the LR size + sinc, and JPEG, in
     random order); values clipped to [0, 1] after each noise and before each JPEG, rounded to 8 bits at the end.
     Every draw comes from ``rng`` (a numpy Generator: patch_rng, image_rng). ``record``, a dict, receives every
-    drawn parameter ('first', 'second', 'final')."""
+    drawn parameter ('first', 'second', 'final'), or 'clean': True when the image drew settings.clean_prob's plain
+    MATLAB bicubic LR instead."""
     img = _as_float(hr)  # (3, H, W) float32 in [0, 1]
     h, w = img.shape[1:]
     if h % scale or w % scale:
         raise ValueError(f"the HR image is {w}x{h}: both sides must be multiples of the scale {scale}")
     lr_size = (h // scale, w // scale)
     record = {} if record is None else record
+    if settings.clean_prob > 0 and rng.random() < settings.clean_prob:
+        record['clean'] = True
+        return to_uint8(imresize(torch.from_numpy(img).double(), 1. / scale).numpy())  # (3, H / s, W / s) bicubic
     record['first'], record['second'], record['final'] = {}, {}, {}
     img = _stage(img, settings.first, settings, rng, (h, w), record['first'])
     record['first']['jpeg'] = {}

@@ -115,6 +115,7 @@ TUTORIAL_BORDER = 4  # convert_image(..., 'y-channel') removes 4 pixels per side
 FIGURE_MAX_IMAGES = 8  # --figure without --figure-images: at most this many rows
 OUT_OF_MEMORY = "evaluate on a device with more memory (--device), or smaller images"  # no tiles: reference numbers
 
+PAIRED_NOTE = ["paired test sets: the LR images given (not made from the HR), the HR cut to scale x their size"]
 PROTOCOL_TEXT = {
     'standard': "papers' protocol: MATLAB-bicubic LR (uint8), SR rounded to uint8, rounded BT.601 Y, "
                 "border = scale, SSIM 11x11 Gaussian (sigma 1.5)",
@@ -318,8 +319,8 @@ def pil_bicubic_upscale(lr01, scale):
 
 
 class Method:
-    """Something to evaluate. standard(hr, gray, rgb) -> (sr_y, hr_y, sr_rgb) of the standard protocol (sr_rgb: the
-    (3, H', W') uint8 SR image, for LPIPS; with rgb=False it may be None); tutorial(lr01) -> SR in [-1, 1];
+    """Something to evaluate. standard(hr, gray, rgb, lr) -> (sr_y, hr_y, sr_rgb) of the standard protocol (sr_rgb:
+    the (3, H', W') uint8 SR image, for LPIPS; with rgb=False it may be None; lr: the LR given by a paired set); tutorial(lr01) -> SR in [-1, 1];
     ``stopwatch`` holds the time of the forward passes only."""
 
     label = arch = source = None
@@ -343,14 +344,15 @@ class BicubicMethod(Method):
         super().__init__(scale, 'cpu')
         self.label = self.arch = arch
 
-    def standard(self, hr, gray=False, rgb=False):
-        """bicubic: its SR image for LPIPS is the same computation on RGB (float64, rounded once), untimed."""
-        if self.arch == 'bicubic':
+    def standard(self, hr, gray=False, rgb=False, lr=None):
+        """bicubic: its SR image for LPIPS is the same computation on RGB (float64, rounded once), untimed. With an
+        LR given (a paired test set) both baselines are bicubic-rgb's: MATLAB bicubic of that uint8 RGB LR."""
+        if self.arch == 'bicubic' and lr is None:
             sr_y, hr_y = bicubic_y(hr.to(self.device), self.scale, self.stopwatch, gray)
             sr_rgb = bicubic_float(modcrop(hr, self.scale), self.scale).to(torch.uint8) if rgb else None
             return sr_y, hr_y, sr_rgb  # sr_rgb: (3, H', W') uint8 or None
         upscaler = TimedUpscaler(BicubicUpscaler(self.scale, self.device), self.stopwatch)
-        return inference.standard_protocol(upscaler, hr, self.scale, gray)
+        return inference.standard_protocol(upscaler, hr, self.scale, gray, lr=lr)
 
     def tutorial(self, lr01):
         with self.stopwatch:
@@ -375,8 +377,8 @@ class ModelMethod(Method):
         if self.device.type != 'cpu':
             self.upscaler.upscale(torch.rand(1, 3, 16, 16, device=self.device))
 
-    def standard(self, hr, gray=False, rgb=False):
-        return inference.standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale, gray)
+    def standard(self, hr, gray=False, rgb=False, lr=None):
+        return inference.standard_protocol(TimedUpscaler(self.upscaler, self.stopwatch), hr, self.scale, gray, lr=lr)
 
     @torch.no_grad()
     def tutorial(self, lr01):
@@ -426,24 +428,49 @@ def report_name(checkpoint, arch):
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_test_sets(args):
-    """[(name, source, image paths)] for --test-folders or the data lists; UserError for empty/missing ones."""
+def resolve_test_sets(args, scale):
+    """[(name, source, items)] for --test-folders or the data lists; an item is an image path, or for a paired test
+    set (a folder with LR/ and HR/, or a list of create_data_lists.py's --paired-test-folders / --degrade-test) the
+    pair (LR path, HR path) at ``scale``. UserError for empty, missing or mismatched ones."""
     sets = []
-    if args.test_folders:
-        for folder in args.test_folders:
-            paths = list_image_files(folder)
-            if not paths:
-                raise UserError(f"{folder}: no image files found (extensions: png, jpg, jpeg, bmp, tif, tiff, webp)")
-            sets.append((dataset_name(folder), folder, paths))
-    else:
-        for name in args.datasets or DEFAULT_DATASETS:
-            sets.append((name, os.path.join(args.data_folder, datasets.test_list_name(name)),
-                         datasets.read_data_list(args.data_folder, 'test', name)))
+    for name, source, paired in test_set_sources(args):
+        if not paired:
+            items = (list_image_files(source) if args.test_folders
+                     else datasets.read_data_list(args.data_folder, 'test', name))
+            if not items:
+                raise UserError(f"{source}: no image files found (extensions: png, jpg, jpeg, bmp, tif, tiff, webp)")
+        elif args.test_folders:
+            items = datasets.match_pairs(source, scale)
+        else:
+            listed, items = datasets.read_pair_list(args.data_folder, 'test', name)
+            if listed != scale:
+                raise UserError(f"{source} lists x{listed} pairs, the model is x{scale}: evaluate it with an "
+                                f"x{listed} model")
+        sets.append((name, source, items))
     names = [name for name, _, _ in sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(f"two test sets are both named {duplicates[0]!r}: their report rows would collide")
     return sets
+
+
+def test_set_sources(args):
+    """[(name, source, paired?)] of --test-folders (a folder with LR/ and HR/ is paired) or of the data lists of
+    --datasets (a name with <name>_test_pairs.json and no image list is paired)."""
+    if args.test_folders:
+        return [(dataset_name(folder), folder, datasets.is_paired_folder(folder)) for folder in args.test_folders]
+    sources = []
+    for name in args.datasets or DEFAULT_DATASETS:
+        images, pairs = (os.path.join(args.data_folder, n) for n in (datasets.test_list_name(name),
+                                                                      datasets.test_pairs_name(name)))
+        paired = not os.path.exists(images) and os.path.exists(pairs)
+        sources.append((name, pairs if paired else images, paired))
+    return sources
+
+
+def has_pairs(test_sets):
+    """Whether any test set of resolve_test_sets is paired (its items are (LR, HR) pairs)."""
+    return any(isinstance(item, tuple) for _, _, items in test_sets for item in items)
 
 
 def min_side(scale, protocols, min_lr_size=1, metrics=DEFAULT_METRICS, lpips_net='alex'):
@@ -467,7 +494,7 @@ def check_size(path, img, scale, protocols, min_lr_size=1, metrics=DEFAULT_METRI
                         f"(needs at least {need} px per side after cropping to a multiple of {scale})")
 
 
-def evaluate_image(method, img, protocols, gray=False, metrics=DEFAULT_METRICS, lpips_net=None, keep=None):
+def evaluate_image(method, img, protocols, gray=False, metrics=DEFAULT_METRICS, lpips_net=None, keep=None, lr=None):
     """Metrics of one PIL RGB image: {'standard_psnr': ..., 'standard_ssim': ..., 'standard_lpips': ...,
     'tutorial_psnr': ..., ...}, those of ``metrics`` that each protocol has (PROTOCOL_METRICS).
 
@@ -475,13 +502,17 @@ def evaluate_image(method, img, protocols, gray=False, metrics=DEFAULT_METRICS, 
     MATLAB scripts); the tutorial protocol always uses the RGB formula, as the tutorial does. lpips_net: the
     LPIPS network (load_lpips) for 'lpips', computed on RGB: the standard protocol's uint8 SR image and the
     mod-cropped HR (a grey file's R = G = B), with the same `scale`-pixel border removed as for PSNR/SSIM.
-    keep: a dict that receives the standard protocol's images (hr, sr_y, hr_y, sr_rgb), for --report html."""
+    keep: a dict that receives the standard protocol's images (hr, sr_y, hr_y, sr_rgb, lr), for --report html.
+    lr: the LR image given (a paired test set), (3, h, w) uint8, instead of the one the standard protocol makes; the
+    tutorial protocol makes its own LR, so it is not measured then."""
+    if lr is not None and 'tutorial' in protocols:
+        raise ValueError("a paired image is measured in the standard protocol only")
     row, scale = {}, method.scale
     if 'standard' in protocols:
         hr = pil_to_tensor(img)  # (3, H, W) uint8
-        sr_y, hr_y, sr_rgb = method.standard(hr, gray, rgb='lpips' in metrics or keep is not None)  # (H', W') luma
+        sr_y, hr_y, sr_rgb = method.standard(hr, gray, rgb='lpips' in metrics or keep is not None, lr=lr)  # luma
         if keep is not None:
-            keep.update(hr=hr, sr_y=sr_y, hr_y=hr_y, sr_rgb=sr_rgb)
+            keep.update(hr=hr, sr_y=sr_y, hr_y=hr_y, sr_rgb=sr_rgb, lr=lr)
         if 'psnr' in metrics:
             row['standard_psnr'] = psnr(sr_y, hr_y, border=scale)
         if 'ssim' in metrics:
@@ -502,20 +533,34 @@ def mean(values):
     return sum(values) / len(values)
 
 
+def given_lr(path, hr_img, scale, max_pixels=None):
+    """The LR image of a pair, (3, h, w) uint8, checked against its HR image (PIL): scale x its size, up to scale - 1
+    px more per side, which the protocol cuts off as it cuts HR images to a multiple of the scale."""
+    lr = load_image(path, max_pixels=max_pixels)
+    if hr_img.width // scale != lr.width or hr_img.height // scale != lr.height:
+        raise UserError(f"{path}: {lr.width}x{lr.height} is not 1/{scale} of its HR image ({hr_img.width}x"
+                        f"{hr_img.height})")
+    return pil_to_tensor(lr)
+
+
 def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=None, metrics=DEFAULT_METRICS,
                      lpips_net=None, lpips_backbone='alex', visual=None):
-    """Evaluate every image; returns {'name', 'source', 'images', <metric>: mean, 'ms_per_image', 'per_image'}.
+    """Evaluate every image (``paths``: image paths, or (LR path, HR path) pairs whose LR is given instead of made);
+    returns {'name', 'source', 'images', <metric>: mean, 'ms_per_image', 'per_image'}.
     max_pixels: the decompression-bomb limit (default PIL's); lpips_net (its backbone name lpips_backbone): the
     LPIPS network for 'lpips' in metrics (load_lpips). visual: report_image for --report html, whose result each
     per-image row keeps as 'visual'."""
     per_image = []
-    for path in paths:
+    for item in paths:
+        lr_path, path = item if isinstance(item, tuple) else (None, item)
         img = load_image(path, max_pixels=max_pixels)
         check_size(path, img, method.scale, protocols, method.min_lr_size, metrics, lpips_backbone)
+        lr = None if lr_path is None else given_lr(lr_path, img, method.scale, max_pixels)
         before = method.stopwatch.seconds
         keep = {} if visual is not None else None
         gray = is_grayscale_file(path)
-        row = evaluate_image(method, img, protocols, gray=gray, metrics=metrics, lpips_net=lpips_net, keep=keep)
+        row = evaluate_image(method, img, protocols, gray=gray, metrics=metrics, lpips_net=lpips_net, keep=keep,
+                             lr=lr)
         ms = 1000. * (method.stopwatch.seconds - before) / len(protocols)
         per_image.append({'image': os.path.basename(path), 'width': img.width, 'height': img.height, **row,
                           'ms': ms})
@@ -675,10 +720,10 @@ def report_image(method, dataset, path, keep, gray):
     (evaluate_image): the papers' bicubic next to the model, the box where the model gains most PSNR over bicubic,
     the HR thumbnail with that box and the crops of bicubic, the model and HR."""
     scale = method.scale
-    bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(keep['hr'], gray, rgb=True)
+    bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(keep['hr'], gray, rgb=True, lr=keep.get('lr'))
     sr_y = keep['sr_y']
     box = reports.best_gain_box(sr_y, bic_y, hr_y, auto_box_side(hr_y), border=scale)
-    hr = hwc(modcrop(keep['hr'], scale))
+    hr = hwc(modcrop(keep['hr'], scale)[:, :hr_y.shape[0], :hr_y.shape[1]])  # the pixels measured
     thumbnail, _ = reports.overview(hr, box, reports.THUMB)
     crops = [(label, reports.png_bytes(Image.fromarray(reports.crop_zoom(img, box, reports.CROP))))
              for label, img in (('bicubic', hwc(bic_rgb)), (method.label, hwc(keep['sr_rgb'])), ('HR', hr))]
@@ -708,8 +753,12 @@ def float64_upscaler(model, scale, name):
 
 
 def figure_images(test_sets, names):
-    """[(dataset, path)] that --figure shows: the images named (file name or stem, in the order given, every test
-    set's match), or every image of the test sets (at most FIGURE_MAX_IMAGES)."""
+    """[(dataset, item)] that --figure shows (item: an image path or an (LR, HR) pair): the images named (file name
+    or stem of the HR image, in the order given, every test set's match), or every image of the test sets (at most
+    FIGURE_MAX_IMAGES)."""
+    def hr_path(item):
+        return item[1] if isinstance(item, tuple) else item
+
     if not names:
         found = [(name, path) for name, _, paths in test_sets for path in paths]
         if len(found) > FIGURE_MAX_IMAGES:
@@ -718,10 +767,11 @@ def figure_images(test_sets, names):
         return found
     found = []
     for wanted in names:
-        matches = [(name, path) for name, _, paths in test_sets for path in paths
-                   if wanted in (os.path.basename(path), os.path.splitext(os.path.basename(path))[0])]
+        matches = [(name, item) for name, _, items in test_sets for item in items
+                   if wanted in (os.path.basename(hr_path(item)), os.path.splitext(os.path.basename(hr_path(item)))[0])]
         if not matches:
-            some = ', '.join(os.path.splitext(os.path.basename(p))[0] for _, _, paths in test_sets for p in paths[:4])
+            some = ', '.join(os.path.splitext(os.path.basename(hr_path(p)))[0] for _, _, items in test_sets
+                             for p in items[:4])
             raise UserError(f"--figure-images {wanted}: no such image in the test sets (there are e.g. {some})")
         found += matches
     return found
@@ -731,8 +781,9 @@ def figure_path(results_dir, labels, scale):
     return os.path.join(results_dir, f"figure_{'_'.join(labels)}_x{scale}.png")
 
 
-def make_figure(args, device, test_sets):
-    """--figure: the papers' comparison figure of every --checkpoint next to bicubic and HR; returns its path."""
+def make_figure(args):
+    """--figure: the papers' comparison figure of every --checkpoint next to bicubic and HR; returns its path. On a
+    paired test set every panel is made from the LR given (bicubic: of that LR)."""
     upscalers, labels, scale = [], [], args.scale
     for path in args.checkpoints:
         loaded = checkpoints.load_sr_model(path, 'cpu', expect_scale=scale, res_scale=args.res_scale,
@@ -742,13 +793,15 @@ def make_figure(args, device, test_sets):
         labels.append(report_name(path, loaded.arch))
         for note in loaded.notes:
             print(f"note: {path}: {note}")
-    rows = []
-    for k, (dataset, path) in enumerate(figure_images(test_sets, args.figure_images)):
+    rows, test_sets = [], resolve_test_sets(args, scale)
+    for k, (dataset, item) in enumerate(figure_images(test_sets, args.figure_images)):
+        lr_path, path = item if isinstance(item, tuple) else (None, item)
         img = load_image(path, max_pixels=args.max_image_pixels)
         check_size(path, img, scale, ('standard',), 2)
+        lr = None if lr_path is None else given_lr(lr_path, img, scale, args.max_image_pixels)
         hr, gray = pil_to_tensor(img), is_grayscale_file(path)
-        bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(hr, gray, rgb=True)
-        outputs = [inference.standard_protocol(up, hr, scale, gray) for up in upscalers]  # (sr_y, hr_y, sr_rgb)
+        bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(hr, gray, rgb=True, lr=lr)
+        outputs = [inference.standard_protocol(up, hr, scale, gray, lr=lr) for up in upscalers]  # (sr_y, hr_y, sr)
         box = args.figure_box[min(k, len(args.figure_box) - 1)] if args.figure_box else \
             reports.best_gain_box(outputs[0][0], bic_y, hr_y, auto_box_side(hr_y), border=scale)
         try:
@@ -758,10 +811,11 @@ def make_figure(args, device, test_sets):
         panels = [(('bicubic', metrics_line(bic_y, hr_y, scale)), hwc(bic_rgb))]
         panels += [((label, metrics_line(sr_y, hr_y, scale)), hwc(sr_rgb))
                    for label, (sr_y, _, sr_rgb) in zip(labels, outputs)]
-        panels.append((('HR', 'ground truth'), hwc(modcrop(hr, scale))))
+        shown = hwc(modcrop(hr, scale)[:, :hr_y.shape[0], :hr_y.shape[1]])  # the pixels measured
+        panels.append((('HR', 'ground truth'), shown))
         name = os.path.splitext(os.path.basename(path))[0]
-        rows.append(reports.FigureRow((f"{name} ({dataset})", f"x{scale}, box {','.join(map(str, box))}"),
-                                      hwc(modcrop(hr, scale)), box, panels))
+        rows.append(reports.FigureRow((f"{name} ({dataset})", f"x{scale}, box {','.join(map(str, box))}"
+                                       + (', LR given' if lr is not None else '')), shown, box, panels))
         print(f"{dataset}/{name}: box {','.join(map(str, box))}; " + '; '.join(
             f"{label} {text}" for (label, text), _ in panels[:-1]))
     image, _ = reports.render_figure(rows)
@@ -791,24 +845,38 @@ def convert_legacy(src, dst):
     return 0
 
 
+def paired_protocols(protocols, asked, test_sets):
+    """The protocols a run measures: ``protocols``, but the standard one alone when a test set is paired (its LR is
+    given; the tutorial protocol makes its own), with a note under --protocol both (the default); UserError under
+    --protocol tutorial."""
+    if not has_pairs(test_sets) or 'tutorial' not in protocols:
+        return protocols
+    if asked == 'tutorial':
+        raise UserError("--protocol tutorial makes the LR from the HR image: paired test sets (their LR given) are "
+                        "measured with --protocol standard")
+    print("note: paired test sets (their LR given) are measured in the standard protocol only")
+    return tuple(p for p in protocols if p != 'tutorial')
+
+
 def main(argv=None):
     args = resolve_args(build_parser(), argv)
     if args.convert_legacy:
         return convert_legacy(*args.convert_legacy)
     check_output_folder(args.results_dir, '--results-dir')
     device = pick_device(args.device)
-    test_sets = resolve_test_sets(args)
     if args.figure:
-        make_figure(args, device, test_sets)
+        make_figure(args)
         return 0
     lpips_net = load_lpips(args, device)
     method = load_method(args, device)
+    test_sets = resolve_test_sets(args, method.scale)
+    protocols = paired_protocols(args.protocols, args.protocol, test_sets)
     meta = {'name': method.label, 'model': method.arch, 'checkpoint': getattr(method, 'checkpoint', None),
-            'scale': method.scale, 'protocols': list(args.protocols), 'metrics': list(args.metrics),
+            'scale': method.scale, 'protocols': list(protocols), 'metrics': list(args.metrics),
             'device': str(method.device), 'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
             'weights': method.source, 'weights_selected': getattr(method, 'selected', None),
-            'notes': list(method.notes), 'lpips': lpips_meta(args)}
-    print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(args.protocols)}; metrics: {', '.join(args.metrics)}",
+            'notes': list(method.notes) + (PAIRED_NOTE if has_pairs(test_sets) else []), 'lpips': lpips_meta(args)}
+    print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(protocols)}; metrics: {', '.join(args.metrics)}",
           flush=True)
     for note in meta['notes']:
         print(f"note: {note}")
@@ -816,10 +884,10 @@ def main(argv=None):
     results = []
     for name, source, paths in test_sets:
         print(f"evaluating {name} ({len(paths)} images)", flush=True)
-        results.append(evaluate_dataset(method, name, paths, args.protocols, source, args.max_image_pixels,
+        results.append(evaluate_dataset(method, name, paths, protocols, source, args.max_image_pixels,
                                         args.metrics, lpips_net, args.lpips_net,
                                         visual=report_image if args.report == 'html' else None))
-    print(console_table(results, args.protocols, args.metrics))
+    print(console_table(results, protocols, args.metrics))
     paths = write_reports(args.results_dir, meta, results, html=args.report == 'html')
     print(f"wrote {', '.join(paths.values())}")
     return 0

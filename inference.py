@@ -540,16 +540,20 @@ class ImageUpscaler:
 # ----------------------------------------------------------------------------------------------
 
 
-def standard_protocol(upscaler, hr, scale, gray=False):
+def standard_protocol(upscaler, hr, scale, gray=False, lr=None):
     """The papers' protocol on one image. hr: (3, H, W) uint8 RGB (a grey file as R = G = B).
 
     HR is mod-cropped (top-left); LR = MATLAB bicubic 1/scale, in uint8; SR = model(LR) rounded to uint8; both
     are reduced to rounded BT.601 luma (Y-channel models: their own Y output, rounded). Grey files (gray=True)
     are their own Y: HR's grey value, and SR's grey value (round(0.299 R + 0.587 G + 0.114 B)).
+    lr: the LR image given instead, (3, h, w) uint8 (a paired test set); HR is then cut to (s h, s w).
     Returns (sr_y, hr_y, sr_rgb_uint8): float64 (H', W') luma with integer values, and the SR image.
     """
-    hr = modcrop(hr, scale)  # (3, H', W'), uint8
-    lr = imresize(hr, 1. / scale)  # (3, H' / s, W' / s), uint8
+    if lr is None:
+        hr = modcrop(hr, scale)  # (3, H', W'), uint8
+        lr = imresize(hr, 1. / scale)  # (3, H' / s, W' / s), uint8
+    else:
+        hr = hr[:, :scale * lr.shape[1], :scale * lr.shape[2]]  # (3, H', W'), the pixels of the given LR
     sr, sr_y = upscaler.upscale(lr.unsqueeze(0).float() / 255.)  # (1, 3, H', W') in [0, 1]
     sr_u8 = to_uint8(sr[0]).cpu()  # (3, H', W')
     if gray:

@@ -151,7 +151,9 @@ def resolve_settings(parser, argv=None):
     except ValueError as e:
         parser.error(f"--vgg19-i {run['vgg19_i']} --vgg19-j {run['vgg19_j']}: {e}")
     run['variant'] = resolve_variant(run['variant'], run['resume'])
-    run['lr_from'] = training.faithful_lr_from(run['faithful'], run['lr_from'])
+    run['lr_from'] = training.resolve_lr_from(run['faithful'], run['lr_from'], run['degradation'], run['paired'])
+    run['degradation'] = run['degradation'] or 'bicubic'
+    training.degradation_of(run['degradation'], run['degradation_opt'])  # an unknown --degradation-opt fails now
     for key, value in RECIPES[run['variant']].items():
         if run[key] is None:
             run[key] = value
@@ -483,6 +485,8 @@ def main(argv=None):
                                                      collate_fn=collate)
         saver = training.CheckpointSaver(settings.checkpoint_path, ctx.dist, keep_best=settings.keep_best)
         spec = models.arch_spec(settings.generator_arch, settings.generator_config)  # how validation feeds it
+        if settings.resume:
+            ctx.log(training.resumed_line(settings.resume, start_epoch, start_step))
 
         def state(epoch, resume_step):
             return {**checkpoint_state(gan, ctx.global_step, settings, speed, epoch, resume_step, best_psnr),

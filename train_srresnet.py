@@ -107,7 +107,9 @@ def resolve_settings(parser, argv=None):
         models.check_scale(arch, scale)
     except ValueError as e:
         parser.error(f"--scale: {e}")
-    run['lr_from'] = training.faithful_lr_from(run['faithful'], run['lr_from'])
+    run['lr_from'] = training.resolve_lr_from(run['faithful'], run['lr_from'], run['degradation'], run['paired'])
+    run['degradation'] = run['degradation'] or 'bicubic'
+    training.degradation_of(run['degradation'], run['degradation_opt'])  # an unknown --degradation-opt fails now
     try:
         recipe = models.train_defaults(arch, scale, run['recipe'])
     except ValueError as e:
@@ -197,7 +199,7 @@ def recipe_line(settings):
     ema = f"EMA {s.ema_decay}{' with warm-up' if s.ema_warmup else ''}" if s.ema_decay else 'no EMA'
     return (f"recipe {s.recipe or 'default'} ({s.arch} x{s.scale}): {s.loss} loss, lr {s.lr} {schedule}, batch "
             f"{s.batch_size}, {s.crop_size}-px HR crops, {s.patches_per_image} per image per epoch, {s.epochs} "
-            f"epochs, LR from each {s.lr_from} ({s.downsample}), {ema}")
+            f"epochs, {training.lr_source_text(s)}, {ema}")
 
 
 def checkpoint_state(trainee, global_step, settings, speed, epoch, resume_step, best_psnr):
@@ -285,6 +287,8 @@ def main(argv=None):
         lr_at = training.step_schedule(settings.lr_schedule, settings.lr, settings.epochs * len(loader),
                                        settings.warmup_steps)
         ctx.log(recipe_line(settings))
+        if settings.resume:
+            ctx.log(training.resumed_line(settings.resume, start_epoch, start_step))
 
         def state(epoch, resume_step):
             return {**checkpoint_state(trainee, ctx.global_step, settings, speed, epoch, resume_step, best_psnr),

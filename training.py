@@ -13,7 +13,7 @@ Here: the process group (DDP under torchrun, DataParallel for --ngpu), speed set
 loader, Ctrl-C / SIGTERM / --max-steps handling, TensorBoard logging, the per-step bookkeeping (one host sync per
 step), the EMA of the weights (--ema-decay), checkpoint saving (latest and best) and resuming, the run's per-epoch
 history and its curves (<run>_curves.png), and the flags both trainers share.
-Imports utils, models, datasets, checkpoints, inference and reports.
+Imports utils, models, datasets, degradations, checkpoints, inference and reports.
 """
 import argparse
 import datetime
@@ -33,6 +33,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 import datasets
+import degradations
 import inference
 import models
 import reports
@@ -236,8 +237,9 @@ def set_lr(optimizer, lr):
 def build_train_dataset(settings, log=print):
     """The training dataset of a run's settings (the data flags of add_training_args, with scale, crop_size and the
     recipe resolved). --faithful: the tutorial's SRDataset (PIL decode and bicubic per patch; lr_from is then
-    'patch', see faithful_lr_from); else the cached PatchDataset, whose LR is made per patch on the device (lr_from
-    'patch') or cut from each image's LR, made once ('image').
+    'patch', see resolve_lr_from); else the cached PatchDataset, whose LR is made per patch on the device (lr_from
+    'patch'), cut from each image's LR, made once ('image'), degraded from each HR crop (--degradation
+    realesrgan / light) or cut from the LR images given (--paired).
 
     Returns (dataset, collate_fn)."""
     s = settings
@@ -247,32 +249,80 @@ def build_train_dataset(settings, log=print):
         return datasets.SRDataset(s.data_folder, 'train', s.crop_size, s.scale, '[0, 1]', '[0, 1]',
                                   downsample=s.downsample, seed=s.seed, max_bad_fraction=s.max_bad_fraction,
                                   repeat=s.patches_per_image), None
+    degradation = degradation_of(s.degradation, s.degradation_opt)
+    made_from_image = s.lr_from == 'image' and degradation is None and not s.paired
     dataset = datasets.PatchDataset(
         s.data_folder, s.crop_size, s.scale, seed=s.seed, patches_per_image=s.patches_per_image,
         crops_per_visit=s.crops_per_visit, hflip=bool(s.hflip), vflip=bool(s.vflip), rot90=bool(s.rot90),
         cache_bytes=None if s.cache_gb is None else int(s.cache_gb * 2 ** 30), max_bad_fraction=s.max_bad_fraction,
         workers=TUTORIAL_WORKERS if s.workers is None else s.workers,
-        lr_method=s.downsample if s.lr_from == 'image' else None, log=log)
+        lr_method=s.downsample if made_from_image else None, paired=s.paired, degradation=degradation, log=log)
     return dataset, datasets.collate_patches
 
 
-def faithful_lr_from(faithful, lr_from):
-    """--lr-from as the trainers resolve it, before the recipe fills what is unset: under --faithful 'patch' (the
-    tutorial's pipeline downscales each patch, whatever the recipe), and 'image' given with it is refused."""
-    if not faithful:
-        return lr_from
-    if lr_from == 'image':
-        raise UserError("--lr-from image: the tutorial's pipeline (--faithful) downscales each patch: drop one of them")
-    return 'patch'
+def degradation_of(preset, overrides):
+    """The degradations.DegradationSettings of --degradation PRESET and its --degradation-opt KEY=VALUE list, or
+    None for 'bicubic' (LR by --downsample); UserError naming the flag for an option it does not have."""
+    if preset in (None, 'bicubic'):
+        if overrides:
+            raise UserError(f"--degradation-opt {overrides[0]}: changes a range of --degradation realesrgan or "
+                            f"light; give one of them")
+        return None
+    try:
+        return degradations.with_overrides(degradations.preset(preset), overrides or [])
+    except ValueError as e:
+        raise UserError(f"--degradation-opt: {e}") from None
+
+
+def lr_source_text(settings):
+    """How a run's LR patches are made, in words for its first line."""
+    s = settings
+    if s.paired:
+        return "LR cropped from the LR images given (--paired)"
+    if s.degradation not in (None, 'bicubic'):
+        changed = f", {len(s.degradation_opt)} range(s) changed" if s.degradation_opt else ''
+        return f"LR by Real-ESRGAN's degradations of each HR crop ({s.degradation}{changed})"
+    return f"LR from each {s.lr_from} ({s.downsample})"
+
+
+def resolve_lr_from(faithful, lr_from, degradation, paired):
+    """--lr-from as the trainers resolve it, before the recipe fills what is unset (None stays None), from the run's
+    --faithful, --lr-from, --degradation and --paired: under --faithful 'patch' (the tutorial's pipeline downscales
+    each patch, whatever the recipe); with a --degradation preset 'patch' (each HR crop is degraded into its LR);
+    with --paired 'image' (LR crops cut from the LR images given). Contradictions are refused in one line."""
+    degraded = degradation not in (None, 'bicubic')
+    if degraded and paired:
+        raise UserError(f"--paired trains on the LR images given, --degradation {degradation} makes them from the HR: "
+                        f"give one of them")
+    if faithful and (degraded or paired):
+        raise UserError(f"--faithful: the tutorial's pipeline makes each LR patch with bicubic: drop it to train with "
+                        f"{'--paired' if paired else '--degradation ' + degradation}")
+    if faithful:
+        if lr_from == 'image':
+            raise UserError("--lr-from image: the tutorial's pipeline (--faithful) downscales each patch: drop one of "
+                            "them")
+        return 'patch'
+    if degraded:
+        if lr_from == 'image':
+            raise UserError(f"--lr-from image: --degradation {degradation} degrades each HR crop into its LR: drop "
+                            f"--lr-from")
+        return 'patch'
+    if paired:
+        if lr_from == 'patch':
+            raise UserError("--lr-from patch: --paired cuts each LR crop from the LR image given: drop --lr-from")
+        return 'image'
+    return lr_from
 
 
 def loader_workers(workers, device, dataset):
-    """--workers, or its default when None: 0 on a CPU when the patches come from the RAM cache (cropping is cheap,
-    and worker processes would take cores from the model: ESPCN on T91 trained 1.4x faster with 0 than with 4 on 2
-    cores), else the tutorial's 4."""
+    """--workers, or its default when None: 0 on a CPU when the patches come from the RAM cache without
+    degradations (cropping is cheap, and worker processes would take cores from the model: ESPCN on T91 trained 1.4x
+    faster with 0 than with 4 on 2 cores), else the tutorial's 4 (degrading a patch costs milliseconds of a core,
+    which workers overlap with the step)."""
     if workers is not None:
         return workers
-    return 0 if device.type == 'cpu' and getattr(dataset, 'buffer', None) is not None else TUTORIAL_WORKERS
+    cheap = getattr(dataset, 'buffer', None) is not None and getattr(dataset, 'degradation', None) is None
+    return 0 if device.type == 'cpu' and cheap else TUTORIAL_WORKERS
 
 
 def ignore_stop_signals(worker_id):
@@ -884,12 +934,13 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 # scheduler states, which a resumed run cannot change: given again with another value, those are refused (Adam's
 # param_groups, restored from the checkpoint, keep its fused or plain kernel).
 RESUMED_FLAGS = ('faithful', 'scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from',
-                 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam', 'ema_decay',
+                 'degradation', 'degradation_opt', 'paired', 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam', 'ema_decay',
                  'ema_warmup', 'data_folder', 'val_folder', 'val_every', 'keep_best', 'runs_dir')
 OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
-# What checkpoints made before a flag existed did, for a flag whose default has changed since: the plain Adam, and
-# LR made per patch.
-RECORDED_BEFORE = {'fused_adam': False, 'lr_from': 'patch'}
+# What checkpoints made before a flag existed did, for a flag whose default has changed since or which changes the
+# data: the plain Adam, LR made per patch by bicubic from HR images.
+RECORDED_BEFORE = {'fused_adam': False, 'lr_from': 'patch', 'degradation': 'bicubic', 'degradation_opt': [],
+                   'paired': False}
 
 
 def flag_name(dest):
@@ -932,7 +983,8 @@ def recorded_settings(ckpt, path, flags, given, keys):
 def restore_training_state(ckpt, path, scaler, ctx):
     """Restore the GradScaler, the RNG states (single process) and the step counter from a checkpoint.
 
-    Returns (start_epoch, start_step, best_psnr); the caller restores models, optimizers and schedulers."""
+    Returns (start_epoch, start_step, best_psnr); the caller restores models, optimizers and schedulers, and says
+    resumed_line once its data is ready."""
     if ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
     if ckpt.get('rng') and ctx.dist.world_size == 1:
@@ -940,8 +992,13 @@ def restore_training_state(ckpt, path, scaler, ctx):
     ctx.global_step = ckpt.get('step', 0)
     ctx.restore_history(ckpt)
     start_epoch, start_step = ckpt['epoch'] + 1, ckpt.get('resume_step', 0)
-    ctx.log(f"resumed {path}: epoch {start_epoch}" + (f", step {start_step}" if start_step else ''))
     return start_epoch, start_step, ckpt.get('best_psnr')
+
+
+def resumed_line(path, start_epoch, start_step):
+    """What a resumed run says once everything it needs is ready (validation images, data, loader): printed earlier,
+    a run that then fails would have claimed a resume that never happened."""
+    return f"resumed {path}: epoch {start_epoch}" + (f", step {start_step}" if start_step else '')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -970,6 +1027,16 @@ def add_training_args(parser, archs=None):
                    help="'patch': each HR crop is downscaled (the tutorial); 'image': each whole training image is "
                         "downscaled once, as the test sets are, and aligned LR / HR crops are cut from the pair "
                         "(BasicSR's paired crops; not with --faithful); default: the arch recipe")
+    g.add_argument('--degradation', choices=('bicubic',) + tuple(sorted(degradations.PRESETS)),
+                   help="how the LR of a training patch is made: 'bicubic' (by --downsample, the tutorial), or "
+                        "Real-ESRGAN's second-order degradations of each HR crop (blur, resize, noise, JPEG; "
+                        "'realesrgan': the published ranges, 'light': milder; see docs/real-photos.md), for photos; "
+                        "default: bicubic")
+    g.add_argument('--degradation-opt', action='append', metavar='KEY=VALUE',
+                   help='change one range of --degradation, e.g. second.jpeg_range=50,95 (repeatable)')
+    g.add_argument('--paired', action='store_true',
+                   help='train on the LR / HR pairs of DATA_FOLDER/train_pairs.json (written by create_data_lists.py '
+                        'for paired training folders): aligned crops of the LR images given')
     g.add_argument('--patches-per-image', type=positive_int,
                    help='random crops taken from each image per epoch; default: the arch recipe (srresnet 1, as '
                         'the tutorial)')

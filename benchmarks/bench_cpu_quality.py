@@ -72,26 +72,29 @@ def train(command, t0):
         sys.exit(f"train_srresnet.py failed: {(err.strip().splitlines() or ['?'])[-1]}")
 
 
-def evaluate(ckpt, folders, work, weights='ema'):
-    """{protocol: {test set: (PSNR, SSIM)}} of ``ckpt`` in both protocols, from eval.py's JSON table (full
-    precision; ``weights``: a checkpoint's EMA weights, eval.py's default, or its raw ones)."""
-    out = os.path.join(work, f"eval_{weights}")
-    sh('eval.py', '--checkpoint', ckpt, '--test-folders', *folders, '--protocol', 'both', '--weights', weights,
-       '--results-dir', out, '--device', 'cpu')
+def evaluate(ckpt, folders, work, weights='ema', protocols=('standard', 'tutorial'), label=None):
+    """{protocol: {test set: (PSNR, SSIM)}} of ``ckpt`` in ``protocols`` (both by default), from eval.py's JSON table
+    (full precision; ``weights``: a checkpoint's EMA weights, eval.py's default, its raw ones, or None for whatever
+    eval.py picks; ``label``: the name of its eval folder under ``work``, default eval_<weights>)."""
+    out = os.path.join(work, label or f"eval_{weights}")
+    protocol = 'both' if len(protocols) == 2 else protocols[0]
+    sh('eval.py', '--checkpoint', ckpt, '--test-folders', *folders, '--protocol', protocol,
+       *(['--weights', weights] if weights else []), '--results-dir', out, '--device', 'cpu')
     (table,) = [name for name in os.listdir(out) if name.endswith('.json')]
     with open(os.path.join(out, table)) as f:
         rows = json.load(f)['datasets']
     return {protocol: {row['name']: (row[f"{protocol}_psnr"], row[f"{protocol}_ssim"]) for row in rows}
-            for protocol in ('standard', 'tutorial')}
+            for protocol in protocols}
 
 
 SHIP_DROPPED = ('optimizer', 'scheduler', 'scaler', 'rng', 'model_ema', 'ema_n_averaged')  # resume-only state
 
 
-def ship(src, dst, arch, data_folder):
+def ship(src, dst, arch, data_folder, label=None):
     """Copy a trained checkpoint for the repository: the paths it records become the documented command's. A run
     with an EMA ships its EMA weights as 'model' (what eval.py and test.py would pick anyway) and none of the
-    resume-only state: the tutorial's SRResNet is then ~6 MB instead of 25."""
+    resume-only state: the tutorial's SRResNet is then ~6 MB instead of 25. ``label``: the model's name in output file
+    names when not its architecture's."""
     ckpt = load_checkpoint(src)
     if ckpt.get('model_ema') is not None:
         ckpt['model'] = ckpt['model_ema']
@@ -99,6 +102,8 @@ def ship(src, dst, arch, data_folder):
                          f"{', with warm-up' if ckpt.get('ema_warmup') else ''}), shipped as the model"]
     for key in SHIP_DROPPED:
         ckpt.pop(key, None)
+    if label:  # its own name in test.py's output names (srresnet_real next to the shipped srresnet)
+        ckpt['label'] = label
     ckpt['args'].update(data_folder=data_folder, results_dir='results', runs_dir='runs', resume=None,
                         val_folder='data/Set5' if ckpt['args'].get('val_folder') else None,
                         checkpoint_path=os.path.join('results', f"checkpoint_{arch}.pth"))

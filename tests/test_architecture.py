@@ -21,7 +21,7 @@ LAYERS = {
     'checkpoints': {'utils', 'models'},
     'inference': {'utils', 'models', 'checkpoints'},
     'video': {'utils'},
-    'training': {'utils', 'models', 'datasets', 'checkpoints', 'inference', 'reports'},
+    'training': {'utils', 'models', 'datasets', 'degradations', 'checkpoints', 'inference', 'reports'},
 }
 LIBRARY = set(LAYERS)
 

@@ -333,3 +333,25 @@ def test_every_setting_is_in_the_docs_page():
     from conftest import REPO_ROOT
     page = (REPO_ROOT / 'docs' / 'real-photos.md').read_text(encoding='utf-8')
     assert [k for k in d.setting_names() if f"`{k}`" not in page] == []
+
+
+def test_clean_prob_gives_the_papers_bicubic_lr_that_often_and_leaves_the_streams_alone_at_zero():
+    from utils import imresize
+    hr = hr_patch(96)
+    # MATLAB bicubic of the image in [0, 1], rounded once to 8 bits
+    clean = np.clip(np.rint(imresize(torch.from_numpy(hr).double() / 255, 1 / 4).numpy() * 255), 0, 255)
+    always = d.with_overrides(d.LIGHT, ['clean_prob=1'])
+    record = {}
+    lr = d.degrade(hr, 4, always, d.patch_rng(0, 0, 5), record)
+    assert record == {'clean': True} and lr.dtype == np.uint8 and np.array_equal(lr, clean)
+    half = d.with_overrides(d.LIGHT, ['clean_prob=0.5'])
+    drawn = [d.degrade(hr, 4, half, d.patch_rng(0, 0, k)) for k in range(200)]
+    n_clean = sum(np.array_equal(x, clean) for x in drawn)
+    assert 70 <= n_clean <= 130  # binomial(200, 1/2): 4.2 standard deviations either side
+    # 0 draws nothing: the published model's streams (and the degraded test sets' bytes) stay as they were. A tiny
+    # clean_prob draws one number (never below it) and so shifts every later draw: if 0 drew too, they would agree.
+    tiny = d.with_overrides(d.LIGHT, ['clean_prob=1e-300'])
+    assert d.degrade(hr, 4, tiny, d.patch_rng(1, 2, 3)).tobytes() != \
+        d.degrade(hr, 4, d.LIGHT, d.patch_rng(1, 2, 3)).tobytes()
+    with pytest.raises(ValueError, match='clean_prob is a probability'):
+        d.with_overrides(d.LIGHT, ['clean_prob=1.5'])

@@ -44,7 +44,7 @@ def test_test_py_without_a_checkpoint_uses_the_shipped_model_then_your_own(tmp_p
     result = run_script('test.py', '--image', 'photo.png', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert re.search(r"checkpoint: .*srresnet_x4_291\.pth \(the shipped SRResNet x4", result.stdout), result.stdout
-    out = Image.open(tmp_path / 'results' / 'photo_srresnet.png')
+    out = Image.open(tmp_path / 'results' / 'photo_x4_srresnet.png')
     assert out.size == (128, 128)
     own = models.SRResNet(n_blocks=2, n_channels=8)  # a user's SRResNet x4 (tiny here)
     (tmp_path / 'results' / 'checkpoint_srresnet.pth').parent.mkdir(exist_ok=True)
@@ -55,7 +55,7 @@ def test_test_py_without_a_checkpoint_uses_the_shipped_model_then_your_own(tmp_p
     assert result.returncode == 0, result.stderr
     assert 'checkpoint: results/checkpoint_srresnet.pth (your own SRResNet' in result.stdout, result.stdout
     shipped_pixels = np.asarray(out)
-    assert not np.array_equal(np.asarray(Image.open(tmp_path / 'mine' / 'photo_srresnet.png')), shipped_pixels)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / 'mine' / 'photo_x4_srresnet.png')), shipped_pixels)
 
 
 def test_eval_py_defaults_to_your_own_then_the_shipped_model(tmp_path, monkeypatch, capsys):
@@ -117,3 +117,39 @@ def test_the_shipped_model_scores_what_the_docs_say_on_set5():
         assert abs(result[f'{protocol}_psnr'] - float(psnr)) <= 0.005, (protocol, result[f'{protocol}_psnr'])
         assert abs(result[f'{protocol}_ssim'] - float(ssim)) <= 0.00005, (protocol, result[f'{protocol}_ssim'])
     assert float(documented['standard', 'Set5'][0]) > 28.42 + 2  # far above bicubic's 28.42
+
+
+REAL = REPO_ROOT / 'results' / 'srresnet_x4_real.pth'
+
+
+def documented_real_row(model):
+    """docs/real-photos.md's row of ``model`` (a shipped file name): {column: (PSNR, SSIM)}."""
+    line = next(line for line in doc_text('real-photos.md').splitlines()
+                if line.startswith('| ') and f"`results/{model}`" in line)
+    cells = [c.strip() for c in line.strip('|').split('|')][1:]
+    columns = ('degraded Set5', 'degraded Set14', 'degraded BSD100', 'Set5', 'Set14', 'BSD100')
+    return {name: tuple(float(v) for v in cell.split(' / ')) for name, cell in zip(columns, cells)}
+
+
+def test_the_real_photo_model_is_the_same_network_fine_tuned_on_degradations_with_its_own_name():
+    ckpt = checkpoints.load_checkpoint(str(REAL))
+    assert ckpt['arch'] == 'srresnet' and ckpt['model_config'] == models.model_config('srresnet', 4)
+    assert ckpt['model'].keys() == models.SRResNet().state_dict().keys() and ckpt['label'] == 'srresnet_real'
+    args = ckpt['args']
+    assert args['degradation'] == 'light' and args['degradation_opt'] == ['clean_prob=0.3']
+    assert args['init_from'] == 'results/srresnet_x4_291.pth' and args['data_folder'] == 'data/291'
+    assert not any('/work' in str(v) or '/tmp' in str(v) for v in args.values())  # no machine paths shipped
+    assert not {'optimizer', 'model_ema', 'rng'} & set(ckpt) and REAL.stat().st_size < 7 * 2 ** 20
+    assert checkpoints.load_sr_model(str(REAL)).label == 'srresnet_real'  # its outputs: <stem>_x4_srresnet_real.png
+    assert checkpoints.shipped_model('photo') == str(REAL) and checkpoints.shipped_model('clean') == str(SHIPPED)
+
+
+@requires_shared_data
+def test_the_real_photo_model_scores_what_the_docs_say_on_clean_set5():
+    method = eval_script.ModelMethod(checkpoints.load_sr_model(str(REAL), 'cpu'), 'cpu')
+    result = eval_script.evaluate_dataset(method, 'Set5', list_image_files(str(SHARED_DATA / 'Set5')),
+                                          ('standard',))
+    psnr, ssim = documented_real_row('srresnet_x4_real.pth')['Set5']
+    assert abs(result['standard_psnr'] - psnr) <= 0.005 and abs(result['standard_ssim'] - ssim) <= 0.00005, result
+    clean = documented_real_row('srresnet_x4_291.pth')['Set5']
+    assert clean == (31.28, 0.8815) and clean[0] - psnr <= 1.5  # within 1.5 dB of the bicubic-trained model
