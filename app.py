@@ -13,7 +13,9 @@ browser's system fonts), no share link unless --share; it works with no network 
 inference.Upscaler's (tiles within the memory budget, self-ensemble, precision), as in test.py; the page runs one
 job at a time per model (other users' jobs on that model wait, jobs on other models run alongside, up to
 --max-jobs), and every browser tab is its own session: its files live in a private temporary folder, deleted when
-the tab closes and when the server stops.
+the tab closes and when the server stops. Everything the server writes, Gradio's copies of the uploads included
+(GRADIO_TEMP_DIR is set to it), lives in one work folder (sr_app_* under the system's temporary folder), removed
+when the server stops on Ctrl-C, SIGTERM or SIGHUP.
 
 Bad input gets a one-line message in the page (never a stack trace): a file that is not an image, an image over
 --max-pixels, an upload over --max-file-size (refused by the browser and by the server), a checkpoint that does
@@ -48,7 +50,8 @@ from utils import (IMAGE_EXTENSIONS, UserError, bicubic_upscale, load_image, mak
 
 BICUBIC = 'bicubic'
 # Listed first, in this order; the first one found is the default: the user's own SRResNet, then the shipped models
-SHIPPED = ('checkpoint_srresnet.pth', 'srresnet_x4_291.pth', 'espcn_x3_t91.pth', 'srcnn_x3_t91.pth')
+SHIPPED = ('checkpoint_srresnet.pth', 'srresnet_x4_291.pth', 'srresnet_x4_real.pth', 'espcn_x3_t91.pth',
+           'srcnn_x3_t91.pth')
 SCALES = (2, 3, 4, 8)
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 PREVIEW_MAX_SIDE = 2048  # the slider's images are scaled down to this; the downloads are full size
@@ -265,7 +268,8 @@ class SRService:
         params = models.count_parameters(loaded.network)
         colour = 'RGB' if loaded.spec.color == 'rgb' else 'Y channel (Cb/Cr by bicubic)'
         text = f"{loaded.label} x{loaded.scale}, {params:,} parameters, {colour}, on {self.settings.device}"
-        return text, loaded.scale
+        hint = checkpoints.shipped_hint(model)
+        return (f"{text}. The shipped {hint}." if hint else text), loaded.scale
 
     def lock(self, model):
         """The lock that lets one job at a time run on ``model``."""
@@ -319,7 +323,7 @@ class SRService:
                     def on_tile(done, total, k=k, name=name):
                         progress((k + done / total) / len(images), f"{name}: tile {done}/{total}")
 
-                    out_stem = os.path.join(folder, f"{stem}_{label}")
+                    out_stem = os.path.join(folder, f"{stem}_x{scale}_{label}")
                     results.append(upscale_image(upscaler, img, scale, name, out_stem, on_tile))
                 seconds = timer() - start
             finally:
@@ -472,11 +476,20 @@ def build_app(service, default_model):
 def launch_options(args, max_file_size):
     """Keywords for gr.Blocks.launch: this machine only unless --host, no share link unless --share, no error
     details, the upload limit, nothing that phones home or loads from outside (system fonts, no footer links to
-    the API page or settings, no run history, no monitoring, no server-side rendering, no PWA, no MCP)."""
+    the API page or settings, no run history, no monitoring, no server-side rendering, no PWA, no MCP), and
+    Gradio's own start-up lines quiet (serving_line says it instead)."""
     theme = gr.themes.Default(font=SYSTEM_FONTS[0], font_mono=SYSTEM_FONTS[1])
     return dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
                 max_file_size=max_file_size, footer_links=[], run_history=False, enable_monitoring=False,
-                ssr_mode=False, pwa=False, mcp_server=False, inbrowser=False, theme=theme)
+                ssr_mode=False, pwa=False, mcp_server=False, inbrowser=False, theme=theme, quiet=True)
+
+
+def serving_line(local_url, share_url):
+    """What the log says once the page is served, in this script's terms (Gradio's own lines, quiet here, name its
+    launch() arguments: 'set `share=True` in `launch()`' where the flag is --share)."""
+    public = f"; public link (through Gradio's servers): {share_url}" if share_url else \
+        "; no public link (--share makes one, through Gradio's servers)"
+    return f"serving on {local_url}{public}; Ctrl-C stops it and deletes every session's files"
 
 
 def offline_environment():
@@ -489,6 +502,17 @@ def offline_environment():
         os.environ[var] = ','.join(filter(None, [os.environ.get(var), '127.0.0.1', 'localhost']))
 
 
+def keep_gradio_files_in(folder):
+    """Point every folder Gradio writes to at ``folder`` (inside the server's work folder, which goes at stop): its
+    uploads and cache of served files (GRADIO_TEMP_DIR, read when the page is built and launched) and the folders its
+    routes make at launch from the same variable as it was when gradio was imported (routes.DEFAULT_TEMP_DIR:
+    'vibe_edit_history'), which would otherwise stay in the shared temporary folder after the server has gone."""
+    os.environ['GRADIO_TEMP_DIR'] = folder
+    for module in (gr.routes, gr.route_utils):
+        if hasattr(module, 'DEFAULT_TEMP_DIR'):
+            module.DEFAULT_TEMP_DIR = folder
+
+
 def main():
     args = build_parser().parse_args()
     try:
@@ -498,7 +522,9 @@ def main():
     offline_environment()
     work_root = tempfile.mkdtemp(prefix='sr_app_')
     atexit.register(shutil.rmtree, work_root, ignore_errors=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ends like Ctrl-C, so the files go (atexit)
+    keep_gradio_files_in(os.path.join(work_root, 'gradio'))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(0))  # ends like Ctrl-C, so the files go (atexit)
     settings = Settings(pick_device(args.device), args.checkpoint_dir, args.max_pixels, is_loopback(args.host),
                         work_root)
     service = SRService(settings)
@@ -510,7 +536,9 @@ def main():
           f"{default_model_line(default)}", flush=True)
     demo = build_app(service, default)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=args.max_jobs)
-    demo.launch(**launch_options(args, max_file_size))
+    demo.launch(**launch_options(args, max_file_size), prevent_thread_lock=True)
+    print(serving_line(demo.local_url, demo.share_url), flush=True)
+    demo.block_thread()  # until Ctrl-C (Gradio then closes the server) or SIGTERM / SIGHUP
 
 
 if __name__ == '__main__':

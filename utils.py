@@ -50,12 +50,14 @@ class Interrupted(UserError):
 
 
 def run_cli(main):
-    """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2.
+    """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2; an exception that ends another
+    thread is one line (thread_failure_line).
 
     Garbage left in reference cycles is collected before returning, while the interpreter is whole: a DDP wrapper
     lives in such a cycle, and freed only during interpreter shutdown its process group's C++ threads would be torn
     down by a half-finalised interpreter (the reported 'terminate called without an active exception' at exit)."""
-    previous = catch_stop_signals()
+    previous, previous_hook = catch_stop_signals(), threading.excepthook
+    threading.excepthook = thread_failure_line
     try:
         return main()
     except UserError as e:
@@ -69,7 +71,20 @@ def run_cli(main):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        threading.excepthook = previous_hook
         gc.collect()
+
+
+def thread_failure_line(hook_args):
+    """threading.excepthook of the scripts: an exception that ends a library's thread is one line on stderr, not
+    Python's traceback. A thread that keeps its exception for its owner (TensorBoard's event writer thread stores it
+    as ``.exception`` and raises it again on the next write, where the suite says its own line) prints nothing."""
+    thread, exc = hook_args.thread, hook_args.exc_value
+    if hook_args.exc_type is SystemExit or (thread is not None and getattr(thread, 'exception', None) is exc):
+        return
+    name = thread.name if thread is not None else 'a background thread'
+    print(f"warning: {name} stopped: {hook_args.exc_type.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+          .rstrip(': '), file=sys.stderr)
 
 
 class StopSignal(KeyboardInterrupt):

@@ -3,12 +3,17 @@ ESPCN and bicubic (pixels checked against inference.Upscaler and utils.imresize 
 time per model, per-session folders, page messages, and the offline launch settings. The page itself, in a real
 browser: tests/test_app_browser.py.
 """
+import json
 import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+import types
+import urllib.request
 
 import gradio as gr
 import numpy as np
@@ -58,6 +63,10 @@ def no_progress(fraction, text):
     pass
 
 
+def no_progress_kw(fraction, desc=None):
+    pass
+
+
 # ----------------------------------------------------------------------------------------------
 # What the page offers, and input checks
 # ----------------------------------------------------------------------------------------------
@@ -75,7 +84,7 @@ def test_checkpoints_offered_shipped_first_then_sorted_then_bicubic(tmp_path):
     assert 'your own' in app.default_model_line(found[0]) and 'shipped' in app.default_model_line(found[1])
     assert app.model_choices(found, str(tmp_path))[-1] == ('bicubic (no model)', app.BICUBIC)
     assert app.find_checkpoints(str(tmp_path / 'missing')) == []
-    shipped = app.find_checkpoints(os.path.join(REPO, 'results'))[:3]
+    shipped = app.find_checkpoints(os.path.join(REPO, 'results'))[:len(app.SHIPPED) - 1]
     assert [os.path.basename(p) for p in shipped] == list(app.SHIPPED[1:])  # the repository has no user checkpoint
 
 
@@ -126,7 +135,7 @@ def test_job_with_the_shipped_espcn_gives_upscalers_pixels(service, tmp_path):
     src = photo(tmp_path / 'cat.png', 40, 30)
     results, text = service.job([src], ESPCN, '', 4, False, 'fp32', 'auto', 'session-a', no_progress)
     (r,) = results
-    assert r.in_size == (40, 30) and r.out_size == (120, 90) and os.path.basename(r.png) == 'cat_espcn.png'
+    assert r.in_size == (40, 30) and r.out_size == (120, 90) and os.path.basename(r.png) == 'cat_x3_espcn.png'
     assert 'with espcn x3, fp32 on cpu' in text and 'cat.png: 40x30 -> 120x90 in ' in text
     loaded = checkpoints.load_sr_model(ESPCN)
     upscaler = inference.Upscaler(loaded.network, loaded.spec, 3, 'cpu', fuse=True, channels_last=True)
@@ -192,7 +201,7 @@ def test_published_weights_on_the_page_give_test_pys_pixels(service, script, mon
     code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', path, '--image', src, '--output-dir',
                             tmp_path / 'cli', '--device', 'cpu', '--precision', 'fp32')
     assert code == 0, err
-    page, cli = np.asarray(read(r.png)), np.asarray(read(tmp_path / 'cli' / f"glass_{label}.png"))
+    page, cli = np.asarray(read(r.png)), np.asarray(read(tmp_path / 'cli' / f"glass_x{scale}_{label}.png"))
     assert page.shape == cli.shape == (14 * scale, 20 * scale, 4) and np.array_equal(page, cli)
     rgba = torch.from_numpy(np.array(read(src))).permute(2, 0, 1)  # (4, h, w) uint8
     assert np.array_equal(page[..., 3], utils.imresize(rgba[3:], scale)[0].numpy())  # the alpha: MATLAB bicubic
@@ -207,7 +216,7 @@ def test_bicubic_job_keeps_alpha_and_equals_imresize(service, tmp_path):
     src = photo(tmp_path / 'glass.png', 12, 10, 'RGBA', seed=1)
     (r,), text = service.job([src], app.BICUBIC, '', 2, True, 'fp32', 'auto', 'session-a', no_progress)
     out = read(r.png)
-    assert out.mode == 'RGBA' and out.size == (24, 20) and os.path.basename(r.png) == 'glass_bicubic.png'
+    assert out.mode == 'RGBA' and out.size == (24, 20) and os.path.basename(r.png) == 'glass_x2_bicubic.png'
     expected = utils.imresize(torch.from_numpy(np.array(read(src))).permute(2, 0, 1), 2).permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(out), expected)
     assert 'with bicubic x2 on cpu' in text
@@ -218,8 +227,8 @@ def test_several_images_same_stem_and_large_output_previews(service, tmp_path, m
     (tmp_path / 'd').mkdir()
     files = [photo(tmp_path / 'p.png', 30, 20), photo(tmp_path / 'p.jpg', 16, 16), photo(tmp_path / 'd' / 'p.png', 8, 8)]
     results, text = service.job(files, app.BICUBIC, '', 3, False, 'fp32', 'auto', 's', no_progress)
-    assert [os.path.basename(r.png) for r in results] == ['p_png_bicubic.png', 'p_jpg_bicubic.png',
-                                                          'p_png_2_bicubic.png']
+    assert [os.path.basename(r.png) for r in results] == ['p_png_x3_bicubic.png', 'p_jpg_x3_bicubic.png',
+                                                          'p_png_2_x3_bicubic.png']
     assert text.count(' -> ') == 3 and 'p.jpg: 16x16 -> 48x48' in text
     big = results[0]
     assert read(big.png).size == (90, 60) and read(big.after).size == read(big.before).size == (64, 43)
@@ -318,6 +327,27 @@ def test_sessions_have_their_own_folders(service, tmp_path, monkeypatch):
     assert service.session_folder('../../etc') == os.path.join(service.settings.work_root, 'etc')
 
 
+def test_each_tab_of_the_page_keeps_its_own_session_folder(service, tmp_path):
+    """The page's own handlers, called as Gradio calls them (one gr.Request per browser tab): each tab's results
+    live in the folder of its session; a tab's next job or its closing never removes another tab's files."""
+    demo = app.build_app(service, ESPCN)
+    handlers = {f.fn.__name__: f.fn for f in demo.fns.values() if getattr(f, 'fn', None) is not None}
+    upscale, cleanup = handlers['upscale'], handlers['cleanup']
+    src = photo(tmp_path / 'a.png', 8, 8)
+    tab_a, tab_b = types.SimpleNamespace(session_hash='tabA'), types.SimpleNamespace(session_hash='tabB')
+
+    def run(tab):
+        (png,) = upscale([src], app.BICUBIC, '', 2, False, 'fp32', 'auto', tab, progress=no_progress_kw)[2]
+        return png
+    a1, b1 = run(tab_a), run(tab_b)
+    assert a1.startswith(os.path.join(service.settings.work_root, 'tabA') + os.sep)
+    assert b1.startswith(os.path.join(service.settings.work_root, 'tabB') + os.sep)
+    a2 = run(tab_a)  # tab A's next job replaces tab A's results only
+    assert not os.path.exists(a1) and os.path.exists(a2) and os.path.exists(b1)
+    cleanup(tab_a)  # tab A closed
+    assert not os.path.exists(a2) and os.path.exists(b1)
+
+
 # ----------------------------------------------------------------------------------------------
 # The page's messages and the offline settings
 # ----------------------------------------------------------------------------------------------
@@ -409,3 +439,42 @@ def test_checkpoint_preselects_a_file_the_page_offers(tmp_path):
         app.preselected(offered, str(outside), str(tmp_path))
     with pytest.raises(UserError, match='no such file'):
         app.preselected(offered, str(tmp_path / 'missing.pth'), str(tmp_path))
+
+
+@pytest.mark.parametrize('stop', [signal.SIGINT, signal.SIGTERM])
+def test_uploads_live_in_the_servers_work_folder_and_go_when_it_stops(tmp_path, stop):
+    """Gradio's copy of an upload is under the server's own work folder (not Gradio's shared temporary folder, even
+    when GRADIO_TEMP_DIR names one), and Ctrl-C or SIGTERM removes it with the rest; the log names --share."""
+    system_tmp, elsewhere = tmp_path / 'tmp', tmp_path / 'gradio_shared'
+    system_tmp.mkdir()
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONUNBUFFERED='1', TMPDIR=str(system_tmp), GRADIO_TEMP_DIR=str(elsewhere))
+    log = open(tmp_path / 'server.log', 'w+')
+    proc = subprocess.Popen([sys.executable, 'app.py', '--port', str(port), '--device', 'cpu', '--checkpoint-dir',
+                             str(tmp_path / 'none')], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while 'serving on' not in (tmp_path / 'server.log').read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / 'server.log').read_text()
+            time.sleep(0.25)
+        body = (b'--B\r\nContent-Disposition: form-data; name="files"; filename="private.png"\r\n'
+                b'Content-Type: image/png\r\n\r\n' + b'not really a png' + b'\r\n--B--\r\n')
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/gradio_api/upload", data=body, method='POST',
+                                         headers={'Content-Type': 'multipart/form-data; boundary=B'})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            (uploaded,) = json.loads(r.read())
+        (work,) = system_tmp.glob('sr_app_*')
+        assert os.path.commonpath([uploaded, str(work)]) == str(work) and os.path.isfile(uploaded)
+        assert not elsewhere.exists()
+        proc.send_signal(stop)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / 'server.log').read_text()
+    assert not os.path.exists(uploaded) and not list(system_tmp.glob('sr_app_*')), text
+    assert '--share' in text and 'share=True' not in text and 'Traceback' not in text, text

@@ -281,7 +281,7 @@ def test_set5_image_with_the_shipped_espcn_and_nothing_leaves_this_machine(brows
     assert 'with espcn x3' in text and 'butterfly.png: 256x256 -> 768x768' in text, text
     wait(browser, lambda d: len(slider_sizes(d)) == 2, 'the slider images')
     assert slider_sizes(browser) == [[768, 768], [768, 768]]  # bicubic and SR, as the browser shows them
-    sr = download(browser, 'butterfly_espcn.png', tmp_path)
+    sr = download(browser, 'butterfly_x3_espcn.png', tmp_path)
     assert sr.size == (768, 768) and sr.mode == 'RGB'
     loaded = checkpoints.load_sr_model(os.path.join(REPO, 'results', 'espcn_x3_t91.pth'))
     # the page's default precision is auto: the same pick as here, on the same machine (and said in the page)
@@ -378,12 +378,12 @@ def test_progress_while_tiles_run_and_two_users_at_once(browser, server, tmp_pat
         browser.switch_to.window(first)
     assert 'waiting: espcn is busy with another job' in busy[0], busy
     assert 'second.png: 30x20 -> 90x60' in text and 'first.png' not in text, text
-    assert downloads == ['second_espcn.png'], downloads
+    assert downloads == ['second_x3_espcn.png'], downloads
     first_text = wait(browser, lambda d: 'first.png' in report(d) and report(d), 'the first result')
     assert 'first.png: 600x500 -> 1800x1500' in first_text and 'second' not in first_text, first_text
     assert 'self-ensemble' in first_text, first_text
     assert [a.get_attribute('download') for a in browser.find_elements(By.CSS_SELECTOR, '#downloads a[download]')] \
-        == ['first_espcn.png']
+        == ['first_x3_espcn.png']
 
 
 def progress_texts(driver):
@@ -414,8 +414,8 @@ def test_drag_and_drop_and_two_images_at_once(browser, server, tmp_path):
     browser.find_element(By.CSS_SELECTOR, '#scale li[data-testid=dropdown-option][aria-label="2"]').click()
     text = run(browser, 'b.png')
     assert 'a.png: 24x18 -> 48x36' in text and 'b.png: 16x30 -> 32x60' in text, text
-    assert download(browser, 'a_bicubic.png', tmp_path).size == (48, 36)
-    assert download(browser, 'b_bicubic.png', tmp_path).size == (32, 60)
+    assert download(browser, 'a_x2_bicubic.png', tmp_path).size == (48, 36)
+    assert download(browser, 'b_x2_bicubic.png', tmp_path).size == (32, 60)
     wait(browser, lambda d: slider_sizes(d) == [[48, 36], [48, 36]], 'the first image in the slider')
     browser.find_element(By.CSS_SELECTOR, '#picker input').click()
     browser.find_element(By.CSS_SELECTOR, '#picker li[data-testid=dropdown-option][aria-label="b.png"]').click()

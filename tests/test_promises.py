@@ -3,6 +3,7 @@ continues the run that was, data, validation and best-keeping included, and a ru
 alive."""
 import ast
 import re
+import shutil
 
 import pytest
 
@@ -62,3 +63,22 @@ def test_without_a_terminal_a_long_epoch_prints_progress_lines(tmp_path, tiny_da
                                       r"epoch ETA [\d.]+ min", line) for line in lines), lines
     quiet = run_script('train_srresnet.py', *common, '--restart', '--progress-every', 0)
     assert quiet.returncode == 0 and 'progress: ' not in quiet.stdout
+
+
+def test_nothing_is_said_resumed_before_the_resume_is_known_to_work(tmp_path, tiny_dataset):
+    """A resumed run whose data list has gone stops in one line and has not claimed 'resumed' first."""
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_dataset['data'], data)
+    model = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--device', 'cpu']
+    first = run_script('train_srresnet.py', '--data-folder', data, '--epochs', 1, *model, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (data / 'train_images.json').unlink()
+    failed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
+    assert failed.returncode == 2 and 'train_images.json' in failed.stderr, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and 'resumed' not in failed.stdout
+    resumed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', '--data-folder',
+                         tiny_dataset['data'], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith('resumed ')]
+    assert len(said) == 1 and lines[said[0]].endswith('epoch 2') and 'epoch 2/2' in ' '.join(lines[said[0]:])

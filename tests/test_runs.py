@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -64,6 +65,22 @@ def test_resume_after_an_epochs_partial_last_batch_is_exact(tmp_path, five_image
     assert (b['epoch'], b['step']) == (2, 6)
     assert a['model'].keys() == b['model'].keys()
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+
+
+def test_resume_continues_the_epoch_schedule_where_it_was(tmp_path, five_images):
+    """--lr-schedule step, milestone at epoch 2: stopped inside epoch 2 (after one finished epoch) and resumed, the
+    scheduler goes on from its saved position, so the rate is halved after epoch 2 as in a run in one go (a
+    scheduler restarted at 0 would halve it after epoch 3 only)."""
+    flags = ['--epochs', 3, '--lr', 1e-3, '--lr-schedule', 'step', '--lr-milestones', 2, '--lr-gamma', 0.5]
+    stopped = train(tmp_path, five_images, *flags, '--max-steps', 4)  # 3 steps per epoch: stops in epoch 2
+    assert stopped.returncode == 0 and 'stopped at epoch 2, step 1' in stopped.stdout, stopped.stderr
+    ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
+    assert ckpt['scheduler']['last_epoch'] == 1 and ckpt['optimizer']['param_groups'][0]['lr'] == 1e-3
+    resumed = train(tmp_path, five_images, '--resume', '--max-steps', 7)  # global steps: the rest of epoch 2, 1 more
+    assert resumed.returncode == 0 and 'stopped at epoch 3, step 1' in resumed.stdout, resumed.stderr
+    ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
+    assert ckpt['scheduler']['last_epoch'] == 2  # epochs 1 and 2 done
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(0.5e-3, rel=1e-12)  # epoch 3 at lr * gamma
 
 
 def test_new_run_refuses_an_existing_checkpoint_and_restart_keeps_it(tmp_path, five_images):
@@ -316,6 +333,28 @@ def test_tensorboard_writer_that_cannot_write_is_one_line_or_a_warning(tmp_path,
     err = capsys.readouterr().err
     assert err.count('TensorBoard logging stopped') == 1 and 'No space left on device' in err
     assert checkpoints.load_checkpoint(tmp_path / 'r2' / 'checkpoint_srresnet.pth')['epoch'] == 2
+
+
+def test_a_full_disk_under_the_tensorboard_writer_thread_is_one_line_not_its_traceback(tmp_path, five_images,
+                                                                                    monkeypatch, capsys):
+    """The event file's own writer thread hits the full disk: its exception reaches the suite's one line at the next
+    log write, and the thread's traceback is not printed (utils.thread_failure_line)."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    write, calls = RecordWriter.write, []
+
+    def full_after_the_first_event(self, data):  # the file's header is written at open, on the main thread
+        calls.append(threading.current_thread().name)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, data)
+    monkeypatch.setattr(RecordWriter, 'write', full_after_the_first_event)
+    argv = ['--data-folder', str(five_images), '--results-dir', str(tmp_path / 'r'), '--runs-dir',
+            str(tmp_path / 'runs'), *map(str, TINY), '--epochs', '2']
+    assert utils.run_cli(lambda: train_srresnet.main(argv)) == 0  # the run goes on without its logs
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.count('TensorBoard') == 1, err
+    assert 'No space left on device' in err and calls[1] != threading.main_thread().name  # failed in its thread
+    assert checkpoints.load_checkpoint(tmp_path / 'r' / 'checkpoint_srresnet.pth')['epoch'] == 2
 
 
 @pytest.mark.parametrize('resume', [False, True])

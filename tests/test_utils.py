@@ -4,6 +4,7 @@ import platform
 import random
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -297,3 +298,17 @@ def test_run_lock_won_on_a_removed_file_is_taken_again_on_the_current_one(tmp_pa
         assert os.path.samestat(os.fstat(lock._fd), os.stat(tmp_path / '.checkpoint_srresnet.pth.lock'))
         with pytest.raises(utils.UserError, match='in use by another training run'):
             utils.RunLock(target).acquire()
+
+
+def test_an_exception_ending_another_thread_is_one_line_under_run_cli(capsys):
+    def main():
+        def boom():
+            raise ValueError("the library's own failure\nwith a second line")
+        worker = threading.Thread(target=boom, name='library-writer')
+        worker.start()
+        worker.join()
+        return 0
+    assert utils.run_cli(main) == 0
+    err = capsys.readouterr().err
+    assert err == "warning: library-writer stopped: ValueError: the library's own failure\n"
+    assert threading.excepthook is not utils.thread_failure_line  # restored after the script
