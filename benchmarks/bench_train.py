@@ -168,7 +168,8 @@ def loader_step_times(args, device):
         settings = utils.Settings(data_folder=lists, crop_size=args.crop_size, scale=4, faithful=False,
                                   downsample='pil', lr_from='patch', seed=0, patches_per_image=-(-patches // n_images),
                                   crops_per_visit=None, hflip=False, vflip=False, rot90=False, cache_gb=None,
-                                  max_bad_fraction=0.05, workers=args.workers)
+                                  max_bad_fraction=0.05, workers=args.workers, degradation='bicubic',
+                                  degradation_opt=None, paired=False)
         dataset, collate = training.build_train_dataset(settings, log=lambda *a: None)
     dist = training.Dist(device=device)
     loader, sampler = training.make_train_loader(dataset, args.batch_size, dist, args.workers, 0,
