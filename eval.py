@@ -533,6 +533,20 @@ def mean(values):
     return sum(values) / len(values)
 
 
+def split_item(item):
+    """(LR path or None, HR path) of a test-set item of resolve_test_sets: an image path, or an (LR, HR) pair."""
+    return item if isinstance(item, tuple) else (None, item)
+
+
+def read_item(item, scale, check, max_pixels=None):
+    """(HR path, HR image (PIL), the LR given as (3, h, w) uint8 or None) of a test-set item; ``check(path, img)``
+    (check_size) runs on the HR image before its LR is read."""
+    lr_path, path = split_item(item)
+    img = load_image(path, max_pixels=max_pixels)
+    check(path, img)
+    return path, img, None if lr_path is None else given_lr(lr_path, img, scale, max_pixels)
+
+
 def given_lr(path, hr_img, scale, max_pixels=None):
     """The LR image of a pair, (3, h, w) uint8, checked against its HR image (PIL): scale x its size, up to scale - 1
     px more per side, which the protocol cuts off as it cuts HR images to a multiple of the scale."""
@@ -552,10 +566,8 @@ def evaluate_dataset(method, name, paths, protocols, source=None, max_pixels=Non
     per-image row keeps as 'visual'."""
     per_image = []
     for item in paths:
-        lr_path, path = item if isinstance(item, tuple) else (None, item)
-        img = load_image(path, max_pixels=max_pixels)
-        check_size(path, img, method.scale, protocols, method.min_lr_size, metrics, lpips_backbone)
-        lr = None if lr_path is None else given_lr(lr_path, img, method.scale, max_pixels)
+        path, img, lr = read_item(item, method.scale, lambda p, i: check_size(
+            p, i, method.scale, protocols, method.min_lr_size, metrics, lpips_backbone), max_pixels)
         before = method.stopwatch.seconds
         keep = {} if visual is not None else None
         gray = is_grayscale_file(path)
@@ -756,9 +768,6 @@ def figure_images(test_sets, names):
     """[(dataset, item)] that --figure shows (item: an image path or an (LR, HR) pair): the images named (file name
     or stem of the HR image, in the order given, every test set's match), or every image of the test sets (at most
     FIGURE_MAX_IMAGES)."""
-    def hr_path(item):
-        return item[1] if isinstance(item, tuple) else item
-
     if not names:
         found = [(name, path) for name, _, paths in test_sets for path in paths]
         if len(found) > FIGURE_MAX_IMAGES:
@@ -768,9 +777,9 @@ def figure_images(test_sets, names):
     found = []
     for wanted in names:
         matches = [(name, item) for name, _, items in test_sets for item in items
-                   if wanted in (os.path.basename(hr_path(item)), os.path.splitext(os.path.basename(hr_path(item)))[0])]
+                   if wanted in (os.path.basename(split_item(item)[1]), os.path.splitext(os.path.basename(split_item(item)[1]))[0])]
         if not matches:
-            some = ', '.join(os.path.splitext(os.path.basename(hr_path(p)))[0] for _, _, items in test_sets
+            some = ', '.join(os.path.splitext(os.path.basename(split_item(p)[1]))[0] for _, _, items in test_sets
                              for p in items[:4])
             raise UserError(f"--figure-images {wanted}: no such image in the test sets (there are e.g. {some})")
         found += matches
@@ -795,10 +804,8 @@ def make_figure(args):
             print(f"note: {path}: {note}")
     rows, test_sets = [], resolve_test_sets(args, scale)
     for k, (dataset, item) in enumerate(figure_images(test_sets, args.figure_images)):
-        lr_path, path = item if isinstance(item, tuple) else (None, item)
-        img = load_image(path, max_pixels=args.max_image_pixels)
-        check_size(path, img, scale, ('standard',), 2)
-        lr = None if lr_path is None else given_lr(lr_path, img, scale, args.max_image_pixels)
+        path, img, lr = read_item(item, scale, lambda p, i: check_size(p, i, scale, ('standard',), 2),
+                                  args.max_image_pixels)
         hr, gray = pil_to_tensor(img), is_grayscale_file(path)
         bic_y, hr_y, bic_rgb = BicubicMethod('bicubic', scale).standard(hr, gray, rgb=True, lr=lr)
         outputs = [inference.standard_protocol(up, hr, scale, gray, lr=lr) for up in upscalers]  # (sr_y, hr_y, sr)

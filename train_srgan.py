@@ -151,9 +151,8 @@ def resolve_settings(parser, argv=None):
     except ValueError as e:
         parser.error(f"--vgg19-i {run['vgg19_i']} --vgg19-j {run['vgg19_j']}: {e}")
     run['variant'] = resolve_variant(run['variant'], run['resume'])
-    run['lr_from'] = training.resolve_lr_from(run['faithful'], run['lr_from'], run['degradation'], run['paired'])
-    run['degradation'] = run['degradation'] or 'bicubic'
-    training.degradation_of(run['degradation'], run['degradation_opt'])  # an unknown --degradation-opt fails now
+    run['lr_from'], run['degradation'] = training.resolve_lr_source(run['faithful'], run['lr_from'], run['degradation'],
+                                                                     run['degradation_opt'], run['paired'])
     for key, value in RECIPES[run['variant']].items():
         if run[key] is None:
             run[key] = value

@@ -107,9 +107,8 @@ def resolve_settings(parser, argv=None):
         models.check_scale(arch, scale)
     except ValueError as e:
         parser.error(f"--scale: {e}")
-    run['lr_from'] = training.resolve_lr_from(run['faithful'], run['lr_from'], run['degradation'], run['paired'])
-    run['degradation'] = run['degradation'] or 'bicubic'
-    training.degradation_of(run['degradation'], run['degradation_opt'])  # an unknown --degradation-opt fails now
+    run['lr_from'], run['degradation'] = training.resolve_lr_source(run['faithful'], run['lr_from'], run['degradation'],
+                                                                     run['degradation_opt'], run['paired'])
     try:
         recipe = models.train_defaults(arch, scale, run['recipe'])
     except ValueError as e:

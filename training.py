@@ -285,6 +285,16 @@ def lr_source_text(settings):
     return f"LR from each {s.lr_from} ({s.downsample})"
 
 
+def resolve_lr_source(faithful, lr_from, degradation, degradation_opt, paired):
+    """(lr_from, degradation) of a run as both trainers resolve them before the recipe fills what is unset:
+    resolve_lr_from's --lr-from, --degradation with 'bicubic' for unset, its --degradation-opt checked now (an
+    unknown key fails before any work)."""
+    lr_from = resolve_lr_from(faithful, lr_from, degradation, paired)
+    degradation = degradation or 'bicubic'
+    degradation_of(degradation, degradation_opt)
+    return lr_from, degradation
+
+
 def resolve_lr_from(faithful, lr_from, degradation, paired):
     """--lr-from as the trainers resolve it, before the recipe fills what is unset (None stays None), from the run's
     --faithful, --lr-from, --degradation and --paired: under --faithful 'patch' (the tutorial's pipeline downscales
