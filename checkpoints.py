@@ -667,7 +667,7 @@ def _srgan_variant_info(ckpt, path, weights=None):
     arch = models.SRGAN_VARIANT_ARCHS.get(variant)
     if arch is None:
         raise UserError(f"{path}: unknown SRGAN variant {variant!r} (this version knows "
-                        f"{', '.join(['tutorial', *models.SRGAN_VARIANT_ARCHS])})")
+                        f"{', '.join([*models.SRGAN_SRRESNET_VARIANTS, *models.SRGAN_VARIANT_ARCHS])})")
     if not ckpt.get('generator_config'):
         raise UserError(f"{path}: an SRGAN checkpoint of variant {variant!r} without its generator_config")
     source = ckpt.get('source') or f"this suite (SRGAN generator, variant {variant})"
@@ -724,16 +724,20 @@ def _describe(ckpt, path, assume, weights):
     """describe_checkpoint's reading of ``ckpt``.
     ``assume``: the --res-scale / --rgb-range values, each removed once what the file does not say takes it."""
     notes = []
-    if 'generator' in ckpt and ckpt.get('variant', 'tutorial') != 'tutorial':
+    variant = ckpt.get('variant', 'tutorial')
+    if 'generator' in ckpt and variant not in models.SRGAN_SRRESNET_VARIANTS:
         found = _srgan_variant_info(ckpt, path, weights)
-    elif 'generator' in ckpt:
+    elif 'generator' in ckpt:  # the tutorial's Generator (an SRResNet under 'net.'), whichever variant trained it
         generator, selected, ema_notes = _select_weights(ckpt, 'generator', weights, path)
         state = strip_prefixes(generator)
         config = ckpt.get('generator_config') or _srresnet_config(state, 'net.', path)
         state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
         source = ckpt.get('source') or ('this suite (SRGAN generator)' if 'generator_config' in ckpt
                                         else "the tutorial's SRGAN generator")
-        found = _suite_info('srgan', 'srresnet', config, state, source, ema_notes, path)._replace(selected=selected)
+        if variant != 'tutorial':
+            source = f"{source}, variant {variant}"
+        found = _suite_info(models.SRGAN_SRRESNET_VARIANTS[variant], 'srresnet', config, state, source, ema_notes,
+                            path)._replace(selected=selected)
     elif ckpt.get('arch') == 'spandrel' and 'model' in ckpt:
         recorded = (ckpt.get('model_config') or {}).get('architecture')
         model, selected, ema_notes = _select_weights(ckpt, 'model', weights, path)

@@ -323,6 +323,54 @@ class Discriminator(nn.Module):
         return self.fc2(output)  # (N, 1) logits
 
 
+class UNetDiscriminatorSN(nn.Module):
+    """Real-ESRGAN's discriminator (Wang et al., ICCVW 2021): a U-Net that scores every pixel, its inner convolutions
+    under spectral normalisation, in the key layout of Real-ESRGAN's released RealESRGAN_x4plus_netD.pth: conv0 and
+    conv9 plain (weight, bias), conv1 to conv8 spectral-normed without bias (weight_orig, weight_u, weight_v).
+
+    Three stride-2 4x4 convolutions go down (C, 2C, 4C, 8C channels), three 3x3 convolutions after bilinear x2
+    upsampling come back, each added to the encoder map of its size (``skip_connection``), then two 3x3 convolutions
+    and a 3x3 to one channel. LeakyReLU(0.2) after all but the last.
+    Input: RGB (N, 3, H, W) in [0, 1], H and W multiples of 8. Output: logits (N, 1, H, W); pair with
+    BCEWithLogitsLoss.
+    """
+
+    def __init__(self, n_channels=64, skip_connection=True, in_channels=3):
+        super().__init__()
+        c, sn = n_channels, nn.utils.spectral_norm  # the older API: its weight_orig/_u/_v are the released keys
+        self.skip_connection = skip_connection
+        self.conv0 = nn.Conv2d(in_channels, c, 3, 1, 1)
+        self.conv1 = sn(nn.Conv2d(c, c * 2, 4, 2, 1, bias=False))
+        self.conv2 = sn(nn.Conv2d(c * 2, c * 4, 4, 2, 1, bias=False))
+        self.conv3 = sn(nn.Conv2d(c * 4, c * 8, 4, 2, 1, bias=False))
+        self.conv4 = sn(nn.Conv2d(c * 8, c * 4, 3, 1, 1, bias=False))
+        self.conv5 = sn(nn.Conv2d(c * 4, c * 2, 3, 1, 1, bias=False))
+        self.conv6 = sn(nn.Conv2d(c * 2, c, 3, 1, 1, bias=False))
+        self.conv7 = sn(nn.Conv2d(c, c, 3, 1, 1, bias=False))
+        self.conv8 = sn(nn.Conv2d(c, c, 3, 1, 1, bias=False))
+        self.conv9 = nn.Conv2d(c, 1, 3, 1, 1)
+
+    def _up(self, conv, x, skip):
+        """conv of x upsampled x2 (bilinear), LeakyReLU, plus the encoder map ``skip`` of that size."""
+        x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)  # (N, C', 2h, 2w)
+        x = F.leaky_relu(conv(x), 0.2)
+        return x + skip if self.skip_connection else x
+
+    def forward(self, imgs):
+        if imgs.shape[-2] % 8 or imgs.shape[-1] % 8:
+            raise ValueError(f"UNetDiscriminatorSN needs sides that are multiples of 8, not {tuple(imgs.shape[-2:])}")
+        x0 = F.leaky_relu(self.conv0(imgs), 0.2)  # (N, C, H, W)
+        x1 = F.leaky_relu(self.conv1(x0), 0.2)  # (N, 2C, H / 2, W / 2)
+        x2 = F.leaky_relu(self.conv2(x1), 0.2)  # (N, 4C, H / 4, W / 4)
+        x3 = F.leaky_relu(self.conv3(x2), 0.2)  # (N, 8C, H / 8, W / 8)
+        x4 = self._up(self.conv4, x3, x2)  # (N, 4C, H / 4, W / 4)
+        x5 = self._up(self.conv5, x4, x1)  # (N, 2C, H / 2, W / 2)
+        x6 = self._up(self.conv6, x5, x0)  # (N, C, H, W)
+        out = F.leaky_relu(self.conv7(x6), 0.2)
+        out = F.leaky_relu(self.conv8(out), 0.2)
+        return self.conv9(out)  # (N, 1, H, W) logits
+
+
 class BackboneWeightsError(RuntimeError):
     """The ImageNet weights of a torchvision backbone (VGG19 of the SRGAN loss, AlexNet / VGG16 of LPIPS) are not
     available."""
@@ -443,6 +491,49 @@ class TruncatedVGG19(nn.Module):
 
     def forward(self, x):
         return self.truncated_vgg19(x)  # (N, 512, H / 16, W / 16) for i=5
+
+
+def vgg19_layer_names():
+    """The names of VGG19's 37 ``features`` layers in order, BasicSR's: conv1_1, relu1_1, conv1_2, relu1_2, pool1,
+    conv2_1, ... relu5_4, pool5."""
+    names = []
+    for block, convs in enumerate(VGG19_BLOCK_CONVS, start=1):
+        for conv in range(1, convs + 1):
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+        names.append(f"pool{block}")
+    return names
+
+
+class VGG19FeatureMaps(nn.Module):
+    """VGG19 feature maps at named layers (vgg19_layer_names), up to the last one named: Real-ESRGAN's perceptual loss
+    takes conv1_2, conv2_2, conv3_4, conv4_4 and conv5_4 before their ReLU. The ReLUs are not in-place, so a conv's
+    output is kept as it was. Frozen and always in eval mode.
+    Input: imagenet-normalised RGB (N, 3, H, W). Output: {name: (N, C, H / 2^k, W / 2^k)} (k pools before it).
+    ``weights``: as load_vgg19_features."""
+
+    def __init__(self, layers, weights='imagenet'):
+        super().__init__()
+        names = vgg19_layer_names()
+        unknown = [name for name in layers if name not in names]
+        if unknown or not layers:
+            raise ValueError(f"VGG19 layers {unknown or '(none)'}: not among {', '.join(names)}")
+        last = max(names.index(name) for name in layers)
+        features = list(load_vgg19_features(weights).children())[:last + 1]
+        self.features = nn.Sequential(*(nn.ReLU() if isinstance(m, nn.ReLU) else m for m in features))
+        self.names, self.layers = names[:last + 1], tuple(layers)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        return super().train(False)  # always in eval mode: it is a fixed feature extractor
+
+    def forward(self, x):
+        out = {}
+        for name, layer in zip(self.names, self.features):
+            x = layer(x)
+            if name in self.layers:
+                out[name] = x
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1078,9 +1169,11 @@ ARCHS = {
         '(bubbliiiing/srgan-keras) builds it', scales=(2, 4, 8), color='rgb', in_type='[-1, 1]', out_type='[-1, 1]'),
 }
 
-# train_srgan.py --variant other than the tutorial's -> the ARCHS name of its generator (its checkpoints record it as
-# 'variant'; the tutorial's generator is a Generator holding an SRResNet).
+# train_srgan.py --variant with a generator of its own -> the ARCHS name of that generator (its checkpoints record it as
+# 'variant').
 SRGAN_VARIANT_ARCHS = {'keras': 'srgan_keras'}
+# The variants whose generator is the tutorial's Generator (an SRResNet under 'net.'), each with its output label.
+SRGAN_SRRESNET_VARIANTS = {'tutorial': 'srgan', 'realesrgan': 'srgan_real'}
 
 
 def arch_spec(arch, config=None):

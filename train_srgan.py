@@ -10,6 +10,10 @@ a VGG19 content loss and a BCE adversarial loss (beta = 1e-3), Adam 1e-4, learni
     python train_srgan.py --variant keras              # the Keras SRGAN (srgan-keras) from scratch, no SRResNet:
                                                        # x4, batch 4, 384-px HR crops, 200 epochs, Adam 2e-4
     python train_srgan.py --ema-decay 0.999            # also keep an EMA of the generator (generator_ema)
+    python train_srgan.py --variant realesrgan --vgg-weights vgg19-dcbb9e9d.pth --val-folder data/Set5
+                                                       # Real-ESRGAN's GAN stage for photos: U-Net discriminator
+                                                       # with spectral norm, L1 + perceptual + 0.1 x GAN loss, LR by
+                                                       # Real-ESRGAN's degradations, from the shipped photo SRResNet
     torchrun --nproc-per-node 4 train_srgan.py --batch-size 128  # DDP: --batch-size is the global batch
 
 VGG19 ImageNet weights come from torchvision (downloaded once into the torch hub cache) or --vgg-weights PATH;
@@ -36,12 +40,23 @@ from utils import (AverageMeter, Settings, UserError, adjust_learning_rate, auto
                    seed_everything, set_determinism, unwrap_model)
 
 SRGAN_RECIPE = dict(crop_size=96, batch_size=128, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
-                    hflip=False, vflip=False, rot90=False, patches_per_image=1)
+                    hflip=False, vflip=False, rot90=False, patches_per_image=1, beta=1e-3)
 # The Keras SRGAN (bubbliiiing/srgan-keras, train.py and utils/dataloader.py of its BatchNorm-momentum-0.5 version):
 # 96-px LR crops (384 HR), batch 4, 200 epochs, Adam 2e-4, PIL-bicubic LR, random horizontal flips.
 KERAS_RECIPE = dict(crop_size=384, batch_size=4, epochs=200, lr=2e-4, downsample='pil', lr_from='patch',
-                    hflip=True, vflip=False, rot90=False, patches_per_image=1)
-RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE}
+                    hflip=True, vflip=False, rot90=False, patches_per_image=1, beta=1e-3)
+# Real-ESRGAN's GAN stage (its options for RealESRGAN x4plus: 256-px HR crops, horizontal flips only, Adam 1e-4 with
+# betas (0.9, 0.99), a constant learning rate, an EMA of 0.999; the LR by its degradations), for the tutorial's
+# generator; its 400k iterations of batch 48 on DIV2K + Flickr2K + OST are this suite's --epochs instead.
+REALESRGAN_RECIPE = dict(crop_size=256, batch_size=12, epochs=50, lr=1e-4, downsample='pil', lr_from='patch',
+                         hflip=True, vflip=False, rot90=False, patches_per_image=1, ema_decay=0.999, ema_warmup=False,
+                         beta=0.1)
+RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE, 'realesrgan': REALESRGAN_RECIPE}
+REALESRGAN_ADAM = dict(betas=(0.9, 0.99))
+# Real-ESRGAN's perceptual loss: L1 between VGG19 features before the ReLU, these layers with these weights.
+REALESRGAN_PERCEPTUAL_LAYERS = {'conv1_2': 0.1, 'conv2_2': 0.1, 'conv3_4': 1., 'conv4_4': 1., 'conv5_4': 1.}
+# What the realesrgan variant does not use: the tutorial discriminator's shape and the content loss's VGG layer.
+TUTORIAL_ONLY_FLAGS = ('kernel_size_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i', 'vgg19_j')
 KERAS_LR_DECAY = 0.98  # srgan-keras multiplies both learning rates by 0.98 after every epoch
 KERAS_VGG_WEIGHT = 2e-6  # srgan-keras's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
 KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # srgan-keras's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
@@ -57,15 +72,18 @@ def build_parser():
     parser = make_parser(__doc__, training=True)
     training.add_training_args(parser)
     g = parser.add_argument_group('SRGAN')
-    g.add_argument('--variant', choices=('tutorial', 'keras'),
+    g.add_argument('--variant', choices=tuple(RECIPES),
                    help="tutorial (default): the tutorial's SRGAN, its generator warm-started from an SRResNet; keras: "
                         "the Keras SRGAN of srgan-keras (its own generator and discriminator, pixel + VGG + "
                         "adversarial loss, discriminator updated first) trained from scratch as that code does, so it "
-                        "needs no SRResNet checkpoint. --resume takes the variant from the checkpoint")
+                        "needs no SRResNet checkpoint; realesrgan: Real-ESRGAN's GAN stage for photos (L1 + VGG19 "
+                        "perceptual + 0.1 x adversarial loss, a U-Net discriminator with spectral norm, LR by "
+                        "Real-ESRGAN's degradations), warm-started from the shipped real-photo SRResNet when you "
+                        "have none. --resume takes the variant from the checkpoint")
     g.add_argument('--srresnet-checkpoint',
                    help="trained SRResNet to start the generator from (default: RESULTS_DIR/checkpoint_srresnet.pth "
-                        "when it exists, else the shipped SRResNet x4, results/srresnet_x4_291.pth; 'none': a random "
-                        "generator)")
+                        "when it exists, else the shipped SRResNet x4, results/srresnet_x4_291.pth, for the "
+                        "realesrgan variant results/srresnet_x4_real.pth; 'none': a random generator)")
     g.add_argument('--large-kernel-size', type=odd_positive_int, help='generator first/last kernel (default: the '
                    "SRResNet checkpoint's, else 9)")
     g.add_argument('--small-kernel-size', type=odd_positive_int,
@@ -80,7 +98,7 @@ def build_parser():
     g.add_argument('--vgg19-j', type=positive_int, default=4, help='VGG19 feature map: after the j-th conv')
     g.add_argument('--vgg-weights', default='imagenet',
                    help="'imagenet' (torchvision, hub cache), a PATH to vgg19 weights, or 'random' (tests only)")
-    g.add_argument('--beta', type=float, default=1e-3, help='adversarial loss weight')
+    g.add_argument('--beta', type=float, help="adversarial loss weight (default: the variant's, 1e-3; realesrgan 0.1)")
     g.add_argument('--update-order', choices=('g-first', 'd-first'),
                    help='per step: generator then discriminator (tutorial, the default) or the reverse (the Keras '
                         'SRGAN); '
@@ -113,15 +131,32 @@ def check_keras_flags(parser, flags):
                      "does")
 
 
-def default_warm_start(results_dir, resume):
+def check_realesrgan_flags(parser, run, given):
+    """What the realesrgan variant fixes or needs: none of the tutorial discriminator's shape flags or the content
+    loss's VGG layer (its perceptual loss takes five layers), HR crops the U-Net discriminator can halve three times,
+    and Real-ESRGAN's degradations when neither --degradation nor --paired says otherwise."""
+    unused = [f"--{k.replace('_', '-')}" for k in TUTORIAL_ONLY_FLAGS if k in given]
+    if unused:
+        parser.error(f"{', '.join(unused)}: the realesrgan variant has a U-Net discriminator (--n-channels-d sets "
+                     f"its width) and a perceptual loss over five VGG19 layers; drop the flag")
+    crop = run['crop_size'] or REALESRGAN_RECIPE['crop_size']
+    if crop % 8:
+        parser.error(f"--crop-size {crop}: the realesrgan variant's U-Net discriminator needs a multiple of 8")
+    if run['degradation'] is None and not run['paired'] and not run['faithful'] and run['lr_from'] is None:
+        run['degradation'] = 'realesrgan'
+
+
+def default_warm_start(results_dir, resume, variant='tutorial'):
     """--srresnet-checkpoint's default: RESULTS_DIR/checkpoint_srresnet.pth when you trained one (or when resuming,
-    which reads no warm start), else the shipped SRResNet x4, said in one line."""
+    which reads no warm start), else the shipped SRResNet x4 (for the realesrgan variant the shipped real-photo one),
+    said in one line."""
     own = os.path.join(results_dir, 'checkpoint_srresnet.pth')
-    shipped = checkpoints.shipped_checkpoint()
+    kind = 'photo' if variant == 'realesrgan' else 'clean'
+    shipped = checkpoints.shipped_checkpoint(checkpoints.SHIPPED_MODELS[kind][0])
     if resume or os.path.isfile(own) or not os.path.isfile(shipped):
         return own  # when neither exists, the error names the file train_srresnet.py writes
-    print(f"warm start: the shipped SRResNet x4 {os.path.relpath(shipped)} (there is no {own} of your own; "
-          f"--srresnet-checkpoint picks another)", flush=True)
+    print(f"warm start: the shipped SRResNet x4 {os.path.relpath(shipped)} ({kind} model; there is no {own} of your "
+          f"own; --srresnet-checkpoint picks another)", flush=True)
     return shipped
 
 
@@ -151,6 +186,8 @@ def resolve_settings(parser, argv=None):
     except ValueError as e:
         parser.error(f"--vgg19-i {run['vgg19_i']} --vgg19-j {run['vgg19_j']}: {e}")
     run['variant'] = resolve_variant(run['variant'], run['resume'])
+    if run['variant'] == 'realesrgan':
+        check_realesrgan_flags(parser, run, given_flags(parser, argv))
     run['lr_from'], run['degradation'] = training.resolve_lr_source(run['faithful'], run['lr_from'], run['degradation'],
                                                                      run['degradation_opt'], run['paired'])
     for key, value in RECIPES[run['variant']].items():
@@ -166,7 +203,7 @@ def resolve_settings(parser, argv=None):
     run['ema_warmup'] = bool(run['ema_warmup'])
     run['generator_arch'] = models.SRGAN_VARIANT_ARCHS.get(run['variant'], 'srresnet')
     if run['srresnet_checkpoint'] is None:
-        run['srresnet_checkpoint'] = default_warm_start(run['results_dir'], run['resume'])
+        run['srresnet_checkpoint'] = default_warm_start(run['results_dir'], run['resume'], run['variant'])
     given = {k: run[k] for k in GENERATOR_FLAGS + ('scale',) if run[k] is not None}
     given = {('scaling_factor' if k == 'scale' else k): v for k, v in given.items()}
     config = models.model_config('srgan_keras', 4) if keras else models.model_config(
@@ -184,8 +221,10 @@ def resolve_settings(parser, argv=None):
     if run['crop_size'] % scale:
         parser.error(f"--crop-size {run['crop_size']} is not divisible by --scale {scale}")
     run['generator_config'] = config
-    run['discriminator_config'] = dict(kernel_size=run['kernel_size_d'], n_channels=run['n_channels_d'],
-                                       n_blocks=run['n_blocks_d'], fc_size=run['fc_size_d'])
+    run['discriminator_config'] = (dict(n_channels=run['n_channels_d'], skip_connection=True)
+                                   if run['variant'] == 'realesrgan' else
+                                   dict(kernel_size=run['kernel_size_d'], n_channels=run['n_channels_d'],
+                                        n_blocks=run['n_blocks_d'], fc_size=run['fc_size_d']))
     return Settings(**run)
 
 
@@ -218,8 +257,9 @@ class GAN(NamedTuple):
     ema: object = None
 
 
-def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, device, speed):
-    """One D update on detached SR (label 0) and HR (label 1). Returns the loss (a tensor).
+def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, device, speed, real_first=False):
+    """One D update on detached SR (label 0) and HR (label 1), HR first with ``real_first`` (Real-ESRGAN's order,
+    which its spectral norm's power iterations follow). Returns the loss (a tensor).
 
     SR and HR go through D in separate forward passes (separate BatchNorm statistics, as the tutorial) and
     separate backward passes: the gradients add up to those of the summed loss, and under DDP each
@@ -227,7 +267,8 @@ def discriminator_step(discriminator, optimizer_d, criterion, sr, hr, scaler, de
     """
     optimizer_d.zero_grad(set_to_none=True)
     total = 0.
-    for images, label in ((sr.detach(), 0.), (hr, 1.)):
+    batches = ((sr.detach(), 0.), (hr, 1.))
+    for images, label in (batches[::-1] if real_first else batches):
         with autocast(device, speed.precision):
             logits = discriminator(images)  # (N, 1)
         loss = criterion(logits.float(), torch.full_like(logits, label, dtype=torch.float32))
@@ -343,7 +384,43 @@ def keras_step(gan, lr, hr, device, speed, settings):
                                                       'discriminator': (d_real + d_fake) / 2}
 
 
-STEPS = {'tutorial': tutorial_step, 'keras': keras_step}
+def perceptual_loss(vgg, sr, hr):
+    """Real-ESRGAN's perceptual loss of sr and hr, imagenet-normalised (N, 3, H, W): the mean absolute difference of
+    their VGG19 features at each REALESRGAN_PERCEPTUAL_LAYERS layer, weighted and summed."""
+    sr_features, hr_features = vgg(sr), vgg(hr)  # {layer: (N, C, H / 2^k, W / 2^k)}
+    return sum(weight * F.l1_loss(sr_features[name].float(), hr_features[name].detach().float())
+               for name, weight in REALESRGAN_PERCEPTUAL_LAYERS.items())
+
+
+def realesrgan_step(gan, lr, hr, device, speed, settings):
+    """One step of Real-ESRGAN's GAN stage (BasicSR's RealESRGANModel.optimize_parameters) on lr, hr RGB in [0, 1]:
+    the generator on L1 + perceptual + beta * BCE(D(SR), 1) per pixel, then the U-Net discriminator on HR (label 1)
+    and the detached SR (label 0), in that order. The caller updates the scaler.
+    Returns ((lr, sr, hr, '[0, 1]') to show, {pixel, content (the perceptual loss), adversarial, discriminator})."""
+    generator, discriminator, scaler = gan.generator, gan.discriminator, gan.scaler
+    bce = nn.BCEWithLogitsLoss()
+    lr_in = convert_image(lr, '[0, 1]', 'imagenet-norm')  # (N, 3, h, w), what the tutorial's generator takes
+    if speed.channels_last:
+        lr_in = lr_in.contiguous(memory_format=torch.channels_last)
+    with autocast(device, speed.precision):
+        sr = generator(lr_in)  # (N, 3, s*h, s*w), in [-1, 1]
+    sr = convert_image(sr.float(), '[-1, 1]', '[0, 1]')  # (N, 3, s*h, s*w)
+    with autocast(device, speed.precision):
+        content_loss = perceptual_loss(gan.vgg, convert_image(sr, '[0, 1]', 'imagenet-norm'),
+                                       convert_image(hr, '[0, 1]', 'imagenet-norm'))
+        sr_logits = discriminator(sr)  # (N, 1, s*h, s*w)
+    pixel_loss = F.l1_loss(sr, hr)
+    adversarial_loss = bce(sr_logits.float(), torch.ones_like(sr_logits, dtype=torch.float32))
+    loss = pixel_loss + content_loss + settings.beta * adversarial_loss
+    gan.optimizer_g.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(gan.optimizer_g)
+    d_loss = discriminator_step(discriminator, gan.optimizer_d, bce, sr, hr, scaler, device, speed, real_first=True)
+    return (lr, sr.detach(), hr, '[0, 1]'), {'pixel': pixel_loss, 'content': content_loss,
+                                             'adversarial': adversarial_loss, 'discriminator': d_loss}
+
+
+STEPS = {'tutorial': tutorial_step, 'keras': keras_step, 'realesrgan': realesrgan_step}
 
 
 def train_one_epoch(gan, loader, ctx, speed, settings, epoch, start_step):
@@ -392,25 +469,30 @@ def checkpoint_state(gan, global_step, settings, speed, epoch, resume_step, best
     }
 
 
+DISCRIMINATORS = {'tutorial': models.Discriminator, 'keras': models.KerasSRGANDiscriminator,
+                  'realesrgan': models.UNetDiscriminatorSN}
+
+
 def build_networks(settings, speed, device):
-    """The GAN of the run's settings (no EMA yet): VGG (fails fast when its weights are missing), the variant's
-    generator (the tutorial's warm-started: warm_start) and discriminator, their Adam optimizers (the keras
-    variant's with srgan-keras's betas and Keras's epsilon) and the GradScaler they share."""
+    """The GAN of the run's settings (no EMA yet): VGG (fails fast when its weights are missing; the realesrgan
+    variant's at its five perceptual layers), the variant's generator (the tutorial's warm-started: warm_start) and
+    discriminator, their Adam optimizers (the keras variant's with srgan-keras's betas and Keras's epsilon, the
+    realesrgan variant's with Real-ESRGAN's betas) and the GradScaler they share."""
+    keras, real = settings.variant == 'keras', settings.variant == 'realesrgan'
     try:
-        vgg = models.TruncatedVGG19(settings.vgg19_i, settings.vgg19_j, weights=settings.vgg_weights).to(device)
+        vgg = (models.VGG19FeatureMaps(REALESRGAN_PERCEPTUAL_LAYERS, weights=settings.vgg_weights) if real else
+               models.TruncatedVGG19(settings.vgg19_i, settings.vgg19_j, weights=settings.vgg_weights)).to(device)
     except models.VGGWeightsError as e:
         raise UserError(str(e)) from None
-    keras = settings.variant == 'keras'
     generator = (models.KerasSRGANGenerator if keras else models.Generator)(**settings.generator_config).to(device)
-    discriminator = (models.KerasSRGANDiscriminator if keras else models.Discriminator)(
-        **settings.discriminator_config).to(device)
+    discriminator = DISCRIMINATORS[settings.variant](**settings.discriminator_config).to(device)
     start = warm_start(settings.srresnet_checkpoint, settings.resume)
     if start is not None:  # its EMA weights when it has them: load_sr_model's default
         generator.net.load_state_dict(checkpoints.load_sr_model(start).state)
     generator = training.apply_speed(generator, speed)
     if speed.channels_last:
         discriminator = discriminator.to(memory_format=torch.channels_last)
-    adam = KERAS_ADAM if keras else {}
+    adam = KERAS_ADAM if keras else REALESRGAN_ADAM if real else {}
     optimizer_g = training.make_adam(generator.parameters(), settings.lr, speed, **adam)
     optimizer_d = training.make_adam(discriminator.parameters(), settings.lr, speed, **adam)
     return GAN(generator, discriminator, vgg, optimizer_g, optimizer_d, training.make_scaler(device, speed))
@@ -437,13 +519,14 @@ def load_resume(path, ctx, settings, gan):
 
 
 def schedule_learning_rate(optimizers, settings, epoch, start_step):
-    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), or the
-    Keras SRGAN's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates)."""
+    """At the start of ``epoch``: the tutorial's single x0.1 decay at half the epochs (not again on resume), the
+    Keras SRGAN's x0.98 after every epoch (set from the epoch number, so a resumed run gets the same rates), or
+    Real-ESRGAN's constant rate."""
     if settings.variant == 'keras':
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group['lr'] = settings.lr * KERAS_LR_DECAY ** (epoch - 1)
-    elif epoch == int(settings.epochs / 2) and start_step == 0:
+    elif settings.variant == 'tutorial' and epoch == int(settings.epochs / 2) and start_step == 0:
         for optimizer in optimizers:
             adjust_learning_rate(optimizer, 0.1)
 
