@@ -940,12 +940,14 @@ def check_resume_compatible(ckpt_arch, ckpt_config, arch, config, path):
 
 
 # What a resumed run takes from its checkpoint (the flags it was made with, recorded in 'args') unless given again:
-# the data pipeline and recipe of both trainers (exact resume needs them), and the settings held by the optimizer and
-# scheduler states, which a resumed run cannot change: given again with another value, those are refused (Adam's
-# param_groups, restored from the checkpoint, keep its fused or plain kernel).
+# the data pipeline and recipe of both trainers (exact resume needs them), validation, logging, the bad-image policy,
+# deterministic algorithms, and the settings held by the optimizer and scheduler states, which a resumed run cannot
+# change: given again with another value, those are refused (Adam's param_groups, restored from the checkpoint, keep
+# its fused or plain kernel).
 RESUMED_FLAGS = ('faithful', 'scale', 'crop_size', 'batch_size', 'epochs', 'lr', 'downsample', 'lr_from',
-                 'degradation', 'degradation_opt', 'paired', 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip', 'rot90', 'seed', 'fused_adam', 'ema_decay',
-                 'ema_warmup', 'data_folder', 'val_folder', 'val_every', 'keep_best', 'runs_dir')
+                 'degradation', 'degradation_opt', 'paired', 'patches_per_image', 'crops_per_visit', 'hflip', 'vflip',
+                 'rot90', 'seed', 'fused_adam', 'ema_decay', 'ema_warmup', 'data_folder', 'val_folder', 'val_every',
+                 'keep_best', 'runs_dir', 'progress_every', 'max_bad_fraction', 'deterministic')
 OPTIMIZER_FLAGS = ('lr', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'fused_adam')
 # What checkpoints made before a flag existed did, for a flag whose default has changed since or which changes the
 # data: the plain Adam, LR made per patch by bicubic from HR images.

@@ -39,7 +39,7 @@ def test_a_bare_resume_continues_with_the_runs_data_validation_and_best_keeping(
     model = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--device', 'cpu']
     first = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--val-folder',
                        tiny_dataset['test'], '--keep-best', '--runs-dir', tmp_path / 'logs', '--epochs', 1, *model,
-                       cwd=tmp_path)
+                       '--progress-every', 7, '--max-bad-fraction', 0.5, '--deterministic', cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     resumed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -47,8 +47,26 @@ def test_a_bare_resume_continues_with_the_runs_data_validation_and_best_keeping(
     ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_srresnet.pth')
     assert ckpt['epoch'] == 2 and ckpt['args']['data_folder'] == str(tiny_dataset['data'])
     assert ckpt['args']['keep_best'] is True and ckpt['args']['runs_dir'] == str(tmp_path / 'logs')
+    assert ckpt['args']['progress_every'] == 7 and ckpt['args']['max_bad_fraction'] == 0.5
+    assert ckpt['args']['deterministic'] is True
     assert (tmp_path / 'results' / 'checkpoint_srresnet_best.pth').is_file()
     assert len(ckpt['history']) == 2 and 'val_psnr' in ckpt['history'][1]
+
+
+def test_a_bare_srgan_resume_keeps_the_vgg_weights_it_was_trained_with(tmp_path, tiny_dataset):
+    """Trained with --vgg-weights random (offline, no ImageNet weights cached): a bare --resume used to look for the
+    ImageNet weights instead and stop."""
+    common = ['--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs', '--device', 'cpu', '--workers', 0]
+    first = run_script('train_srgan.py', '--data-folder', tiny_dataset['data'], '--srresnet-checkpoint', 'none',
+                       '--vgg-weights', 'random', '--n-blocks', 1, '--n-channels', 8, '--n-blocks-d', 2,
+                       '--n-channels-d', 8, '--fc-size-d', 16, '--crop-size', 32, '--batch-size', 3, '--epochs', 1,
+                       *common, env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
+    assert first.returncode == 0, first.stderr
+    resumed = run_script('train_srgan.py', '--resume', '--epochs', 2, *common,
+                         env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'RANDOM weights' in resumed.stderr and 'epoch 2/2' in resumed.stdout
+    assert load_checkpoint(tmp_path / 'checkpoint_srgan.pth')['args']['vgg_weights'] == 'random'
 
 
 def test_without_a_terminal_a_long_epoch_prints_progress_lines(tmp_path, tiny_dataset):
