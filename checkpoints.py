@@ -113,7 +113,8 @@ LEGACY_GLOBALS = ('models.', 'torch.', '__main__.SRResNet', '__main__.Generator'
 # The suite's checkpoints as safetensors (export.py --format safetensors): the network's weights, and as metadata
 # (strings): format 'sr-suite', format_version, arch, weights ('model', or 'generator' for an SRGAN generator whose
 # keys start with 'net.'), config (JSON: the constructor configuration), scaling_factor, and where present source
-# (where the weights came from) and notes (JSON list: what was read off or assumed), plus free-form descriptions
+# (where the weights came from), notes (JSON list: what was read off or assumed) and label (the model's name in
+# output file names when not its architecture's, as srresnet_real), plus free-form descriptions
 # (input, output) that are not read back. safetensors holds tensors and strings only: nothing in it can run code.
 SAFETENSORS_FORMAT = 'sr-suite'
 
@@ -138,6 +139,8 @@ def save_safetensors_checkpoint(ckpt, path, descriptions=None):
         metadata['source'] = str(ckpt['source'])
     if ckpt.get('notes'):
         metadata['notes'] = json.dumps(list(ckpt['notes']))
+    if ckpt.get('label'):
+        metadata['label'] = str(ckpt['label'])
     metadata.update({k: str(v) for k, v in (descriptions or {}).items()})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt[weights].items()}  # clone: no shared storage
     atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata)))
@@ -164,6 +167,8 @@ def _load_safetensors(path, map_location):
             ckpt['source'] = metadata['source']
         if 'notes' in metadata:
             ckpt['notes'] = json.loads(metadata['notes'])
+        if 'label' in metadata:
+            ckpt['label'] = metadata['label']
     except (KeyError, ValueError) as e:
         raise UserError(f"{path}: the safetensors metadata of this suite is incomplete or malformed ({e})") from None
     if weights not in ('model', 'generator'):

@@ -38,9 +38,10 @@ that need their input padded (spandrel's SwinIR, HAT...) are not exported to ONN
 
 --format safetensors: the network's weights (in this suite's key names, converted from the publishing project's)
 and, as metadata strings, the suite's configuration: format 'sr-suite', format_version, arch, weights ('model', or
-'generator' for an SRGAN generator), config (JSON), scaling_factor, source, notes (JSON), input and output (in
-words). eval.py, test.py, export.py and train_srresnet.py --init-from read it back. safetensors holds tensors and
-strings only, so loading one can run no code (a pickled .pth can): the format to share weights in. A spandrel
+'generator' for an SRGAN generator), config (JSON), scaling_factor, source, notes (JSON), label (a model named
+otherwise than its architecture in output file names, as srresnet_real), input and output (in words). eval.py,
+test.py, export.py and train_srresnet.py --init-from read it back. safetensors holds tensors and strings only, so
+loading one can run no code (a pickled .pth can): the format to share weights in. A spandrel
 network is written with its own key names and arch 'spandrel': reading it back needs spandrel again.
 
 --format pth: this suite's checkpoint format (format_version, arch, model_config, model, source, notes), e.g. to

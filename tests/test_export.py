@@ -145,8 +145,11 @@ def kinds(tmp_path):
     torch.save(sd, tmp_path / 'edsr_x2.pt')
     msr = random_sd(msrresnet_shapes(3, 1, 8), dtype=torch.float32)
     torch.save({'params_ema': msr}, tmp_path / 'msrresnet_x3.pth')
+    labelled = checkpoints.load_checkpoint(suite_checkpoint(tmp_path, 'srresnet', 4))
+    checkpoints.save_checkpoint({**labelled, 'label': 'srresnet_real'}, str(tmp_path / 'real_x4.pth'))  # the photo model
     out = [(suite_checkpoint(tmp_path, 'rcan', 2), 'rcan'), (suite_checkpoint(tmp_path, 'srresnet', 2, True), 'srgan'),
-           (tmp_path / 'edsr_x2.pt', 'edsr'), (tmp_path / 'msrresnet_x3.pth', 'msrresnet')]
+           (tmp_path / 'edsr_x2.pt', 'edsr'), (tmp_path / 'msrresnet_x3.pth', 'msrresnet'),
+           (tmp_path / 'real_x4.pth', 'srresnet_real')]
     try:
         import spandrel  # noqa: F401
         out.append((save_weights(tiny_spandrel('Compact'), tmp_path / 'compact.pth'), 'Compact'))
@@ -178,7 +181,8 @@ def test_every_kind_round_trips_through_safetensors_and_the_suites_format(tmp_pa
             assert all(isinstance(v, str) for v in meta.values())
             assert meta['format'] == 'sr-suite' and meta['scaling_factor'] == str(before.config['scaling_factor'])
             assert json.loads(meta['config']) == before.config
-            assert meta['arch'] == ('spandrel' if label == 'Compact' else 'srgan' if label == 'srgan' else label)
+            assert meta['arch'] == {'Compact': 'spandrel', 'srresnet_real': 'srresnet'}.get(label, label)
+            assert meta.get('label') == ('srresnet_real' if label == 'srresnet_real' else None)
         else:  # plain data, weights_only
             ckpt = torch.load(out, weights_only=True)
             assert ckpt['format_version'] == 1 and ('model' in ckpt or 'generator' in ckpt)
