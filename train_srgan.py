@@ -55,8 +55,9 @@ RECIPES = {'tutorial': SRGAN_RECIPE, 'keras': KERAS_RECIPE, 'realesrgan': REALES
 REALESRGAN_ADAM = dict(betas=(0.9, 0.99))
 # Real-ESRGAN's perceptual loss: L1 between VGG19 features before the ReLU, these layers with these weights.
 REALESRGAN_PERCEPTUAL_LAYERS = {'conv1_2': 0.1, 'conv2_2': 0.1, 'conv3_4': 1., 'conv4_4': 1., 'conv5_4': 1.}
-# What the realesrgan variant does not use: the tutorial discriminator's shape and the content loss's VGG layer.
-TUTORIAL_ONLY_FLAGS = ('kernel_size_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i', 'vgg19_j')
+# What the realesrgan variant does not use: the tutorial discriminator's shape, the content loss's VGG layer, the
+# update order (Real-ESRGAN updates the generator first).
+TUTORIAL_ONLY_FLAGS = ('kernel_size_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i', 'vgg19_j', 'update_order')
 KERAS_LR_DECAY = 0.98  # srgan-keras multiplies both learning rates by 0.98 after every epoch
 KERAS_VGG_WEIGHT = 2e-6  # srgan-keras's loss_weights=[1, 1e-3, 2e-6]: pixel MSE, adversarial BCE (--beta), VGG MSE
 KERAS_ADAM = dict(betas=(0.9, 0.999), eps=1e-7)  # srgan-keras's Adam(lr, 0.9, 0.999); Keras's epsilon is 1e-7
@@ -102,7 +103,7 @@ def build_parser():
     g.add_argument('--update-order', choices=('g-first', 'd-first'),
                    help='per step: generator then discriminator (tutorial, the default) or the reverse (the Keras '
                         'SRGAN); '
-                        'the keras variant is always d-first')
+                        'the keras variant is always d-first, the realesrgan variant g-first')
     return parser
 
 
@@ -132,13 +133,15 @@ def check_keras_flags(parser, flags):
 
 
 def check_realesrgan_flags(parser, run, given):
-    """What the realesrgan variant fixes or needs: none of the tutorial discriminator's shape flags or the content
-    loss's VGG layer (its perceptual loss takes five layers), HR crops the U-Net discriminator can halve three times,
+    """What the realesrgan variant fixes or needs: none of the tutorial discriminator's shape flags, the content
+    loss's VGG layer (its perceptual loss takes five layers) or --update-order, HR crops the U-Net discriminator can
+    halve three times,
     and Real-ESRGAN's degradations when neither --degradation nor --paired says otherwise."""
     unused = [f"--{k.replace('_', '-')}" for k in TUTORIAL_ONLY_FLAGS if k in given]
     if unused:
-        parser.error(f"{', '.join(unused)}: the realesrgan variant has a U-Net discriminator (--n-channels-d sets "
-                     f"its width) and a perceptual loss over five VGG19 layers; drop the flag")
+        parser.error(f"{', '.join(unused)}: not used by the realesrgan variant (its U-Net discriminator is sized by "
+                     f"--n-channels-d, its perceptual loss takes five VGG19 layers, it updates the generator first "
+                     f"as Real-ESRGAN does); drop the flag")
     crop = run['crop_size'] or REALESRGAN_RECIPE['crop_size']
     if crop % 8:
         parser.error(f"--crop-size {crop}: the realesrgan variant's U-Net discriminator needs a multiple of 8")

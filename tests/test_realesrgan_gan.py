@@ -151,8 +151,9 @@ def test_the_variant_trains_resumes_and_its_generator_upscales(tmp_path, tiny_da
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--n-blocks-d', 4], '--n-blocks-d: the realesrgan variant has a U-Net discriminator'),
-    (['--vgg19-i', 4], '--vgg19-i: the realesrgan variant'),
+    (['--n-blocks-d', 4], '--n-blocks-d: not used by the realesrgan variant'),
+    (['--vgg19-i', 4, '--vgg19-j', 2], '--vgg19-i, --vgg19-j: not used by the realesrgan variant'),
+    (['--update-order', 'g-first'], '--update-order: not used by the realesrgan variant'),
     (['--crop-size', 36], '--crop-size 36: the realesrgan variant'),
 ])
 def test_flags_that_do_not_apply_are_refused_in_one_line(tmp_path, tiny_dataset, extra, message, capsys):
