@@ -534,6 +534,25 @@ def to_display(img, kind):
     return convert_image(img.float(), kind, '[0, 1]').clamp(0, 1)
 
 
+def batches(loader):
+    """The loader's batches. A worker process that dies (the system kills it, most often for memory) ends the run
+    in one line naming the fix, instead of PyTorch's traceback; the checkpoint saved last stays as it was."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if 'DataLoader worker' not in str(e):
+                raise
+            cause = str(e).splitlines()[0].rstrip(' .')
+            raise UserError(f"a data loader worker process died ({cause}; the system kills one most often for "
+                            f"memory): run again with fewer --workers (0: none) and --resume, which continues from "
+                            f"the checkpoint saved last") from None
+        yield batch
+
+
 class TrainContext:
     """One training process of a run, used as a context manager.
 
@@ -633,7 +652,7 @@ class TrainContext:
         """A tqdm bar over the loader on rank 0 when stderr is a terminal; plain iteration otherwise (then end_step
         prints progress_line every --progress-every seconds)."""
         self.bar = (len(loader), time.perf_counter(), self.epoch_steps, time.perf_counter())
-        return tqdm(loader, total=len(loader), desc=desc, disable=None if self.dist.is_main else True,
+        return tqdm(batches(loader), total=len(loader), desc=desc, disable=None if self.dist.is_main else True,
                     dynamic_ncols=True, leave=False)
 
     def end_step(self, losses, epoch, step):

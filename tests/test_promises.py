@@ -2,14 +2,19 @@
 continues the run that was, data, validation and best-keeping included, and a run without a terminal shows it is
 alive."""
 import ast
+import os
 import re
 import shutil
+import signal
 
 import pytest
+import torch
 
 import app
+import training
 from checkpoints import load_checkpoint
 from conftest import REPO_ROOT, run_script
+from utils import UserError
 
 
 def parser_calls():
@@ -100,3 +105,29 @@ def test_nothing_is_said_resumed_before_the_resume_is_known_to_work(tmp_path, ti
     lines = resumed.stdout.splitlines()
     said = [i for i, line in enumerate(lines) if line.startswith('resumed ')]
     assert len(said) == 1 and lines[said[0]].endswith('epoch 2') and 'epoch 2/2' in ' '.join(lines[said[0]:])
+
+
+class DiesAtTwo(torch.utils.data.Dataset):
+    """Four items; the worker process that loads item 2 is killed (as the system's OOM killer would)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.zeros(1)
+
+
+def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line():
+    """It used to end in PyTorch's traceback (RuntimeError: DataLoader worker (pid(s) ...) exited unexpectedly)."""
+    loader = torch.utils.data.DataLoader(DiesAtTwo(), batch_size=1, num_workers=1)
+    seen = []
+    with pytest.raises(UserError) as e:
+        for batch in training.batches(loader):
+            seen.append(batch)
+    message = str(e.value)
+    assert message.startswith('a data loader worker process died (DataLoader worker (pid') and '\n' not in message
+    assert 'fewer --workers' in message and '--resume' in message and len(seen) <= 2
+    assert [b.shape for b in training.batches(torch.utils.data.DataLoader(torch.zeros(3, 2), batch_size=2))] == [
+        (2, 2), (1, 2)]  # a loader that ends normally: every batch, then the end
