@@ -66,7 +66,7 @@ GENERATOR_FLAGS = ('large_kernel_size', 'small_kernel_size', 'n_channels', 'n_bl
 # What a resumed run takes from its checkpoint unless given again (see training.recorded_settings); the
 # generator's configuration comes from the checkpoint's generator_config.
 RESUMED_FLAGS = training.RESUMED_FLAGS + ('kernel_size_d', 'n_channels_d', 'n_blocks_d', 'fc_size_d', 'vgg19_i',
-                                          'vgg19_j', 'beta', 'update_order', 'vgg_weights')
+                                          'vgg19_j', 'beta', 'update_order', 'vgg_weights', 'srresnet_checkpoint')
 
 
 def build_parser():

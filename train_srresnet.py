@@ -37,7 +37,7 @@ from utils import (AverageMeter, Settings, UserError, autocast, get_rng_state, g
 # What a resumed run takes from its checkpoint unless given again (see training.recorded_settings).
 RESUMED_FLAGS = training.RESUMED_FLAGS + ('recipe', 'loss', 'lr_schedule', 'lr_milestones', 'lr_gamma', 'warmup_steps',
                                           'large_kernel_size', 'small_kernel_size', 'n_channels', 'n_blocks',
-                                          'model_opt')
+                                          'model_opt', 'init_from')
 
 
 def build_parser():
@@ -264,7 +264,7 @@ def main(argv=None):
         set_determinism(settings.deterministic)
         trainee = build_training(settings, speed, ctx.device)
         start_epoch, start_step, best_psnr = 1, 0, None
-        if settings.init_from:
+        if settings.init_from and not settings.resume:  # resumed, it is only the record of where the run began
             load_init(settings.init_from, settings, trainee.model, ctx.log)
         ema = training.make_ema(trainee.model, settings.ema_decay, ctx.dist, settings.ema_warmup)  # resume restores it
         trainee = trainee._replace(ema=ema)

@@ -104,6 +104,9 @@ def ship(src, dst, arch, data_folder, label=None):
         ckpt.pop(key, None)
     if label:  # its own name in test.py's output names (srresnet_real next to the shipped srresnet)
         ckpt['label'] = label
+    start = ckpt['args'].get('init_from')  # the shipped model it was fine-tuned from, as the repository names it
+    if start and os.path.isabs(start) and os.path.dirname(os.path.dirname(start)) == REPO:
+        ckpt['args']['init_from'] = os.path.relpath(start, REPO)
     ckpt['args'].update(data_folder=data_folder, results_dir='results', runs_dir='runs', resume=None,
                         val_folder='data/Set5' if ckpt['args'].get('val_folder') else None,
                         checkpoint_path=os.path.join('results', f"checkpoint_{arch}.pth"))

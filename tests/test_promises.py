@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import app
+import train_srresnet
 import training
 from checkpoints import load_checkpoint
 from conftest import REPO_ROOT, run_script
-from utils import UserError
+from utils import UserError, run_cli
 
 
 def parser_calls():
@@ -56,6 +57,22 @@ def test_a_bare_resume_continues_with_the_runs_data_validation_and_best_keeping(
     assert ckpt['args']['deterministic'] is True
     assert (tmp_path / 'results' / 'checkpoint_srresnet_best.pth').is_file()
     assert len(ckpt['history']) == 2 and 'val_psnr' in ckpt['history'][1]
+
+
+def test_a_resumed_fine_tuning_keeps_the_record_of_the_weights_it_began_from(tmp_path, tiny_dataset, capsys):
+    """The shipped photo model was fine-tuned with --init-from and resumed: its record had lost init_from."""
+    tiny = ['--data-folder', tiny_dataset['data'], '--runs-dir', tmp_path / 'runs', '--n-blocks', 2, '--n-channels',
+            8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--device', 'cpu']
+    start = tmp_path / 'start' / 'checkpoint_srresnet.pth'
+    for argv in ([*tiny, '--results-dir', start.parent, '--epochs', 1],
+                 [*tiny, '--results-dir', tmp_path / 'tuned', '--epochs', 1, '--init-from', start],
+                 ['--results-dir', tmp_path / 'tuned', '--epochs', 2, '--resume']):
+        assert run_cli(lambda: train_srresnet.main([str(a) for a in argv])) == 0
+    start.unlink()  # resumed, the run never reads it again
+    assert run_cli(lambda: train_srresnet.main(['--results-dir', str(tmp_path / 'tuned'), '--epochs', '3',
+                                                '--resume'])) == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(tmp_path / 'tuned' / 'checkpoint_srresnet.pth')
+    assert ckpt['epoch'] == 3 and ckpt['args']['init_from'] == str(start)
 
 
 def test_a_bare_srgan_resume_keeps_the_vgg_weights_it_was_trained_with(tmp_path, tiny_dataset):
