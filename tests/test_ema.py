@@ -8,9 +8,10 @@ import torch
 
 import inference
 import models
+import train_srresnet
 from conftest import run_script
 from checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from utils import list_image_files, load_image, pil_to_tensor
+from utils import list_image_files, load_image, pil_to_tensor, run_cli
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--deterministic',
         '--device', 'cpu', '--amp', 'off', '--workers', 0]
@@ -88,7 +89,7 @@ def test_ema_resume_is_bit_exact(tmp_path, tiny_dataset):
     assert any(not torch.equal(reference['model_ema'][k], reference['model'][k]) for k in reference['model'])
 
 
-def test_default_is_off_resume_keeps_the_decay_and_refuses_another(tmp_path, tiny_dataset):
+def test_default_is_off_resume_keeps_the_decay_and_refuses_another(tmp_path, tiny_dataset, capsys):
     data, plain, with_ema = tiny_dataset['data'], tmp_path / 'plain', tmp_path / 'ema'
     train(plain, data, '--epochs', 1, '--max-steps', 2)
     plain_ckpt = load_checkpoint(plain / 'checkpoint_srresnet.pth')
@@ -101,17 +102,20 @@ def test_default_is_off_resume_keeps_the_decay_and_refuses_another(tmp_path, tin
             (with_ema, ['--ema-decay', 0.9], 'was trained with --ema-decay 0.5: resume it with --ema-decay 0.5'),
             (with_ema, ['--ema-decay', 0], 'was trained with --ema-decay 0.5'),
             (plain, ['--ema-decay', 0.5], 'has no EMA weights: resume it without --ema-decay')]:
-        result = run_script('train_srresnet.py', '--data-folder', data, '--results-dir', results, '--runs-dir',
-                            results / 'runs', *TINY, '--epochs', 2, '--resume', *extra)
-        assert result.returncode == 2 and message in result.stderr, result.stderr
-        assert result.stderr.strip().count('\n') == 0
+        argv = [str(a) for a in ('--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
+                                 *TINY, '--epochs', 2, '--resume', *extra)]
+        with pytest.raises(SystemExit) as stop:  # in this process: the refusal comes before any training
+            run_cli(lambda: train_srresnet.main(argv))
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and err.strip().count('\n') == 0, err
     result = run_script('train_srresnet.py', '--data-folder', data, '--results-dir', with_ema, '--runs-dir',
                         with_ema / 'runs', *TINY, '--epochs', 2, '--resume')  # a bare --resume keeps the run's EMA
     assert result.returncode == 0, result.stderr
     resumed = load_checkpoint(with_ema / 'checkpoint_srresnet.pth')
     assert resumed['ema_decay'] == 0.5 and resumed['args']['ema_decay'] == 0.5 and resumed['step'] > 2
-    result = run_script('train_srresnet.py', '--ema-decay', 1)  # would freeze the EMA at the initial weights
-    assert result.returncode == 2 and '--ema-decay: must be in [0, 1)' in result.stderr
+    with pytest.raises(SystemExit) as stop:  # 1 would freeze the EMA at the initial weights
+        train_srresnet.build_parser().parse_args(['--ema-decay', '1'])
+    assert stop.value.code == 2 and '--ema-decay: must be in [0, 1)' in capsys.readouterr().err
 
 
 def psnr_of(state, hr_images):
