@@ -555,6 +555,8 @@ def main(argv=None):
         start_epoch, start_step, best_psnr = 1, 0, None
         if settings.resume:
             start_epoch, start_step, best_psnr = load_resume(settings.resume, ctx, settings, gan)
+            if training.nothing_left(settings.resume, start_epoch, settings.epochs, ctx.log):
+                return 0
         val_images = training.load_val_images(settings.val_folder) if settings.val_folder else None
         bicubic = training.bicubic_psnr(val_images, settings.scale) if val_images else None  # the curves' reference
         dataset, collate = training.build_train_dataset(settings, log=ctx.log)

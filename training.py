@@ -1026,6 +1026,18 @@ def restore_training_state(ckpt, path, scaler, ctx):
     return start_epoch, start_step, ckpt.get('best_psnr')
 
 
+def nothing_left(path, start_epoch, epochs, log):
+    """True, having said so in one line, when the run resumed from ``path`` has already done all ``epochs`` (its
+    next epoch, ``start_epoch``, is past them): the trainer then stops, exit code 0, writing nothing, rather than
+    claiming a resume of an epoch it will not train."""
+    if start_epoch <= epochs:
+        return False
+    done = start_epoch - 1
+    log(f"nothing to train: {path} has done {done} epoch{'s' * (done != 1)} of the {epochs} asked; --epochs N "
+        f"with N > {done} continues it")
+    return True
+
+
 def resumed_line(path, start_epoch, start_step):
     """What a resumed run says once everything it needs is ready (validation images, data, loader): printed earlier,
     a run that then fails would have claimed a resume that never happened."""

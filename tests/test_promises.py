@@ -75,6 +75,25 @@ def test_a_resumed_fine_tuning_keeps_the_record_of_the_weights_it_began_from(tmp
     assert ckpt['epoch'] == 3 and ckpt['args']['init_from'] == str(start)
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train_and_writes_nothing(tmp_path, tiny_dataset, capsys):
+    """It used to print 'resumed ...: epoch 3' for a run of 2 epochs, then 'done', and rewrite its curves."""
+    argv = ['--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs',
+            '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--epochs', 2,
+            '--device', 'cpu']
+    assert run_cli(lambda: train_srresnet.main([str(a) for a in argv])) == 0
+    capsys.readouterr()
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir() if p.is_file()}
+    for extra in ([], ['--epochs', '1'], ['--epochs', '2']):
+        assert run_cli(lambda: train_srresnet.main(['--results-dir', str(tmp_path), '--resume', *extra])) == 0
+        out = capsys.readouterr().out
+        assert out.strip() == (f"nothing to train: {tmp_path / 'checkpoint_srresnet.pth'} has done 2 epochs of the "
+                               f"{extra[1] if extra else 2} asked; --epochs N with N > 2 continues it"), out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir() if p.is_file()} == before
+    assert run_cli(lambda: train_srresnet.main(['--results-dir', str(tmp_path), '--resume', '--epochs', '3'])) == 0
+    out = capsys.readouterr().out
+    assert f"resumed {tmp_path / 'checkpoint_srresnet.pth'}: epoch 3" in out and 'epoch 3/3' in out
+
+
 def test_a_bare_srgan_resume_keeps_the_vgg_weights_it_was_trained_with(tmp_path, tiny_dataset):
     """Trained with --vgg-weights random (offline, no ImageNet weights cached): a bare --resume used to look for the
     ImageNet weights instead and stop."""
