@@ -324,15 +324,21 @@ def resolve_lr_from(faithful, lr_from, degradation, paired):
     return lr_from
 
 
+def available_cores():
+    """The CPU cores this process may run on (its affinity where the OS says, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
 def loader_workers(workers, device, dataset):
     """--workers, or its default when None: 0 on a CPU when the patches come from the RAM cache without
     degradations (cropping is cheap, and worker processes would take cores from the model: ESPCN on T91 trained 1.4x
-    faster with 0 than with 4 on 2 cores), else the tutorial's 4 (degrading a patch costs milliseconds of a core,
-    which workers overlap with the step)."""
+    faster with 0 than with 4 on 2 cores), else the tutorial's 4, at most one per available core (degrading a patch
+    costs milliseconds of a core, which workers overlap with the step; more workers than cores only compete, and
+    PyTorch warns)."""
     if workers is not None:
         return workers
     cheap = getattr(dataset, 'buffer', None) is not None and getattr(dataset, 'degradation', None) is None
-    return 0 if device.type == 'cpu' and cheap else TUTORIAL_WORKERS
+    return 0 if device.type == 'cpu' and cheap else min(TUTORIAL_WORKERS, available_cores())
 
 
 def ignore_stop_signals(worker_id):

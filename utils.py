@@ -128,8 +128,9 @@ def make_parser(doc, *, data=True, device=True, training=False):
                             help="'auto' (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     if training:
         parser.add_argument('--workers', type=non_negative_int, default=None,
-                            help="data-loading worker processes (default: 4, the tutorial's; 0 when training on a "
-                                 "CPU from the RAM cache, where workers only compete with the model for the cores)")
+                            help="data-loading worker processes (default: 4, the tutorial's, at most one per core; 0 "
+                                 "when training on a CPU from the RAM cache, where workers only compete with the "
+                                 "model for the cores)")
         parser.add_argument('--seed', type=int, default=0, help='random seed (data order, crops, initialisation)')
     return parser
 

@@ -222,8 +222,8 @@ def test_make_lr_pil_equals_pillow_and_matlab_equals_imresize():
 
 
 def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_dataset):
-    """--workers unset: 0 worker processes on a CPU with the RAM cache, the tutorial's 4 otherwise; a given value
-    always wins. (Same patches either way: tests/test_reliability_training.py resumes with 2 workers after 0.)"""
+    """--workers unset: 0 worker processes on a CPU with the RAM cache, the tutorial's 4 otherwise (at most one per
+    available core); a given value always wins. (Same patches either way: tests/test_reliability_training.py resumes with 2 workers after 0.)"""
     from datasets import PatchDataset
     import train_srresnet
     from training import loader_workers
@@ -233,10 +233,15 @@ def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_d
     streamed = PatchDataset(tiny_dataset['data'], 24, 4, cache_bytes=0, log=lambda *_: None)
     faithful = SRDataset(tiny_dataset['data'], 'train', 24, 4, '[0, 1]', '[0, 1]')
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    tutorial = min(4, len(os.sched_getaffinity(0)))
     assert loader_workers(args.workers, cpu, cached) == 0
-    assert loader_workers(args.workers, cuda, cached) == 4
-    assert loader_workers(args.workers, cpu, streamed) == 4
-    assert loader_workers(args.workers, cpu, faithful) == 4
+    assert loader_workers(args.workers, cuda, cached) == tutorial
+    assert loader_workers(args.workers, cpu, streamed) == tutorial
+    assert loader_workers(args.workers, cpu, faithful) == tutorial
+    with mock.patch('os.sched_getaffinity', return_value={0, 1, 2, 3, 4, 5, 6, 7}):
+        assert loader_workers(None, cpu, streamed) == 4  # the tutorial's 4 where there are cores for them
+    with mock.patch('os.sched_getaffinity', return_value={0, 1}):
+        assert loader_workers(None, cpu, streamed) == 2  # never more than the cores: PyTorch warns
     args.workers = 2
     assert loader_workers(args.workers, cpu, cached) == 2
 
