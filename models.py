@@ -459,40 +459,6 @@ def check_vgg19_layer(i, j):
                          f"{VGG19_BLOCK_CONVS[i - 1]}")
 
 
-class TruncatedVGG19(nn.Module):
-    """VGG19 ``features`` up to and including the ReLU of the j-th conv before the i-th max-pool.
-
-    i=5, j=4 keeps the first 36 layers (conv5_4 and its ReLU). Frozen: no parameter needs a gradient.
-    Input: imagenet-normalised RGB (N, 3, H, W). Output: (N, 512, H / 16, W / 16) for i=5.
-    """
-
-    def __init__(self, i=5, j=4, weights='imagenet'):
-        super().__init__()
-        features = load_vgg19_features(weights)
-        maxpool_counter = conv_counter = truncate_at = 0
-        for layer in features.children():
-            truncate_at += 1
-            if isinstance(layer, nn.Conv2d):
-                conv_counter += 1
-            if isinstance(layer, nn.MaxPool2d):
-                maxpool_counter += 1
-                conv_counter = 0
-            if maxpool_counter == i - 1 and conv_counter == j:
-                break
-        if not (maxpool_counter == i - 1 and conv_counter == j):
-            raise ValueError(f"i={i}, j={j} do not name a convolution of VGG19")
-        # +1 keeps the ReLU that follows the j-th convolution.
-        self.truncated_vgg19 = nn.Sequential(*list(features.children())[:truncate_at + 1])
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode=True):
-        return super().train(False)  # always in eval mode: it is a fixed feature extractor
-
-    def forward(self, x):
-        return self.truncated_vgg19(x)  # (N, 512, H / 16, W / 16) for i=5
-
-
 def vgg19_layer_names():
     """The names of VGG19's 37 ``features`` layers in order, BasicSR's: conv1_1, relu1_1, conv1_2, relu1_2, pool1,
     conv2_1, ... relu5_4, pool5."""
@@ -502,6 +468,29 @@ def vgg19_layer_names():
             names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
         names.append(f"pool{block}")
     return names
+
+
+class TruncatedVGG19(nn.Module):
+    """VGG19 ``features`` up to and including the ReLU of the j-th conv before the i-th max-pool.
+
+    i=5, j=4 keeps the first 36 layers (conv5_4 and its ReLU). Frozen: no parameter needs a gradient.
+    Input: imagenet-normalised RGB (N, 3, H, W). Output: (N, 512, H / 16, W / 16) for i=5.
+    """
+
+    def __init__(self, i=5, j=4, weights='imagenet'):
+        super().__init__()
+        check_vgg19_layer(i, j)
+        features = load_vgg19_features(weights)
+        keep = vgg19_layer_names().index(f"relu{i}_{j}") + 1  # up to the ReLU that follows the j-th convolution
+        self.truncated_vgg19 = nn.Sequential(*list(features.children())[:keep])
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        return super().train(False)  # always in eval mode: it is a fixed feature extractor
+
+    def forward(self, x):
+        return self.truncated_vgg19(x)  # (N, 512, H / 16, W / 16) for i=5
 
 
 class VGG19FeatureMaps(nn.Module):

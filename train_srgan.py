@@ -134,17 +134,13 @@ def check_keras_flags(parser, flags):
 
 def check_realesrgan_flags(parser, run, given):
     """What the realesrgan variant fixes or needs: none of the tutorial discriminator's shape flags, the content
-    loss's VGG layer (its perceptual loss takes five layers) or --update-order, HR crops the U-Net discriminator can
-    halve three times,
-    and Real-ESRGAN's degradations when neither --degradation nor --paired says otherwise."""
+    loss's VGG layer (its perceptual loss takes five layers) or --update-order, and Real-ESRGAN's degradations when
+    neither --degradation nor --paired says otherwise."""
     unused = [f"--{k.replace('_', '-')}" for k in TUTORIAL_ONLY_FLAGS if k in given]
     if unused:
         parser.error(f"{', '.join(unused)}: not used by the realesrgan variant (its U-Net discriminator is sized by "
                      f"--n-channels-d, its perceptual loss takes five VGG19 layers, it updates the generator first "
                      f"as Real-ESRGAN does); drop the flag")
-    crop = run['crop_size'] or REALESRGAN_RECIPE['crop_size']
-    if crop % 8:
-        parser.error(f"--crop-size {crop}: the realesrgan variant's U-Net discriminator needs a multiple of 8")
     if run['degradation'] is None and not run['paired'] and not run['faithful'] and run['lr_from'] is None:
         run['degradation'] = 'realesrgan'
 
@@ -223,6 +219,9 @@ def resolve_settings(parser, argv=None):
         parser.error(f"--scale: {e}")
     if run['crop_size'] % scale:
         parser.error(f"--crop-size {run['crop_size']} is not divisible by --scale {scale}")
+    if run['variant'] == 'realesrgan' and run['crop_size'] % 8:  # the U-Net discriminator halves it three times
+        parser.error(f"--crop-size {run['crop_size']}: the realesrgan variant's U-Net discriminator needs a multiple "
+                     f"of 8")
     run['generator_config'] = config
     run['discriminator_config'] = (dict(n_channels=run['n_channels_d'], skip_connection=True)
                                    if run['variant'] == 'realesrgan' else
