@@ -37,8 +37,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.signal
-import scipy.special
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -334,6 +332,7 @@ def sinc_kernel(size, cutoff):
     """The circularly symmetric low-pass (2-D sinc) kernel of cutoff frequency ``cutoff`` radians (pi: Nyquist):
     cutoff * J1(cutoff * r) / (2 pi r) at distance r from the centre, cutoff^2 / (4 pi) at the centre (its limit),
     truncated to (size, size) and normalised to sum 1."""
+    import scipy.special  # here, not at the top: SciPy's import costs every run, only degradations use it
     x, y = kernel_grid(size)
     r = np.hypot(x, y)
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -394,6 +393,7 @@ def blur(img, kernel):
     """``img`` (3, H, W) float32 filtered with ``kernel`` (k, k), k odd: the borders reflected (torch's 'reflect'
     padding: the edge pixel not repeated), the same size out. The kernels here are point-symmetric, so convolution
     and correlation agree. Through the FFT: a 21 px kernel costs about what a 7 px one does."""
+    import scipy.signal  # here, not at the top: about a second to import, which every run would pay
     p = kernel.shape[0] // 2
     padded = np.pad(img, ((0, 0), (p, p), (p, p)), mode='reflect')  # (3, H + 2p, W + 2p)
     out = scipy.signal.fftconvolve(padded, kernel[None].astype(np.float32), mode='valid', axes=(1, 2))

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 import datasets
@@ -723,8 +722,9 @@ class TrainContext:
 
         def write(writer):
             for name, img, kind in (('1_lr', lr, lr_kind), ('2_sr', sr, out_kind), ('3_hr', hr, out_kind)):
-                writer.add_image(f"{self.tag}/{tag}/{name}", make_grid(to_display(img[:4].detach().cpu(), kind),
-                                                                       nrow=4), epoch)
+                # TensorBoard tiles the batch itself (4 images: one row), so torchvision is not imported for it
+                writer.add_images(f"{self.tag}/{tag}/{name}", to_display(img[:4].detach().cpu(), kind), epoch,
+                                  dataformats='NCHW')
         self._write_logs(write)
 
     def log_epoch(self, epoch, epochs, losses, val_psnr=None, best_psnr=None, ema=False):
