@@ -1017,6 +1017,15 @@ def recorded_settings(ckpt, path, flags, given, keys):
     return {key: recorded[key] for key in keys if key not in given and key in recorded}
 
 
+def check_training_state(ckpt, path, key, start_new):
+    """--resume needs a run's training state (``key``: the optimizer entry the trainer restores). A file of weights
+    only (a shipped, exported, converted or published model) is refused in one line naming ``start_new``, the flag
+    that starts a new run from its weights, before anything else is read from it."""
+    if key not in ckpt:
+        raise UserError(f"--resume {path}: it holds weights only (a shipped, exported or converted model), not a "
+                        f"training run to continue: {start_new} {path} starts a new run from its weights")
+
+
 def restore_training_state(ckpt, path, scaler, ctx):
     """Restore the GradScaler, the RNG states (single process) and the step counter from a checkpoint.
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import app
+import export
+import train_srgan
 import train_srresnet
 import training
 from checkpoints import load_checkpoint
@@ -167,3 +169,36 @@ def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line():
     assert 'fewer --workers' in message and '--resume' in message and len(seen) <= 2
     assert [b.shape for b in training.batches(torch.utils.data.DataLoader(torch.zeros(3, 2), batch_size=2))] == [
         (2, 2), (1, 2)]  # a loader that ends normally: every batch, then the end
+
+
+def test_resuming_a_file_of_weights_only_names_the_flag_that_starts_from_them(tmp_path, tiny_dataset, capsys):
+    """--resume of the shipped SRResNet (its EMA weights, no optimizer) said 'records ema_decay but lacks
+    model_ema/ema_n_averaged: not a complete checkpoint'; of an exported .pth or .safetensors, that the model
+    configuration differed; of an exported generator, train_srgan.py spoke of the tutorial's optimizer_g."""
+    argv = ['--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'run', '--runs-dir', tmp_path / 'runs',
+            '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--epochs', 1,
+            '--device', 'cpu', '--ema-decay', 0.9]
+    assert run_cli(lambda: train_srresnet.main([str(a) for a in argv])) == 0
+    ckpt = load_checkpoint(tmp_path / 'run' / 'checkpoint_srresnet.pth')
+    shipped = {k: v for k, v in ckpt.items() if k not in ('optimizer', 'model_ema', 'ema_n_averaged', 'scheduler',
+                                                            'rng', 'scaler')}
+    shipped['model'] = ckpt['model_ema']
+    torch.save(shipped, tmp_path / 'shipped.pth')
+    for export_format in ('pth', 'safetensors'):
+        assert run_cli(lambda: export.main(['--checkpoint', str(tmp_path / 'run' / 'checkpoint_srresnet.pth'),
+                                            '--format', export_format, '--output',
+                                            str(tmp_path / f"exported.{export_format}")])) == 0
+    capsys.readouterr()
+    for name in ('shipped.pth', 'exported.pth', 'exported.safetensors'):
+        path = tmp_path / name
+        for script, flag in ((train_srresnet, '--init-from'), (train_srgan, '--srresnet-checkpoint')):
+            before = sorted(p.name for p in tmp_path.rglob('*'))
+            argv = ['--resume', str(path), '--results-dir', str(tmp_path / 'new'), '--epochs', '2', '--device',
+                    'cpu'] + ['--vgg-weights', 'random'] * (script is train_srgan)
+            with pytest.raises(SystemExit) as e:
+                run_cli(lambda: script.main(argv))
+            err = capsys.readouterr().err.strip()
+            assert e.value.code == 2 and err == (f"error: --resume {path}: it holds weights only (a shipped, exported or "
+                                         f"converted model), not a training run to continue: {flag} {path} starts "
+                                         f"a new run from its weights"), (name, err)
+            assert sorted(p.name for p in tmp_path.rglob('*')) == before  # nothing written
