@@ -37,9 +37,10 @@ import inference
 import models
 import reports
 from checkpoints import save_checkpoint, strip_prefixes
-from utils import (Interrupted, RunLock, UserError, atomic_write, check_precision, convert_image, imresize,
-                   list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number, pick_device,
-                   pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, set_rng_state, unwrap_model)
+from utils import (Interrupted, RunLock, UserError, atomic_write, check_output_folder, check_precision, convert_image,
+                   imresize, list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number,
+                   pick_device, pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, set_rng_state,
+                   unwrap_model)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -594,6 +595,7 @@ class TrainContext:
             self.dist = init_distributed(self.device_name, self.ngpu, self.dist_timeout)
             self.device = self.dist.device
             if self.checkpoint is not None and self.dist.is_main:
+                check_output_folder(os.path.dirname(self.checkpoint) or '.', '--results-dir')
                 self.lock = RunLock(self.checkpoint).acquire()
                 claim_run_files(self.checkpoint, self.resume, self.restart, log=self.log)
         except BaseException as e:

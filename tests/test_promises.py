@@ -202,3 +202,16 @@ def test_resuming_a_file_of_weights_only_names_the_flag_that_starts_from_them(tm
                                          f"converted model), not a training run to continue: {flag} {path} starts "
                                          f"a new run from its weights"), (name, err)
             assert sorted(p.name for p in tmp_path.rglob('*')) == before  # nothing written
+
+
+def test_a_results_dir_that_is_a_file_is_named_in_one_line(tmp_path, capsys):
+    """It used to say 'cannot write FILE/.checkpoint_srresnet.pth.lock (the lock of ...): File exists'."""
+    (tmp_path / 'taken').write_text('a file')
+    for script, extra in ((train_srresnet, []), (train_srgan, ['--vgg-weights', 'random'])):
+        for folder, said in ((tmp_path / 'taken', f"{tmp_path / 'taken'} is"),
+                             (tmp_path / 'taken' / 'run', f"{tmp_path / 'taken' / 'run'}: {tmp_path / 'taken'} is")):
+            with pytest.raises(SystemExit) as e:
+                run_cli(lambda: script.main(['--results-dir', str(folder), '--device', 'cpu', *extra]))
+            err = capsys.readouterr().err.strip().splitlines()
+            assert e.value.code == 2 and err[-1] == f"error: --results-dir {said} a file, not a folder: name a folder"
+    assert (tmp_path / 'taken').read_text() == 'a file'
