@@ -153,6 +153,9 @@ def build_parser():
                         help="a torchvision AlexNet / VGG16 state_dict file for --lpips-net (default: torchvision's "
                              "ImageNet weights from the torch hub cache)")
     parser.add_argument('--results-dir', default='results', help='where the reports go')
+    parser.add_argument('--overwrite', action='store_true',
+                        help="replace a report set of the same name made of another model or other test sets (the "
+                             "same model on the same sets replaces its own without it)")
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
     parser.add_argument('--convert-legacy', nargs=2, metavar=('OLD', 'NEW'),
@@ -693,6 +696,31 @@ def report_paths(results_dir, name, scale):
     return {'md': base + '.md', 'json': base + '.json', 'csv': base + '_per_image.csv'}
 
 
+def check_report_names(results_dir, meta, set_names, html, overwrite):
+    """Before any work: the report set this run will write may replace only its own earlier version (the same
+    model file, or baseline, and weights, EMA or raw, on the same test sets); one of another model, other weights or
+    other sets, which shares its name (eval_<name>_x<scale>: two runs' checkpoint_srresnet.pth), is refused in one
+    line unless ``overwrite``."""
+    paths = report_paths(results_dir, meta['name'], meta['scale'])
+    there = [p for p in list(paths.values()) + [paths['md'][:-len('.md')] + '.html'] * html if os.path.lexists(p)]
+    if not there or overwrite:
+        return
+    try:
+        with open(paths['json'], encoding='utf-8') as f:
+            earlier = json.load(f)
+        made_of = (earlier.get('model'), earlier.get('checkpoint') and os.path.abspath(earlier['checkpoint']),
+                   earlier.get('weights_selected'), [d.get('name') for d in earlier.get('datasets', [])])
+    except (OSError, ValueError, AttributeError, TypeError):
+        earlier = made_of = None
+    if made_of == (meta['model'], meta['checkpoint'] and os.path.abspath(meta['checkpoint']),
+                   meta['weights_selected'], list(set_names)):
+        return
+    weights = f" ({made_of[2]} weights)" if earlier and made_of[2] else ''
+    what = (f"the report of {earlier.get('checkpoint') or earlier.get('model')}{weights} on "
+            f"{', '.join(made_of[3]) or 'no test set'}" if earlier else "a report this run did not make")
+    raise UserError(f"{there[0]} is {what}: pass --overwrite to replace it, or give another --results-dir")
+
+
 def write_reports(results_dir, meta, results, html=False):
     """Write the markdown table, the JSON summary and the per-image CSV (and with ``html`` the HTML page), all or
     nothing (a failure while writing any of them leaves none of the new ones and the old set as it was). Returns
@@ -883,6 +911,8 @@ def main(argv=None):
             'device': str(method.device), 'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
             'weights': method.source, 'weights_selected': getattr(method, 'selected', None),
             'notes': list(method.notes) + (PAIRED_NOTE if has_pairs(test_sets) else []), 'lpips': lpips_meta(args)}
+    check_report_names(args.results_dir, meta, [name for name, _, _ in test_sets], args.report == 'html',
+                       args.overwrite)
     print(f"eval.py: {describe(meta)}; protocol(s): {', '.join(protocols)}; metrics: {', '.join(args.metrics)}",
           flush=True)
     for note in meta['notes']:

@@ -2,6 +2,7 @@
 continues the run that was, data, validation and best-keeping included, and a run without a terminal shows it is
 alive."""
 import ast
+import json
 import os
 import re
 import shutil
@@ -11,11 +12,13 @@ import pytest
 import torch
 
 import app
+import eval as eval_script
 import export
+import models
 import train_srgan
 import train_srresnet
 import training
-from checkpoints import load_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
 from conftest import REPO_ROOT, run_script
 from utils import UserError, run_cli
 
@@ -215,3 +218,39 @@ def test_a_results_dir_that_is_a_file_is_named_in_one_line(tmp_path, capsys):
             err = capsys.readouterr().err.strip().splitlines()
             assert e.value.code == 2 and err[-1] == f"error: --results-dir {said} a file, not a folder: name a folder"
     assert (tmp_path / 'taken').read_text() == 'a file'
+
+
+def test_an_eval_report_never_replaces_another_models_or_other_sets(tmp_path, tiny_dataset, capsys):
+    """Two runs' checkpoint_srresnet.pth both report as eval_srresnet_x4: the second evaluation silently replaced
+    the first one's report, as did the same model evaluated on other test sets."""
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        config = models.model_config('espcn', 3, channels=[8, 4])
+        path = tmp_path / f"run{seed}" / 'checkpoint_espcn.pth'
+        path.parent.mkdir()
+        save_checkpoint({'format_version': 1, 'arch': 'espcn', 'model_config': config, 'epoch': 1,
+                         'model': models.build_model('espcn', config).state_dict()}, str(path))
+        runs.append(str(path))
+    results, test = tmp_path / 'reports', tiny_dataset['test']
+    (tmp_path / 'other').mkdir()
+    shutil.copy(sorted(test.iterdir())[0], tmp_path / 'other')
+
+    def evaluate(checkpoint, folder, *extra):
+        return run_cli(lambda: eval_script.main(['--checkpoint', checkpoint, '--test-folders', str(folder),
+                                                 '--results-dir', str(results), '--protocol', 'standard',
+                                                 '--device', 'cpu', *extra]))
+    report = results / 'eval_espcn_x3.json'
+    assert evaluate(runs[0], test) == 0 and evaluate(runs[0], test) == 0  # a re-run replaces its own report
+    first = report.read_bytes()
+    for checkpoint, folder in ((runs[1], test), (runs[0], tmp_path / 'other')):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            evaluate(checkpoint, folder)
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and 'evaluating' not in out
+        assert err.strip() == (f"error: {results / 'eval_espcn_x3.md'} is the report of {runs[0]} on "
+                               f"{test.name}: pass --overwrite to replace it, or give another --results-dir")
+        assert report.read_bytes() == first
+    assert evaluate(runs[1], test, '--overwrite') == 0
+    assert json.loads(report.read_text())['checkpoint'] == runs[1]

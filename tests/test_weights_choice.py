@@ -115,6 +115,10 @@ def test_eval_scores_the_average_by_default_and_the_raw_weights_with_the_flag(tm
             assert abs(other - psnr) > 10 * 2e-3  # the other weights score beyond the tolerance: told apart
         assert summary['weights_selected'] == used and f"({used} weights)" in md
         assert f"note: {'EMA' if used == 'ema' else 'raw'} weights (" in out
+    # the raw weights' report does not replace the EMA's of the same name unless told to
+    code, _, err = run_main_here(['--checkpoint', checkpoint, '--test-folders', folder, '--protocol', 'standard',
+                                  '--results-dir', tmp_path / 'results_ema_0', '--weights', 'raw'])
+    assert code == 2 and f"is the report of {checkpoint} (ema weights) on Synth: pass --overwrite" in err
 
 
 def test_test_py_upscales_with_the_average_by_default_and_raw_with_the_flag(tmp_path, nets, script, monkeypatch,
