@@ -182,6 +182,8 @@ def resolve_settings(parser, argv=None):
             training.check_training_state(resumed, run['resume'], 'optimizer_g', '--srresnet-checkpoint')
         run.update(training.recorded_settings(resumed, run['resume'], flags, given_flags(parser, argv),
                                               RESUMED_FLAGS))
+    run['log_name'] = training.log_name(run['runs_dir'], 'srgan', resumed and resumed.get('args'),
+                                        resumed=resumed is not None)
     try:
         models.check_vgg19_layer(run['vgg19_i'], run['vgg19_j'])
     except ValueError as e:
@@ -561,7 +563,7 @@ def main(argv=None):
         val_images = training.load_val_images(settings.val_folder) if settings.val_folder else None
         bicubic = training.bicubic_psnr(val_images, settings.scale) if val_images else None  # the curves' reference
         dataset, collate = training.build_train_dataset(settings, log=ctx.log)
-        ctx.open_writer(os.path.join(settings.runs_dir, 'srgan'), tag='srgan')
+        ctx.open_writer(os.path.join(settings.runs_dir, settings.log_name), tag='srgan')
         g_net = training.wrap_model(gan.generator, ctx.dist, settings.ngpu, settings.sync_bn)
         d_net = training.wrap_model(gan.discriminator, ctx.dist, settings.ngpu, settings.sync_bn)
         vgg = gan.vgg

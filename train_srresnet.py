@@ -102,7 +102,10 @@ def resolve_settings(parser, argv=None):
         if 'arch' not in given and flags.resume != 'auto' and ckpt.get('arch') in models.ARCHS:
             run['arch'] = ckpt['arch']
         run.update(training.recorded_settings(ckpt, path, flags, given, RESUMED_FLAGS))
+        run['log_name'] = training.log_name(run['runs_dir'], run['arch'], ckpt.get('args'), resumed=True)
         del ckpt
+    else:
+        run['log_name'] = training.log_name(run['runs_dir'], run['arch'])
     arch = run['arch']
     scale = run['scale'] = 4 if run['scale'] is None else run['scale']
     try:
@@ -277,7 +280,7 @@ def main(argv=None):
         val_images = training.load_val_images(settings.val_folder) if settings.val_folder else None
         bicubic = training.bicubic_psnr(val_images, settings.scale) if val_images else None  # the curves' reference
         dataset, collate = training.build_train_dataset(settings, log=ctx.log)
-        ctx.open_writer(os.path.join(settings.runs_dir, settings.arch), tag=settings.arch)
+        ctx.open_writer(os.path.join(settings.runs_dir, settings.log_name), tag=settings.arch)
         net = training.wrap_model(trainee.model, ctx.dist, settings.ngpu, settings.sync_bn)
         if speed.compile:
             net = torch.compile(net)

@@ -950,6 +950,21 @@ def better(val_psnr, best_psnr):
     return max(val_psnr, best_psnr if best_psnr is not None else val_psnr), best_psnr is None or val_psnr > best_psnr
 
 
+def log_name(runs_dir, tag, recorded_args=None, resumed=False):
+    """The run's TensorBoard folder under --runs-dir: a resumed run keeps the one its checkpoint recorded (runs
+    made before the name was recorded logged to ``tag`` itself); a new run gets its own, '<tag>_<date>-<time>'
+    (a number appended when that is taken), so two runs never write their curves into one folder, where
+    TensorBoard would draw them over each other."""
+    if resumed:
+        return (recorded_args or {}).get('log_name', tag)
+    name = base = f"{tag}_{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while os.path.lexists(os.path.join(runs_dir, name)):
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def run_record(settings, speed):
     """The run's settings as plain data for the checkpoint's 'args', with the speed settings as resolved."""
     return {**plain_args(settings), **speed.flags()}

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import app
 import eval as eval_script
@@ -254,3 +255,20 @@ def test_an_eval_report_never_replaces_another_models_or_other_sets(tmp_path, ti
         assert report.read_bytes() == first
     assert evaluate(runs[1], test, '--overwrite') == 0
     assert json.loads(report.read_text())['checkpoint'] == runs[1]
+
+
+def test_two_runs_never_write_their_curves_into_one_tensorboard_folder(tmp_path, tiny_dataset):
+    """Every SRResNet run logged to <runs-dir>/srresnet: a second run (another --results-dir, or --restart) drew its
+    curves over the first's in TensorBoard. Each new run gets its own folder; a resumed run keeps its own."""
+    tiny = ['--data-folder', tiny_dataset['data'], '--runs-dir', tmp_path / 'runs', '--n-blocks', 2, '--n-channels',
+            8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--device', 'cpu', '--epochs', 1]
+    for argv in ([*tiny, '--results-dir', tmp_path / 'a'], [*tiny, '--results-dir', tmp_path / 'b'],
+                 [*tiny, '--results-dir', tmp_path / 'b', '--restart'],
+                 ['--results-dir', tmp_path / 'a', '--resume', '--epochs', 2]):
+        assert run_cli(lambda: train_srresnet.main([str(a) for a in argv])) == 0
+    names = {run: load_checkpoint(tmp_path / run / 'checkpoint_srresnet.pth')['args']['log_name'] for run in 'ab'}
+    folders = sorted(p.name for p in (tmp_path / 'runs').iterdir())
+    assert len(folders) == 3 and set(names.values()) < set(folders)  # a, b, and b's run set aside by --restart
+    assert all(re.fullmatch(r"srresnet_\d{8}-\d{6}(_\d+)?", name) for name in folders), folders
+    steps = {e.step for e in EventAccumulator(str(tmp_path / 'runs' / names['a'])).Reload().Scalars('srresnet/loss')}
+    assert steps == {1, 2}  # the resumed epoch 2 went to run a's folder

@@ -39,7 +39,8 @@ def test_srresnet_trains_saves_tutorial_keys_and_resume_continues_epochs(tmp_pat
     assert not any(k.startswith('module.') for k in ckpt['model'])
     model = models.build_model('srresnet', ckpt['model_config'])
     model.load_state_dict(ckpt['model'])
-    assert list((tmp_path / 'runs' / 'srresnet').iterdir())  # TensorBoard events
+    (log,) = (tmp_path / 'runs').iterdir()  # the run's own TensorBoard folder, recorded in the checkpoint
+    assert log.name == ckpt['args']['log_name'] and log.name.startswith('srresnet_') and list(log.iterdir())
 
     result = train(tmp_path, tiny_dataset['data'], *TINY_SRRESNET, '--epochs', 3, '--resume')
     assert result.returncode == 0, result.stderr
@@ -47,6 +48,7 @@ def test_srresnet_trains_saves_tutorial_keys_and_resume_continues_epochs(tmp_pat
     assert 'epoch 1/3' not in result.stdout
     resumed = load_checkpoint(path)
     assert resumed['epoch'] == 3 and resumed['step'] == 3 * 2  # 6 images / batch 3 = 2 steps per epoch
+    assert list((tmp_path / 'runs').iterdir()) == [log] and resumed['args']['log_name'] == log.name
     assert not torch.equal(resumed['model']['conv_block1.conv_block.0.weight'],
                            ckpt['model']['conv_block1.conv_block.0.weight'])
 
@@ -262,7 +264,8 @@ def test_tensorboard_logs_the_epoch_mean_per_step_losses_and_first_batch_grids(t
             '--device', 'cpu', '--amp', 'off', '--epochs', '2']
     assert train_srresnet.main(argv) == 0
     printed = [float(v) for v in re.findall(r"^epoch \d/2: loss ([\d.e+-]+)", capsys.readouterr().out, flags=re.M)]
-    events = EventAccumulator(str(tmp_path / 'runs' / 'srresnet'), size_guidance={'images': 0, 'scalars': 0})
+    (log,) = (tmp_path / 'runs').iterdir()
+    events = EventAccumulator(str(log), size_guidance={'images': 0, 'scalars': 0})
     events.Reload()
     steps = [e.value for e in sorted(events.Scalars('srresnet/loss_step'), key=lambda e: e.step)]
     epochs = [e.value for e in sorted(events.Scalars('srresnet/loss'), key=lambda e: e.step)]
