@@ -128,9 +128,13 @@ def parsed(monkeypatch):
 
 @pytest.mark.parametrize('script_name', ['train_srresnet', 'train_srgan', 'eval'])
 def test_settings_are_made_once_from_the_flags_and_frozen(script_name, files, parsed, tmp_path):
+    run = checkpoints.load_checkpoint(files['espcn'])  # --resume needs a training run's state, not weights only
+    run['optimizer'] = torch.optim.Adam(models.build_model('espcn', run['model_config']).parameters()).state_dict()
+    checkpoints.save_checkpoint(run, str(tmp_path / 'espcn_run.pth'))
     module, argv = {
         'train_srresnet': (train_srresnet, ['--arch', 'espcn', '--scale', '2', '--model-opt', 'channels=[8,8]',
-                                            '--resume', files['espcn'], '--results-dir', str(tmp_path)]),
+                                            '--resume', str(tmp_path / 'espcn_run.pth'), '--results-dir',
+                                            str(tmp_path)]),
         'train_srgan': (train_srgan, ['--srresnet-checkpoint', files['srresnet'], '--results-dir', str(tmp_path)]),
         'eval': (eval_script, ['--arch', 'bicubic', '--metrics', 'ssim', 'psnr', 'psnr']),
     }[script_name]
@@ -145,6 +149,7 @@ def test_settings_are_made_once_from_the_flags_and_frozen(script_name, files, pa
     resolved = {'train_srresnet': lambda s: (s.scale, s.crop_size, s.checkpoint_path, s.resume),
                 'train_srgan': lambda s: (s.scale, s.generator_config['n_channels'], s.crop_size),
                 'eval': lambda s: (s.scale, s.metrics, s.protocols)}[script_name](settings)
-    assert resolved == {'train_srresnet': (2, 34, str(tmp_path / 'checkpoint_espcn.pth'), files['espcn']),
+    assert resolved == {'train_srresnet': (2, 34, str(tmp_path / 'checkpoint_espcn.pth'),
+                                           str(tmp_path / 'espcn_run.pth')),
                         'train_srgan': (4, 8, 96),
                         'eval': (4, ('psnr', 'ssim'), ('standard', 'tutorial'))}[script_name]
