@@ -107,6 +107,7 @@ def ship(src, dst, arch, data_folder, label=None):
     start = ckpt['args'].get('init_from')  # the shipped model it was fine-tuned from, as the repository names it
     if start and os.path.isabs(start) and os.path.dirname(os.path.dirname(start)) == REPO:
         ckpt['args']['init_from'] = os.path.relpath(start, REPO)
+    ckpt['args'].pop('log_name', None)  # the run's TensorBoard folder, named by its start time: not the model's
     ckpt['args'].update(data_folder=data_folder, results_dir='results', runs_dir='runs', resume=None,
                         val_folder='data/Set5' if ckpt['args'].get('val_folder') else None,
                         checkpoint_path=os.path.join('results', f"checkpoint_{arch}.pth"))

@@ -161,7 +161,7 @@ def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
     assert row['command'].startswith('python train_srresnet.py --recipe cpu-291 --device cpu --amp off')
     shipped = load_checkpoint(out / 'srresnet_x4_291.pth')
     assert shipped['args']['recipe'] == 'cpu-291' and shipped['args']['data_folder'] == 'data/291'
-    assert shipped['args']['results_dir'] == 'results'
+    assert shipped['args']['results_dir'] == 'results' and 'log_name' not in shipped['args']  # no start time
     trained = load_checkpoint(tmp_path / 'work' / 'checkpoint_srresnet.pth')
     assert not {'optimizer', 'model_ema', 'rng'} & set(shipped)  # the EMA weights as 'model', nothing resume-only
     assert shipped['notes'] and 'EMA' in shipped['notes'][0]
