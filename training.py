@@ -40,7 +40,7 @@ from checkpoints import save_checkpoint, strip_prefixes
 from utils import (Interrupted, RunLock, UserError, atomic_write, check_output_folder, check_precision, convert_image,
                    imresize, list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number,
                    pick_device, pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, set_rng_state,
-                   unwrap_model)
+                   unwrap_model, worker_death)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -542,7 +542,9 @@ def to_display(img, kind):
 
 def batches(loader):
     """The loader's batches. A worker process that dies (the system kills it, most often for memory) ends the run
-    in one line naming the fix, instead of PyTorch's traceback; the checkpoint saved last stays as it was."""
+    in one line naming the fix (utils.worker_death), instead of PyTorch's traceback; the checkpoint saved last stays
+    as it was. The loader's iterator is let go first, so its dead worker leaves PyTorch's SIGCHLD watch at once
+    (kept alive by the traceback, it would raise again at the next child process's exit)."""
     iterator = iter(loader)
     while True:
         try:
@@ -550,13 +552,14 @@ def batches(loader):
         except StopIteration:
             return
         except RuntimeError as e:
-            if 'DataLoader worker' not in str(e):
+            died = worker_death(e)
+            if died is None:
                 raise
-            cause = str(e).splitlines()[0].rstrip(' .')
-            raise UserError(f"a data loader worker process died ({cause}; the system kills one most often for "
-                            f"memory): run again with fewer --workers (0: none) and --resume, which continues from "
-                            f"the checkpoint saved last") from None
-        yield batch
+        else:
+            yield batch
+            continue
+        del iterator
+        raise died  # outside the except clause: no context holding the iterator's frames
 
 
 class TrainContext:

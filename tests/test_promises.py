@@ -21,7 +21,7 @@ import train_srresnet
 import training
 from checkpoints import load_checkpoint, save_checkpoint
 from conftest import REPO_ROOT, run_script
-from utils import UserError, run_cli
+from utils import run_cli
 
 
 def parser_calls():
@@ -161,16 +161,27 @@ class DiesAtTwo(torch.utils.data.Dataset):
         return torch.zeros(1)
 
 
-def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line():
-    """It used to end in PyTorch's traceback (RuntimeError: DataLoader worker (pid(s) ...) exited unexpectedly)."""
+def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line(capsys):
+    """It used to end in PyTorch's traceback (RuntimeError: DataLoader worker (pid(s) ...) exited unexpectedly).
+    PyTorch raises it from its SIGCHLD handler, so it may surface in training.batches (converted there, the loader
+    let go) or anywhere else in the main process (converted by utils.run_cli): the same line either way."""
     loader = torch.utils.data.DataLoader(DiesAtTwo(), batch_size=1, num_workers=1)
     seen = []
-    with pytest.raises(UserError) as e:
-        for batch in training.batches(loader):
-            seen.append(batch)
-    message = str(e.value)
-    assert message.startswith('a data loader worker process died (DataLoader worker (pid') and '\n' not in message
-    assert 'fewer --workers' in message and '--resume' in message and len(seen) <= 2
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: seen.extend(training.batches(loader)))
+    message = capsys.readouterr().err
+    assert e.value.code == 2 and message.count('\n') == 1 and len(seen) <= 2
+    assert message.startswith('error: a data loader worker process died (DataLoader worker (pid')
+    assert 'fewer --workers' in message and '--resume' in message
+    for raised in ('DataLoader worker (pid 123) is killed by signal: Killed.',
+                   'DataLoader worker (pid(s) 123) exited unexpectedly'):
+        with pytest.raises(SystemExit) as e:
+            run_cli(lambda: (_ for _ in ()).throw(RuntimeError(raised)))  # raised in the step, not in the loader
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1 and 'fewer --workers' in err
+        assert err.startswith(f"error: a data loader worker process died ({raised.rstrip('.')}; ")
+    with pytest.raises(RuntimeError, match='Caught ValueError in DataLoader worker process 0'):
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError('Caught ValueError in DataLoader worker process 0.')))
     assert [b.shape for b in training.batches(torch.utils.data.DataLoader(torch.zeros(3, 2), batch_size=2))] == [
         (2, 2), (1, 2)]  # a loader that ends normally: every batch, then the end
 
