@@ -551,8 +551,8 @@ def batches(loader):
             batch = next(iterator)
         except StopIteration:
             return
-        except RuntimeError as e:
-            died = worker_death(e)
+        except (RuntimeError, EOFError, ConnectionError) as e:
+            died = worker_death(e, in_loader=loader.num_workers > 0)
             if died is None:
                 raise
         else:

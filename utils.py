@@ -51,12 +51,24 @@ class Interrupted(UserError):
 
 def run_cli(main):
     """Run ``main()``; a UserError becomes 'error: ...' on stderr and exit code 2, as does a DataLoader worker's death
-    (worker_death) wherever PyTorch raises it; an exception that ends another thread is one line
-    (thread_failure_line).
+    (worker_death) wherever PyTorch raises it, even while this function cleans up; an exception that ends another
+    thread is one line (thread_failure_line).
 
     Garbage left in reference cycles is collected before returning, while the interpreter is whole: a DDP wrapper
     lives in such a cycle, and freed only during interpreter shutdown its process group's C++ threads would be torn
     down by a half-finalised interpreter (the reported 'terminate called without an active exception' at exit)."""
+    try:
+        return _run_main(main)
+    except RuntimeError as e:  # PyTorch raises a loader worker's death from its SIGCHLD handler, anywhere
+        died = worker_death(e)
+        if died is None:
+            raise
+        print(f"error: {died}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run_main(main):
+    """run_cli's body: main() with the stop signals caught and the thread hook set, both restored after."""
     previous, previous_hook = catch_stop_signals(), threading.excepthook
     threading.excepthook = thread_failure_line
     try:
@@ -64,12 +76,6 @@ def run_cli(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(getattr(e, 'exit_code', 2))
-    except RuntimeError as e:  # PyTorch raises a loader worker's death from its SIGCHLD handler, anywhere
-        died = worker_death(e)
-        if died is None:
-            raise
-        print(f"error: {died}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, StopSignal) else signal.SIGINT
         name = 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
@@ -82,14 +88,19 @@ def run_cli(main):
         gc.collect()
 
 
-def worker_death(error):
+def worker_death(error, in_loader=False):
     """The UserError that says, in one line with the fix, that a DataLoader worker process died (PyTorch's
     'DataLoader worker (pid ...) is killed by signal: Killed.' / '... exited unexpectedly'; the system kills one most
     often for memory), or None for any other error (an exception of the dataset's own code, re-raised as 'Caught ...
-    in DataLoader worker process N', stays what it is)."""
-    if not isinstance(error, RuntimeError) or not str(error).startswith('DataLoader worker (pid'):
+    in DataLoader worker process N', stays what it is). ``in_loader``: ``error`` came out of fetching a batch from
+    worker processes, where a worker killed while it hands a batch over shows as a closed connection (EOFError,
+    ConnectionError) before PyTorch notices the death."""
+    if in_loader and isinstance(error, (EOFError, ConnectionError)):
+        cause = f"its connection closed while it handed a batch over: {type(error).__name__}"
+    elif isinstance(error, RuntimeError) and str(error).startswith('DataLoader worker (pid'):
+        cause = str(error).splitlines()[0].rstrip(' .')
+    else:
         return None
-    cause = str(error).splitlines()[0].rstrip(' .')
     return UserError(f"a data loader worker process died ({cause}; the system kills one most often for memory): run "
                      f"again with fewer --workers (0: none) and --resume, which continues from the checkpoint saved "
                      f"last")

@@ -161,6 +161,19 @@ class DiesAtTwo(torch.utils.data.Dataset):
         return torch.zeros(1)
 
 
+class HandOverCut:
+    """A loader whose next batch never arrives: its pipe closes (EOFError), as when a worker is killed mid-send."""
+
+    def __init__(self, workers):
+        self.num_workers = workers
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise EOFError
+
+
 def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line(capsys):
     """It used to end in PyTorch's traceback (RuntimeError: DataLoader worker (pid(s) ...) exited unexpectedly).
     PyTorch raises it from its SIGCHLD handler, so it may surface in training.batches (converted there, the loader
@@ -171,8 +184,14 @@ def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line(capsys):
         run_cli(lambda: seen.extend(training.batches(loader)))
     message = capsys.readouterr().err
     assert e.value.code == 2 and message.count('\n') == 1 and len(seen) <= 2
-    assert message.startswith('error: a data loader worker process died (DataLoader worker (pid')
+    assert message.startswith('error: a data loader worker process died (')  # PyTorch's words, or a closed pipe
     assert 'fewer --workers' in message and '--resume' in message
+    with pytest.raises(SystemExit) as e:  # killed while handing a batch over: the connection closes first
+        run_cli(lambda: list(training.batches(HandOverCut(workers=1))))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith('error: a data loader worker process died (its connection closed')
+    with pytest.raises(EOFError):  # without worker processes an EOFError is the dataset's own
+        run_cli(lambda: list(training.batches(HandOverCut(workers=0))))
     for raised in ('DataLoader worker (pid 123) is killed by signal: Killed.',
                    'DataLoader worker (pid(s) 123) exited unexpectedly'):
         with pytest.raises(SystemExit) as e:

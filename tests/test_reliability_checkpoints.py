@@ -180,7 +180,9 @@ def test_other_arch_scale_and_format_version_are_refused(tmp_path, tiny_dataset)
     model = models.SRResNet(n_blocks=2, n_channels=8, scaling_factor=2)
     config = models.model_config('srresnet', 2, n_blocks=2, n_channels=8)
     checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'model_config': config, 'epoch': 1,
-                                 'model': model.state_dict()}, str(tmp_path / 'x2.pth'))
+                                 'model': model.state_dict(),  # a run's state: --resume refuses weights only
+                                 'optimizer': torch.optim.Adam(model.parameters()).state_dict()},
+                                str(tmp_path / 'x2.pth'))
     with pytest.raises(utils.UserError, match='trained for x2, not x4'):
         checkpoints.load_sr_model(str(tmp_path / 'x2.pth'), expect_scale=4)
     checkpoints.save_checkpoint({'format_version': 99, 'model': {}, 'epoch': 1}, str(tmp_path / 'future.pth'))
