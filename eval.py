@@ -691,9 +691,11 @@ def lpips_meta(args):
                else '')}
 
 
-def report_paths(results_dir, name, scale):
+def report_paths(results_dir, name, scale, html=False):
+    """The report set's files by kind: md, json, csv, and with ``html`` the HTML page."""
     base = os.path.join(results_dir, f"eval_{name}_x{scale}")
-    return {'md': base + '.md', 'json': base + '.json', 'csv': base + '_per_image.csv'}
+    return {'md': base + '.md', 'json': base + '.json', 'csv': base + '_per_image.csv',
+            **({'html': base + '.html'} if html else {})}
 
 
 def check_report_names(results_dir, meta, set_names, html, overwrite):
@@ -701,8 +703,8 @@ def check_report_names(results_dir, meta, set_names, html, overwrite):
     model file, or baseline, and weights, EMA or raw, on the same test sets); one of another model, other weights or
     other sets, which shares its name (eval_<name>_x<scale>: two runs' checkpoint_srresnet.pth), is refused in one
     line unless ``overwrite``."""
-    paths = report_paths(results_dir, meta['name'], meta['scale'])
-    there = [p for p in list(paths.values()) + [paths['md'][:-len('.md')] + '.html'] * html if os.path.lexists(p)]
+    paths = report_paths(results_dir, meta['name'], meta['scale'], html)
+    there = [p for p in paths.values() if os.path.lexists(p)]
     if not there or overwrite:
         return
     try:
@@ -727,10 +729,9 @@ def write_reports(results_dir, meta, results, html=False):
     their paths."""
     texts = {'md': markdown_report(meta, results), 'json': json_report(meta, results),
              'csv': csv_report(meta, results)}
-    paths = report_paths(results_dir, meta['name'], meta['scale'])
+    paths = report_paths(results_dir, meta['name'], meta['scale'], html)
     if html:
         texts['html'] = html_report(meta, results)
-        paths['html'] = paths['md'][:-len('.md')] + '.html'
     atomic_write_many({paths[kind]: text for kind, text in texts.items()})
     return paths
 

@@ -178,8 +178,7 @@ def resolve_settings(parser, argv=None):
     resumed = None
     if run['resume']:  # a resumed run continues with the settings of its checkpoint
         resumed = load_checkpoint(run['resume'])
-        if 'optimizer' not in resumed:  # an SRResNet run is refused in load_resume, as not an SRGAN checkpoint
-            training.check_training_state(resumed, run['resume'], 'optimizer_g', '--srresnet-checkpoint')
+        training.check_training_state(resumed, run['resume'], '--srresnet-checkpoint')
         run.update(training.recorded_settings(resumed, run['resume'], flags, given_flags(parser, argv),
                                               RESUMED_FLAGS))
     run['log_name'] = training.log_name(run['runs_dir'], 'srgan', resumed and resumed.get('args'),

@@ -97,8 +97,7 @@ def resolve_settings(parser, argv=None):
         path = (os.path.join(flags.results_dir, f"checkpoint_{flags.arch}.pth") if flags.resume == 'auto'
                 else flags.resume)
         ckpt, given = load_checkpoint(path), given_flags(parser, argv)
-        if 'optimizer_g' not in ckpt:  # an SRGAN run is refused below, naming train_srgan.py
-            training.check_training_state(ckpt, path, 'optimizer', '--init-from')
+        training.check_training_state(ckpt, path, '--init-from')
         if 'arch' not in given and flags.resume != 'auto' and ckpt.get('arch') in models.ARCHS:
             run['arch'] = ckpt['arch']
         run.update(training.recorded_settings(ckpt, path, flags, given, RESUMED_FLAGS))

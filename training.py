@@ -1037,11 +1037,12 @@ def recorded_settings(ckpt, path, flags, given, keys):
     return {key: recorded[key] for key in keys if key not in given and key in recorded}
 
 
-def check_training_state(ckpt, path, key, start_new):
-    """--resume needs a run's training state (``key``: the optimizer entry the trainer restores). A file of weights
-    only (a shipped, exported, converted or published model) is refused in one line naming ``start_new``, the flag
-    that starts a new run from its weights, before anything else is read from it."""
-    if key not in ckpt:
+def check_training_state(ckpt, path, start_new):
+    """--resume needs a run's training state: an optimizer entry ('optimizer' of train_srresnet.py, 'optimizer_g' of
+    train_srgan.py; a run of the other trainer is refused later, naming it). A file of weights only (a shipped,
+    exported, converted or published model) is refused in one line naming ``start_new``, the flag that starts a new
+    run from its weights, before anything else is read from it."""
+    if not {'optimizer', 'optimizer_g'} & set(ckpt):
         raise UserError(f"--resume {path}: it holds weights only (a shipped, exported or converted model), not a "
                         f"training run to continue: {start_new} {path} starts a new run from its weights")
 
