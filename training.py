@@ -280,7 +280,11 @@ def lr_source_text(settings):
     if s.paired:
         return "LR cropped from the LR images given (--paired)"
     if s.degradation not in (None, 'bicubic'):
-        changed = f", {len(s.degradation_opt)} range(s) changed" if s.degradation_opt else ''
+        given = {}  # each key once, its last value: what with_overrides applies
+        for item in s.degradation_opt or []:
+            key, _, value = item.partition('=')
+            given[key.strip()] = value.strip()
+        changed = ''.join(f", {key}={value}" for key, value in given.items())
         return f"LR by Real-ESRGAN's degradations of each HR crop ({s.degradation}{changed})"
     return f"LR from each {s.lr_from} ({s.downsample})"
 

@@ -89,18 +89,22 @@ def run_main(capsys, *argv):
 def test_a_degraded_run_records_its_degradation_and_a_bare_resume_keeps_it(tmp_path, tiny_dataset, capsys):
     code, out = run_main(capsys, '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'results',
                          '--runs-dir', tmp_path / 'runs', *TINY, '--epochs', 1, '--degradation', 'light',
+                         '--degradation-opt', 'first.noise_range=9,9', '--degradation-opt', 'clean_prob=0.3',
                          '--degradation-opt', 'first.noise_range=1,5')
     assert code == 0
-    assert "LR by Real-ESRGAN's degradations of each HR crop (light, 1 range(s) changed)" in out
+    # each key once, with the value the run uses (the last one given)
+    assert ("LR by Real-ESRGAN's degradations of each HR crop (light, first.noise_range=1,5, clean_prob=0.3)"
+            in out)
     path = tmp_path / 'results' / 'checkpoint_srresnet.pth'
     record = load_checkpoint(path)['args']
-    assert record['degradation'] == 'light' and record['degradation_opt'] == ['first.noise_range=1,5']
+    assert record['degradation'] == 'light' and record['degradation_opt'] == ['first.noise_range=9,9', 'clean_prob=0.3',
+                                                                       'first.noise_range=1,5']
     assert record['lr_from'] == 'patch' and record['paired'] is False
     code, out = run_main(capsys, '--results-dir', tmp_path / 'results', '--epochs', 2, '--resume')
-    assert code == 0 and 'epoch 2/2' in out and '(light, 1 range(s) changed)' in out
+    assert code == 0 and 'epoch 2/2' in out and '(light, first.noise_range=1,5, clean_prob=0.3)' in out
     resumed = load_checkpoint(path)
     assert resumed['epoch'] == 2 and resumed['args']['degradation'] == 'light'
-    assert resumed['args']['degradation_opt'] == ['first.noise_range=1,5']
+    assert resumed['args']['degradation_opt'] == record['degradation_opt']
 
 
 def make_pair_folder(folder, scale, size=40):
