@@ -389,6 +389,11 @@ def _imagenet_weights(arch):
     return weights, os.path.join(torch.hub.get_dir(), 'checkpoints', weights.url.rsplit('/', 1)[-1])
 
 
+def imagenet_weights_path(arch):
+    """The file in the torch hub cache that torchvision's weights API reads ``arch``'s ImageNet weights from."""
+    return _imagenet_weights(arch)[1]
+
+
 def backbone_help(arch, flag):
     """One sentence naming both ways to get ``arch``'s ImageNet weights offline: the file in the torch hub cache
     (where torchvision's weights API reads it, and downloads it to once when online), or ``flag`` PATH."""

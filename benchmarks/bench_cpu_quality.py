@@ -72,18 +72,23 @@ def train(command, t0):
         sys.exit(f"train_srresnet.py failed: {(err.strip().splitlines() or ['?'])[-1]}")
 
 
-def evaluate(ckpt, folders, work, weights='ema', protocols=('standard', 'tutorial'), label=None):
+def evaluate(ckpt, folders, work, weights='ema', protocols=('standard', 'tutorial'), label=None, lpips=None):
     """{protocol: {test set: (PSNR, SSIM)}} of ``ckpt`` in ``protocols`` (both by default), from eval.py's JSON table
     (full precision; ``weights``: a checkpoint's EMA weights, eval.py's default, its raw ones, or None for whatever
-    eval.py picks; ``label``: the name of its eval folder under ``work``, default eval_<weights>)."""
+    eval.py picks; ``label``: the name of its eval folder under ``work``, default eval_<weights>). With ``lpips``
+    (AlexNet's weights: 'imagenet' for the torch hub cache, or a state_dict file) the standard protocol's tuples
+    are (PSNR, SSIM, LPIPS)."""
     out = os.path.join(work, label or f"eval_{weights}")
     protocol = 'both' if len(protocols) == 2 else protocols[0]
+    metrics = ['--metrics', 'psnr', 'ssim', 'lpips'] if lpips else []
+    metrics += ['--lpips-backbone-weights', lpips] if lpips not in (None, 'imagenet') else []
     sh('eval.py', '--checkpoint', ckpt, '--test-folders', *folders, '--protocol', protocol,
-       *(['--weights', weights] if weights else []), '--results-dir', out, '--device', 'cpu')
+       *(['--weights', weights] if weights else []), *metrics, '--results-dir', out, '--device', 'cpu')
     (table,) = [name for name in os.listdir(out) if name.endswith('.json')]
     with open(os.path.join(out, table)) as f:
         rows = json.load(f)['datasets']
-    return {protocol: {row['name']: (row[f"{protocol}_psnr"], row[f"{protocol}_ssim"]) for row in rows}
+    return {protocol: {row['name']: tuple(row[f"{protocol}_{m}"] for m in ('psnr', 'ssim', 'lpips')
+                                          if f"{protocol}_{m}" in row) for row in rows}
             for protocol in protocols}
 
 

@@ -4,6 +4,7 @@ it next to the bicubic-trained model on degraded and clean test sets, print each
     python benchmarks/bench_real_photos.py --out results     # train, evaluate, write results/srresnet_x4_real.pth
     python benchmarks/bench_real_photos.py --work runs/real  # keep the work; the same command again continues it
     python benchmarks/bench_real_photos.py --train-flags "--epochs 1 --patches-per-image 1"   # a smoke run
+    python benchmarks/bench_real_photos.py --lpips-backbone-weights alexnet.pth   # LPIPS too (AlexNet's weights)
 
 Steps: the degraded test sets (create_data_lists.py --degrade-test Set5 Set14 BSD100 --degradation light, seed 0:
 the training's distribution without its clean share), the data lists of T91 + BSD200, then COMMAND below (the
@@ -12,7 +13,8 @@ degradations), then eval.py (standard protocol) of the new model and of the ship
 the clean sets. Targets (docs/real-photos.md): on degraded Set14 and BSD100 the new model beats the bicubic-trained
 one by >= 1.0 dB; on clean Set5 it stays within 1.5 dB of it; training <= 150 minutes on 2 cores (the minutes are
 the checkpoint's train_seconds: a stopped and continued run counts its parts). fp32, pinned: the same numbers on
-every CPU, not the fastest settings of a CPU with native bf16.
+every CPU, not the fastest settings of a CPU with native bf16. LPIPS (AlexNet) is reported next to PSNR / SSIM
+where AlexNet's ImageNet weights are: --lpips-backbone-weights, or the torch hub cache.
 """
 import argparse
 import contextlib
@@ -27,6 +29,7 @@ from bench_cpu_quality import REPO, SHARED, evaluate, sh, ship, train
 
 sys.path.insert(0, REPO)
 from checkpoints import load_checkpoint  # noqa: E402
+from models import backbone_help, imagenet_weights_path  # noqa: E402
 
 BASE = os.path.join(REPO, 'results', 'srresnet_x4_291.pth')
 OUT_NAME = 'srresnet_x4_real.pth'
@@ -50,11 +53,25 @@ def prepare(data, work):
     return [os.path.join(tests, f"{n}_x4_{PRESET}") for n in TEST_SETS], lists
 
 
-def scores_of(ckpt, degraded, clean, work, label):
-    """{'degraded': {set: (PSNR, SSIM)}, 'clean': {...}} in the standard protocol (eval.py picks the weights)."""
+def scores_of(ckpt, degraded, clean, work, label, lpips):
+    """{'degraded': {set: (PSNR, SSIM)}, 'clean': {...}} in the standard protocol (eval.py picks the weights);
+    (PSNR, SSIM, LPIPS) with ``lpips``, AlexNet's weights ('imagenet': the torch hub cache, or a file)."""
     return {kind: evaluate(ckpt, folders, work, weights=None, protocols=('standard',),
-                           label=f"eval_{label}_{kind}")['standard']
+                           label=f"eval_{label}_{kind}", lpips=lpips)['standard']
             for kind, folders in (('degraded', degraded), ('clean', clean))}
+
+
+def lpips_weights(flag_value):
+    """AlexNet's weights for LPIPS: the file given, else 'imagenet' when the torch hub cache holds them, else None
+    (LPIPS not measured)."""
+    if flag_value:
+        return flag_value
+    return 'imagenet' if os.path.isfile(imagenet_weights_path('alexnet')) else None
+
+
+def score_text(score):
+    """'24.28 dB / 0.6178' (PSNR / SSIM), with ' / LPIPS 0.3210' when measured."""
+    return f"{score[0]:.2f} dB / {score[1]:.4f}" + (f" / LPIPS {score[2]:.4f}" if len(score) > 2 else '')
 
 
 def targets(real, base, minutes):
@@ -79,7 +96,13 @@ def main():
     parser.add_argument('--work', help='keep the work in this folder; given again, the stopped or finished training '
                                        'continues (--resume) instead of starting over (default: a temporary folder)')
     parser.add_argument('--train-flags', default='', metavar='FLAGS', help='more train_srresnet.py flags (a smoke run)')
+    parser.add_argument('--lpips-backbone-weights', metavar='PATH',
+                        help="a torchvision AlexNet state_dict file: LPIPS is measured too (default: when the torch "
+                             "hub cache holds AlexNet's ImageNet weights; otherwise LPIPS is not measured)")
     args = parser.parse_args()
+    if args.lpips_backbone_weights and not os.path.isfile(args.lpips_backbone_weights):
+        sys.exit(f"--lpips-backbone-weights {args.lpips_backbone_weights}: no such file")
+    lpips = lpips_weights(args.lpips_backbone_weights)
     missing = [n for n in ('T91', 'BSD200') + TEST_SETS if not os.path.isdir(os.path.join(args.data, n))]
     if missing:
         sys.exit(f"{', '.join(missing)} not found under {args.data}: pass --data")
@@ -96,8 +119,8 @@ def main():
         train(command, time.perf_counter())
         minutes = load_checkpoint(ckpt)['train_seconds'] / 60
         clean = [os.path.join(args.data, n) for n in TEST_SETS]
-        real = scores_of(ckpt, degraded, clean, work, 'real')
-        base = scores_of(args.base, degraded, clean, work, 'base')
+        real = scores_of(ckpt, degraded, clean, work, 'real', lpips)
+        base = scores_of(args.base, degraded, clean, work, 'base', lpips)
         rows = targets(real, base, minutes)
         if args.out:
             ship(ckpt, os.path.join(args.out, OUT_NAME), 'srresnet', 'data/291', label='srresnet_real')
@@ -106,8 +129,10 @@ def main():
                       'targets': [{'what': w, 'value': v, 'met': m} for w, v, m in rows]}))
     for kind in ('degraded', 'clean'):
         for name in real[kind]:
-            print(f"{kind} {name}: real-photo model {real[kind][name][0]:.2f} dB / {real[kind][name][1]:.4f}, "
-                  f"bicubic-trained {base[kind][name][0]:.2f} dB / {base[kind][name][1]:.4f}")
+            print(f"{kind} {name}: real-photo model {score_text(real[kind][name])}, "
+                  f"bicubic-trained {score_text(base[kind][name])}")
+    if not lpips:
+        print(f"LPIPS not measured: {backbone_help('alexnet', '--lpips-backbone-weights')}")
     for what, value, met in rows:
         print(f"{what}: {value} ({'met' if met else 'NOT met'})")
 

@@ -3,9 +3,11 @@ benchmarks.md), not in CI, but a benchmark broken by a refactor would go unnotic
 import json
 
 import torch
+import torchvision
 from PIL import Image
 
-from checkpoints import load_checkpoint
+import models
+from checkpoints import load_checkpoint, save_checkpoint
 from conftest import photo_crops, run_script
 
 
@@ -167,6 +169,41 @@ def test_bench_cpu_quality_trains_evaluates_and_ships_the_srresnet(tmp_path):
     assert shipped['notes'] and 'EMA' in shipped['notes'][0]
     assert all(torch.equal(shipped['model'][k], v) for k, v in trained['model_ema'].items())
     assert 'NOT met' in result.stdout  # a tiny model in one epoch is far from 31.2 dB
+
+
+def test_bench_real_photos_fine_tunes_evaluates_both_models_with_lpips_and_ships(tmp_path):
+    data, out = benchmark_like_folders(tmp_path / 'data'), tmp_path / 'out'
+    out.mkdir()
+    torch.manual_seed(0)
+    base = tmp_path / 'base.pth'  # a bicubic-trained model's file, in the recipe's tiny configuration
+    save_checkpoint({'format_version': 1, 'arch': 'srresnet', 'epoch': 1,
+                     'model_config': models.model_config('srresnet', 4, n_blocks=2, n_channels=8),
+                     'model': models.SRResNet(n_blocks=2, n_channels=8, scaling_factor=4).state_dict()}, base)
+    alexnet = tmp_path / 'alexnet.pth'  # random weights in torchvision's layout: LPIPS runs, its values mean nothing
+    torch.save(torchvision.models.alexnet(weights=None).features.state_dict(), alexnet)
+    result = run_script('benchmarks/bench_real_photos.py', '--data', data, '--base', base, '--out', out,
+                        '--work', tmp_path / 'work', '--lpips-backbone-weights', alexnet,
+                        '--train-flags', f"{TINY_RECIPE} --epochs 1", timeout=600,
+                        env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json_lines(result.stdout)
+    assert row['command'].startswith('python train_srresnet.py --recipe cpu-291 --degradation light')
+    degraded = {'Set5_x4_light', 'Set14_x4_light', 'BSD100_x4_light'}
+    for model in ('real', 'base'):
+        assert set(row[model]['degraded']) == degraded and set(row[model]['clean']) == {'Set5', 'Set14', 'BSD100'}
+        scores = list(row[model]['degraded'].values()) + list(row[model]['clean'].values())
+        assert all(len(s) == 3 and 5 < s[0] < 50 and 0 < s[1] <= 1 and s[2] >= 0 for s in scores)  # PSNR SSIM LPIPS
+    assert row['real'] != row['base']
+    gains = [t['value'] for t in row['targets'][:2]]
+    assert gains == [round(row['real']['degraded'][n][0] - row['base']['degraded'][n][0], 3)
+                     for n in ('Set14_x4_light', 'BSD100_x4_light')]
+    set14 = row['real']['degraded']['Set14_x4_light']
+    assert f"degraded Set14_x4_light: real-photo model {set14[0]:.2f} dB / {set14[1]:.4f} / LPIPS {set14[2]:.4f}" \
+        in result.stdout
+    assert 'LPIPS not measured' not in result.stdout
+    shipped = load_checkpoint(out / 'srresnet_x4_real.pth')
+    assert shipped['args']['degradation'] == 'light' and shipped['args']['init_from'] is not None
+    assert not {'optimizer', 'model_ema'} & set(shipped)
 
 
 def test_gpu_check_speedrun_records_the_set5_curve_against_time(tmp_path):
