@@ -72,7 +72,10 @@ PSNR gain over bicubic.
 --figure writes, instead of the tables, the papers' comparison figure: for each image (--figure-images), the HR with
 a red box, then the boxed crop of bicubic (the papers' baseline), of every --checkpoint (several, side by side) and
 of HR, each labelled with its PSNR / SSIM on that image (standard protocol), as
-<results-dir>/figure_<names>_x<scale>.png (replaced when run again). The box is --figure-box X,Y,W,H in HR px, or
+<results-dir>/figure_<names>_x<scale>.png. Run again with the same checkpoint files (the same bytes: the PNG
+records their SHA-256) and weights, it is replaced (other images or boxes: that figure refined); a figure of other
+models that shares the name (two runs' checkpoint_srresnet.pth), or a file it did not make, is refused in one line
+unless --overwrite. The box is --figure-box X,Y,W,H in HR px, or
 the square of a quarter of the shorter side where the first checkpoint gains most PSNR over bicubic. The networks
 run in float64 for it, so the PNG is the same on every CPU (fp32 rounds differently on each).
 
@@ -98,9 +101,9 @@ import inference
 import models
 import reports
 from utils import (ImageTransforms, Settings, UserError, atomic_write, atomic_write_many, check_output_folder,
-                   convert_image, dataset_name, gray_uint8, imresize, is_grayscale_file, list_image_files, load_image,
-                   lpips_distance, make_parser, modcrop, pick_device, pil_to_tensor, positive_int, psnr, rgb_to_y_uint8,
-                   run_cli, ssim, timer, tutorial_metrics)
+                   convert_image, dataset_name, file_digest, gray_uint8, imresize, is_grayscale_file, list_image_files,
+                   load_image, lpips_distance, make_parser, modcrop, pick_device, pil_to_tensor, png_text, positive_int,
+                   psnr, rgb_to_y_uint8, run_cli, ssim, timer, tutorial_metrics)
 
 PROTOCOLS = ('standard', 'tutorial')
 METRICS = ('psnr', 'ssim', 'lpips')
@@ -113,6 +116,7 @@ SSIM_WINDOW = 11  # utils.ssim's Gaussian window (standard protocol)
 SKIMAGE_WINDOW = 7  # scikit-image's default SSIM window (tutorial protocol)
 TUTORIAL_BORDER = 4  # convert_image(..., 'y-channel') removes 4 pixels per side
 FIGURE_MAX_IMAGES = 8  # --figure without --figure-images: at most this many rows
+FIGURE_MODELS = 'SR suite figure of'  # the figure's PNG text chunk: its checkpoints' SHA-256 and weights (JSON)
 OUT_OF_MEMORY = "evaluate on a device with more memory (--device), or smaller images"  # no tiles: reference numbers
 
 PAIRED_NOTE = ["paired test sets: the LR images given (not made from the HR), the HR cut to scale x their size"]
@@ -155,7 +159,8 @@ def build_parser():
     parser.add_argument('--results-dir', default='results', help='where the reports go')
     parser.add_argument('--overwrite', action='store_true',
                         help="replace a report set of the same name made of another model or other test sets (the "
-                             "same model on the same sets replaces its own without it)")
+                             "same model on the same sets replaces its own without it), or --figure's figure of "
+                             "other checkpoint files or weights")
     parser.add_argument('--max-image-pixels', type=positive_int, default=Image.MAX_IMAGE_PIXELS,
                         help='images with more pixels are refused as possible decompression bombs')
     parser.add_argument('--convert-legacy', nargs=2, metavar=('OLD', 'NEW'),
@@ -819,6 +824,25 @@ def figure_path(results_dir, labels, scale):
     return os.path.join(results_dir, f"figure_{'_'.join(labels)}_x{scale}.png")
 
 
+def figure_record(checkpoint_paths, weights):
+    """What a figure is of, as its PNG records it (FIGURE_MODELS): the SHA-256 of each checkpoint file, in order,
+    and the weights asked for (None: eval.py's choice). No paths: the same models give the same bytes anywhere."""
+    return json.dumps({'checkpoints': [file_digest(p) for p in checkpoint_paths], 'weights': weights})
+
+
+def check_figure_name(path, record, overwrite):
+    """Before any work: the figure at ``path`` may be replaced only by one of the same models and weights (its
+    ``record``); a figure of others sharing the name, or a file eval.py did not make, is refused in one line unless
+    ``overwrite``."""
+    if overwrite or not os.path.lexists(path):
+        return
+    earlier = png_text(path).get(FIGURE_MODELS)
+    if earlier == record:
+        return
+    what = "a figure of other models or weights" if earlier else "a file eval.py --figure did not make"
+    raise UserError(f"{path} is {what}: pass --overwrite to replace it, or give another --results-dir")
+
+
 def make_figure(args):
     """--figure: the papers' comparison figure of every --checkpoint next to bicubic and HR; returns its path. On a
     paired test set every panel is made from the LR given (bicubic: of that LR)."""
@@ -831,6 +855,8 @@ def make_figure(args):
         labels.append(report_name(path, loaded.arch))
         for note in loaded.notes:
             print(f"note: {path}: {note}")
+    out, record = figure_path(args.results_dir, labels, scale), figure_record(args.checkpoints, args.weights)
+    check_figure_name(out, record, args.overwrite)
     rows, test_sets = [], resolve_test_sets(args, scale)
     for k, (dataset, item) in enumerate(figure_images(test_sets, args.figure_images)):
         path, img, lr = read_item(item, scale, lambda p, i: check_size(p, i, scale, ('standard',), 2),
@@ -855,8 +881,7 @@ def make_figure(args):
         print(f"{dataset}/{name}: box {','.join(map(str, box))}; " + '; '.join(
             f"{label} {text}" for (label, text), _ in panels[:-1]))
     image, _ = reports.render_figure(rows)
-    out = figure_path(args.results_dir, labels, scale)
-    png = reports.png_bytes(image)
+    png = reports.png_bytes(image, {FIGURE_MODELS: record})
     atomic_write(out, lambda f: f.write(png))
     print(f"wrote {out} ({image.width}x{image.height} px, {len(png) // 1024} KiB)")
     return out

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 PANEL = 256  # the figure's crops are zoomed by the largest integer factor that keeps them within PANEL px
 THUMB = 160  # the HTML report's thumbnails: at most this many px per side
@@ -123,10 +123,14 @@ def draw_text(canvas, xy, lines, colour=(0, 0, 0)):
         canvas.paste(Image.new('RGB', mask.size, colour), (xy[0], xy[1] + k * LINE), mask)
 
 
-def png_bytes(image):
-    """PNG of a PIL image, with fixed encoder settings and no metadata (no date): the same pixels, the same bytes."""
+def png_bytes(image, text=None):
+    """PNG of a PIL image, with fixed encoder settings and no metadata (no date) but the ``text`` chunks ({key:
+    value}) given: the same pixels and text, the same bytes."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buf = io.BytesIO()
-    image.save(buf, format='PNG', compress_level=9)
+    image.save(buf, format='PNG', compress_level=9, pnginfo=info)
     return buf.getvalue()
 
 

@@ -73,7 +73,6 @@ encode); video.upscale_video does the work.
 """
 import argparse
 import collections
-import hashlib
 import itertools
 import os
 import sys
@@ -86,9 +85,9 @@ from tqdm import tqdm
 import checkpoints
 import inference
 import video
-from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, check_output_folder,
-                   list_image_files, load_image, make_parser, open_regular_file, pick_device, pil_to_tensor,
-                   positive_int, run_cli, timer)
+from utils import (IMAGE_EXTENSIONS, AtomicFileSet, UserError, bicubic_upscale, check_output_folder, file_digest,
+                   list_image_files, load_image, make_parser, pick_device, pil_to_tensor, png_text, positive_int,
+                   run_cli, timer)
 
 SOFTWARE = 'SR suite test.py'  # the PNG text chunk (key Software) that marks this script's own outputs
 INPUT_DIGEST = 'SR suite input SHA-256'  # the PNG text chunk of a bicubic output: the input file it was made from
@@ -166,31 +165,6 @@ def load_upscaler(args, device):
     return upscaler
 
 
-def png_text(path, limit=1 << 20):
-    """The tEXt chunks of a PNG before its image data ({key: value}); {} for anything else. Reads the chunk
-    headers only (no decoding, so no decompression-bomb limit applies), at most ``limit`` bytes."""
-    try:
-        with open_regular_file(path) as f:
-            if f.read(8) != b'\x89PNG\r\n\x1a\n':
-                return {}
-            text, read = {}, 8
-            while read < limit:
-                head = f.read(8)
-                if len(head) < 8:
-                    break
-                length, kind = int.from_bytes(head[:4], 'big'), head[4:]
-                if kind in (b'IDAT', b'IEND'):
-                    break
-                body = f.read(length + 4)[:length]  # + CRC
-                if kind == b'tEXt' and b'\0' in body:
-                    key, value = body.split(b'\0', 1)
-                    text[key.decode('latin-1')] = value.decode('latin-1')
-                read += 12 + length
-            return text
-    except (UserError, OSError):
-        return {}
-
-
 def is_own_output(path):
     """True when ``path`` is a PNG written by this script (its Software text chunk)."""
     return png_text(path).get('Software') == SOFTWARE
@@ -266,15 +240,6 @@ def output_stems(paths, kinds, reserved=()):
                 stems[path] = stem
                 break
     return stems
-
-
-def file_digest(path):
-    """SHA-256 of the file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open_regular_file(path) as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_outputs(paths, output_dir, label, scale, overwrite):

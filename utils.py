@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import hashlib
 import math
 import os
 import random
@@ -457,6 +458,40 @@ def _pixel_limit(max_pixels):
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def png_text(path, limit=1 << 20):
+    """The tEXt chunks of a PNG before its image data ({key: value}); {} for anything else. Reads the chunk
+    headers only (no decoding, so no decompression-bomb limit applies), at most ``limit`` bytes."""
+    try:
+        with open_regular_file(path) as f:
+            if f.read(8) != b'\x89PNG\r\n\x1a\n':
+                return {}
+            text, read = {}, 8
+            while read < limit:
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = int.from_bytes(head[:4], 'big'), head[4:]
+                if kind in (b'IDAT', b'IEND'):
+                    break
+                body = f.read(length + 4)[:length]  # + CRC
+                if kind == b'tEXt' and b'\0' in body:
+                    key, value = body.split(b'\0', 1)
+                    text[key.decode('latin-1')] = value.decode('latin-1')
+                read += 12 + length
+            return text
+    except (UserError, OSError):
+        return {}
+
+
+def file_digest(path):
+    """SHA-256 of the file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open_regular_file(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_image(path, keep_alpha=False, max_pixels=None):

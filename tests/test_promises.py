@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import app
@@ -251,9 +252,8 @@ def test_a_results_dir_that_is_a_file_is_named_in_one_line(tmp_path, capsys):
     assert (tmp_path / 'taken').read_text() == 'a file'
 
 
-def test_an_eval_report_never_replaces_another_models_or_other_sets(tmp_path, tiny_dataset, capsys):
-    """Two runs' checkpoint_srresnet.pth both report as eval_srresnet_x4: the second evaluation silently replaced
-    the first one's report, as did the same model evaluated on other test sets."""
+def two_runs_checkpoints(tmp_path):
+    """The checkpoint_espcn.pth of two runs (tiny, other random weights): paths run0/..., run1/... under tmp_path."""
     runs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -263,6 +263,13 @@ def test_an_eval_report_never_replaces_another_models_or_other_sets(tmp_path, ti
         save_checkpoint({'format_version': 1, 'arch': 'espcn', 'model_config': config, 'epoch': 1,
                          'model': models.build_model('espcn', config).state_dict()}, str(path))
         runs.append(str(path))
+    return runs
+
+
+def test_an_eval_report_never_replaces_another_models_or_other_sets(tmp_path, tiny_dataset, capsys):
+    """Two runs' checkpoint_srresnet.pth both report as eval_srresnet_x4: the second evaluation silently replaced
+    the first one's report, as did the same model evaluated on other test sets."""
+    runs = two_runs_checkpoints(tmp_path)
     results, test = tmp_path / 'reports', tiny_dataset['test']
     (tmp_path / 'other').mkdir()
     shutil.copy(sorted(test.iterdir())[0], tmp_path / 'other')
@@ -285,6 +292,38 @@ def test_an_eval_report_never_replaces_another_models_or_other_sets(tmp_path, ti
         assert report.read_bytes() == first
     assert evaluate(runs[1], test, '--overwrite') == 0
     assert json.loads(report.read_text())['checkpoint'] == runs[1]
+
+
+def test_an_eval_figure_never_replaces_one_of_other_models(tmp_path, tiny_dataset, capsys):
+    """eval.py --figure names its PNG after the models' labels: a figure of two runs' checkpoint_espcn.pth both
+    went to figure_espcn_x3.png, the second silently replacing the first, as it replaced any file of that name."""
+    runs = two_runs_checkpoints(tmp_path)
+    results, test = tmp_path / 'figures', tiny_dataset['test']
+    first_image = sorted(test.iterdir())[0].stem
+
+    def figure(checkpoint, *extra):
+        return run_cli(lambda: eval_script.main(['--checkpoint', checkpoint, '--test-folders', str(test), '--figure',
+                                                 '--results-dir', str(results), '--device', 'cpu', *extra]))
+    out = results / 'figure_espcn_x3.png'
+    assert figure(runs[0]) == 0
+    two_rows = out.read_bytes()
+    assert figure(runs[0], '--figure-images', first_image) == 0  # the same model, refined: replaced
+    first = out.read_bytes()
+    assert first != two_rows
+    for checkpoint, what in ((runs[1], 'a figure of other models or weights'),
+                             (runs[0], 'a file eval.py --figure did not make')):
+        if 'did not make' in what:
+            Image.new('RGB', (8, 8)).save(out)  # the user's own file of that name
+            first = out.read_bytes()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            figure(checkpoint)
+        out_text, err = capsys.readouterr()
+        assert e.value.code == 2 and 'box' not in out_text  # refused before any image was upscaled
+        assert err.strip() == f"error: {out} is {what}: pass --overwrite to replace it, or give another --results-dir"
+        assert out.read_bytes() == first
+    assert figure(runs[1], '--overwrite') == 0 and figure(runs[1]) == 0
+    assert out.read_bytes() != first
 
 
 def test_two_runs_never_write_their_curves_into_one_tensorboard_folder(tmp_path, tiny_dataset):
