@@ -27,8 +27,8 @@ import models
 from checkpoints import (ModelDescription, add_assumption_args, add_weights_arg, convert_legacy_checkpoint,  # noqa: F401
                          describe_checkpoint, load_sr_model, suite_checkpoint)
 from utils import (UserError, auto_precision, autocast, bicubic_upscale, check_precision, convert_image, gray_uint8,
-                   imresize, imresize_up, is_out_of_memory, modcrop, parse_memory, pil_to_tensor, psnr, rgb_to_y,
-                   rgb_to_y_uint8, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb)
+                   imresize, imresize_up, is_out_of_memory, modcrop, parse_memory, pil_to_tensor, precision_caveat,
+                   psnr, rgb_to_y, rgb_to_y_uint8, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb)
 
 # ----------------------------------------------------------------------------------------------
 # How each architecture is fed: RGB in [0, 1] in, RGB in [0, 1] out (models.ArchSpec says the rest)
@@ -235,6 +235,8 @@ class Upscaler:
             precision, self.precision_reason = auto_precision(self.device, self.spec.precisions,
                                                                  self.spec.cpu_bf16_pays)
         self.precision = check_precision(precision, self.device)
+        if self.precision_reason is None:
+            self.precision_reason = precision_caveat(self.precision, self.device)
         if self.precision not in self.spec.precisions:
             raise UserError(f"--precision {self.precision}: {self.spec.name} runs in {', '.join(self.spec.precisions)} "
                             f"only")
@@ -500,7 +502,8 @@ class ImageUpscaler:
 
     def precision_note(self, change):
         """'bf16 (why; ``change``)' when the precision was picked for this machine (UpscaleOptions.precision 'auto'),
-        else None; ``change``: how the caller's user picks another."""
+        or when the one asked for runs slower than expected here (utils.precision_caveat), else None; ``change``: how
+        the caller's user picks another."""
         reason = self.upscaler.precision_reason
         return f"{self.upscaler.precision} ({reason}; {change})" if reason else None
 

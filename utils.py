@@ -1075,6 +1075,15 @@ def auto_precision(device, supported=('fp32', 'bf16'), cpu_bf16_pays=True):
     return 'bf16', 'this CPU runs bf16 natively'
 
 
+def precision_caveat(precision, device):
+    """Why a precision asked for explicitly runs slower than expected on ``device`` (bf16 on a CPU without native
+    bf16: emulated, slower than fp32), else None."""
+    device = torch.device(device)
+    if precision == 'bf16' and device.type == 'cpu' and not native_bf16(device):
+        return "asked for, but this CPU has no native bf16 (AVX512-BF16 or AMX): it runs emulated, slower than fp32"
+    return None
+
+
 def autocast(device, precision):
     """Autocast context for a network's forward pass: fp32 runs without one, bf16 / fp16 under torch.autocast."""
     dtype = PRECISIONS[precision]

@@ -406,6 +406,11 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
         auto = Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='auto')
         assert auto.precision == expected and 'native' in auto.precision_reason
         assert torch.equal(auto.upscale(lr)[0], outputs[expected])  # it really runs what it says
+        explicit = Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='bf16')
+        assert explicit.precision == 'bf16'  # what the user asked for, with a word where it is emulated
+        assert (explicit.precision_reason is None) == native and ('emulated' in (explicit.precision_reason or '')) \
+            != native
+        assert Upscaler(model, SPEC['srresnet'], 4, 'cpu', precision='fp32').precision_reason is None
     monkeypatch.setattr(utils, 'native_bf16', lambda device: True)
     fp32_only = dataclasses.replace(SPEC['srresnet'], precisions=('fp32',))
     assert Upscaler(model, fp32_only, 4, 'cpu', precision='auto').precision == 'fp32'  # never what the net can't
