@@ -29,7 +29,7 @@ from bench_cpu_quality import REPO, SHARED, evaluate, sh, ship, train
 
 sys.path.insert(0, REPO)
 from checkpoints import load_checkpoint  # noqa: E402
-from models import backbone_help, imagenet_weights_path  # noqa: E402
+from models import BackboneWeightsError, backbone_help, build_lpips, imagenet_weights_path  # noqa: E402
 
 BASE = os.path.join(REPO, 'results', 'srresnet_x4_291.pth')
 OUT_NAME = 'srresnet_x4_real.pth'
@@ -100,9 +100,12 @@ def main():
                         help="a torchvision AlexNet state_dict file: LPIPS is measured too (default: when the torch "
                              "hub cache holds AlexNet's ImageNet weights; otherwise LPIPS is not measured)")
     args = parser.parse_args()
-    if args.lpips_backbone_weights and not os.path.isfile(args.lpips_backbone_weights):
-        sys.exit(f"--lpips-backbone-weights {args.lpips_backbone_weights}: no such file")
     lpips = lpips_weights(args.lpips_backbone_weights)
+    if lpips:
+        try:  # read now, not after two hours of training
+            build_lpips('alex', lpips)
+        except BackboneWeightsError as e:
+            sys.exit(str(e))
     missing = [n for n in ('T91', 'BSD200') + TEST_SETS if not os.path.isdir(os.path.join(args.data, n))]
     if missing:
         sys.exit(f"{', '.join(missing)} not found under {args.data}: pass --data")

@@ -181,6 +181,12 @@ def test_bench_real_photos_fine_tunes_evaluates_both_models_with_lpips_and_ships
                      'model': models.SRResNet(n_blocks=2, n_channels=8, scaling_factor=4).state_dict()}, base)
     alexnet = tmp_path / 'alexnet.pth'  # random weights in torchvision's layout: LPIPS runs, its values mean nothing
     torch.save(torchvision.models.alexnet(weights=None).features.state_dict(), alexnet)
+    (tmp_path / 'junk.pth').write_bytes(b'junk')
+    refused = run_script('benchmarks/bench_real_photos.py', '--data', data, '--base', base, '--work', tmp_path / 'work',
+                         '--lpips-backbone-weights', tmp_path / 'junk.pth')
+    assert refused.returncode == 1 and refused.stderr.strip().startswith(
+        f"--lpips-backbone-weights {tmp_path / 'junk.pth'}: not a loadable state_dict (")
+    assert not (tmp_path / 'work').exists()  # refused before any work, not after the training
     result = run_script('benchmarks/bench_real_photos.py', '--data', data, '--base', base, '--out', out,
                         '--work', tmp_path / 'work', '--lpips-backbone-weights', alexnet,
                         '--train-flags', f"{TINY_RECIPE} --epochs 1", timeout=600,
