@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,15 +62,34 @@ def sh(script, *args):
 
 
 def train(command, t0):
-    """Run train_srresnet.py, echoing its epoch lines with the minutes since ``t0``; exits on failure."""
+    """Run train_srresnet.py, echoing its epoch lines with the minutes since ``t0``; exits on failure, and when the
+    run was stopped before its last epoch (SIGTERM, passed on to it, or Ctrl-C: it saves first), so that nothing
+    is evaluated as if it had finished."""
     process = subprocess.Popen([sys.executable, os.path.join(REPO, 'train_srresnet.py'), *command],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
-    for line in process.stdout:
-        if line.startswith(('epoch ', 'recipe ')):
-            print(f"[{(time.perf_counter() - t0) / 60:6.1f} min] {line.rstrip()}", flush=True)
-    err = process.stderr.read()
-    if process.wait() != 0:
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+    stopped = None
+    try:
+        while True:
+            try:
+                for line in process.stdout:
+                    if line.startswith(('epoch ', 'recipe ')):
+                        print(f"[{(time.perf_counter() - t0) / 60:6.1f} min] {line.rstrip()}", flush=True)
+                    elif line.startswith('stopped at '):
+                        stopped = line.strip()
+                break
+            except KeyboardInterrupt:  # Ctrl-C reached the trainer too (one process group): it saves, then exits
+                continue
+        err = process.stderr.read()
+        code = process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
         sys.exit(f"train_srresnet.py failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    if stopped:
+        where = stopped.split(';')[0][len('stopped at '):]
+        sys.exit(f"train_srresnet.py was stopped at {where} (its checkpoint saved): the training did not finish, so "
+                 f"nothing is evaluated")
 
 
 def evaluate(ckpt, folders, work, weights='ema', protocols=('standard', 'tutorial'), label=None, lpips=None):

@@ -1,6 +1,10 @@
 """The benchmark scripts still run end to end, on tiny settings. Their numbers belong in docs/ (speed.md,
 benchmarks.md), not in CI, but a benchmark broken by a refactor would go unnoticed until someone needs it."""
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import torch
 import torchvision
@@ -8,7 +12,7 @@ from PIL import Image
 
 import models
 from checkpoints import load_checkpoint, save_checkpoint
-from conftest import photo_crops, run_script
+from conftest import REPO_ROOT, photo_crops, run_script
 
 
 def json_lines(stdout):
@@ -187,9 +191,26 @@ def test_bench_real_photos_fine_tunes_evaluates_both_models_with_lpips_and_ships
     assert refused.returncode == 1 and refused.stderr.strip().startswith(
         f"--lpips-backbone-weights {tmp_path / 'junk.pth'}: not a loadable state_dict (")
     assert not (tmp_path / 'work').exists()  # refused before any work, not after the training
-    result = run_script('benchmarks/bench_real_photos.py', '--data', data, '--base', base, '--out', out,
-                        '--work', tmp_path / 'work', '--lpips-backbone-weights', alexnet,
-                        '--train-flags', f"{TINY_RECIPE} --epochs 1", timeout=600,
+    command = ['benchmarks/bench_real_photos.py', '--data', data, '--base', base, '--out', out, '--work',
+               tmp_path / 'work', '--lpips-backbone-weights', alexnet]
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', TORCH_HOME=str(tmp_path / 'no_hub'))
+    # SIGTERM to the benchmark: its training saves and stops, and nothing is evaluated as if it had finished
+    first = subprocess.Popen([sys.executable, *map(str, command), '--train-flags', f"{TINY_RECIPE} --epochs 500"],
+                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if 'epoch 1/500' in line:
+                first.send_signal(signal.SIGTERM)
+                break
+        out_text, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 1 and 'nothing is evaluated' in err and not json_lines(out_text), err
+    stopped = load_checkpoint(tmp_path / 'work' / 'train' / 'checkpoint_srresnet.pth')
+    assert 1 <= stopped['epoch'] < 500 and not list(out.iterdir())  # saved by the training; nothing shipped
+    assert not (tmp_path / 'work' / 'train' / '.checkpoint_srresnet.pth.lock').exists()  # the trainer has exited
+    # the same command again continues that run (to a shorter schedule here) and finishes
+    result = run_script(*command, '--train-flags', f"{TINY_RECIPE} --epochs {stopped['epoch'] + 1}", timeout=600,
                         env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = json_lines(result.stdout)
