@@ -17,6 +17,7 @@ Imports utils, models, datasets, degradations, checkpoints, inference and report
 """
 import argparse
 import datetime
+import contextlib
 import functools
 import math
 import os
@@ -40,7 +41,7 @@ from checkpoints import save_checkpoint, strip_prefixes
 from utils import (Interrupted, RunLock, UserError, atomic_write, check_output_folder, check_precision, convert_image,
                    imresize, list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number,
                    pick_device, pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, set_rng_state,
-                   unwrap_model, worker_death)
+                   stdout_closed, stdout_to_devnull, unwrap_model, worker_death)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -648,9 +649,21 @@ class TrainContext:
                 pass
 
     def log(self, *text, **kwargs):
-        """print on rank 0 only."""
-        if self.dist.is_main:
+        """print on rank 0 only. When stdout's reader went away (a closed pipe: `| head` done, the benchmark that
+        started the run killed), the run stops as on SIGTERM, finishing its step and saving, its output from then
+        on going nowhere."""
+        if not self.dist.is_main:
+            return
+        try:
             print(*text, **kwargs)
+        except BrokenPipeError:
+            if not stdout_closed():
+                raise
+            stdout_to_devnull()
+            self.stop.requested = True
+            with contextlib.suppress(OSError):
+                print("the reader of the output went away (a closed pipe): finishing this step, then saving",
+                      file=sys.stderr)
 
     def open_writer(self, log_dir, tag):
         """The TensorBoard writer, on rank 0 only (elsewhere ``writer`` stays None); ``tag`` prefixes every tag."""

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import secrets
+import select
 import signal
 import stat
 import sys
@@ -68,12 +69,40 @@ def run_cli(main):
         sys.exit(2)
 
 
+def stdout_closed():
+    """True when stdout is a pipe whose reader went away (`| head` done, a parent process that died): writing to it
+    raises BrokenPipeError."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout
+        return False
+
+
+def stdout_to_devnull():
+    """Point stdout's file descriptor at os.devnull, once its reader went away: further output, and the flush at
+    exit, then go nowhere instead of raising BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def _run_main(main):
     """run_cli's body: main() with the stop signals caught and the thread hook set, both restored after."""
     previous, previous_hook = catch_stop_signals(), threading.excepthook
     threading.excepthook = thread_failure_line
     try:
         return main()
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        stdout_to_devnull()
+        with contextlib.suppress(OSError):
+            print("error: stopped: the reader of the output went away (a closed pipe)", file=sys.stderr)
+        sys.exit(1)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(getattr(e, 'exit_code', 2))

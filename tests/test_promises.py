@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -173,6 +175,40 @@ class HandOverCut:
 
     def __next__(self):
         raise EOFError
+
+
+def test_a_run_whose_output_reader_goes_away_saves_and_stops_and_a_script_says_so_in_one_line(tmp_path,
+                                                                                               tiny_dataset):
+    """`train_srresnet.py ... | head`, or a benchmark that started the run killed: the next line printed raised
+    BrokenPipeError, a traceback, and the run died without saving its epoch. Now it stops as on SIGTERM (finishing
+    the step, saving); any other script ends in one line."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    results = tmp_path / 'results'
+    run = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, 'train_srresnet.py'), '--data-folder',
+                            str(tiny_dataset['data']), '--results-dir', str(results), '--runs-dir', str(tmp_path / 'runs'),
+                            '--n-blocks', '2', '--n-channels', '8', '--crop-size', '32', '--batch-size', '3', '--workers',
+                            '0', '--device', 'cpu', '--epochs', '1000'], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line.startswith('epoch 1/1000'):
+                break
+        run.stdout.close()  # the reader goes away
+        err = run.stderr.read()
+        assert run.wait(timeout=300) == 0, err
+    finally:
+        run.kill()
+    assert 'Traceback' not in err and 'the reader of the output went away (a closed pipe): finishing this step, ' \
+        'then saving' in err
+    saved = load_checkpoint(results / 'checkpoint_srresnet.pth')
+    assert 1 <= saved['epoch'] < 1000 and 'optimizer' in saved  # a run's state, to resume
+    evaluation = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, 'eval.py'), '--arch', 'bicubic', '--scale',
+                                   '3', '--test-folders', str(tiny_dataset['test']), '--results-dir',
+                                   str(tmp_path / 'eval')], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    evaluation.stdout.close()  # before its first line
+    assert evaluation.wait(timeout=300) == 1
+    assert evaluation.stderr.read().decode() == \
+        "error: stopped: the reader of the output went away (a closed pipe)\n"
 
 
 def test_a_data_loader_worker_that_dies_ends_the_run_in_one_line(capsys):
