@@ -16,8 +16,8 @@ history and its curves (<run>_curves.png), and the flags both trainers share.
 Imports utils, models, datasets, degradations, checkpoints, inference and reports.
 """
 import argparse
-import datetime
 import contextlib
+import datetime
 import functools
 import math
 import os
