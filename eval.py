@@ -834,6 +834,8 @@ def check_figure_name(path, record, overwrite):
     """Before any work: the figure at ``path`` may be replaced only by one of the same models and weights (its
     ``record``); a figure of others sharing the name, or a file eval.py did not make, is refused in one line unless
     ``overwrite``."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, where the figure goes: move it, or give another --results-dir")
     if overwrite or not os.path.lexists(path):
         return
     earlier = png_text(path).get(FIGURE_MODELS)

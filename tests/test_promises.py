@@ -360,6 +360,12 @@ def test_an_eval_figure_never_replaces_one_of_other_models(tmp_path, tiny_datase
         assert out.read_bytes() == first
     assert figure(runs[1], '--overwrite') == 0 and figure(runs[1]) == 0
     assert out.read_bytes() != first
+    out.unlink()
+    out.mkdir()  # a folder in the way: named before any work, --overwrite or not
+    with pytest.raises(SystemExit) as e:
+        figure(runs[1], '--overwrite')
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == \
+        f"error: {out} is a folder, where the figure goes: move it, or give another --results-dir"
 
 
 def test_two_runs_never_write_their_curves_into_one_tensorboard_folder(tmp_path, tiny_dataset):
