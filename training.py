@@ -41,7 +41,7 @@ from checkpoints import save_checkpoint, strip_prefixes
 from utils import (Interrupted, RunLock, UserError, atomic_write, check_output_folder, check_precision, convert_image,
                    imresize, list_image_files, load_image, modcrop, native_bf16, non_negative_float, parse_number,
                    pick_device, pil_to_tensor, plain_args, positive_int, psnr, rgb_to_y_uint8, set_rng_state,
-                   stdout_closed, stdout_to_devnull, unwrap_model, worker_death)
+                   silence_closed_stdout, unwrap_model, worker_death)
 
 TUTORIAL_WORKERS = 4  # the tutorial's DataLoader worker count
 
@@ -657,9 +657,8 @@ class TrainContext:
         try:
             print(*text, **kwargs)
         except BrokenPipeError:
-            if not stdout_closed():
+            if not silence_closed_stdout():
                 raise
-            stdout_to_devnull()
             self.stop.requested = True
             with contextlib.suppress(OSError):
                 print("the reader of the output went away (a closed pipe): finishing this step, then saving",

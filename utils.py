@@ -69,25 +69,23 @@ def run_cli(main):
         sys.exit(2)
 
 
-def stdout_closed():
-    """True when stdout is a pipe whose reader went away (`| head` done, a parent process that died): writing to it
-    raises BrokenPipeError."""
+def silence_closed_stdout():
+    """After a BrokenPipeError: when stdout is a pipe whose reader went away (`| head` done, a parent process that
+    died), point its file descriptor at os.devnull, so that further output and the flush at exit go nowhere instead
+    of raising again, and return True; False when stdout is fine (the error came from elsewhere)."""
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout
         return False
-
-
-def stdout_to_devnull():
-    """Point stdout's file descriptor at os.devnull, once its reader went away: further output, and the flush at
-    exit, then go nowhere instead of raising BrokenPipeError again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())
     finally:
         os.close(devnull)
+    return True
 
 
 def _run_main(main):
@@ -97,9 +95,8 @@ def _run_main(main):
     try:
         return main()
     except BrokenPipeError:
-        if not stdout_closed():
+        if not silence_closed_stdout():
             raise
-        stdout_to_devnull()
         with contextlib.suppress(OSError):
             print("error: stopped: the reader of the output went away (a closed pipe)", file=sys.stderr)
         sys.exit(1)
