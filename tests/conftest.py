@@ -5,13 +5,17 @@ The benchmark images are never copied into the repository; tests that need them 
 (or call ``shared_data_or_skip``): when ``../shared/data`` (next to the repository) is absent they are skipped,
 with the reason, except in CI (``CI=true``), where they fail, since CI promises to run them all.
 """
+import contextlib
 import errno
+import importlib
+import io
 import os
 import random
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ REPO = str(REPO_ROOT)
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 if REPO not in sys.path:  # the suite's modules live at the top level
     sys.path.insert(0, REPO)
+import utils  # noqa: E402  (a module of the repository, found through the line above)
 
 
 def shared_data_or_skip(folder=None, environ=None):
@@ -79,6 +84,31 @@ def run_script(script, *args, cwd=REPO, timeout=300, env_extra=None):
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env_extra or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_here(script, *args, cwd=REPO, env_extra=None):
+    """What run_script(script, *args) returns (returncode, stdout, stderr), for the same command line run in this
+    process: the script's main(argv) under utils.run_cli, as its last line runs it, without the seconds a new
+    interpreter spends importing torch. For tests of what a run does; what needs a process of its own (signals,
+    a closed pipe, locks between two writers, loader worker processes) stays with run_script."""
+    module = importlib.import_module(os.path.splitext(script)[0])
+    argv = [str(a) for a in args]
+    determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    out, err, argv0 = io.StringIO(), io.StringIO(), sys.argv[0]
+    with contextlib.chdir(cwd), mock.patch.dict(os.environ, env_extra or {}), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        sys.argv[0] = os.path.join(REPO, script)  # argparse names the script in its messages
+        try:
+            code = utils.run_cli(lambda: module.main(argv))
+        except SystemExit as e:
+            code = e.code
+        finally:
+            sys.argv[0] = argv0
+            torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])  # --deterministic's
+    if isinstance(code, str):  # sys.exit('message'): the interpreter prints it and exits with 1
+        err.write(code + '\n')
+        code = 1
+    return subprocess.CompletedProcess([script, *argv], code or 0, out.getvalue(), err.getvalue())
 
 
 def photo_crops(size=64, count=6):

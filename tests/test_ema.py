@@ -9,7 +9,7 @@ import torch
 import inference
 import models
 import train_srresnet
-from conftest import run_script
+from conftest import run_here, run_script
 from checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils import list_image_files, load_image, pil_to_tensor, run_cli
 
@@ -20,7 +20,7 @@ EMA_KEYS = {'model_ema', 'generator_ema', 'ema_decay', 'ema_n_averaged'}
 
 
 def train(results, data, *extra, script='train_srresnet.py'):
-    result = run_script(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
+    result = run_here(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
                         *TINY, *extra)
     assert result.returncode == 0, result.stderr
     return result

@@ -8,7 +8,7 @@ import torch
 import models
 import train_srresnet
 import training
-from conftest import run_script
+from conftest import run_here, run_script
 from checkpoints import load_checkpoint
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--device', 'cpu',
@@ -16,7 +16,7 @@ TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3
 
 
 def train(tmp_path, data, *extra):
-    return run_script('train_srresnet.py', '--data-folder', data, '--results-dir', tmp_path / 'results',
+    return run_here('train_srresnet.py', '--data-folder', data, '--results-dir', tmp_path / 'results',
                       '--runs-dir', tmp_path / 'runs', *extra)
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import REPO, run_here, run_script
 from checkpoints import load_checkpoint
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--deterministic',
@@ -17,7 +17,7 @@ TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2
 
 
 def train(results, data, *extra, script='train_srresnet.py'):
-    return run_script(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
+    return run_here(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
                       *TINY, *extra)
 
 

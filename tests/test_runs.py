@@ -20,7 +20,7 @@ import train_srgan
 import train_srresnet
 import training
 import utils
-from conftest import REPO, photo_crops, run_script
+from conftest import REPO, photo_crops, run_here, run_script
 from datasets import create_data_lists
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
@@ -40,7 +40,7 @@ def five_images(tmp_path_factory):
 
 
 def train(results, data, *extra, script='train_srresnet.py'):
-    return run_script(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
+    return run_here(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
                       *TINY, *extra)
 
 

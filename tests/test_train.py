@@ -14,7 +14,7 @@ import models
 import train_srgan
 import train_srresnet
 import training
-from conftest import run_script
+from conftest import run_here, run_script
 from checkpoints import load_checkpoint
 from utils import imresize
 
@@ -23,7 +23,7 @@ TINY_D = ['--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16]
 
 
 def train(tmp_path, data, *extra, script='train_srresnet.py'):
-    return run_script(script, '--data-folder', data, '--results-dir', tmp_path / 'results',
+    return run_here(script, '--data-folder', data, '--results-dir', tmp_path / 'results',
                       '--runs-dir', tmp_path / 'runs', *extra)
 
 
