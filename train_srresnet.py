@@ -21,6 +21,7 @@ Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that 
 import ast
 import os
 import time
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -258,6 +259,15 @@ def load_resume(path, ctx, settings, trainee):
     return training.restore_training_state(ckpt, path, trainee.scaler, ctx)
 
 
+def step_epoch_schedule(scheduler):
+    """The learning-rate schedule's step at the end of an epoch. A run resumed after the last step of an epoch takes
+    it before any optimizer step of its own: PyTorch's warning about that order (its first rate skipped) does not
+    apply to a schedule restored from the checkpoint, so a resume does not print it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', r'Detected call of `lr_scheduler\.step\(\)` before', UserWarning)
+        scheduler.step()
+
+
 def main(argv=None):
     settings = resolve_settings(build_parser(), argv)
     with training.TrainContext.of(settings) as ctx:
@@ -309,7 +319,7 @@ def main(argv=None):
                 ctx.write_curves(f"{settings.arch} x{settings.scale}")  # first: the resume line stays last
                 saver.save_stopped(state(epoch - 1, next_step), epoch, next_step)
                 return 0
-            trainee.scheduler.step()
+            step_epoch_schedule(trainee.scheduler)
             val_psnr = raw_psnr = None
             if val_images is not None and ctx.dist.is_main and training.validation_due(epoch, settings.val_every,
                                                                                        settings.epochs):
