@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
+from conftest import run_here, run_script
 from datasets import EpochSampler, PatchDataset, SRDataset, collate_patches, create_data_lists
 
 
@@ -246,16 +246,10 @@ def test_loader_workers_default_is_zero_only_for_cached_training_on_a_cpu(tiny_d
     assert loader_workers(args.workers, cpu, cached) == 2
 
 
-def run_create_data_lists_here(argv, capsys):
+def run_create_data_lists_here(argv):
     """(exit code, stdout, stderr) of create_data_lists.main(argv) under utils.run_cli, in this process."""
-    import create_data_lists
-    from utils import run_cli
-    try:
-        code = run_cli(lambda: create_data_lists.main([*map(str, argv), '--workers', '1']))
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    result = run_here('create_data_lists.py', *argv, '--workers', 1)
+    return result.returncode, result.stdout, result.stderr
 
 
 def test_create_data_lists_output_folder_naming_a_file_is_one_line_before_any_decoding(tmp_path):
@@ -276,7 +270,7 @@ def test_create_data_lists_folder_that_cannot_be_listed_is_one_line(tmp_path, ca
     unlistable(tmp_path / 'locked')
     code, stdout, err = run_create_data_lists_here(['--train-folders', tmp_path / 'train', '--test-folders',
                                                     tmp_path / 'locked', '--output-folder', tmp_path / 'lists',
-                                                    '--min-size', 10], capsys)
+                                                    '--min-size', 10])
     assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
     assert 'locked' in err and 'cannot list' in err
     assert not (tmp_path / 'lists').exists()
@@ -290,7 +284,7 @@ def test_create_data_lists_writes_its_lists_and_log_all_or_nothing(tmp_path, cap
     out = tmp_path / 'lists'
     fail_nth_file_sync(monkeypatch, 2)
     code, _, err = run_create_data_lists_here(['--train-folders', tmp_path / 'train', '--test-folders',
-                                               tmp_path / 'Test', '--output-folder', out, '--min-size', 10], capsys)
+                                               tmp_path / 'Test', '--output-folder', out, '--min-size', 10])
     assert code == 2 and 'No space left on device' in err and err.count('\n') == 1, err
     assert not out.exists() or os.listdir(out) == []
 

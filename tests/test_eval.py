@@ -3,16 +3,11 @@
 Expected metrics are computed here independently (scikit-image metrics, PIL, luma by formula, the tutorial's
 pipeline written out); only utils.imresize is reused, and it has its own reference test (test_imresize.py).
 """
-import contextlib
 import csv
-import io
 import json
 import math
 import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -24,8 +19,8 @@ import checkpoints
 import eval as eval_script
 import models
 from checkpoints import save_checkpoint
-from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data
-from utils import UserError, imresize, list_image_files, run_cli
+from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data, run_here, run_script
+from utils import UserError, imresize, list_image_files
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
@@ -348,8 +343,8 @@ def test_grey_file_is_its_own_y_and_the_same_pixels_stored_as_rgb_are_not(tmp_pa
 
 
 # ----------------------------------------------------------------------------------------------
-# End to end through the command line. Every command line (one Python start-up each, mostly importing
-# torch) is run once, concurrently, by the `cli` fixture; the tests below check one run each.
+# End to end through the command line. Every command line is run once by the `cli` fixture; the tests below check
+# one run each.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -399,49 +394,31 @@ def cli_cases(w):
     }
     for fmt in ('suite', 'seed', 'srgan'):
         cases[f"srresnet_{fmt}"] = ['--checkpoint', w.checkpoints[fmt], '--test-folders', sr]
-    if (SHARED_DATA / 'Set5').is_dir():
-        cases['set5_x4'] = ['--arch', 'bicubic', '--scale', 4, '--test-folders', SHARED_DATA / 'Set5',
-                            '--protocol', 'standard']
-    return cases
-
-
-def in_process_cases(w):
-    """More command lines, run through eval.main and utils.run_cli in this process (no extra start-up)."""
-    sr = w.sr_images
-    return {
+    cases.update({
         'srresnet_srgan_seed': ['--checkpoint', w.checkpoints['srgan_seed'], '--test-folders', sr],
         'directory_checkpoint': ['--checkpoint', w.root, '--test-folders', sr],
         'too_small': ['--arch', 'bicubic', '--test-folders', w.small],
         'missing_data_list': ['--arch', 'bicubic', '--data-folder', w.root, '--datasets', 'Set5'],
         'legacy_checkpoint': ['--checkpoint', w.legacy, '--test-folders', sr],
         'convert_legacy': ['--convert-legacy', w.legacy, w.converted],
-    }
+    })
+    if (SHARED_DATA / 'Set5').is_dir():
+        cases['set5_x4'] = ['--arch', 'bicubic', '--scale', 4, '--test-folders', SHARED_DATA / 'Set5',
+                            '--protocol', 'standard']
+    return cases
 
 
 @pytest.fixture(scope='module')
 def cli(world):
-    """name -> (returncode, stdout, stderr, results dir) of `python eval.py ...` run from the repository root."""
-    def run(item):
-        name, args = item
+    """name -> (returncode, stdout, stderr, results dir) of `python eval.py ...` from the repository root: one
+    command line in a process of its own (a refusal's exit code and line as a shell gets them), the others through
+    eval.main under utils.run_cli in this process (conftest.run_here: no interpreter start-up each)."""
+    runs = {}
+    for name, args in cli_cases(world).items():
         results = world.root / f"results_{name}"
-        cmd = [sys.executable, 'eval.py', *map(str, args), '--results-dir', str(results), '--device', 'cpu']
-        env = dict(os.environ, OMP_NUM_THREADS='1')  # see conftest.one_thread
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
-        return name, (proc.returncode, proc.stdout, proc.stderr, str(results))
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        runs = dict(pool.map(run, cli_cases(world).items()))
-
-    def run_here(name, args):
-        results = world.root / f"results_{name}"
-        argv = [*map(str, args), '--results-dir', str(results), '--device', 'cpu']
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = run_cli(lambda: eval_script.main(argv))
-            except SystemExit as e:
-                code = e.code
-        return code, out.getvalue(), err.getvalue(), str(results)
-    runs.update({name: run_here(name, args) for name, args in in_process_cases(world).items()})
+        run = run_script if name == 'missing_checkpoint' else run_here
+        result = run('eval.py', *args, '--results-dir', results, '--device', 'cpu')
+        runs[name] = (result.returncode, result.stdout, result.stderr, str(results))
     return runs
 
 
@@ -624,13 +601,8 @@ def test_minimum_sizes():
 
 def run_main_here(argv):
     """(exit code, stdout, stderr) of eval.main(argv) under utils.run_cli, as the command line runs it."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = run_cli(lambda: eval_script.main([*map(str, argv), '--device', 'cpu']))
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    result = run_here('eval.py', *argv, '--device', 'cpu')
+    return result.returncode, result.stdout, result.stderr
 
 
 @pytest.mark.parametrize('failing_file', [2, 3])

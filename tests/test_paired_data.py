@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import degradations
-from conftest import fail_nth_file_sync, photo_crops, run_script
+from conftest import fail_nth_file_sync, photo_crops, run_here, run_script
 from datasets import (EpochSampler, PatchDataset, collate_patches, create_data_lists, match_pairs, read_pair_list)
 from utils import UserError, load_image, pil_to_tensor
 
@@ -34,29 +34,10 @@ def make_pairs(folder, scale, names=('a', 'b', 'c'), lr_size=(13, 11), extra=0, 
     return folder
 
 
-class Result:
-    """What create_data_lists.main left: returncode, stdout, stderr (as subprocess.run gives them)."""
-
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
-def run_cdl(capsys):
-    """create_data_lists.py's command line run in this process (under run_cli, as the script runs it): no
-    interpreter start per call."""
-    import create_data_lists
-    from utils import run_cli
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            code = run_cli(lambda: create_data_lists.main([*map(str, args), '--workers', '1']))
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return Result(code, out.out, out.err)
-    return run
+def run_cdl():
+    """create_data_lists.py's command line run in this process (conftest.run_here): no interpreter start per call."""
+    return lambda *args: run_here('create_data_lists.py', *args, '--workers', 1)
 
 
 # ----------------------------------------------------------------------------------------------
