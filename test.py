@@ -385,8 +385,8 @@ def upscale_video_file(args, upscaler, device):
           f"{result.frames / max(result.model_seconds, 1e-9):.2f} frames/s) on {device}")
 
 
-def main():
-    args = build_parser().parse_args()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     check_output_folder(args.output_dir, '--output-dir')
     device = pick_device(args.device)
     upscaler = load_upscaler(args, device)

@@ -8,6 +8,7 @@ with the reason, except in CI (``CI=true``), where they fail, since CI promises 
 import contextlib
 import errno
 import importlib
+import importlib.util
 import io
 import os
 import random
@@ -86,12 +87,24 @@ def run_script(script, *args, cwd=REPO, timeout=300, env_extra=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def script_module(script):
+    """The module of one of the suite's scripts ('train_srresnet.py'), imported once; test.py as 'sr_test_script'
+    (Python's own regression tests are the package 'test')."""
+    if script != 'test.py':
+        return importlib.import_module(os.path.splitext(script)[0])
+    if 'sr_test_script' not in sys.modules:
+        spec = importlib.util.spec_from_file_location('sr_test_script', os.path.join(REPO, script))
+        sys.modules['sr_test_script'] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules['sr_test_script'])
+    return sys.modules['sr_test_script']
+
+
 def run_here(script, *args, cwd=REPO, env_extra=None):
     """What run_script(script, *args) returns (returncode, stdout, stderr), for the same command line run in this
     process: the script's main(argv) under utils.run_cli, as its last line runs it, without the seconds a new
     interpreter spends importing torch. For tests of what a run does; what needs a process of its own (signals,
     a closed pipe, locks between two writers, loader worker processes) stays with run_script."""
-    module = importlib.import_module(os.path.splitext(script)[0])
+    module = script_module(script)
     argv = [str(a) for a in args]
     determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     out, err, argv0 = io.StringIO(), io.StringIO(), sys.argv[0]

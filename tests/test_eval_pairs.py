@@ -12,7 +12,7 @@ import eval as eval_script
 import inference
 import models
 from checkpoints import save_checkpoint
-from conftest import photo_crops, run_script
+from conftest import photo_crops, run_here
 from utils import imresize, psnr, rgb_to_y_uint8, ssim
 
 SCALE = 2
@@ -50,7 +50,7 @@ def expected_row(upscale, lr, hr):
 
 
 def run_eval(tmp_path, *args):
-    return run_script('eval.py', '--results-dir', tmp_path / 'out', '--device', 'cpu', *args)
+    return run_here('eval.py', '--results-dir', tmp_path / 'out', '--device', 'cpu', *args)
 
 
 def report(tmp_path, name):
@@ -85,8 +85,8 @@ def test_bicubic_on_a_paired_folder_upscales_the_lr_given(tmp_path):
 
 def test_a_model_on_a_paired_list_sees_the_lr_given(tmp_path):
     pairs = make_pair_folder(tmp_path / 'Phones')
-    result = run_script('create_data_lists.py', '--paired-test-folders', tmp_path / 'Phones', '--scale', SCALE,
-                        '--output-folder', tmp_path / 'lists')
+    result = run_here('create_data_lists.py', '--paired-test-folders', tmp_path / 'Phones', '--scale', SCALE,
+                      '--output-folder', tmp_path / 'lists')
     assert result.returncode == 0, result.stderr
     torch.manual_seed(0)
     config = models.model_config('espcn', SCALE)

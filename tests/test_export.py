@@ -17,7 +17,7 @@ import inference
 import models
 import train_srresnet
 import utils
-from conftest import doc_text, run_script
+from conftest import doc_text, run_here
 from test_published import (edsr_pytorch_forward, edsr_pytorch_shapes, msrresnet_shapes, random_sd, save_weights,
                             tiny_spandrel)
 
@@ -107,7 +107,7 @@ def readme_onnx_snippet():
 
 def test_cli_onnx_export_and_the_readme_snippet_upscale_like_test_py(tmp_path, tiny_dataset):
     path = suite_checkpoint(tmp_path, 'espcn', 3)  # a Y-channel model: colour conversion and Cb/Cr in the graph
-    result = run_script('export.py', '--checkpoint', path, '--format', 'onnx', '--output', tmp_path / 'espcn.onnx')
+    result = run_here('export.py', '--checkpoint', path, '--format', 'onnx', '--output', tmp_path / 'espcn.onnx')
     assert result.returncode == 0, result.stderr
     photo = sorted(tiny_dataset['test'].iterdir())[0]  # 64 x 64 real photo
     code = readme_onnx_snippet().replace('checkpoint_srresnet.onnx', str(tmp_path / 'espcn.onnx'))
@@ -211,17 +211,17 @@ def test_safetensors_runs_in_test_py_eval_py_and_starts_a_training_run(tmp_path,
     st = tmp_path / 'msrresnet_x2.safetensors'
     assert export.main(['--checkpoint', str(src), '--format', 'safetensors', '--output', str(st)]) == 0
     photo = sorted(tiny_dataset['test'].iterdir())[0]
-    up = run_script('test.py', '--checkpoint', st, '--image', photo, '--output-dir', tmp_path / 'up', '--device', 'cpu')
+    up = run_here('test.py', '--checkpoint', st, '--image', photo, '--output-dir', tmp_path / 'up', '--device', 'cpu')
     assert up.returncode == 0, up.stderr
     assert (tmp_path / 'up' / f'{photo.stem}_x2_msrresnet.png').is_file()
-    ev = run_script('eval.py', '--checkpoint', st, '--test-folders', tiny_dataset['test'], '--results-dir',
-                    tmp_path / 'eval', '--device', 'cpu', '--protocol', 'standard')
+    ev = run_here('eval.py', '--checkpoint', st, '--test-folders', tiny_dataset['test'], '--results-dir',
+                  tmp_path / 'eval', '--device', 'cpu', '--protocol', 'standard')
     assert ev.returncode == 0 and 'msrresnet' in ev.stdout, ev.stderr
     common = ['--arch', 'msrresnet', '--scale', 2, '--model-opt', 'n_blocks=2', '--data-folder', tiny_dataset['data'],
               '--runs-dir', tmp_path / 'runs', '--crop-size', 24, '--batch-size', 2, '--epochs', 1,
               '--patches-per-image', 1, '--workers', 0, '--amp', 'off']
-    train = run_script('train_srresnet.py', *common, '--model-opt', 'n_channels=8', '--results-dir', tmp_path / 'run',
-                       '--lr', 0, '--init-from', st)
+    train = run_here('train_srresnet.py', *common, '--model-opt', 'n_channels=8', '--results-dir', tmp_path / 'run',
+                     '--lr', 0, '--init-from', st)
     assert train.returncode == 0, train.stderr
     trained = checkpoints.load_checkpoint(str(tmp_path / 'run' / 'checkpoint_msrresnet.pth'))
     exported = checkpoints.load_sr_model(str(st)).state
@@ -242,7 +242,7 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
     path = suite_checkpoint(tmp_path, 'edsr', 2)
     out = tmp_path / 'edsr.safetensors'
     out.write_bytes(b'precious')
-    result = run_script('export.py', '--checkpoint', path, '--format', 'safetensors', '--output', out)
+    result = run_here('export.py', '--checkpoint', path, '--format', 'safetensors', '--output', out)
     assert result.returncode == 2 and 'exists: pass --overwrite' in result.stderr
     assert out.read_bytes() == b'precious' and result.stderr.count('\n') == 1
     assert export.main(['--checkpoint', str(path), '--format', 'safetensors', '--output', str(out),
@@ -278,7 +278,7 @@ def test_weights_that_are_not_the_recorded_network_are_refused_and_nothing_is_wr
     checkpoints.save_checkpoint({'format_version': checkpoints.FORMAT_VERSION, 'arch': 'srresnet',
                                  'model_config': models.model_config('srresnet', 4, n_blocks=3, n_channels=8),
                                  'model': net.state_dict()}, str(path))
-    result = run_script('export.py', '--checkpoint', path, '--format', fmt, '--output', tmp_path / f"out.{fmt}")
+    result = run_here('export.py', '--checkpoint', path, '--format', fmt, '--output', tmp_path / f"out.{fmt}")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert 'weights do not match a srresnet' in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['liar.pth']

@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 import eval as eval_script
 import models
 import utils
-from conftest import photo_crops, run_script
+from conftest import photo_crops, run_here
 from test_eval import (IMAGENET_MEAN, IMAGENET_STD, files_under, read_reports, run_main_here, suite_checkpoint,
                        tiny_srresnet, write_images)
 
@@ -229,9 +229,9 @@ def test_cli_writes_the_lpips_column_in_all_three_reports(tmp_path, alex_file, r
     folder = write_images(tmp_path / 'Synth', sizes=SIZES, seed=3)
     model = tiny_srresnet()
     checkpoint = suite_checkpoint(model, tmp_path / 'checkpoint_tiny.pth')
-    res = run_script('eval.py', '--checkpoint', checkpoint, '--test-folders', folder, '--metrics', 'psnr', 'ssim',
-                     'lpips', '--lpips-backbone-weights', alex_file, '--results-dir', tmp_path / 'results',
-                     '--device', 'cpu')
+    res = run_here('eval.py', '--checkpoint', checkpoint, '--test-folders', folder, '--metrics', 'psnr', 'ssim',
+                   'lpips', '--lpips-backbone-weights', alex_file, '--results-dir', tmp_path / 'results',
+                   '--device', 'cpu')
     assert res.returncode == 0, res.stderr
     assert 'standard LPIPS (lower is better)' in res.stdout
     expected = {}

@@ -13,7 +13,7 @@ from PIL import Image
 import checkpoints
 import eval as eval_script
 import models
-from conftest import REPO_ROOT, SHARED_DATA, doc_text, photo_crops, requires_shared_data, run_script
+from conftest import REPO_ROOT, SHARED_DATA, doc_text, photo_crops, requires_shared_data, run_here
 from utils import list_image_files
 
 SHIPPED = REPO_ROOT / 'results' / 'srresnet_x4_291.pth'
@@ -41,7 +41,7 @@ def test_test_py_without_a_checkpoint_uses_the_shipped_model_then_your_own(tmp_p
     """A fresh clone: no results/checkpoint_srresnet.pth, so the shipped x4 model upscales (and says so); once the
     user has trained one, theirs is used (and said)."""
     photo(tmp_path / 'photo.png')
-    result = run_script('test.py', '--image', 'photo.png', cwd=tmp_path)
+    result = run_here('test.py', '--image', 'photo.png', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert re.search(r"checkpoint: .*srresnet_x4_291\.pth \(the shipped SRResNet x4", result.stdout), result.stdout
     out = Image.open(tmp_path / 'results' / 'photo_x4_srresnet.png')
@@ -51,7 +51,7 @@ def test_test_py_without_a_checkpoint_uses_the_shipped_model_then_your_own(tmp_p
     checkpoints.save_checkpoint({'format_version': checkpoints.FORMAT_VERSION, 'arch': 'srresnet',
                                  'model_config': models.model_config('srresnet', 4, n_blocks=2, n_channels=8),
                                  'model': own.state_dict()}, str(tmp_path / 'results' / 'checkpoint_srresnet.pth'))
-    result = run_script('test.py', '--image', 'photo.png', '--output-dir', 'mine', cwd=tmp_path)
+    result = run_here('test.py', '--image', 'photo.png', '--output-dir', 'mine', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'checkpoint: results/checkpoint_srresnet.pth (your own SRResNet' in result.stdout, result.stdout
     shipped_pixels = np.asarray(out)
@@ -80,9 +80,9 @@ def test_no_checkpoint_at_all_is_one_line_naming_the_fix(tmp_path, monkeypatch):
 def test_train_srgan_warm_starts_from_the_shipped_srresnet(tmp_path, tiny_dataset):
     """No SRResNet of the user's: the GAN's generator starts from the shipped one (said in one line) and trains
     a few steps (random VGG19 weights here: the real ones cannot be downloaded in tests)."""
-    result = run_script('train_srgan.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'results',
-                        '--runs-dir', tmp_path / 'runs', '--vgg-weights', 'random', '--crop-size', 24,
-                        '--batch-size', 2, '--epochs', 1, '--max-steps', 2, '--device', 'cpu', cwd=tmp_path)
+    result = run_here('train_srgan.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'results',
+                      '--runs-dir', tmp_path / 'runs', '--vgg-weights', 'random', '--crop-size', 24,
+                      '--batch-size', 2, '--epochs', 1, '--max-steps', 2, '--device', 'cpu', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'warm start: the shipped SRResNet x4' in result.stdout, result.stdout
     ckpt = checkpoints.load_checkpoint(str(tmp_path / 'results' / 'checkpoint_srgan.pth'))

@@ -23,7 +23,7 @@ import train_srgan
 import train_srresnet
 import training
 from checkpoints import load_checkpoint, save_checkpoint
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, run_here
 from utils import run_cli
 
 
@@ -52,11 +52,11 @@ def test_a_prefix_of_a_flag_is_an_error_not_that_flag(capsys):
 
 def test_a_bare_resume_continues_with_the_runs_data_validation_and_best_keeping(tmp_path, tiny_dataset):
     model = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--device', 'cpu']
-    first = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--val-folder',
-                       tiny_dataset['test'], '--keep-best', '--runs-dir', tmp_path / 'logs', '--epochs', 1, *model,
-                       '--progress-every', 7, '--max-bad-fraction', 0.5, '--deterministic', cwd=tmp_path)
+    first = run_here('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--val-folder',
+                     tiny_dataset['test'], '--keep-best', '--runs-dir', tmp_path / 'logs', '--epochs', 1, *model,
+                     '--progress-every', 7, '--max-bad-fraction', 0.5, '--deterministic', cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    resumed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
+    resumed = run_here('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"epoch 2/2: loss [\d.]+, val PSNR [\d.]+ dB", resumed.stdout), resumed.stdout
     ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_srresnet.pth')
@@ -107,13 +107,13 @@ def test_a_bare_srgan_resume_keeps_the_vgg_weights_it_was_trained_with(tmp_path,
     """Trained with --vgg-weights random (offline, no ImageNet weights cached): a bare --resume used to look for the
     ImageNet weights instead and stop."""
     common = ['--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs', '--device', 'cpu', '--workers', 0]
-    first = run_script('train_srgan.py', '--data-folder', tiny_dataset['data'], '--srresnet-checkpoint', 'none',
-                       '--vgg-weights', 'random', '--n-blocks', 1, '--n-channels', 8, '--n-blocks-d', 2,
-                       '--n-channels-d', 8, '--fc-size-d', 16, '--crop-size', 32, '--batch-size', 3, '--epochs', 1,
-                       *common, env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
+    first = run_here('train_srgan.py', '--data-folder', tiny_dataset['data'], '--srresnet-checkpoint', 'none',
+                     '--vgg-weights', 'random', '--n-blocks', 1, '--n-channels', 8, '--n-blocks-d', 2,
+                     '--n-channels-d', 8, '--fc-size-d', 16, '--crop-size', 32, '--batch-size', 3, '--epochs', 1,
+                     *common, env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
     assert first.returncode == 0, first.stderr
-    resumed = run_script('train_srgan.py', '--resume', '--epochs', 2, *common,
-                         env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
+    resumed = run_here('train_srgan.py', '--resume', '--epochs', 2, *common,
+                       env_extra={'TORCH_HOME': str(tmp_path / 'no_hub')})
     assert resumed.returncode == 0, resumed.stderr
     assert 'RANDOM weights' in resumed.stderr and 'epoch 2/2' in resumed.stdout
     assert load_checkpoint(tmp_path / 'checkpoint_srgan.pth')['args']['vgg_weights'] == 'random'
@@ -124,12 +124,12 @@ def test_without_a_terminal_a_long_epoch_prints_progress_lines(tmp_path, tiny_da
     common = ['--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs',
               '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--epochs', 1,
               '--device', 'cpu']
-    result = run_script('train_srresnet.py', *common, '--progress-every', 0.001)
+    result = run_here('train_srresnet.py', *common, '--progress-every', 0.001)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith('progress: ')]
     assert lines and all(re.fullmatch(r"progress: epoch 1, step [1-3]/3: [\d.e+-]+ steps/s, loss [\d.e+-]+, "
                                       r"epoch ETA [\d.]+ min", line) for line in lines), lines
-    quiet = run_script('train_srresnet.py', *common, '--restart', '--progress-every', 0)
+    quiet = run_here('train_srresnet.py', *common, '--restart', '--progress-every', 0)
     assert quiet.returncode == 0 and 'progress: ' not in quiet.stdout
 
 
@@ -138,14 +138,14 @@ def test_nothing_is_said_resumed_before_the_resume_is_known_to_work(tmp_path, ti
     data = tmp_path / 'data'
     shutil.copytree(tiny_dataset['data'], data)
     model = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--device', 'cpu']
-    first = run_script('train_srresnet.py', '--data-folder', data, '--epochs', 1, *model, cwd=tmp_path)
+    first = run_here('train_srresnet.py', '--data-folder', data, '--epochs', 1, *model, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     (data / 'train_images.json').unlink()
-    failed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
+    failed = run_here('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', cwd=tmp_path)
     assert failed.returncode == 2 and 'train_images.json' in failed.stderr, failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1 and 'resumed' not in failed.stdout
-    resumed = run_script('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', '--data-folder',
-                         tiny_dataset['data'], cwd=tmp_path)
+    resumed = run_here('train_srresnet.py', '--resume', '--epochs', 2, '--device', 'cpu', '--data-folder',
+                       tiny_dataset['data'], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     lines = resumed.stdout.splitlines()
     said = [i for i, line in enumerate(lines) if line.startswith('resumed ')]

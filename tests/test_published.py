@@ -20,7 +20,7 @@ import checkpoints
 import inference
 import models
 import utils
-from conftest import run_script
+from conftest import run_here
 
 DIV2K = (0.4488, 0.4371, 0.4040)
 DT = torch.float64
@@ -536,8 +536,8 @@ def test_published_weights_upscale_through_test_py_and_score_through_eval_py(tmp
     photo.parent.mkdir()
     rgb = np.asarray(Image.open(photo_path()).convert('RGB'))[:24, :28]
     Image.fromarray(rgb).save(photo)
-    up = run_script('test.py', '--checkpoint', path, '--image', photo, '--output-dir', tmp_path / 'out',
-                    '--device', 'cpu', '--precision', 'fp32')
+    up = run_here('test.py', '--checkpoint', path, '--image', photo, '--output-dir', tmp_path / 'out',
+                  '--device', 'cpu', '--precision', 'fp32')
     assert up.returncode == 0, up.stderr
     assert 'note:' in up.stdout
     lr = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
@@ -547,8 +547,8 @@ def test_published_weights_upscale_through_test_py_and_score_through_eval_py(tmp
         got = np.asarray(sr.convert('RGB')).astype(int)
     assert got.shape == expected.shape  # fused + channels_last float32 vs float64: at most one grey level apart
     assert np.abs(got - expected).max() <= 1 and (got != expected).mean() < 0.01
-    ev = run_script('eval.py', '--checkpoint', path, '--test-folders', photo.parent, '--results-dir',
-                    tmp_path / 'eval', '--device', 'cpu')
+    ev = run_here('eval.py', '--checkpoint', path, '--test-folders', photo.parent, '--results-dir',
+                  tmp_path / 'eval', '--device', 'cpu')
     assert ev.returncode == 0, ev.stderr
     report = json.loads(next((tmp_path / 'eval').glob('eval_*.json')).read_text())
     assert report['model'] == label and report['weights'] and report['notes']

@@ -12,7 +12,7 @@ import train_srgan
 import train_srresnet
 import training
 from checkpoints import load_checkpoint
-from conftest import photo_crops, run_script
+from conftest import photo_crops, run_here
 from datasets import create_paired_lists
 from utils import UserError, run_cli
 
@@ -20,8 +20,8 @@ TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3
 
 
 def train(tmp_path, data, *extra, script='train_srresnet.py'):
-    return run_script(script, '--data-folder', data, '--results-dir', tmp_path / 'results',
-                      '--runs-dir', tmp_path / 'runs', *extra)
+    return run_here(script, '--data-folder', data, '--results-dir', tmp_path / 'results',
+                    '--runs-dir', tmp_path / 'runs', *extra)
 
 
 def settings_of(tmp_path, data, *extra, script=train_srresnet):

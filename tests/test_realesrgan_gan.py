@@ -9,7 +9,7 @@ from torchvision.models import vgg as tv_vgg
 import models
 import train_srgan
 from checkpoints import load_checkpoint, load_sr_model, shipped_checkpoint
-from conftest import run_script
+from conftest import run_here
 from utils import Settings, convert_image
 
 # RealESRGAN_x4plus_netD.pth's 'params', as Real-ESRGAN releases it: conv0 and conv9 plain, conv1-conv8 spectral-normed
@@ -127,8 +127,8 @@ def test_the_generator_loss_is_l1_plus_the_weighted_perceptual_loss_plus_beta_ti
 def test_the_variant_trains_resumes_and_its_generator_upscales(tmp_path, tiny_dataset):
     results, runs = tmp_path / 'results', tmp_path / 'runs'
     common = ['--data-folder', tiny_dataset['data'], '--results-dir', results, '--runs-dir', runs]
-    result = run_script('train_srgan.py', '--variant', 'realesrgan', '--srresnet-checkpoint', 'none', *TINY,
-                        '--epochs', 1, *common)
+    result = run_here('train_srgan.py', '--variant', 'realesrgan', '--srresnet-checkpoint', 'none', *TINY,
+                      '--epochs', 1, *common)
     assert result.returncode == 0, result.stderr
     ckpt = load_checkpoint(results / 'checkpoint_srgan.pth')
     assert ckpt['variant'] == 'realesrgan' and ckpt['discriminator_config'] == {'n_channels': 8,
@@ -137,15 +137,15 @@ def test_the_variant_trains_resumes_and_its_generator_upscales(tmp_path, tiny_da
     args = ckpt['args']
     assert args['degradation'] == 'realesrgan' and args['beta'] == 0.1 and args['hflip'] and not args['rot90']
     assert [g['betas'] for g in ckpt['optimizer_d']['param_groups']] == [(0.9, 0.99)]
-    result = run_script('train_srgan.py', '--results-dir', results, '--runs-dir', runs, '--epochs', 2, '--resume',
-                        '--vgg-weights', 'random', '--workers', 0)
+    result = run_here('train_srgan.py', '--results-dir', results, '--runs-dir', runs, '--epochs', 2, '--resume',
+                      '--vgg-weights', 'random', '--workers', 0)
     assert result.returncode == 0, result.stderr
     assert 'epoch 2/2' in result.stdout and load_checkpoint(results / 'checkpoint_srgan.pth')['epoch'] == 2
     model = load_sr_model(str(results / 'checkpoint_srgan.pth'))
     assert model.label == 'srgan_real' and model.arch == 'srresnet' and model.scale == 4
     image = tiny_dataset['test'] / 'img0.png'
-    result = run_script('test.py', '--checkpoint', results / 'checkpoint_srgan.pth', '--image', image,
-                        '--output-dir', tmp_path / 'out', '--device', 'cpu')
+    result = run_here('test.py', '--checkpoint', results / 'checkpoint_srgan.pth', '--image', image,
+                      '--output-dir', tmp_path / 'out', '--device', 'cpu')
     assert result.returncode == 0, result.stderr
     assert (tmp_path / 'out' / 'img0_x4_srgan_real.png').is_file()
 

@@ -8,7 +8,7 @@ import torch
 import models
 import train_srresnet
 import training
-from conftest import run_here, run_script
+from conftest import run_here
 from checkpoints import load_checkpoint
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0, '--device', 'cpu',

@@ -14,7 +14,7 @@ import checkpoints
 import models
 import training
 import utils
-from conftest import REPO, run_script
+from conftest import REPO, run_here, run_script
 from train_srresnet import Trainee, checkpoint_state
 
 PLAIN = (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
@@ -32,9 +32,9 @@ def assert_plain(obj, where='checkpoint'):
 
 
 def test_training_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path, tiny_dataset):
-    result = run_script('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path,
-                        '--runs-dir', tmp_path / 'runs', '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32,
-                        '--batch-size', 3, '--workers', 0, '--epochs', 1, '--device', 'cpu', '--amp', 'off')
+    result = run_here('train_srresnet.py', '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path,
+                      '--runs-dir', tmp_path / 'runs', '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32,
+                      '--batch-size', 3, '--workers', 0, '--epochs', 1, '--device', 'cpu', '--amp', 'off')
     assert result.returncode == 0, result.stderr
     ckpt = torch.load(tmp_path / 'checkpoint_srresnet.pth', weights_only=True, map_location='cpu')
     assert_plain(ckpt)
@@ -189,10 +189,10 @@ def test_other_arch_scale_and_format_version_are_refused(tmp_path, tiny_dataset)
     with pytest.raises(utils.UserError, match='format version 99'):
         checkpoints.load_sr_model(str(tmp_path / 'future.pth'))
     common = ['--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--epochs', 1, '--workers', 0]
-    result = run_script('train_srresnet.py', *common, '--arch', 'espcn', '--scale', 2, '--resume', tmp_path / 'x2.pth')
+    result = run_here('train_srresnet.py', *common, '--arch', 'espcn', '--scale', 2, '--resume', tmp_path / 'x2.pth')
     assert result.returncode == 2 and 'is a srresnet checkpoint, not espcn' in result.stderr
-    result = run_script('train_srresnet.py', *common, '--n-blocks', 2, '--n-channels', 8, '--scale', 4,
-                        '--resume', tmp_path / 'x2.pth')
+    result = run_here('train_srresnet.py', *common, '--n-blocks', 2, '--n-channels', 8, '--scale', 4,
+                      '--resume', tmp_path / 'x2.pth')
     assert result.returncode == 2 and 'scaling_factor: checkpoint 2 vs now 4' in result.stderr
 
 

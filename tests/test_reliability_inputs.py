@@ -14,7 +14,7 @@ from PIL import Image
 
 import datasets
 import utils
-from conftest import fifo_watchdog, photo_crops, run_script
+from conftest import fifo_watchdog, photo_crops, run_here
 
 
 def png16(path, arr):
@@ -50,8 +50,8 @@ def test_create_data_lists_skips_and_reports_every_kind_of_bad_file(tmp_path):
     good_png(folder / 'small.png', size=20)
     good_png(folder / 'bomb.png', size=120)  # refused below with a tiny --max-image-pixels
     out = tmp_path / 'lists'
-    result = run_script('create_data_lists.py', '--train-folders', folder, '--min-size', 32, '--output-folder',
-                        out, '--max-image-pixels', 5000, '--workers', 2)
+    result = run_here('create_data_lists.py', '--train-folders', folder, '--min-size', 32, '--output-folder',
+                      out, '--max-image-pixels', 5000, '--workers', 2)
     assert result.returncode == 0, result.stderr
     kept = sorted(p.rsplit('/', 1)[1] for p in json.loads((out / 'train_images.json').read_text()))
     assert kept == ['also_good.PNG', 'good.png']
@@ -159,11 +159,11 @@ def test_files_going_bad_after_listing_are_skipped_during_training(tmp_path, cac
     common = ['--data-folder', lists, '--results-dir', tmp_path / 'r', '--runs-dir', tmp_path / 'runs',
               '--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2, '--workers', 0,
               '--epochs', 2, '--cache-gb', cache]
-    result = run_script('train_srresnet.py', *common, '--max-bad-fraction', 0.5)
+    result = run_here('train_srresnet.py', *common, '--max-bad-fraction', 0.5)
     assert result.returncode == 0, result.stderr
     assert 'warning: skipping training image' in result.stderr and '0.png: no such file' in result.stderr
     assert 'epoch 2/2' in result.stdout
-    result = run_script('train_srresnet.py', *common, '--max-bad-fraction', 0.1, '--restart')
+    result = run_here('train_srresnet.py', *common, '--max-bad-fraction', 0.1, '--restart')
     assert result.returncode == 2
     assert 'training image loads failed' in result.stderr or 'no training image' in result.stderr
 
@@ -172,8 +172,8 @@ def test_dataset_with_only_bad_files_stops_with_one_error(tmp_path):
     lists = tmp_path / 'lists'
     lists.mkdir()
     (lists / 'train_images.json').write_text(json.dumps([str(tmp_path / 'gone1.png'), str(tmp_path / 'gone2.png')]))
-    result = run_script('train_srresnet.py', '--data-folder', lists, '--results-dir', tmp_path / 'r', '--workers', 0,
-                        '--epochs', 1, '--n-blocks', 2, '--n-channels', 8)
+    result = run_here('train_srresnet.py', '--data-folder', lists, '--results-dir', tmp_path / 'r', '--workers', 0,
+                      '--epochs', 1, '--n-blocks', 2, '--n-channels', 8)
     assert result.returncode == 2 and 'error: no training image could be loaded' in result.stderr
     assert not (tmp_path / 'r' / 'checkpoint_srresnet.pth').exists()
 
@@ -223,8 +223,8 @@ def test_create_data_lists_reports_fifos_and_broken_links_instead_of_dropping_th
     (folder / 'sub.png').mkdir()  # a folder named like an image is not a candidate
     out = tmp_path / 'lists'
     with fifo_watchdog(folder / 'pipe.png') as watchdog:
-        result = run_script('create_data_lists.py', '--train-folders', folder, '--min-size', 32, '--output-folder',
-                            out, '--workers', 1)
+        result = run_here('create_data_lists.py', '--train-folders', folder, '--min-size', 32, '--output-folder',
+                          out, '--workers', 1)
     assert not watchdog.fired, 'create_data_lists blocked on the FIFO'
     assert result.returncode == 0, result.stderr
     assert 'found 3, kept 1, skipped 2' in result.stdout

@@ -24,7 +24,7 @@ import models
 import reports
 import training
 from checkpoints import load_checkpoint, save_checkpoint
-from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data, run_script
+from conftest import REPO_ROOT, SHARED_DATA, doc_text, requires_shared_data, run_here, run_script
 from utils import list_image_files, load_image, pil_to_tensor
 
 TINY = {'espcn': dict(channels=[8, 4]), 'srcnn': dict(channels=[8, 4])}
@@ -120,8 +120,8 @@ def test_figure_shows_each_boxed_crop_zoomed_pixel_for_pixel_and_the_box_on_the_
 
 def test_cli_figure_compares_several_checkpoints_with_bicubic_labelled_with_their_metrics(tmp_path, tiny_dataset):
     espcn, srcnn = tiny_checkpoint(tmp_path, 'espcn'), tiny_checkpoint(tmp_path, 'srcnn')
-    result = run_script('eval.py', '--checkpoint', espcn, '--checkpoint', srcnn, '--test-folders',
-                        tiny_dataset['test'], '--figure', '--results-dir', tmp_path / 'out')
+    result = run_here('eval.py', '--checkpoint', espcn, '--checkpoint', srcnn, '--test-folders',
+                      tiny_dataset['test'], '--figure', '--results-dir', tmp_path / 'out')
     assert result.returncode == 0, result.stderr
     out = tmp_path / 'out' / 'figure_espcn_tiny_srcnn_tiny_x3.png'
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [out.name]  # the figure only, no tables
@@ -145,8 +145,8 @@ def test_cli_figure_compares_several_checkpoints_with_bicubic_labelled_with_thei
         assert box == reports.best_gain_box(sr_y, expected['bicubic'][0], hr_y, 63 // 4, border=3)
     with Image.open(out) as img:
         assert img.format == 'PNG' and img.width > 5 * 63 and img.height > 2 * 63
-    again = run_script('eval.py', '--checkpoint', espcn, '--checkpoint', srcnn, '--test-folders',
-                       tiny_dataset['test'], '--figure', '--results-dir', tmp_path / 'again')
+    again = run_here('eval.py', '--checkpoint', espcn, '--checkpoint', srcnn, '--test-folders',
+                     tiny_dataset['test'], '--figure', '--results-dir', tmp_path / 'again')
     assert again.returncode == 0 and (tmp_path / 'again' / out.name).read_bytes() == out.read_bytes()
 
 
@@ -174,8 +174,8 @@ def test_readme_picture_is_what_its_command_makes(tmp_path):
 
 def test_cli_figure_box_and_images_flags(tmp_path, tiny_dataset):
     espcn = tiny_checkpoint(tmp_path, 'espcn')
-    result = run_script('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--figure',
-                        '--figure-images', 'img1', '--figure-box', '6,9,30,21', '--results-dir', tmp_path / 'out')
+    result = run_here('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--figure',
+                      '--figure-images', 'img1', '--figure-box', '6,9,30,21', '--results-dir', tmp_path / 'out')
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith('Tiny/')]
     assert line.startswith('Tiny/img1: box 6,9,30,21;')
@@ -186,14 +186,14 @@ def test_cli_figure_box_and_images_flags(tmp_path, tiny_dataset):
             (['--figure-images', 'img0', 'img1', '--figure-box', '0,0,8,8', '--figure-box', '0,0,8,8',
               '--figure-box', '0,0,8,8'], 'one per --figure-images'),
             (['--report', 'html'], 'drop --report')):
-        bad = run_script('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--figure', *args,
-                         '--results-dir', tmp_path / 'bad')
+        bad = run_here('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--figure', *args,
+                       '--results-dir', tmp_path / 'bad')
         assert bad.returncode == 2 and message in bad.stderr and 'Traceback' not in bad.stderr, (args, bad.stderr)
         assert not (tmp_path / 'bad').exists() or not list((tmp_path / 'bad').iterdir())
     for args, message in ((['--checkpoint', espcn], 'compared by --figure'),
                           (['--figure-box', '0,0,8,8'], 'are for --figure'),
                           (['--report', 'html', '--protocol', 'tutorial'], 'standard protocol')):
-        bad = run_script('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], *args)
+        bad = run_here('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], *args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
 
 
@@ -215,8 +215,8 @@ def image_cells(page):
 
 def test_cli_report_html_holds_every_image_with_its_gain_over_bicubic(tmp_path, tiny_dataset):
     espcn = tiny_checkpoint(tmp_path, 'espcn')
-    result = run_script('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--report', 'html',
-                        '--results-dir', tmp_path)
+    result = run_here('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--report', 'html',
+                      '--results-dir', tmp_path)
     assert result.returncode == 0, result.stderr
     page = (tmp_path / 'eval_espcn_tiny_x3.html').read_text(encoding='utf-8')
     assert 'eval_espcn_tiny_x3.html' in result.stdout
@@ -242,8 +242,8 @@ def test_cli_report_html_holds_every_image_with_its_gain_over_bicubic(tmp_path, 
             assert img.format == 'PNG' and min(img.size) >= 15
     csv_rows = (tmp_path / 'eval_espcn_tiny_x3_per_image.csv').read_text().splitlines()
     assert len(csv_rows) == 1 + 2 * 2  # the report set as before, html added
-    without = run_script('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--results-dir',
-                         tmp_path / 'plain')
+    without = run_here('eval.py', '--checkpoint', espcn, '--test-folders', tiny_dataset['test'], '--results-dir',
+                       tmp_path / 'plain')
     assert without.returncode == 0 and not list((tmp_path / 'plain').glob('*.html'))
 
 
@@ -283,10 +283,10 @@ def test_curves_figure_plots_the_history_against_steps_and_minutes():
 
 
 def train(tmp_path, tiny_dataset, *extra):
-    return run_script('train_srresnet.py', '--n-blocks', 2, '--n-channels', 8, '--data-folder', tiny_dataset['data'],
-                      '--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs', '--crop-size', 24,
-                      '--batch-size', 3, '--patches-per-image', 2, '--workers', 0, '--device', 'cpu',
-                      '--val-folder', tiny_dataset['test'], *extra)
+    return run_here('train_srresnet.py', '--n-blocks', 2, '--n-channels', 8, '--data-folder', tiny_dataset['data'],
+                    '--results-dir', tmp_path, '--runs-dir', tmp_path / 'runs', '--crop-size', 24,
+                    '--batch-size', 3, '--patches-per-image', 2, '--workers', 0, '--device', 'cpu',
+                    '--val-folder', tiny_dataset['test'], *extra)
 
 
 def test_trainer_writes_curves_when_stopped_and_at_the_end_and_the_history_survives_resume(tmp_path, tiny_dataset):
@@ -317,11 +317,11 @@ def test_trainer_writes_curves_when_stopped_and_at_the_end_and_the_history_survi
 
 
 def test_srgan_curves_record_its_losses_and_the_ema_validation(tmp_path, tiny_dataset):
-    result = run_script('train_srgan.py', '--srresnet-checkpoint', 'none', '--vgg-weights', 'random', '--n-blocks', 1,
-                        '--n-channels', 8, '--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16,
-                        '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir',
-                        tmp_path / 'runs', '--crop-size', 24, '--batch-size', 3, '--epochs', 1, '--workers', 0,
-                        '--device', 'cpu', '--val-folder', tiny_dataset['test'], '--ema-decay', 0.9)
+    result = run_here('train_srgan.py', '--srresnet-checkpoint', 'none', '--vgg-weights', 'random', '--n-blocks', 1,
+                      '--n-channels', 8, '--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16,
+                      '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path, '--runs-dir',
+                      tmp_path / 'runs', '--crop-size', 24, '--batch-size', 3, '--epochs', 1, '--workers', 0,
+                      '--device', 'cpu', '--val-folder', tiny_dataset['test'], '--ema-decay', 0.9)
     assert result.returncode == 0, result.stderr
     (entry,) = load_checkpoint(tmp_path / 'checkpoint_srgan.pth')['history']
     assert set(entry['losses']) == {'content', 'adversarial', 'discriminator'}

@@ -14,7 +14,7 @@ import models
 import train_srgan
 import train_srresnet
 import training
-from conftest import run_here, run_script
+from conftest import run_here
 from checkpoints import load_checkpoint
 from utils import imresize
 
