@@ -54,10 +54,12 @@ def prepare(data, work):
 
 
 def scores_of(ckpt, degraded, clean, work, label, lpips):
-    """{'degraded': {set: (PSNR, SSIM)}, 'clean': {...}} in the standard protocol (eval.py picks the weights);
-    (PSNR, SSIM, LPIPS) with ``lpips``, AlexNet's weights ('imagenet': the torch hub cache, or a file)."""
-    return {kind: evaluate(ckpt, folders, work, weights=None, protocols=('standard',),
-                           label=f"eval_{label}_{kind}", lpips=lpips)['standard']
+    """{'degraded': {set: (PSNR, SSIM)}, 'clean': {...}} in the standard protocol (eval.py picks the weights; one
+    eval.py run for all the sets); (PSNR, SSIM, LPIPS) with ``lpips``, AlexNet's weights ('imagenet': the torch hub
+    cache, or a file)."""
+    scores = evaluate(ckpt, degraded + clean, work, weights=None, protocols=('standard',), label=f"eval_{label}",
+                      lpips=lpips)['standard']
+    return {kind: {os.path.basename(f): scores[os.path.basename(f)] for f in folders}
             for kind, folders in (('degraded', degraded), ('clean', clean))}
 
 

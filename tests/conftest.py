@@ -107,16 +107,15 @@ def run_here(script, *args, cwd=REPO, env_extra=None):
     module = script_module(script)
     argv = [str(a) for a in args]
     determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    out, err, argv0 = io.StringIO(), io.StringIO(), sys.argv[0]
+    out, err = io.StringIO(), io.StringIO()
+    # sys.argv as the script's process has it: argparse names the script, a printed resume command repeats it
     with contextlib.chdir(cwd), mock.patch.dict(os.environ, env_extra or {}), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        sys.argv[0] = os.path.join(REPO, script)  # argparse names the script in its messages
+            contextlib.redirect_stderr(err), mock.patch.object(sys, 'argv', [os.path.join(REPO, script), *argv]):
         try:
             code = utils.run_cli(lambda: module.main(argv))
         except SystemExit as e:
             code = e.code
         finally:
-            sys.argv[0] = argv0
             torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])  # --deterministic's
     if isinstance(code, str):  # sys.exit('message'): the interpreter prints it and exits with 1
         err.write(code + '\n')

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import REPO, run_here, run_script
 from datasets import create_data_lists
 from checkpoints import load_checkpoint
 
@@ -113,7 +113,7 @@ def test_two_nodes_on_localhost_then_resume_in_one_process(tmp_path, tiny_datase
     assert sum('epoch 1/1' in out for out, _ in outputs) == 1
     ckpt = load_checkpoint(tmp_path / 'results' / 'checkpoint_espcn.pth')
     assert ckpt['epoch'] == 1 and ckpt['args']['batch_size'] == 4
-    resumed = run_script('train_srresnet.py', *args[:2], '--epochs', 2, *TINY_ESPCN, *dirs(tmp_path), '--resume')
+    resumed = run_here('train_srresnet.py', *args[:2], '--epochs', 2, *TINY_ESPCN, *dirs(tmp_path), '--resume')
     assert resumed.returncode == 0, resumed.stderr
     assert 'resumed' in resumed.stdout and 'epoch 2/2' in resumed.stdout
 
@@ -130,7 +130,7 @@ def test_ddp_resume_in_ddp_and_in_one_process_matches_straight_run(tmp_path, tin
     (single_dir / 'results' / 'checkpoint_espcn.pth').write_bytes(ckpt.read_bytes())
     ddp_resume = torchrun(*data, '--epochs', 2, '--resume', *TINY_ESPCN, *dirs(tmp_path / 'split'))
     assert ddp_resume.returncode == 0, ddp_resume.stderr
-    single_resume = run_script('train_srresnet.py', *data, '--epochs', 2, '--resume', *TINY_ESPCN, *dirs(single_dir))
+    single_resume = run_here('train_srresnet.py', *data, '--epochs', 2, '--resume', *TINY_ESPCN, *dirs(single_dir))
     assert single_resume.returncode == 0, single_resume.stderr
     reference = load_checkpoint(tmp_path / 'straight' / 'results' / 'checkpoint_espcn.pth')['model']
     assert_close_weights(load_checkpoint(ckpt)['model'], reference)

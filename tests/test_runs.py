@@ -190,9 +190,9 @@ def test_both_trainers_train_on_lr_cut_from_each_whole_image(tmp_path, five_imag
     """--lr-from image through both command lines: the pairs reach the step and the checkpoints record it."""
     assert train(tmp_path, five_images, '--epochs', 1, '--lr-from', 'image').returncode == 0
     assert checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')['args']['lr_from'] == 'image'
-    gan = run_script('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
-                     tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
-                     '--amp', 'off', *TINY_D, '--epochs', 1, '--lr-from', 'image')
+    gan = run_here('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
+                   tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
+                   '--amp', 'off', *TINY_D, '--epochs', 1, '--lr-from', 'image')
     assert gan.returncode == 0, gan.stderr
     ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
     assert ckpt['args']['lr_from'] == 'image' and ckpt['epoch'] == 1
@@ -200,9 +200,9 @@ def test_both_trainers_train_on_lr_cut_from_each_whole_image(tmp_path, five_imag
 
 def test_srgan_printed_resume_command_works_with_a_non_default_generator(tmp_path, five_images):
     assert train(tmp_path, five_images, '--epochs', 1).returncode == 0  # SRResNet with 8 channels, 2 blocks
-    gan = run_script('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
-                     tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
-                     '--amp', 'off', *TINY_D, '--epochs', 2, '--max-steps', 2)
+    gan = run_here('train_srgan.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
+                   tmp_path / 'runs', '--crop-size', 32, '--batch-size', 2, '--workers', 0, '--device', 'cpu',
+                   '--amp', 'off', *TINY_D, '--epochs', 2, '--max-steps', 2)
     assert gan.returncode == 0 and 'Resume with:' in gan.stdout, gan.stderr
     command = shlex.split(gan.stdout.strip().splitlines()[-1])
     assert command[0] == 'python' and '--max-steps' not in command and '--resume' in command
@@ -213,8 +213,8 @@ def test_srgan_printed_resume_command_works_with_a_non_default_generator(tmp_pat
     ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srgan.pth')
     assert ckpt['epoch'] == 2 and ckpt['step'] == 6 and ckpt['generator_config']['n_channels'] == 8
     # A non-default SRResNet resumes from a bare --resume too: its configuration comes from the checkpoint.
-    resumed = run_script('train_srresnet.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
-                         tmp_path / 'runs', '--workers', 0, '--device', 'cpu', '--epochs', 2, '--resume')
+    resumed = run_here('train_srresnet.py', '--data-folder', five_images, '--results-dir', tmp_path, '--runs-dir',
+                       tmp_path / 'runs', '--workers', 0, '--device', 'cpu', '--epochs', 2, '--resume')
     assert resumed.returncode == 0, resumed.stderr
     ckpt = checkpoints.load_checkpoint(tmp_path / 'checkpoint_srresnet.pth')
     assert ckpt['model_config']['n_channels'] == 8 and ckpt['args']['batch_size'] == 2 and ckpt['step'] == 6
@@ -324,8 +324,8 @@ def test_inference_scripts_refuse_a_device_that_is_not_one(script):
 
 def test_tensorboard_writer_that_cannot_write_is_one_line_or_a_warning(tmp_path, five_images, monkeypatch, capsys):
     (tmp_path / 'file').write_text('a file where the runs folder should go')
-    result = run_script('train_srresnet.py', '--data-folder', five_images, '--results-dir', tmp_path / 'r1',
-                        '--runs-dir', tmp_path / 'file' / 'runs', *TINY, '--epochs', 1)
+    result = run_here('train_srresnet.py', '--data-folder', five_images, '--results-dir', tmp_path / 'r1',
+                      '--runs-dir', tmp_path / 'file' / 'runs', *TINY, '--epochs', 1)
     line = one_error_line(result)
     assert 'TensorBoard' in line and '--runs-dir' in line and not (tmp_path / 'r1' / 'checkpoint_srresnet.pth').exists()
 
