@@ -513,8 +513,8 @@ def keep_gradio_files_in(folder):
             module.DEFAULT_TEMP_DIR = folder
 
 
-def main():
-    args = build_parser().parse_args()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         max_file_size = parse_memory(args.max_file_size)
     except ValueError as e:

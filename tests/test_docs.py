@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, SHARED_DATA, doc_text, photo_crops, run_script, shared_data_or_skip
+from conftest import REPO_ROOT, SHARED_DATA, doc_text, photo_crops, run_here, run_script, shared_data_or_skip
 
 # The page(s) documenting each script's flags (train_srgan.py: its own and the training flags it shares).
 FLAG_PAGES = {'create_data_lists.py': ['data.md', 'real-photos.md'], 'train_srresnet.py': ['training.md'],
@@ -34,7 +34,7 @@ def flag_cells(page):
 
 @pytest.mark.parametrize('script', sorted(FLAG_PAGES))
 def test_every_flag_of_every_script_is_in_its_docs_page(script):
-    result = run_script(script, '--help')
+    result = run_here(script, '--help')
     assert result.returncode == 0, result.stderr
     # past the docstring's example command lines ('optional arguments:' before Python 3.10)
     options = re.split(r'\n(?:options|optional arguments):', result.stdout, maxsplit=1)[1]
