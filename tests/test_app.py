@@ -28,7 +28,7 @@ import checkpoints  # noqa: E402
 import inference  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
-from test_test_script import run_main, script  # noqa: E402,F401 (script: the fixture loading test.py)
+from test_test_script import run_main  # noqa: E402
 from utils import UserError  # noqa: E402
 
 ESPCN = os.path.join(REPO, 'results', 'espcn_x3_t91.pth')
@@ -183,7 +183,7 @@ def edsr_at_rgb_range_1(path):
 
 
 @pytest.mark.parametrize('kind', ['spandrel-esrgan', 'edsr-rgb-range-1'])
-def test_published_weights_on_the_page_give_test_pys_pixels(service, script, monkeypatch, capsys, tmp_path, kind):
+def test_published_weights_on_the_page_give_test_pys_pixels(service, tmp_path, kind):
     """The page describes and upscales with a checkpoint spandrel recognises, and feeds EDSR weights trained at
     rgb_range 1 in [0, 1]: its PNG (the alpha channel too) is test.py's, pixel for pixel."""
     if kind == 'spandrel-esrgan':
@@ -198,7 +198,7 @@ def test_published_weights_on_the_page_give_test_pys_pixels(service, script, mon
     src = photo(tmp_path / 'glass.png', 20, 14, 'RGBA', seed=2)
     (r,), report = service.job([src], None, path, None, False, 'fp32', 'auto', 'session-a', no_progress)
     assert f"with {label} x{scale}, fp32 on cpu" in report
-    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', path, '--image', src, '--output-dir',
+    code, _, err = run_main('--checkpoint', path, '--image', src, '--output-dir',
                             tmp_path / 'cli', '--device', 'cpu', '--precision', 'fp32')
     assert code == 0, err
     page, cli = np.asarray(read(r.png)), np.asarray(read(tmp_path / 'cli' / f"glass_x{scale}_{label}.png"))

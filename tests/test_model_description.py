@@ -17,7 +17,7 @@ import export
 import models
 import train_srgan
 import train_srresnet
-from test_test_script import run_main, script  # noqa: F401 (script: the fixture that loads test.py)
+from test_test_script import run_main
 from utils import Settings
 
 TINY_RUN = ['--crop-size', 32, '--batch-size', 3, '--workers', 0, '--device', 'cpu', '--amp', 'off', '--max-steps', 1]
@@ -76,8 +76,8 @@ def loads(monkeypatch):
     return calls
 
 
-def test_test_py_gets_its_model_from_the_loader(files, loads, script, monkeypatch, capsys, tmp_path):
-    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', files['espcn'], '--image', files['photo'],
+def test_test_py_gets_its_model_from_the_loader(files, loads, tmp_path):
+    code, _, err = run_main('--checkpoint', files['espcn'], '--image', files['photo'],
                             '--output-dir', tmp_path / 'out', '--device', 'cpu')
     assert code == 0, err
     assert loads == [files['espcn']] and (tmp_path / 'out' / 'photo_x2_espcn.png').exists()

@@ -14,7 +14,7 @@ import training
 from checkpoints import load_checkpoint
 from conftest import photo_crops, run_here
 from datasets import create_paired_lists
-from utils import UserError, run_cli
+from utils import UserError
 
 TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3, '--workers', 0]
 
@@ -80,14 +80,14 @@ def test_a_contradiction_on_the_command_line_is_one_line_and_exit_2_before_any_w
     assert not (tmp_path / 'results').exists() or not list((tmp_path / 'results').iterdir())
 
 
-def run_main(capsys, *argv):
-    """(exit code, stdout) of train_srresnet.py's main() under utils.run_cli, in this process."""
-    code = run_cli(lambda: train_srresnet.main([str(a) for a in argv]))
-    return code, capsys.readouterr().out
+def run_main(*argv):
+    """(exit code, stdout) of train_srresnet.py's command line in this process (conftest.run_here)."""
+    result = run_here('train_srresnet.py', *argv)
+    return result.returncode, result.stdout
 
 
 def test_a_degraded_run_records_its_degradation_and_a_bare_resume_keeps_it(tmp_path, tiny_dataset, capsys):
-    code, out = run_main(capsys, '--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'results',
+    code, out = run_main('--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'results',
                          '--runs-dir', tmp_path / 'runs', *TINY, '--epochs', 1, '--degradation', 'light',
                          '--degradation-opt', 'first.noise_range=9,9', '--degradation-opt', 'clean_prob=0.3',
                          '--degradation-opt', 'first.noise_range=1,5')
@@ -100,7 +100,7 @@ def test_a_degraded_run_records_its_degradation_and_a_bare_resume_keeps_it(tmp_p
     assert record['degradation'] == 'light' and record['degradation_opt'] == ['first.noise_range=9,9', 'clean_prob=0.3',
                                                                        'first.noise_range=1,5']
     assert record['lr_from'] == 'patch' and record['paired'] is False
-    code, out = run_main(capsys, '--results-dir', tmp_path / 'results', '--epochs', 2, '--resume')
+    code, out = run_main('--results-dir', tmp_path / 'results', '--epochs', 2, '--resume')
     assert code == 0 and 'epoch 2/2' in out and '(light, first.noise_range=1,5, clean_prob=0.3)' in out
     resumed = load_checkpoint(path)
     assert resumed['epoch'] == 2 and resumed['args']['degradation'] == 'light'
@@ -127,7 +127,7 @@ def test_a_paired_run_trains_on_the_lr_images_given(tmp_path, capsys):
     lr, hr = dataset[(1, 2)]  # (1, 3, 8, 8), (1, 3, 32, 32): aligned crops of a given pair
     given = [np.asarray(Image.open(tmp_path / 'pairs' / 'LR' / f"p{i}.png")).transpose(2, 0, 1) for i in range(4)]
     assert any(_contains(g, lr[0].numpy()) for g in given)
-    code, out = run_main(capsys, '--data-folder', data, '--results-dir', tmp_path / 'results', '--runs-dir',
+    code, out = run_main('--data-folder', data, '--results-dir', tmp_path / 'results', '--runs-dir',
                          tmp_path / 'runs', *TINY, '--epochs', 1, '--paired')
     assert code == 0 and 'LR cropped from the LR images given (--paired)' in out
     assert load_checkpoint(tmp_path / 'results' / 'checkpoint_srresnet.pth')['args']['paired'] is True

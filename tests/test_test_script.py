@@ -17,7 +17,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import checkpoints  # noqa: E402
-from conftest import fail_nth_file_sync, fifo_watchdog, requires_fifo  # noqa: E402
+from conftest import fail_nth_file_sync, fifo_watchdog, requires_fifo, run_here  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
 
@@ -182,16 +182,10 @@ def script():
     return module
 
 
-def run_main(script, monkeypatch, capsys, *args):
-    """(exit code, stdout, stderr) of test.py's main() under utils.run_cli, as the CLI would run it."""
-    monkeypatch.setattr(sys, 'argv', ['test.py', *pinned(args)])
-    try:
-        utils.run_cli(script.main)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def run_main(*args):
+    """(exit code, stdout, stderr) of test.py's command line in this process (conftest.run_here), fp32 unless told."""
+    result = run_here('test.py', *pinned(args))
+    return result.returncode, result.stdout, result.stderr
 
 
 def make_case(root, name):
@@ -217,15 +211,15 @@ def make_case(root, name):
 
 @pytest.mark.parametrize('case,message', [('empty_dir', 'no images'), ('not_image', 'not an image'),
                                           ('tiny_image', 'at least 2x2'), ('bad_in_folder', 'c_broken.png')])
-def test_input_errors(script, setup, monkeypatch, capsys, tmp_path, case, message):
+def test_input_errors(setup, tmp_path, case, message):
     image, out = make_case(tmp_path, case)
-    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', image,
+    code, _, err = run_main('--checkpoint', setup['ckpt'], '--image', image,
                             '--output-dir', out, '--device', 'cpu')
     assert code == 2 and err.startswith('error: ') and message in err and err.count('\n') == 1, err
     assert not out.exists() or not os.listdir(out)
 
 
-def test_checkpoint_and_option_errors(script, setup, monkeypatch, capsys, tmp_path):
+def test_checkpoint_and_option_errors(setup, tmp_path):
     image, out = setup['inputs'] / 'rgb.png', tmp_path / 'out'
     bad = tmp_path / 'bad.pth'
     bad.write_text('not a checkpoint')
@@ -238,19 +232,19 @@ def test_checkpoint_and_option_errors(script, setup, monkeypatch, capsys, tmp_pa
         (['--checkpoint', setup['ckpt'], '--tile', 8, '--tile-overlap', 8], 'overlap'),
     ]
     for args, message in cases:
-        code, _, err = run_main(script, monkeypatch, capsys, *args, '--image', image, '--output-dir', out,
+        code, _, err = run_main(*args, '--image', image, '--output-dir', out,
                                 '--device', 'cpu')
         assert code == 2 and message in err and err.count('\n') == 1, (args, err)
         assert not out.exists()
 
 
-def test_compare_is_scaled_down_and_names_do_not_clash(script, setup, monkeypatch, capsys, tmp_path):
+def test_compare_is_scaled_down_and_names_do_not_clash(setup, tmp_path):
     src = tmp_path / 'src'
     src.mkdir()
     Image.fromarray(pattern(16, 30, 3, 7)).save(src / 'pic.png')
     Image.fromarray(pattern(16, 30, 3, 8)).save(src / 'pic.bmp')
     out = tmp_path / 'out'
-    code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', src,
+    code, stdout, err = run_main('--checkpoint', setup['ckpt'], '--image', src,
                                  '--output-dir', out, '--device', 'cpu', '--compare-max-width', 100,
                                  '--max-memory', '1GB', '--fuse', '--channels-last')
     assert code == 0, err
@@ -261,7 +255,7 @@ def test_compare_is_scaled_down_and_names_do_not_clash(script, setup, monkeypatc
     assert read(out / 'pic_png_x4_srresnet.png').size == (120, 64)
 
 
-def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
+def test_other_checkpoint_kinds(tmp_path):
     """SRGAN (generator weights, file label 'srgan'), the tutorial's own format (no config: inferred from the
     weights; module. prefixes from DataParallel), and a Y-channel ESPCN x3."""
     torch.manual_seed(3)
@@ -280,7 +274,7 @@ def test_other_checkpoint_kinds(script, monkeypatch, capsys, tmp_path):
     for label, (state, scale) in kinds.items():
         ckpt, out = tmp_path / f"{label}.pth", tmp_path / f"out_{label}"
         checkpoints.save_checkpoint(state, str(ckpt))
-        code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image,
+        code, stdout, err = run_main('--checkpoint', ckpt, '--image', image,
                                      '--output-dir', out, '--device', 'cpu', '--scale', scale)
         assert code == 0, (label, err)
         assert f"({label} x{scale})" in stdout
@@ -306,7 +300,7 @@ def skimage_y_model_sr(model, rgb_u8, scale, pre_upsample):
 
 
 @pytest.mark.parametrize('arch', ['espcn', 'srcnn'])
-def test_y_channel_models_give_their_y_with_bicubic_cb_cr(script, monkeypatch, capsys, tmp_path, arch):
+def test_y_channel_models_give_their_y_with_bicubic_cb_cr(tmp_path, arch):
     """docs/architectures.md: Y-channel models see the BT.601 luma; test.py upscales Cb/Cr with bicubic and the Y
     with the model. Saturated colours, so that Cb and Cr swapped (or left out) change the picture by far more than rounding."""
     torch.manual_seed(5)
@@ -317,7 +311,7 @@ def test_y_channel_models_give_their_y_with_bicubic_cb_cr(script, monkeypatch, c
                                  'model': model.state_dict()}, str(ckpt))
     lr = pattern(13, 15, 3, 4)
     Image.fromarray(lr).save(image)
-    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image, '--output-dir', out,
+    code, _, err = run_main('--checkpoint', ckpt, '--image', image, '--output-dir', out,
                             '--device', 'cpu')
     assert code == 0, err
     sr = np.asarray(read(out / f"in_x3_{arch}.png")).astype(int)
@@ -346,8 +340,7 @@ def case_insensitive_fs(folder):
 
 
 @pytest.mark.parametrize('where', ['png-encode', 'fsync'])
-def test_write_error_mid_image_leaves_that_image_absent_and_earlier_ones_complete(script, setup, monkeypatch,
-                                                                                    capsys, tmp_path, where):
+def test_write_error_mid_image_leaves_that_image_absent_and_earlier_ones_complete(setup, monkeypatch, tmp_path, where):
     """Disk full while writing the 2nd of an image's 3 files: that image has no file at all (today its bicubic
     PNG stayed), the image before it is complete, and no temp file is left."""
     src, out = tmp_path / 'src', tmp_path / 'out'
@@ -365,7 +358,7 @@ def test_write_error_mid_image_leaves_that_image_absent_and_earlier_ones_complet
                 raise OSError(28, 'No space left on device')
             return real_save(self, fp, *args, **kwargs)
         monkeypatch.setattr(Image.Image, 'save', save)
-    code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', src,
+    code, stdout, err = run_main('--checkpoint', setup['ckpt'], '--image', src,
                                  '--output-dir', out, '--device', 'cpu')
     assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
     assert 'No space left on device' in err and 'b_' in err
@@ -373,13 +366,13 @@ def test_write_error_mid_image_leaves_that_image_absent_and_earlier_ones_complet
     assert read(out / 'a_x4_srresnet.png').size == (48, 40)
 
 
-def run_folder(script, setup, monkeypatch, capsys, src, out, *extra):
-    code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', setup['ckpt'], '--image', src,
+def run_folder(setup, src, out, *extra):
+    code, stdout, err = run_main('--checkpoint', setup['ckpt'], '--image', src,
                                  '--output-dir', out, '--device', 'cpu', *extra)
     return code, stdout, err
 
 
-def test_every_input_gets_its_own_outputs_whatever_the_names(script, setup, monkeypatch, capsys, tmp_path):
+def test_every_input_gets_its_own_outputs_whatever_the_names(setup, tmp_path):
     """a.png + a.jpg + a_png.png (+ a.PNG where the filesystem tells case apart) + B.png + b.bmp: every input gets
     3 outputs of its own size, no two output names equal even with letter case ignored (as macOS and Windows
     compare them). Each input has its own size here, so every output can be traced to its input."""
@@ -389,7 +382,7 @@ def test_every_input_gets_its_own_outputs_whatever_the_names(script, setup, monk
     for i, name in enumerate(names):
         save_pattern(src / name, 8 + i, 9 + i, i, fmt={'png': 'PNG', 'jpg': 'JPEG', 'bmp': 'BMP'}[
             name.rsplit('.', 1)[1].lower()])
-    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, out)
+    code, stdout, err = run_folder(setup, src, out)
     assert code == 0, err
     files = os.listdir(out)
     assert len(files) == 3 * len(names) and len({f.casefold() for f in files}) == len(files)
@@ -407,14 +400,13 @@ def test_every_input_gets_its_own_outputs_whatever_the_names(script, setup, monk
         f.casefold() for f in files)
 
 
-def test_output_folder_equal_to_input_folder_never_overwrites_an_input(script, setup, monkeypatch, capsys,
-                                                                        tmp_path):
+def test_output_folder_equal_to_input_folder_never_overwrites_an_input(setup, tmp_path):
     src = tmp_path / 'photos'
     src.mkdir()
     save_pattern(src / 'photo.png', 10, 12, 1)
     save_pattern(src / 'photo_x4_bicubic.png', 11, 13, 2)  # the user's own file, named like an output
     own = (src / 'photo_x4_bicubic.png').read_bytes()
-    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src)
+    code, stdout, err = run_folder(setup, src, src)
     assert code == 0, err
     assert (src / 'photo_x4_bicubic.png').read_bytes() == own
     files = sorted(os.listdir(src))
@@ -423,26 +415,25 @@ def test_output_folder_equal_to_input_folder_never_overwrites_an_input(script, s
     sizes = {f: read(src / f).size for f in files if f.endswith('_srresnet.png')}
     assert sorted(sizes.values()) == [(48, 40), (52, 44)]  # one SR image per input
     # a second run takes neither its own outputs nor anything else as new inputs, and replaces nothing unasked
-    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src)
+    code, stdout, err = run_folder(setup, src, src)
     assert code == 2 and '--overwrite' in err and err.count('\n') == 1, err
-    code, stdout, err = run_folder(script, setup, monkeypatch, capsys, src, src, '--overwrite')
+    code, stdout, err = run_folder(setup, src, src, '--overwrite')
     assert code == 0, err
     assert sorted(os.listdir(src)) == files and (src / 'photo_x4_bicubic.png').read_bytes() == own
     assert stdout.count(' -> ') == 2
 
 
-def test_earlier_outputs_are_replaced_only_with_overwrite_and_other_files_never(script, setup, monkeypatch,
-                                                                                  capsys, tmp_path):
+def test_earlier_outputs_are_replaced_only_with_overwrite_and_other_files_never(setup, tmp_path):
     image, out = tmp_path / 'pic.png', tmp_path / 'out'
     save_pattern(image, 10, 30, 3)
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out)
+    code, _, err = run_folder(setup, image, out)
     assert code == 0, err
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--compare-max-width', 60)
+    code, _, err = run_folder(setup, image, out, '--compare-max-width', 60)
     assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
     assert '--overwrite' in err and 'pic_' in err
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before  # nothing written
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--compare-max-width', 60,
+    code, _, err = run_folder(setup, image, out, '--compare-max-width', 60,
                               '--overwrite')
     assert code == 0, err
     assert sorted(os.listdir(out)) == sorted(before) and read(out / 'pic_x4_srresnet_compare.png').width <= 60
@@ -451,7 +442,7 @@ def test_earlier_outputs_are_replaced_only_with_overwrite_and_other_files_never(
     save_pattern(out / 'pic_x4_srresnet.png', 5, 5, 4)
     foreign = (out / 'pic_x4_srresnet.png').read_bytes()
     compare = (out / 'pic_x4_srresnet_compare.png').read_bytes()
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--overwrite')
+    code, _, err = run_folder(setup, image, out, '--overwrite')
     assert code == 2 and 'not written by test.py' in err and 'pic_x4_srresnet.png' in err, err
     assert (out / 'pic_x4_srresnet.png').read_bytes() == foreign
     assert (out / 'pic_x4_srresnet_compare.png').read_bytes() == compare
@@ -470,7 +461,7 @@ def folder_bytes(folder):
     return {f: (folder / f).read_bytes() for f in os.listdir(folder)}
 
 
-def test_outputs_of_different_models_or_scales_never_share_a_name(script, monkeypatch, capsys, tmp_path):
+def test_outputs_of_different_models_or_scales_never_share_a_name(script, tmp_path):
     """<stem>_x<scale>_bicubic.png, <stem>_x<scale>_<label>.png, <stem>_x<scale>_<label>_compare.png: ESPCN x3, SRCNN
     x2, then SRCNN x3 on one photo into one folder, none with --overwrite, all succeed; each run adds its own files
     and leaves the earlier ones byte for byte (SRCNN x3 keeps ESPCN x3's bicubic, the same input's at the same
@@ -481,7 +472,7 @@ def test_outputs_of_different_models_or_scales_never_share_a_name(script, monkey
     for arch, scale in runs:
         ckpt = y_model_checkpoint(tmp_path / f"{arch}_x{scale}.pth", arch, scale, seed=scale)
         before = folder_bytes(out) if out.exists() else {}
-        code, stdout, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', image,
+        code, stdout, err = run_main('--checkpoint', ckpt, '--image', image,
                                      '--output-dir', out, '--device', 'cpu')
         assert code == 0, (arch, scale, err)
         assert f"({arch} x{scale})" in stdout
@@ -505,28 +496,28 @@ def test_outputs_of_different_models_or_scales_never_share_a_name(script, monkey
     save_pattern(other / 'photo.png', 9, 11, 2)
     before = folder_bytes(out)
     ckpt = y_model_checkpoint(tmp_path / 'espcn_x2.pth', 'espcn', 2, seed=7)
-    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image', other / 'photo.png',
+    code, _, err = run_main('--checkpoint', ckpt, '--image', other / 'photo.png',
                             '--output-dir', out, '--device', 'cpu')
     assert code == 2 and err.count('\n') == 1 and 'photo_x2_bicubic.png' in err and '--overwrite' in err, err
     assert folder_bytes(out) == before
 
 
-def test_the_same_model_and_scale_again_needs_overwrite(script, monkeypatch, capsys, tmp_path):
+def test_the_same_model_and_scale_again_needs_overwrite(tmp_path):
     """The unchanged rule, with the new names: ESPCN x3 twice on one photo into one folder: the second run stops with
     one line naming an output and --overwrite (exit code 2) and changes nothing; with --overwrite it replaces them."""
     image, out = tmp_path / 'photo.png', tmp_path / 'out'
     save_pattern(image, 9, 11, 3)
     ckpt = y_model_checkpoint(tmp_path / 'espcn.pth', 'espcn', 3, seed=3)
     args = ('--checkpoint', ckpt, '--image', image, '--output-dir', out, '--device', 'cpu')
-    code, _, err = run_main(script, monkeypatch, capsys, *args)
+    code, _, err = run_main(*args)
     assert code == 0, err
     first = folder_bytes(out)
     assert sorted(first) == ['photo_x3_bicubic.png', 'photo_x3_espcn.png', 'photo_x3_espcn_compare.png']
-    code, _, err = run_main(script, monkeypatch, capsys, *args, '--compare-max-width', 40)
+    code, _, err = run_main(*args, '--compare-max-width', 40)
     assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
     assert 'photo_x3_espcn' in err and '--overwrite' in err, err
     assert folder_bytes(out) == first
-    code, _, err = run_main(script, monkeypatch, capsys, *args, '--compare-max-width', 40, '--overwrite')
+    code, _, err = run_main(*args, '--compare-max-width', 40, '--overwrite')
     assert code == 0, err
     assert sorted(os.listdir(out)) == sorted(first) and read(out / 'photo_x3_espcn_compare.png').width <= 40
     assert (out / 'photo_x3_espcn_compare.png').read_bytes() != first['photo_x3_espcn_compare.png']
@@ -551,28 +542,28 @@ def test_fifo_and_device_as_image_are_refused_without_blocking(setup, tmp_path):
 
 
 @requires_fifo
-def test_fifo_in_an_input_folder_is_named_and_nothing_is_written(script, setup, monkeypatch, capsys, tmp_path):
+def test_fifo_in_an_input_folder_is_named_and_nothing_is_written(setup, tmp_path):
     src, out = tmp_path / 'src', tmp_path / 'out'
     src.mkdir()
     save_pattern(src / 'a.png', 10, 10, 1)
     os.mkfifo(src / 'b.png')
     with fifo_watchdog(src / 'b.png') as watchdog:
-        code, _, err = run_folder(script, setup, monkeypatch, capsys, src, out)
+        code, _, err = run_folder(setup, src, out)
     assert not watchdog.fired, 'test.py blocked on the FIFO'
     assert code == 2 and 'b.png' in err and 'FIFO' in err and err.count('\n') == 1, err
     assert not out.exists()
 
 
-def test_folder_that_cannot_be_listed_is_one_line(script, setup, monkeypatch, capsys, tmp_path, unlistable):
+def test_folder_that_cannot_be_listed_is_one_line(setup, tmp_path, unlistable):
     src = tmp_path / 'locked'
     src.mkdir()
     save_pattern(src / 'a.png', 10, 10, 1)
     unlistable(src)
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, src, tmp_path / 'out')
+    code, _, err = run_folder(setup, src, tmp_path / 'out')
     assert code == 2 and err.startswith('error: ') and 'cannot list' in err and err.count('\n') == 1, err
 
 
-def test_nan_weights_stop_with_one_line_naming_the_checkpoint(script, setup, monkeypatch, capsys, tmp_path):
+def test_nan_weights_stop_with_one_line_naming_the_checkpoint(setup, tmp_path):
     """A model whose weights are NaN wrote black images with exit 0."""
     state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
              for k, v in setup['model'].state_dict().items()}
@@ -581,22 +572,22 @@ def test_nan_weights_stop_with_one_line_naming_the_checkpoint(script, setup, mon
                                  'model': state}, str(ckpt))
     out = tmp_path / 'out'
     for extra in ([], ['--tile', 8, '--tile-overlap', 2]):
-        code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', ckpt, '--image',
+        code, _, err = run_main('--checkpoint', ckpt, '--image',
                                 setup['inputs'] / 'rgb.png', '--output-dir', out, '--device', 'cpu', *extra)
         assert code == 2 and err.count('\n') == 1 and str(ckpt) in err and 'NaN' in err, err
         assert not out.exists()
 
 
-def test_max_image_pixels_allows_a_big_photo_and_refuses_above_it(script, setup, monkeypatch, capsys, tmp_path):
+def test_max_image_pixels_allows_a_big_photo_and_refuses_above_it(script, setup, tmp_path):
     """PIL's decompression-bomb limit refused big photos with no way to allow them (a 90-megapixel photo is over
     PIL's default of 89478485): --max-image-pixels sets it, default PIL's. Scaled down here: a 12x10 image."""
     assert script.build_parser().get_default('max_image_pixels') == Image.MAX_IMAGE_PIXELS
     image, out = tmp_path / 'big.png', tmp_path / 'out'
     save_pattern(image, 10, 12, 1)
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--max-image-pixels', 119)
+    code, _, err = run_folder(setup, image, out, '--max-image-pixels', 119)
     assert code == 2 and 'decompression bomb' in err and '--max-image-pixels' in err, err
     assert err.count('\n') == 1 and not out.exists()
-    code, _, err = run_folder(script, setup, monkeypatch, capsys, image, out, '--max-image-pixels', 120)
+    code, _, err = run_folder(setup, image, out, '--max-image-pixels', 120)
     assert code == 0, err
     assert read(out / 'big_x4_srresnet.png').size == (48, 40)
 
@@ -621,8 +612,7 @@ def test_precision_auto_is_the_default_and_says_what_it_picked(setup, tmp_path):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_checkpoint_with_its_own_label_names_its_outputs_and_a_bad_label_is_refused(setup, script, monkeypatch,
-                                                                                      capsys, tmp_path):
+def test_a_checkpoint_with_its_own_label_names_its_outputs_and_a_bad_label_is_refused(setup, tmp_path):
     """A shipped model's 'label' (srresnet_real next to the shipped srresnet) names its outputs, so the two x4
     SRResNets never share a name; a label that is not a plain name is refused in one line."""
     ckpt = checkpoints.load_checkpoint(setup['ckpt'])
@@ -630,7 +620,7 @@ def test_a_checkpoint_with_its_own_label_names_its_outputs_and_a_bad_label_is_re
     for label, expect in (('srresnet_real', 0), ('../x', 2)):
         path = tmp_path / f"labelled_{expect}.pth"
         checkpoints.save_checkpoint({**ckpt, 'label': label}, path)
-        code, out, err = run_main(script, monkeypatch, capsys, '--checkpoint', path, '--image', image,
+        code, out, err = run_main('--checkpoint', path, '--image', image,
                                   '--output-dir', tmp_path / 'out', '--device', 'cpu')
         assert code == expect, err
     assert sorted(os.listdir(tmp_path / 'out')) == ['rgb_x4_bicubic.png', 'rgb_x4_srresnet_real.png',
@@ -638,19 +628,19 @@ def test_a_checkpoint_with_its_own_label_names_its_outputs_and_a_bad_label_is_re
     assert "its label '../x' is not a name" in err and len(err.strip().splitlines()) == 1
 
 
-def test_model_picks_a_shipped_model_by_what_the_image_is(script, monkeypatch, capsys, tmp_path):
+def test_model_picks_a_shipped_model_by_what_the_image_is(monkeypatch, tmp_path):
     image = tmp_path / 'in.png'
     Image.fromarray(pattern(12, 14, 3, 5)).save(image)
-    code, out, err = run_main(script, monkeypatch, capsys, '--model', 'photo', '--checkpoint', 'x.pth', '--image',
+    code, out, err = run_main('--model', 'photo', '--checkpoint', 'x.pth', '--image',
                               image, '--output-dir', tmp_path / 'out')
     assert code == 2 and 'give one of them' in err and len(err.strip().splitlines()) == 1
-    code, out, err = run_main(script, monkeypatch, capsys, '--model', 'clean', '--image', image, '--output-dir',
+    code, out, err = run_main('--model', 'clean', '--image', image, '--output-dir',
                               tmp_path / 'out', '--device', 'cpu')
     assert code == 0, err
     assert sorted(os.listdir(tmp_path / 'out')) == ['in_x4_bicubic.png', 'in_x4_srresnet.png',
                                                     'in_x4_srresnet_compare.png']
     monkeypatch.setattr(checkpoints, 'SHIPPED_MODELS', {**checkpoints.SHIPPED_MODELS,
                                                         'photo': ('missing.pth', 'nothing')})
-    code, out, err = run_main(script, monkeypatch, capsys, '--model', 'photo', '--image', image, '--output-dir',
+    code, out, err = run_main('--model', 'photo', '--image', image, '--output-dir',
                               tmp_path / 'out2', '--device', 'cpu')
     assert code == 2 and 'results/missing.pth is missing' in err and not (tmp_path / 'out2').exists()

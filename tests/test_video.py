@@ -7,7 +7,6 @@ frames (a random model is far from bicubic, so a frame that skipped the model fa
 packets against the input's, read back with PyAV. Damaged inputs (cut, scrambled, not a video) must end with one
 line, exit code 2 and no output file, also with FFmpeg's own error lines ignored (the backstops).
 """
-import importlib.util
 import math
 import os
 import random
@@ -23,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_script
+from conftest import REPO, run_here, run_script
 
 import checkpoints  # noqa: E402
 import inference  # noqa: E402
@@ -156,44 +155,29 @@ def test_cli_upscales_every_frame_keeps_timing_and_copies_the_audio(tiny, tmp_pa
     assert 'frame/s' in result.stderr and '8/8' in result.stderr  # tqdm: frames per second, count, time left
 
 
-@pytest.fixture(scope='module')
-def script():
-    spec = importlib.util.spec_from_file_location('sr_test_script_video', os.path.join(REPO, 'test.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_main(*args):
+    """(exit code, stdout, stderr) of test.py's command line in this process (conftest.run_here); fp32: pixels are
+    compared."""
+    result = run_here('test.py', *args, '--precision', 'fp32')
+    return result.returncode, result.stdout, result.stderr
 
 
-def run_main(script, monkeypatch, capsys, *args):
-    """(exit code, stdout, stderr) of test.py's main() under utils.run_cli, as the command line runs it."""
-    monkeypatch.setattr(sys, 'argv', ['test.py', *map(str, args), '--precision', 'fp32'])  # pixels compared
-    try:
-        utils.run_cli(script.main)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_an_existing_output_is_replaced_only_when_test_py_wrote_it_and_overwrite_is_given(tiny, script, tmp_path,
-                                                                                           monkeypatch, capsys):
+def test_an_existing_output_is_replaced_only_when_test_py_wrote_it_and_overwrite_is_given(tiny, tmp_path):
     src = make_video(tmp_path / 'clip.mp4', frames=3)
     out = tmp_path / 'out'
     args = ['--image', src, '--checkpoint', tiny['checkpoint'], '--output-dir', out, '--device', 'cpu']
-    assert run_main(script, monkeypatch, capsys, *args)[0] == 0
+    assert run_main(*args)[0] == 0
     first = (out / 'clip_x3_espcn.mp4').read_bytes()
-    code, _, err = run_main(script, monkeypatch, capsys, *args)
+    code, _, err = run_main(*args)
     assert code == 2 and '--overwrite' in err and err.count('\n') == 1
-    assert run_main(script, monkeypatch, capsys, *args, '--overwrite')[0] == 0
+    assert run_main(*args, '--overwrite')[0] == 0
     (out / 'clip_x3_espcn.mp4').write_bytes(first[:1000])  # now someone else's file (no marker readable)
-    code, _, err = run_main(script, monkeypatch, capsys, *args, '--overwrite')
+    code, _, err = run_main(*args, '--overwrite')
     assert code == 2 and 'did not write it' in err
     assert (out / 'clip_x3_espcn.mp4').read_bytes() == first[:1000]
 
 
-def test_video_outputs_of_different_models_or_scales_never_share_a_name(tiny, script, tmp_path, monkeypatch,
-                                                                         capsys):
+def test_video_outputs_of_different_models_or_scales_never_share_a_name(tiny, tmp_path):
     """<stem>_x<scale>_<label><ext>: the tiny ESPCN x3, then an SRCNN x2 and an SRCNN x3 on one clip into one folder,
     none with --overwrite: three videos of their own sizes, the earlier ones byte for byte as they were."""
     src = make_video(tmp_path / 'clip.mp4', frames=2, audio=None)
@@ -207,7 +191,7 @@ def test_video_outputs_of_different_models_or_scales_never_share_a_name(tiny, sc
             ckpt = tmp_path / f"srcnn_x{scale}.pth"
             checkpoints.save_checkpoint({'format_version': 1, 'arch': 'srcnn', 'model_config': config, 'epoch': 1,
                                          'model': models.build_model('srcnn', config).state_dict()}, str(ckpt))
-        code, _, err = run_main(script, monkeypatch, capsys, '--image', src, '--checkpoint', ckpt, '--output-dir', out,
+        code, _, err = run_main('--image', src, '--checkpoint', ckpt, '--output-dir', out,
                                 '--device', 'cpu')
         assert code == 0, (arch, scale, err)
         name = f"clip_x{scale}_{arch}.mp4"
@@ -245,13 +229,12 @@ DAMAGE = [  # (container, muxer options, audio, damage, what the one line says)
 
 
 @pytest.mark.parametrize('ext,options,audio,damage,message', DAMAGE)
-def test_damaged_video_is_one_line_exit_2_and_no_output(tiny, script, tmp_path, monkeypatch, capsys, ext, options,
-                                                        audio, damage, message):
+def test_damaged_video_is_one_line_exit_2_and_no_output(tiny, tmp_path, ext, options, audio, damage, message):
     src = make_video(tmp_path / f"in{ext}", frames=50, audio=audio, options=options)
     damage(src)
     out = tmp_path / 'out'
     out.mkdir()
-    code, stdout, stderr = run_main(script, monkeypatch, capsys, '--image', src, '--checkpoint', tiny['checkpoint'],
+    code, stdout, stderr = run_main('--image', src, '--checkpoint', tiny['checkpoint'],
                                     '--output-dir', out, '--device', 'cpu')
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2 and lines[-1].startswith(f"error: {src}: ") and message in lines[-1], stderr

@@ -19,7 +19,7 @@ import export as export_script
 import models
 from test_eval import (TINY_CONFIG, expected_standard, read_reports, run_main_here, srresnet_functions, tiny_srresnet,
                        write_images)
-from test_test_script import expected_sr, read, run_main, script  # noqa: F401 (script: the fixture run_main needs)
+from test_test_script import expected_sr, read, run_main
 from checkpoints import load_checkpoint, save_checkpoint
 from utils import UserError, list_image_files
 
@@ -121,8 +121,7 @@ def test_eval_scores_the_average_by_default_and_the_raw_weights_with_the_flag(tm
     assert code == 2 and f"is the report of {checkpoint} (ema weights) on Synth: pass --overwrite" in err
 
 
-def test_test_py_upscales_with_the_average_by_default_and_raw_with_the_flag(tmp_path, nets, script, monkeypatch,
-                                                                          capsys):
+def test_test_py_upscales_with_the_average_by_default_and_raw_with_the_flag(tmp_path, nets):
     raw, ema = nets
     checkpoint = srresnet_checkpoint(tmp_path / 'avg.pth', raw, ema)
     image = tmp_path / 'photo.png'
@@ -131,7 +130,7 @@ def test_test_py_upscales_with_the_average_by_default_and_raw_with_the_flag(tmp_
     lr = np.asarray(read(image))
     for flag, used, other in (([], ema, raw), (['--weights', 'raw'], raw, ema)):
         out_dir = tmp_path / f"out_{len(flag)}"
-        code, out, err = run_main(script, monkeypatch, capsys, '--checkpoint', checkpoint, '--image', image,
+        code, out, err = run_main('--checkpoint', checkpoint, '--image', image,
                                   '--output-dir', out_dir, '--device', 'cpu', *flag)
         assert code == 0, err
         sr = np.asarray(read(out_dir / 'photo_x4_srresnet.png')).astype(int)
@@ -140,14 +139,14 @@ def test_test_py_upscales_with_the_average_by_default_and_raw_with_the_flag(tmp_
         assert ('note: EMA weights' if used is ema else 'note: raw weights') in out
 
 
-def test_weights_ema_without_an_average_is_one_line(tmp_path, nets, script, monkeypatch, capsys):
+def test_weights_ema_without_an_average_is_one_line(tmp_path, nets):
     checkpoint = srresnet_checkpoint(tmp_path / 'plain.pth', nets[0])
     folder = write_images(tmp_path / 'Synth', sizes=SIZES)
     code, _, err = run_main_here(['--checkpoint', checkpoint, '--test-folders', folder, '--weights', 'ema',
                                   '--results-dir', tmp_path / 'results'])
     assert code == 2 and err.startswith('error: --weights ema: ') and err.count('\n') == 1, err
     assert not (tmp_path / 'results').exists() or os.listdir(tmp_path / 'results') == []
-    code, _, err = run_main(script, monkeypatch, capsys, '--checkpoint', checkpoint, '--image',
+    code, _, err = run_main('--checkpoint', checkpoint, '--image',
                             list_image_files(folder)[0], '--output-dir', tmp_path / 'out', '--device', 'cpu',
                             '--weights', 'ema')
     assert code == 2 and err.startswith('error: --weights ema: ') and err.count('\n') == 1, err
