@@ -87,6 +87,17 @@ def run_script(script, *args, cwd=REPO, timeout=300, env_extra=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@contextlib.contextmanager
+def working_directory(path):
+    """The current directory is ``path`` inside the block (contextlib.chdir from Python 3.11 on)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def script_module(script):
     """The module of one of the suite's scripts ('train_srresnet.py'), imported once; test.py as 'sr_test_script'
     (Python's own regression tests are the package 'test')."""
@@ -103,13 +114,13 @@ def run_here(script, *args, cwd=REPO, env_extra=None):
     """What run_script(script, *args) returns (returncode, stdout, stderr), for the same command line run in this
     process: the script's main(argv) under utils.run_cli, as its last line runs it, without the seconds a new
     interpreter spends importing torch. For tests of what a run does; what needs a process of its own (signals,
-    a closed pipe, locks between two writers, loader worker processes) stays with run_script."""
+    a closed pipe, locks between two writers, a loader worker's death) stays with run_script."""
     module = script_module(script)
     argv = [str(a) for a in args]
     determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     out, err = io.StringIO(), io.StringIO()
     # sys.argv as the script's process has it: argparse names the script, a printed resume command repeats it
-    with contextlib.chdir(cwd), mock.patch.dict(os.environ, env_extra or {}), contextlib.redirect_stdout(out), \
+    with working_directory(cwd), mock.patch.dict(os.environ, env_extra or {}), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err), mock.patch.object(sys, 'argv', [os.path.join(REPO, script), *argv]):
         try:
             code = utils.run_cli(lambda: module.main(argv))
