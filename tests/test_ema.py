@@ -21,7 +21,7 @@ EMA_KEYS = {'model_ema', 'generator_ema', 'ema_decay', 'ema_n_averaged'}
 
 def train(results, data, *extra, script='train_srresnet.py'):
     result = run_here(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
-                        *TINY, *extra)
+                      *TINY, *extra)
     assert result.returncode == 0, result.stderr
     return result
 

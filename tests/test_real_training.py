@@ -86,7 +86,7 @@ def run_main(*argv):
     return result.returncode, result.stdout
 
 
-def test_a_degraded_run_records_its_degradation_and_a_bare_resume_keeps_it(tmp_path, tiny_dataset, capsys):
+def test_a_degraded_run_records_its_degradation_and_a_bare_resume_keeps_it(tmp_path, tiny_dataset):
     code, out = run_main('--data-folder', tiny_dataset['data'], '--results-dir', tmp_path / 'results',
                          '--runs-dir', tmp_path / 'runs', *TINY, '--epochs', 1, '--degradation', 'light',
                          '--degradation-opt', 'first.noise_range=9,9', '--degradation-opt', 'clean_prob=0.3',
@@ -117,7 +117,7 @@ def make_pair_folder(folder, scale, size=40):
             folder / 'LR' / f"p{i}.png")
 
 
-def test_a_paired_run_trains_on_the_lr_images_given(tmp_path, capsys):
+def test_a_paired_run_trains_on_the_lr_images_given(tmp_path):
     make_pair_folder(tmp_path / 'pairs', 4, size=48)
     data = tmp_path / 'lists'
     create_paired_lists([str(tmp_path / 'pairs')], [], 4, str(data), workers=1, log=lambda *_: None)

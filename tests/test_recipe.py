@@ -17,7 +17,7 @@ TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 3
 
 def train(tmp_path, data, *extra):
     return run_here('train_srresnet.py', '--data-folder', data, '--results-dir', tmp_path / 'results',
-                      '--runs-dir', tmp_path / 'runs', *extra)
+                    '--runs-dir', tmp_path / 'runs', *extra)
 
 
 def test_warmup_cosine_lr_at_the_points_of_its_definition():

@@ -18,7 +18,7 @@ TINY = ['--n-blocks', 2, '--n-channels', 8, '--crop-size', 32, '--batch-size', 2
 
 def train(results, data, *extra, script='train_srresnet.py'):
     return run_here(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
-                      *TINY, *extra)
+                    *TINY, *extra)
 
 
 def weights(path):

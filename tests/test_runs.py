@@ -42,7 +42,7 @@ def five_images(tmp_path_factory):
 
 def train(results, data, *extra, script='train_srresnet.py'):
     return run_here(script, '--data-folder', data, '--results-dir', results, '--runs-dir', results / 'runs',
-                      *TINY, *extra)
+                    *TINY, *extra)
 
 
 def one_error_line(result):

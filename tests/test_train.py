@@ -24,7 +24,7 @@ TINY_D = ['--n-blocks-d', 2, '--n-channels-d', 8, '--fc-size-d', 16]
 
 def train(tmp_path, data, *extra, script='train_srresnet.py'):
     return run_here(script, '--data-folder', data, '--results-dir', tmp_path / 'results',
-                      '--runs-dir', tmp_path / 'runs', *extra)
+                    '--runs-dir', tmp_path / 'runs', *extra)
 
 
 def test_srresnet_trains_saves_tutorial_keys_and_resume_continues_epochs(tmp_path, tiny_dataset):
